@@ -1,0 +1,44 @@
+# `make app` and `make test` work on a fresh Linux machine: they create .venv, install the CPU
+# build of torch (pinned in constraints.txt) and everything else, then run.
+PY ?= python3
+VENV := .venv
+PIP := $(VENV)/bin/pip
+RUN := $(VENV)/bin/python
+APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 \
+	libxcb-xinerama0 libxcb-randr0 libxcb-shape0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-cursor0 \
+	libegl1 libgl1 libfontconfig1 libdbus-1-3 tesseract-ocr fonts-dejavu-core
+
+.PHONY: app test test-gpu lint system-deps venv clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[app,test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian packages for the Qt widgets, the virtual X screen and Tesseract; skipped where present.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+app: system-deps venv
+	$(VENV)/bin/infinitevl app
+
+test: system-deps venv
+	$(RUN) -m pytest -q
+
+test-gpu: venv
+	$(RUN) -m pytest -q -m gpu
+
+lint: venv
+	$(VENV)/bin/ruff check engine kernels app tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,1 @@
+"""InfiniteVL engine: config, model, state, checkpoints, processor and sessions. Never imports Qt."""

@@ -1,0 +1,1 @@
+"""The InfiniteVL network: vision tower, Gated DeltaNet, attention, decoder."""
