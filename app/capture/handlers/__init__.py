@@ -1,0 +1,1 @@
+"""One global-hotkey handler per platform; capture/main.py tries them in preference order."""
