@@ -1,0 +1,137 @@
+"""Training and evaluation samples: an image (or pages) plus a conversation about it.
+
+Tasks: `ocr` (read everything, reading order), `qa` (one fact: a title, a total, a bar's value)
+and `longdoc` (many pages, then a question whose answer sits on page 1).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from engine.train.synthetic.canvas import Rendered
+from engine.train.synthetic.charts import render_bar_chart
+from engine.train.synthetic.documents import render_code, render_page, render_receipt, render_table
+from engine.train.synthetic.screens import render_screen
+from engine.train.text_sources import TextSource
+
+# the prompt `engine.ocr` sends; training uses the same words so the model answers it
+OCR_PROMPT = "Read the text in the image."
+IMAGE_TAG = "<image>"
+REFERENCE_QUESTION = "What is the reference number on page 1?"
+
+
+@dataclass(slots=True)
+class Message:
+    """One turn; in user turns each IMAGE_TAG marks where the next image goes."""
+
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(slots=True)
+class Sample:
+    """Images and the conversation about them (LLaVA/ShareGPT shape)."""
+
+    images: list[Image.Image]
+    messages: list[Message]
+    kind: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMix:
+    """How often each task is drawn and the sizes of what is rendered.
+
+    Attributes:
+        weights: task name -> relative frequency ("ocr_screen", "ocr_page", "ocr_code",
+            "ocr_table", "ocr_receipt", "qa", "longdoc").
+        screen_width, screen_height: (low, high) pixels of a screen region.
+        page_size: side of a square document page, pixels.
+        num_pages: (low, high) pages of a long document.
+    """
+
+    weights: dict[str, float]
+    screen_width: tuple[int, int] = (224, 800)
+    screen_height: tuple[int, int] = (56, 224)
+    page_size: int = 336
+    num_pages: tuple[int, int] = (2, 8)
+
+
+def ocr_sample(rendered: Rendered, kind: str) -> Sample:
+    return Sample(
+        [rendered.image],
+        [Message("user", f"{IMAGE_TAG}{OCR_PROMPT}"), Message("assistant", rendered.text)],
+        kind,
+        {"text": rendered.text},
+    )
+
+
+def _qa(rendered: Rendered, question: str, answer: str, kind: str) -> Sample:
+    return Sample([rendered.image],
+                  [Message("user", f"{IMAGE_TAG}{question}"), Message("assistant", answer)],
+                  kind, {"answer": answer})
+
+
+def qa_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskMix) -> Sample:
+    """One question about one fact of a screen, receipt, chart or page."""
+    pick = rng.randrange(4)
+    if pick == 0:
+        r = render_screen(rng, src, fonts, _screen_size(rng, mix))
+        return _qa(r, "What is the window title?", r.facts["title"], "qa_screen")
+    if pick == 1:
+        r = render_receipt(rng, src, fonts, (rng.randint(224, 336), mix.page_size))
+        return _qa(r, "What is the total?", r.facts["total"], "qa_receipt")
+    if pick == 2:
+        r = render_bar_chart(rng, fonts, (rng.randint(280, 448), rng.randint(168, 280)))
+        if rng.random() < 0.5:
+            return _qa(r, "Which city has the largest value?", r.facts["largest"], "qa_chart")
+        label = rng.choice([k.split(":", 1)[1] for k in r.facts if k.startswith("value:")])
+        return _qa(r, f"What is the value for {label}?", r.facts[f"value:{label}"], "qa_chart")
+    r = render_page(rng, src, fonts, (mix.page_size, mix.page_size))
+    return _qa(r, "What is the title of this page?", r.facts["title"], "qa_page")
+
+
+def longdoc_sample(rng: random.Random, src: TextSource, fonts: list[Path], num_pages: int,
+                   page_size: int) -> Sample:
+    """`num_pages` pages read in order; page 1 holds "Reference: NNNN"; the question asks it."""
+    reference = str(rng.randint(1000, 9999))
+    pages = [
+        render_page(rng, src, fonts, (page_size, page_size), header=f"Page {i + 1}",
+                    fact=("Reference", reference) if i == 0 else None)
+        for i in range(num_pages)
+    ]
+    content = "".join(IMAGE_TAG for _ in pages) + REFERENCE_QUESTION
+    return Sample([p.image for p in pages],
+                  [Message("user", content), Message("assistant", reference)],
+                  "longdoc", {"answer": reference})
+
+
+def _screen_size(rng: random.Random, mix: TaskMix) -> tuple[int, int]:
+    return rng.randint(*mix.screen_width), rng.randint(*mix.screen_height)
+
+
+def make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskMix) -> Sample:
+    """Draw one task by `mix.weights` and render it."""
+    names = sorted(mix.weights)
+    task = rng.choices(names, weights=[mix.weights[n] for n in names])[0]
+    side = mix.page_size
+    if task == "ocr_screen":
+        return ocr_sample(render_screen(rng, src, fonts, _screen_size(rng, mix)), task)
+    if task == "ocr_page":
+        return ocr_sample(render_page(rng, src, fonts, (side, rng.randint(side // 3, side))), task)
+    if task == "ocr_code":
+        return ocr_sample(render_code(rng, src, fonts, (side, rng.randint(side // 4, side // 2))), task)
+    if task == "ocr_table":
+        return ocr_sample(render_table(rng, src, fonts, (side, rng.randint(side // 4, side // 2))), task)
+    if task == "ocr_receipt":
+        return ocr_sample(render_receipt(rng, src, fonts, (rng.randint(224, 336), side // 2)), task)
+    if task == "qa":
+        return qa_sample(rng, src, fonts, mix)
+    if task == "longdoc":
+        return longdoc_sample(rng, src, fonts, rng.randint(*mix.num_pages), side)
+    raise ValueError(f"unknown task {task!r}; known: ocr_screen, ocr_page, ocr_code, ocr_table, "
+                     "ocr_receipt, qa, longdoc")
