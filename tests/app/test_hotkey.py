@@ -1,4 +1,4 @@
-"""The global hotkey: parsing key combinations, and on X11 (Xvfb) a grab of exactly one combination."""
+"""The global hotkey: parsing key combinations, and on X11 (Xvfb) a grab of exactly one of them."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def x_display() -> str:
 
 def _grab_by_other_client(display_name: str, combo: KeyCombo) -> bool:
     """True when a second X client can grab `combo`, i.e. nobody else holds it."""
-    from Xlib import X, XK, error
+    from Xlib import XK, X, error
     from Xlib.display import Display
 
     from app.capture.handlers.x11 import modifier_mask
@@ -68,7 +68,9 @@ def _grab_by_other_client(display_name: str, combo: KeyCombo) -> bool:
         keycode = other.keysym_to_keycode(XK.string_to_keysym(combo.key))
         catch = error.CatchError(error.BadAccess)
         root = other.screen().root
-        root.grab_key(keycode, modifier_mask(combo), True, X.GrabModeAsync, X.GrabModeAsync, onerror=catch)
+        root.grab_key(
+            keycode, modifier_mask(combo), True, X.GrabModeAsync, X.GrabModeAsync, onerror=catch
+        )
         other.sync()
         return catch.get_error() is None
     finally:
@@ -77,7 +79,7 @@ def _grab_by_other_client(display_name: str, combo: KeyCombo) -> bool:
 
 def _press(display_name: str, combo: KeyCombo) -> None:
     """Type `combo` through the XTEST extension, as a user's keyboard would."""
-    from Xlib import X, XK
+    from Xlib import XK, X
     from Xlib.display import Display
     from Xlib.ext import xtest
 

@@ -19,7 +19,16 @@ def xvfb_display(width: int = 800, height: int = 600) -> Iterator[str]:
         pytest.skip("Xvfb is not installed (make system-deps installs it)")
     read_fd, write_fd = os.pipe()
     proc = subprocess.Popen(
-        [exe, "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+        [
+            exe,
+            "-displayfd",
+            str(write_fd),
+            "-screen",
+            "0",
+            f"{width}x{height}x24",
+            "-nolisten",
+            "tcp",
+        ],
         pass_fds=(write_fd,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

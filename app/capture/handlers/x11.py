@@ -1,4 +1,4 @@
-"""Global hotkey on X11: XGrabKey on the root window for one combination, read with a QSocketNotifier.
+"""Global hotkey on X11: XGrabKey of one combination on the root window, read by a QSocketNotifier.
 
 The grab delivers only that key combination to us; no other keystroke is ever seen.
 """
@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 
 from PySide6 import QtCore
-from Xlib import X, XK, error
+from Xlib import XK, X, error
 from Xlib.display import Display
 
 from app.capture.key_combo import KeyCombo
@@ -75,7 +75,9 @@ class X11KeyGrab(QtCore.QObject):
         root = display.screen().root
         catch = error.CatchError(error.BadAccess)
         for lock in _LOCK_VARIANTS:
-            root.grab_key(keycode, mask | lock, True, X.GrabModeAsync, X.GrabModeAsync, onerror=catch)
+            root.grab_key(
+                keycode, mask | lock, True, X.GrabModeAsync, X.GrabModeAsync, onerror=catch
+            )
         display.sync()
         if catch.get_error() is not None:
             for lock in _LOCK_VARIANTS:
@@ -86,7 +88,9 @@ class X11KeyGrab(QtCore.QObject):
         self._on_activated = on_activated
         self._notifier = QtCore.QSocketNotifier(display.fileno(), QtCore.QSocketNotifier.Type.Read)
         self._notifier.activated.connect(self._on_display_readable)
-        log.info("grabbed %s on X display %s (keycode %d)", combo, display.get_display_name(), keycode)
+        log.info(
+            "grabbed %s on X display %s (keycode %d)", combo, display.get_display_name(), keycode
+        )
 
     def unregister(self) -> None:
         if self._display is None:
