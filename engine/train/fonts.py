@@ -39,7 +39,9 @@ def find_fonts(extra_dirs: tuple[str, ...] = ()) -> list[Path]:
             if p.suffix.lower() in (".ttf", ".otf") and not any(s in p.name for s in _SKIP):
                 found.setdefault(p.name, p)
     if not found:
-        raise FileNotFoundError(f"no fonts under {[str(d) for d in dirs]}; apt-get install fonts-dejavu")
+        raise FileNotFoundError(
+            f"no fonts under {[str(d) for d in dirs]}; apt-get install fonts-dejavu"
+        )
     return [found[k] for k in sorted(found)]
 
 

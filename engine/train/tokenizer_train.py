@@ -15,34 +15,31 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from engine.tokenizer import QWEN2_VL_CHAT_TEMPLATE
 from engine.train.text_sources import CITIES, FIRST_NAMES, LAST_NAMES, TextSource
 
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 )
 # Qwen2's pre-tokenizer split: contractions, words, single digits, punctuation runs, spaces
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
-    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
-    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -55,24 +52,30 @@ def corpus(src: TextSource, seed: int = 0, num_code_runs: int = 3000) -> Iterato
         yield "\n".join(src.code(rng, 8))
     for f in FIRST_NAMES:
         for last in LAST_NAMES:
-            yield f"{f} {last} {rng.choice(CITIES)} {rng.randint(0, 9999)} {rng.randint(0, 999)}.{rng.randint(0, 99):02d}"
+            price = f"{rng.randint(0, 999)}.{rng.randint(0, 99):02d}"
+            yield f"{f} {last} {rng.choice(CITIES)} {rng.randint(0, 9999)} {price}"
     # the template and prompt words recur in every sample: weigh them so they merge whole
     for _ in range(200):
         yield "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         yield "<|im_start|>assistant\n"
-        yield ("Read the text in the image. What is the window title? What is the total? "
-           "Which city has the largest value? What is the value for What is the title of this page? "
-           "What is the reference number on page 1? Reference: Page TOTAL You are a helpful assistant.")
+        yield (
+            "Read the text in the image. What is the window title? What is the total? "
+            "Which city has the largest value? What is the value for "
+            "What is the title of this page? What is the reference number on page 1? "
+            "Reference: Page TOTAL You are a helpful assistant."
+        )
 
 
 def build_tokenizer(texts: Iterator[str], vocab_size: int) -> Tokenizer:
     """Train byte-level BPE with Qwen2's normaliser, split regex and special tokens (ids 0-13)."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -90,14 +93,22 @@ def write_tokenizer(tok: Tokenizer, out_dir: Path) -> dict[str, int]:
     tok.save(str(out_dir / "tokenizer.json"))
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
     added = {
-        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                 "single_word": False, "special": True}
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for t, i in ids.items()
     }
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
         "added_tokens_decoder": added,
-        "additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
+        "additional_special_tokens": [
+            t for t in SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")
+        ],
         "bos_token": None,
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",

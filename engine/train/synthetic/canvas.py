@@ -80,8 +80,9 @@ class Canvas:
         self.lines.append(text)
         return xy[0] + self.text_width(text, font)
 
-    def write_row(self, y: int, cells: list[tuple[int, str]], font: ImageFont.FreeTypeFont,
-                  fill: RGB) -> None:
+    def write_row(
+        self, y: int, cells: list[tuple[int, str]], font: ImageFont.FreeTypeFont, fill: RGB
+    ) -> None:
         """Draw several pieces on one visual line; they are recorded as one line, left to right."""
         for x, t in cells:
             self.draw.text((x, y), t, font=font, fill=fill)

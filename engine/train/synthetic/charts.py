@@ -5,7 +5,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from engine.train.synthetic.canvas import Canvas, Rendered, contrasting_colours, line_height, load_font
+from engine.train.synthetic.canvas import (
+    Canvas,
+    Rendered,
+    contrasting_colours,
+    line_height,
+    load_font,
+)
 from engine.train.text_sources import CITIES
 
 

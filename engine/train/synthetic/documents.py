@@ -6,12 +6,24 @@ import random
 from pathlib import Path
 
 from engine.train.fonts import is_monospace
-from engine.train.synthetic.canvas import Canvas, Rendered, contrasting_colours, line_height, load_font
+from engine.train.synthetic.canvas import (
+    Canvas,
+    Rendered,
+    contrasting_colours,
+    line_height,
+    load_font,
+)
 from engine.train.text_sources import TextSource
 
 
-def render_page(rng: random.Random, src: TextSource, fonts: list[Path], size: tuple[int, int],
-                header: str | None = None, fact: tuple[str, str] | None = None) -> Rendered:
+def render_page(
+    rng: random.Random,
+    src: TextSource,
+    fonts: list[Path],
+    size: tuple[int, int],
+    header: str | None = None,
+    fact: tuple[str, str] | None = None,
+) -> Rendered:
     """A page of prose: optional header line, a title, wrapped paragraphs.
 
     Args:
@@ -60,8 +72,9 @@ def render_page(rng: random.Random, src: TextSource, fonts: list[Path], size: tu
     return c.result(**facts)
 
 
-def render_code(rng: random.Random, src: TextSource, fonts: list[Path],
-                size: tuple[int, int]) -> Rendered:
+def render_code(
+    rng: random.Random, src: TextSource, fonts: list[Path], size: tuple[int, int]
+) -> Rendered:
     """A code listing in a monospace face on an editor-like background."""
     width, height = size
     mono = [f for f in fonts if is_monospace(f)] or fonts
@@ -82,8 +95,9 @@ def render_code(rng: random.Random, src: TextSource, fonts: list[Path],
     return c.result()
 
 
-def render_table(rng: random.Random, src: TextSource, fonts: list[Path],
-                 size: tuple[int, int]) -> Rendered:
+def render_table(
+    rng: random.Random, src: TextSource, fonts: list[Path], size: tuple[int, int]
+) -> Rendered:
     """A grid table: a header row and rows of names, cities and numbers (cells joined by spaces)."""
     width, height = size
     bg, fg = contrasting_colours(rng, dark_mode=False)
@@ -106,8 +120,9 @@ def render_table(rng: random.Random, src: TextSource, fonts: list[Path],
     return c.result()
 
 
-def render_receipt(rng: random.Random, src: TextSource, fonts: list[Path],
-                   size: tuple[int, int]) -> Rendered:
+def render_receipt(
+    rng: random.Random, src: TextSource, fonts: list[Path], size: tuple[int, int]
+) -> Rendered:
     """A shop receipt: shop name, items with right-aligned prices, and a total (fact `total`)."""
     width, height = size
     mono = [f for f in fonts if is_monospace(f)] or fonts
@@ -132,5 +147,7 @@ def render_receipt(rng: random.Random, src: TextSource, fonts: list[Path],
     total = f"{total_cents // 100}.{total_cents % 100:02d}"
     c.draw.line((margin, y + 2, width - margin, y + 2), fill=fg)
     y += 6
-    c.write_row(y, [(margin, "TOTAL"), (width - margin - c.text_width(total, font), total)], font, fg)
+    c.write_row(
+        y, [(margin, "TOTAL"), (width - margin - c.text_width(total, font), total)], font, fg
+    )
     return c.result(total=total)

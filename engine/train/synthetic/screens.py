@@ -5,16 +5,41 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from engine.train.synthetic.canvas import Canvas, Rendered, contrasting_colours, line_height, load_font
+from engine.train.synthetic.canvas import (
+    Canvas,
+    Rendered,
+    contrasting_colours,
+    line_height,
+    load_font,
+)
 from engine.train.text_sources import TextSource
 
-_BUTTONS = ("OK", "Cancel", "Apply", "Save", "Open", "Close", "Send", "Next", "Back", "Retry",
-            "Delete", "Search", "Upload", "Share", "Export", "Settings", "Help", "Sign in")
+_BUTTONS = (
+    "OK",
+    "Cancel",
+    "Apply",
+    "Save",
+    "Open",
+    "Close",
+    "Send",
+    "Next",
+    "Back",
+    "Retry",
+    "Delete",
+    "Search",
+    "Upload",
+    "Share",
+    "Export",
+    "Settings",
+    "Help",
+    "Sign in",
+)
 _MENUS = ("File", "Edit", "View", "Tools", "Window", "Help", "Go", "Run", "Insert", "Format")
 
 
-def render_screen(rng: random.Random, src: TextSource, fonts: list[Path],
-                  size: tuple[int, int]) -> Rendered:
+def render_screen(
+    rng: random.Random, src: TextSource, fonts: list[Path], size: tuple[int, int]
+) -> Rendered:
     """A screen region of `size` (width, height) pixels holding a small application window.
 
     Returns:
@@ -53,11 +78,24 @@ def render_screen(rng: random.Random, src: TextSource, fonts: list[Path],
                 y += lh
         elif kind < 0.7:
             label = f"{src.phrase(rng, rng.randint(1, 2))}:"
-            value = rng.choice([src.name(rng), src.city(rng), str(rng.randint(0, 99999)),
-                                f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/{rng.randint(1990, 2030)}"])
+            value = rng.choice(
+                [
+                    src.name(rng),
+                    src.city(rng),
+                    str(rng.randint(0, 99999)),
+                    f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/{rng.randint(1990, 2030)}",
+                ]
+            )
             x_val = pad + c.text_width(label, font) + rng.randint(10, 30)
-            c.draw.rectangle((x_val - 4, y - 2, min(width - pad, x_val + c.text_width(value, font) + 8),
-                              y + lh - 2), outline=fg)
+            c.draw.rectangle(
+                (
+                    x_val - 4,
+                    y - 2,
+                    min(width - pad, x_val + c.text_width(value, font) + 8),
+                    y + lh - 2,
+                ),
+                outline=fg,
+            )
             c.write_row(y, [(pad, label), (x_val, value)], font, fg)
             y += lh + 4
         else:
@@ -67,7 +105,9 @@ def render_screen(rng: random.Random, src: TextSource, fonts: list[Path],
                 if x + w > width - pad:
                     break
                 btn_bg, btn_fg = contrasting_colours(rng)
-                c.draw.rounded_rectangle((x, y - 3, x + w, y + lh), radius=4, fill=btn_bg, outline=fg)
+                c.draw.rounded_rectangle(
+                    (x, y - 3, x + w, y + lh), radius=4, fill=btn_bg, outline=fg
+                )
                 c.draw.text((x + 8, y), b, font=font, fill=btn_fg)
                 cells.append((x + 8, b))
                 x += w + rng.randint(8, 20)

@@ -71,9 +71,12 @@ def ocr_sample(rendered: Rendered, kind: str) -> Sample:
 
 
 def _qa(rendered: Rendered, question: str, answer: str, kind: str) -> Sample:
-    return Sample([rendered.image],
-                  [Message("user", f"{IMAGE_TAG}{question}"), Message("assistant", answer)],
-                  kind, {"answer": answer})
+    return Sample(
+        [rendered.image],
+        [Message("user", f"{IMAGE_TAG}{question}"), Message("assistant", answer)],
+        kind,
+        {"answer": answer},
+    )
 
 
 def qa_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskMix) -> Sample:
@@ -95,19 +98,29 @@ def qa_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskM
     return _qa(r, "What is the title of this page?", r.facts["title"], "qa_page")
 
 
-def longdoc_sample(rng: random.Random, src: TextSource, fonts: list[Path], num_pages: int,
-                   page_size: int) -> Sample:
+def longdoc_sample(
+    rng: random.Random, src: TextSource, fonts: list[Path], num_pages: int, page_size: int
+) -> Sample:
     """`num_pages` pages read in order; page 1 holds "Reference: NNNN"; the question asks it."""
     reference = str(rng.randint(1000, 9999))
     pages = [
-        render_page(rng, src, fonts, (page_size, page_size), header=f"Page {i + 1}",
-                    fact=("Reference", reference) if i == 0 else None)
+        render_page(
+            rng,
+            src,
+            fonts,
+            (page_size, page_size),
+            header=f"Page {i + 1}",
+            fact=("Reference", reference) if i == 0 else None,
+        )
         for i in range(num_pages)
     ]
     content = "".join(IMAGE_TAG for _ in pages) + REFERENCE_QUESTION
-    return Sample([p.image for p in pages],
-                  [Message("user", content), Message("assistant", reference)],
-                  "longdoc", {"answer": reference})
+    return Sample(
+        [p.image for p in pages],
+        [Message("user", content), Message("assistant", reference)],
+        "longdoc",
+        {"answer": reference},
+    )
 
 
 def _screen_size(rng: random.Random, mix: TaskMix) -> tuple[int, int]:
@@ -124,14 +137,20 @@ def make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: Tas
     if task == "ocr_page":
         return ocr_sample(render_page(rng, src, fonts, (side, rng.randint(side // 3, side))), task)
     if task == "ocr_code":
-        return ocr_sample(render_code(rng, src, fonts, (side, rng.randint(side // 4, side // 2))), task)
+        return ocr_sample(
+            render_code(rng, src, fonts, (side, rng.randint(side // 4, side // 2))), task
+        )
     if task == "ocr_table":
-        return ocr_sample(render_table(rng, src, fonts, (side, rng.randint(side // 4, side // 2))), task)
+        return ocr_sample(
+            render_table(rng, src, fonts, (side, rng.randint(side // 4, side // 2))), task
+        )
     if task == "ocr_receipt":
         return ocr_sample(render_receipt(rng, src, fonts, (rng.randint(224, 336), side // 2)), task)
     if task == "qa":
         return qa_sample(rng, src, fonts, mix)
     if task == "longdoc":
         return longdoc_sample(rng, src, fonts, rng.randint(*mix.num_pages), side)
-    raise ValueError(f"unknown task {task!r}; known: ocr_screen, ocr_page, ocr_code, ocr_table, "
-                     "ocr_receipt, qa, longdoc")
+    raise ValueError(
+        f"unknown task {task!r}; known: ocr_screen, ocr_page, ocr_code, ocr_table, "
+        "ocr_receipt, qa, longdoc"
+    )
