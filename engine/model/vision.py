@@ -1,0 +1,334 @@
+"""Qwen2.5-VL's vision tower: 3-D patch embedding, window/full attention blocks, 2x2 patch merger.
+
+Tensor names are those of the published checkpoints (``model.visual.*``). The tower takes the
+flattened patches of ``engine.preprocess`` and knows nothing of image files or of the decoder.
+Attention is block-diagonal (one block per window, or per frame in the full-attention blocks) and
+runs through torch SDPA on equal-length blocks batched together, so no flash-attn is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import VisionConfig
+from engine.errors import ConfigError, InputError
+from engine.model.norm import RMSNorm
+
+log = logging.getLogger(__name__)
+
+ROPE_THETA = 10000.0
+
+
+class PatchEmbed(nn.Module):
+    """Conv3d over one temporal patch: [N, C*tp*p*p] -> [N, hidden]. No bias, as published."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.in_channels = config.in_channels
+        self.kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
+        self.proj = nn.Conv3d(
+            config.in_channels, config.hidden_size, self.kernel, stride=self.kernel, bias=False
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Embed ``pixel_values`` [N, C*tp*p*p] (any float dtype) -> [N, hidden], weight dtype."""
+        x = pixel_values.reshape(-1, self.in_channels, *self.kernel)
+        return self.proj(x.to(self.proj.weight.dtype)).reshape(x.shape[0], -1)
+
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+}
+
+
+class VisionMLP(nn.Module):
+    """SwiGLU-style MLP with biases: ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        if config.hidden_act not in _ACTIVATIONS:
+            raise ConfigError(
+                f"vision hidden_act {config.hidden_act!r} unknown; known: {sorted(_ACTIVATIONS)}"
+            )
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+@dataclass(slots=True)
+class Segments:
+    """A split of the sequence into attention blocks, grouped by length for batched SDPA.
+
+    ``groups[i]`` is [n_i, L_i]: the row indices of n_i blocks of length L_i. ``restore`` [N] puts
+    the rows of the concatenated group outputs back in sequence order.
+    """
+
+    groups: list[torch.Tensor]
+    restore: torch.Tensor
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], device: torch.device) -> Segments:
+        """Blocks of the given lengths, laid end to end (zero lengths are skipped)."""
+        starts: dict[int, list[int]] = {}
+        offset = 0
+        for n in lengths:
+            if n > 0:
+                starts.setdefault(n, []).append(offset)
+            offset += n
+        groups = [
+            torch.tensor(s, dtype=torch.long)[:, None] + torch.arange(n, dtype=torch.long)
+            for n, s in starts.items()
+        ]
+        restore = torch.argsort(torch.cat([g.flatten() for g in groups]))
+        return cls([g.to(device) for g in groups], restore.to(device))
+
+
+def block_diagonal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments
+) -> torch.Tensor:
+    """Softmax attention within each block of ``segments``, none across blocks.
+
+    Args:
+        q, k, v: [N, H, D].
+        segments: the blocks, covering all N rows.
+    Returns:
+        [N, H*D] in the dtype of ``q``, rows in sequence order.
+    """
+    N, H, D = q.shape
+    outs = []
+    for idx in segments.groups:
+        n, L = idx.shape
+        # [n, L, H, D] -> [n, H, L, D]: the blocks of one length form one SDPA batch
+        qb, kb, vb = (t[idx].transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qb, kb, vb, scale=D**-0.5)
+        outs.append(o.transpose(1, 2).reshape(n * L, H * D))
+    return torch.cat(outs)[segments.restore]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class VisionAttention(nn.Module):
+    """Multi-head self-attention with 2-D RoPE on q and k (``qkv`` and ``proj`` with bias)."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.qkv = nn.Linear(config.hidden_size, config.hidden_size * 3, bias=True)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], segments: Segments
+    ) -> torch.Tensor:
+        """Attend within ``segments``.
+
+        Args:
+            x: [N, hidden].
+            rope: (cos, sin), each [N, D] float32.
+            segments: the attention blocks.
+        Returns:
+            [N, hidden].
+        """
+        N = x.shape[0]
+        q, k, v = self.qkv(x).reshape(N, 3, self.num_heads, -1).unbind(1)  # [N, H, D] each
+        cos, sin = (t[:, None, :] for t in rope)
+        # rotate in float32, as the reference does, then return to the activation dtype
+        q32, k32 = q.float(), k.float()
+        q = (q32 * cos + rotate_half(q32) * sin).to(v.dtype)
+        k = (k32 * cos + rotate_half(k32) * sin).to(v.dtype)
+        return self.proj(block_diagonal_attention(q, k, v, segments))
+
+
+class VisionBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm2 = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.attn = VisionAttention(config)
+        self.mlp = VisionMLP(config)
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], segments: Segments
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, segments)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nn.Module):
+    """Joins each merge_size x merge_size group of patches: ``mlp(ln_q(x).view(-1, 4*hidden))``."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.merged_size = config.hidden_size * config.spatial_merge_size**2
+        self.ln_q = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.merged_size, self.merged_size),
+            nn.GELU(),
+            nn.Linear(self.merged_size, config.out_hidden_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] with each group's patches consecutive -> [N / merge^2, out_hidden]."""
+        return self.mlp(self.ln_q(x).reshape(-1, self.merged_size))
+
+
+@dataclass(slots=True)
+class VisionLayout:
+    """Where each patch goes for one call: window order, attention blocks and 2-D positions.
+
+    ``window_index`` [N / merge^2] lists merge units in window order (the order the blocks see);
+    ``positions`` [N, 2] is each patch's (row, column) in that order.
+    """
+
+    window_index: torch.Tensor
+    windows: Segments
+    frames: Segments
+    positions: torch.Tensor
+
+
+def vision_layout(
+    grid: list[tuple[int, int, int]], config: VisionConfig, device: torch.device
+) -> VisionLayout:
+    """Window order, window/frame blocks and patch positions for images of ``grid`` (t, h, w).
+
+    Windows are ``window_size`` pixels square (``window_size // merge // patch`` merge units);
+    the full-attention blocks are one per frame, as in the reference (frames never attend to
+    each other). Units are ordered frame, window row, window column, then row-major within.
+    """
+    m = config.spatial_merge_size
+    unit = m * m
+    side = config.window_size // m // config.patch_size
+    index, window_lens, frame_lens, positions = [], [], [], []
+    offset = 0
+    for t, h, w in grid:
+        gh, gw = h // m, w // m
+        units = torch.arange(t * gh * gw).reshape(t, gh, gw)
+        nh, nw = math.ceil(gh / side), math.ceil(gw / side)
+        padded = F.pad(units, (0, nw * side - gw, 0, nh * side - gh), value=-1)
+        padded = (
+            padded.reshape(t, nh, side, nw, side).permute(0, 1, 3, 2, 4).reshape(-1, side * side)
+        )
+        valid = padded >= 0
+        index.append(padded[valid] + offset)
+        window_lens += (valid.sum(1) * unit).tolist()
+        frame_lens += [h * w] * t
+        # (row, column) of each patch in input order: frame, unit row, unit column, m x m inside
+        rows = torch.arange(h).reshape(gh, m, 1, 1).expand(gh, m, gw, m).permute(0, 2, 1, 3)
+        cols = torch.arange(w).reshape(1, 1, gw, m).expand(gh, m, gw, m).permute(0, 2, 1, 3)
+        pos = torch.stack([rows.reshape(-1, unit), cols.reshape(-1, unit)], dim=-1)
+        positions.append(pos.repeat(t, 1, 1))  # [t*gh*gw, unit, 2]
+        offset += t * gh * gw
+    window_index = torch.cat(index)
+    positions = torch.cat(positions)[window_index].reshape(-1, 2)
+    return VisionLayout(
+        window_index=window_index.to(device),
+        windows=Segments.from_lengths(window_lens, device),
+        frames=Segments.from_lengths(frame_lens, device),
+        positions=positions,
+    )
+
+
+def vision_rope(
+    positions: torch.Tensor, head_dim: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D rotary tables: half of each head's frequencies follow the row, half the column.
+
+    Args:
+        positions: [N, 2] (row, column), long, on CPU.
+        head_dim: D.
+    Returns:
+        (cos, sin), each [N, D] float32 on ``device``.
+    """
+    dim = head_dim // 2
+    # computed on CPU in float32 so every device sees the reference's exact frequencies
+    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    freqs = (positions.to(torch.float32)[:, :, None] * inv_freq).reshape(positions.shape[0], -1)
+    emb = torch.cat((freqs, freqs), dim=-1).to(device)
+    return emb.cos(), emb.sin()
+
+
+class VisionTransformer(nn.Module):
+    """Qwen2.5-VL's vision tower (``model.visual``).
+
+    Args:
+        config: the vision part of the model config.
+    """
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.patch_embed = PatchEmbed(config)
+        self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
+        self.merger = PatchMerger(config)
+        self.full_attention_blocks = frozenset(config.fullatt_block_indexes)
+
+    @property
+    def patch_dim(self) -> int:
+        c = self.config
+        return c.in_channels * c.temporal_patch_size * c.patch_size**2
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Encode the patches of one or more images (or videos).
+
+        Args:
+            pixel_values: [N, C*tp*p*p], the images' patches one after the other, each in the
+                order of ``engine.preprocess`` (frame, merge unit row, column, m x m inside).
+            grid_thw: [n_images, 3] long, (t, h, w) in patches per image; N = sum(t*h*w).
+        Returns:
+            [N / merge^2, out_hidden_size] in the weights' dtype, in the order of the input patches.
+        """
+        grid = self._check_inputs(pixel_values, grid_thw)
+        device = pixel_values.device
+        layout = vision_layout(grid, self.config, device)
+        rope = vision_rope(layout.positions, self.config.head_dim, device)
+
+        x = self.patch_embed(pixel_values)  # [N, hidden]
+        N, hidden = x.shape
+        unit = self.config.spatial_merge_size**2
+        # reorder merge units into window order; the blocks run on windows laid end to end
+        x = x.reshape(N // unit, unit, hidden)[layout.window_index].reshape(N, hidden)
+        for i, block in enumerate(self.blocks):
+            segments = layout.frames if i in self.full_attention_blocks else layout.windows
+            x = block(x, rope, segments)
+        merged = self.merger(x)  # [N / unit, out_hidden], window order
+        return merged[torch.argsort(layout.window_index)]
+
+    def _check_inputs(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> list[tuple[int, int, int]]:
+        if grid_thw.ndim != 2 or grid_thw.shape[1] != 3 or grid_thw.shape[0] == 0:
+            raise InputError(f"grid_thw must be [n_images, 3], got {tuple(grid_thw.shape)}")
+        if grid_thw.is_floating_point():
+            raise InputError(f"grid_thw must hold integers, got {grid_thw.dtype}")
+        grid = [tuple(int(v) for v in row) for row in grid_thw.tolist()]
+        m = self.config.spatial_merge_size
+        for t, h, w in grid:
+            if t <= 0 or h <= 0 or w <= 0 or h % m or w % m:
+                raise InputError(
+                    f"grid_thw row {(t, h, w)}: t, h, w must be positive and h, w multiples of "
+                    f"spatial_merge_size {m}"
+                )
+        expected = sum(t * h * w for t, h, w in grid)
+        if pixel_values.ndim != 2 or pixel_values.shape != (expected, self.patch_dim):
+            raise InputError(
+                f"pixel_values must be [{expected}, {self.patch_dim}] for grid_thw {grid}, "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        return grid  # type: ignore[return-value]
