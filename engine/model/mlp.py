@@ -1,0 +1,34 @@
+"""SwiGLU feed-forward block of the decoder: ``down(SiLU(gate(x)) * up(x))``, no biases."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import TextConfig
+from engine.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class MLP(nn.Module):
+    """Qwen2's MLP (``gate_proj``, ``up_proj``, ``down_proj``).
+
+    Args:
+        config: supplies ``hidden_size`` and ``intermediate_size``.
+    """
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        if config.hidden_act != "silu":
+            raise ConfigError(f"hidden_act {config.hidden_act!r} not supported, only 'silu'")
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., hidden] -> [..., hidden]."""
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
