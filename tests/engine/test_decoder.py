@@ -1,0 +1,142 @@
+"""With the same random weights, a full-attention model equals transformers' Qwen2.5-VL (float32).
+
+Covers text only, an image and a video in one prompt, feeding in pieces with token-by-token decode
+(the growing full-attention cache), and the per-layer hidden states.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.config import ModelConfig, tiny_config
+from engine.errors import InputError
+from engine.model.infinitevl import InfiniteVLForConditionalGeneration
+
+transformers = pytest.importorskip("transformers")
+
+CFG = tiny_config(("full_attention",) * 3, tie_word_embeddings=False)
+IMG, VID = CFG.image_token_id, CFG.video_token_id
+VS, VE = CFG.vision_start_token_id, CFG.vision_end_token_id
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Weights of a realistic scale (norms near 1, projections ~1/sqrt(fan_in))."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_q" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / max(1, p[0].numel()) ** 0.5)
+
+
+def _pair(config: ModelConfig = CFG, seed: int = 0):
+    hf_config = transformers.Qwen2_5_VLConfig(**config.to_hf())
+    hf_config._attn_implementation = "sdpa"
+    ref = transformers.Qwen2_5_VLForConditionalGeneration(hf_config).eval()
+    _randomize(ref, seed)
+    ours = InfiniteVLForConditionalGeneration(config).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
+def _rel_err(ref: torch.Tensor, out: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def _multimodal_prompt():
+    """text, an image of 1x4x6 patches (6 tokens), text, a video of 2x4x4 (8 tokens), text."""
+    gen = torch.Generator().manual_seed(3)
+    text = lambda n: torch.randint(0, 200, (n,), generator=gen).tolist()  # noqa: E731
+    ids = (
+        text(4) + [VS] + [IMG] * 6 + [VE] + text(3) + [VS] + [VID] * 8 + [VE] + text(5)
+    )
+    patch = CFG.vision.in_channels * CFG.vision.temporal_patch_size * CFG.vision.patch_size**2
+    image_grid = torch.tensor([[1, 4, 6]])
+    video_grid = torch.tensor([[2, 4, 4]])
+    return dict(
+        input_ids=torch.tensor([ids]),
+        pixel_values=torch.randn(24, patch, generator=gen),
+        image_grid_thw=image_grid,
+        pixel_values_videos=torch.randn(32, patch, generator=gen),
+        video_grid_thw=video_grid,
+        second_per_grid_ts=torch.tensor([2.0]),
+    )
+
+
+def test_forward_text_only_matches_transformers():
+    ours, ref = _pair()
+    ids = torch.randint(0, 200, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = ref(input_ids=ids).logits
+        out = ours(ids, ours.new_state(batch=2))
+    assert out.dtype == torch.float32
+    assert _rel_err(expected, out) < 1e-4
+
+
+def test_forward_image_and_video_matches_transformers():
+    ours, ref = _pair()
+    inputs = _multimodal_prompt()
+    with torch.no_grad():
+        expected = ref(**inputs).logits
+        state = ours.new_state()
+        out = ours(inputs.pop("input_ids"), state, **inputs)
+    assert _rel_err(expected, out) < 1e-4
+    # the image's 6 tokens span 3 positions (2x3 grid), the video's 8 span 5 (t index 0, 4)
+    assert state.tokens_seen == 30 and state.position == 30 - 6 + 3 - 8 + 5
+
+
+def test_pieces_and_decode_match_transformers_whole():
+    ours, ref = _pair()
+    inputs = _multimodal_prompt()
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        expected = ref(**inputs).logits
+        state = ours.new_state()
+        # piece 1 holds the image, piece 2 the video, then one token at a time
+        pieces = [
+            ours(ids[:, :12], state, pixel_values=inputs["pixel_values"],
+                 image_grid_thw=inputs["image_grid_thw"]),
+            ours(ids[:, 12:25], state, pixel_values_videos=inputs["pixel_values_videos"],
+                 video_grid_thw=inputs["video_grid_thw"],
+                 second_per_grid_ts=inputs["second_per_grid_ts"]),
+        ] + [ours(ids[:, t : t + 1], state) for t in range(25, ids.shape[1])]  # fmt: skip
+    out = torch.cat(pieces, dim=1)
+    assert _rel_err(expected, out) < 1e-4
+
+
+def test_hidden_states_and_logits_to_keep_match_transformers():
+    ours, ref = _pair()
+    ids = torch.randint(0, 200, (1, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = ref(input_ids=ids, output_hidden_states=True)
+        logits, hidden = ours(ids, ours.new_state(), logits_to_keep=3, return_hidden=True)
+    assert logits.shape == (1, 3, CFG.text.vocab_size)
+    assert _rel_err(expected.logits[:, -3:], logits) < 1e-4
+    assert len(hidden) == CFG.text.num_hidden_layers + 1
+    # transformers' last entry is after the final norm; the others are the same residual stream
+    for i in range(CFG.text.num_hidden_layers):
+        assert _rel_err(expected.hidden_states[i], hidden[i]) < 1e-4, f"hidden state {i}"
+
+
+def test_forward_rejects_mismatched_vision_inputs():
+    ours, _ = _pair()
+    inputs = _multimodal_prompt()
+    ids = inputs["input_ids"]
+    state = ours.new_state()
+    with torch.no_grad():
+        with pytest.raises(InputError, match="no image pixel values|no grid_thw"):
+            ours(ids[:, :12], state)
+        with pytest.raises(InputError, match="needs 4 pad tokens from index 5, found a run of 6"):
+            ours(ids[:, :12], state, pixel_values=inputs["pixel_values"][:16],
+                 image_grid_thw=torch.tensor([[1, 4, 4]]))  # fmt: skip
+        with pytest.raises(InputError, match="pixel_values must be"):
+            ours(ids[:, :12], state, pixel_values=inputs["pixel_values"][:16],
+                 image_grid_thw=inputs["image_grid_thw"])  # fmt: skip
+        with pytest.raises(InputError, match=r"token ids must be in \[0, 256\)"):
+            ours(torch.tensor([[5, 256]]), state)
+    # a rejected call leaves the state untouched
+    assert state.tokens_seen == 0 and state.position == 0
