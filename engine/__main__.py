@@ -1,0 +1,296 @@
+"""The ``infinitevl`` command: ``main()`` parses arguments and calls one typed function each.
+
+Add a subcommand by writing ``_add_<name>(subparsers)`` (it sets ``run`` to a function taking the
+parsed namespace and returning an exit code) and listing it in ``SUBCOMMANDS``.
+Bad input ends with a one-line message on stderr and exit code 2; anything unexpected with exit
+code 1 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from engine.config import ModelConfig
+from engine.errors import EngineError, InputError
+from engine.sampling import SamplingParams
+from engine.state import ModelState
+
+log = logging.getLogger(__name__)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+_SHORT_LAYER_NAMES = {
+    "linear_attention": "linear",
+    "sliding_attention": "sliding",
+    "full_attention": "full",
+}
+
+
+def generate(
+    prompt: str,
+    *,
+    model: Path | None,
+    images: Sequence[Path],
+    params: SamplingParams,
+    device: str = "auto",
+    dtype: str | None = None,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
+    """Answer one prompt (with images) and stream the reply to ``out``; the model to ``err``."""
+    from engine.engine import Engine
+
+    engine = Engine.load(model, device=device, dtype=dtype)
+    info = engine.info
+    which = "embedded default model" if info.is_embedded_default else "model"
+    print(
+        f"{which}: {info.path} ({info.num_parameters:,} parameters, {info.device}, {info.dtype})",
+        file=err,
+    )
+    if info.slow_warning:
+        print(info.slow_warning, file=err)
+    session = engine.new_session()
+    session.add_user_message(prompt, images)
+    for delta in session.generate(params):
+        out.write(delta.text)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    stats = session.last_stats
+    assert stats is not None
+    print(
+        f"{stats.prompt_tokens} prompt tokens in {stats.prefill_seconds:.2f} s, "
+        f"{stats.generated_tokens} generated in {stats.decode_seconds:.2f} s "
+        f"(stopped: {stats.stop_reason})",
+        file=err,
+    )
+    return 0
+
+
+def describe(config: ModelConfig) -> dict[str, Any]:
+    """Facts about a model from its config alone: the model and its state built on ``meta``."""
+    from engine.model.infinitevl import InfiniteVLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = InfiniteVLForConditionalGeneration(config)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    num_vision = sum(p.numel() for p in model.model.visual.parameters())
+    state_dtype = str(config.raw.get("torch_dtype", "float32"))
+    dtype = getattr(torch, state_dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"config.json: torch_dtype {state_dtype!r} is not a torch dtype")
+    state = ModelState.new(config.text, batch=1, device="meta", dtype=dtype)
+    text, vision = config.text, config.vision
+    return {
+        "model_type": config.model_type,
+        "num_layers": text.num_hidden_layers,
+        "layer_pattern": layer_pattern(text.layer_types),
+        "layer_types": list(text.layer_types),
+        "hidden_size": text.hidden_size,
+        "intermediate_size": text.intermediate_size,
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": text.num_key_value_heads,
+        "head_dim": text.head_dim,
+        "num_linear_heads": text.num_linear_heads,
+        "linear_key_head_dim": text.linear_head_dim,
+        "linear_value_head_dim": text.linear_value_head_dim,
+        "sliding_window": text.sliding_window,
+        "vocab_size": text.vocab_size,
+        "tie_word_embeddings": text.tie_word_embeddings,
+        "num_parameters": num_parameters,
+        "num_parameters_vision": num_vision,
+        "num_parameters_text": num_parameters - num_vision,
+        "state_nbytes": state.nbytes(),
+        "state_dtype": state_dtype,
+        "vision": {
+            "depth": vision.depth,
+            "hidden_size": vision.hidden_size,
+            "num_heads": vision.num_heads,
+            "patch_size": vision.patch_size,
+            "temporal_patch_size": vision.temporal_patch_size,
+            "spatial_merge_size": vision.spatial_merge_size,
+            "window_size": vision.window_size,
+            "fullatt_block_indexes": list(vision.fullatt_block_indexes),
+            "out_hidden_size": vision.out_hidden_size,
+        },
+    }
+
+
+def layer_pattern(layer_types: Sequence[str]) -> str:
+    """The shortest repeating block of layers: ``[sliding, linear, linear, linear] x 9``."""
+    names = [_SHORT_LAYER_NAMES.get(t, t) for t in layer_types]
+    n = len(names)
+    for period in range(1, n + 1):
+        if n % period == 0 and names == names[:period] * (n // period):
+            return f"[{', '.join(names[:period])}] x {n // period}"
+    raise AssertionError("unreachable: the whole list is a period of itself")
+
+
+def info(path: Path, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Print what a checkpoint directory's (or a bare) config.json describes."""
+    facts = describe(ModelConfig.from_file(path))
+    if as_json:
+        out.write(json.dumps(facts, indent=2) + "\n")
+        return 0
+    v = facts["vision"]
+    head = "tied" if facts["tie_word_embeddings"] else "own"
+    mib = facts["state_nbytes"] / 2**20
+    lines = [
+        ("model type", facts["model_type"]),
+        ("layers", f"{facts['num_layers']}: {facts['layer_pattern']}"),
+        (
+            "hidden size",
+            f"{facts['hidden_size']} (MLP {facts['intermediate_size']}; attention "
+            f"{facts['num_attention_heads']} heads / {facts['num_key_value_heads']} kv heads of "
+            f"{facts['head_dim']}; Gated DeltaNet {facts['num_linear_heads']} heads, key "
+            f"{facts['linear_key_head_dim']}, value {facts['linear_value_head_dim']})",
+        ),
+        ("sliding window", f"{facts['sliding_window']} tokens"),
+        ("vocabulary", f"{facts['vocab_size']} ({head} lm_head)"),
+        (
+            "parameters",
+            f"{facts['num_parameters']:,} (text {facts['num_parameters_text']:,}, "
+            f"vision {facts['num_parameters_vision']:,})",
+        ),
+        (
+            "state",
+            f"{facts['state_nbytes']:,} bytes ({mib:.1f} MiB; {facts['state_dtype']} activations, "
+            "float32 Gated DeltaNet matrices, full window), the same at any length",
+        ),
+        (
+            "vision",
+            f"{v['depth']} blocks of width {v['hidden_size']} ({v['num_heads']} heads), "
+            f"{v['patch_size']}-px patches over {v['temporal_patch_size']} frames, "
+            f"{v['spatial_merge_size']}x{v['spatial_merge_size']} merge into "
+            f"{v['out_hidden_size']}, window {v['window_size']} px, full attention in blocks "
+            f"{v['fullatt_block_indexes']}",
+        ),
+    ]
+    for key, value in lines:
+        out.write(f"{key:<15} {value}\n")
+    return 0
+
+
+def app(argv: Sequence[str]) -> int:
+    """Start the desktop app (``app.main.run``)."""
+    if importlib.util.find_spec("PySide6") is None:
+        raise EngineError(
+            "the desktop app needs PySide6, which is not installed: run `make app`, or "
+            "`.venv/bin/pip install -c constraints.txt -e '.[app]'`"
+        )
+    # the CLI is the one place above the app: importlib keeps the engine package free of app
+    # imports (tests/test_layering.py)
+    try:
+        app_main = importlib.import_module("app.main")
+    except ModuleNotFoundError as exc:
+        raise EngineError(f"the desktop app cannot start: module {exc.name!r} is missing") from exc
+    return int(app_main.run(list(argv)) or 0)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="answer a prompt (and images), streaming to stdout")
+    _add_debug_flag(p)
+    p.add_argument("prompt", help="the user's message")
+    p.add_argument("--model", type=Path, help="checkpoint directory (default: the embedded model)")
+    p.add_argument("--image", type=Path, action="append", default=[], help="image file, repeatable")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    def run(a: argparse.Namespace) -> int:
+        params = SamplingParams(
+            temperature=a.temperature,
+            top_p=a.top_p,
+            top_k=a.top_k,
+            repetition_penalty=a.repetition_penalty,
+            max_new_tokens=a.max_new_tokens,
+            stop=tuple(a.stop),
+            seed=a.seed,
+        )
+        return generate(
+            a.prompt, model=a.model, images=a.image, params=params, device=a.device, dtype=a.dtype
+        )
+
+    p.set_defaults(run=run)
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a model from its config.json (no weights needed)")
+    _add_debug_flag(p)
+    p.add_argument("path", type=Path, help="checkpoint directory or config.json")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=lambda a: info(a.path, as_json=a.json))
+
+
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="start the desktop assistant", add_help=False)
+    p.add_argument("app_args", nargs=argparse.REMAINDER, help="arguments for the app")
+    p.set_defaults(run=lambda a: app(a.app_args))
+
+
+def _add_debug_flag(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand without the flag keeps the value parsed before it
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks")
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_generate,
+    _add_info,
+    _add_app,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; ``--debug`` is accepted before or after the subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="infinitevl", description="InfiniteVL Desktop: a local assistant that sees."
+    )
+    parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``infinitevl`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except EngineError as exc:
+        if args.debug:
+            log.exception("failed")
+        print(f"infinitevl {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"infinitevl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the CLI boundary: a message, not a traceback, unless --debug
+        if args.debug:
+            log.exception("unexpected failure")
+        print(f"infinitevl {args.command}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
