@@ -1,0 +1,688 @@
+"""Runtime: a loaded model and its conversations (sessions) with constant-size state.
+
+``Engine`` owns the model, tokenizer and image parameters; ``Session`` owns one conversation's
+state and feeds it (user turns with images, document pages, video frames) and generates replies
+token by token. Every feed leaves the state at a turn boundary of the Qwen2-VL chat format, so a
+session can be forked, saved, restored and continued at any time. Never imports Qt.
+Over 500 lines: the session's feed and decode loops read best next to each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine import default_model
+from engine.config import ModelConfig
+from engine.errors import Cancelled, EngineError, InputError, StateError
+from engine.preprocess import ImageParams, image_token_count, load_image, preprocess_images
+from engine.sampling import Sampler, SamplingParams
+from engine.state import ModelState
+from engine.tokenizer import (
+    END_OF_TEXT,
+    IM_END,
+    IM_START,
+    IMAGE_PAD,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    Tokenizer,
+    chat_prompt,
+)
+
+log = logging.getLogger(__name__)
+
+ImageInput = np.ndarray | Image.Image | str | Path
+PREFILL_CHUNK_TOKENS = 2048
+SLOW_PARAMETERS = 1_000_000_000
+GREEDY = SamplingParams()
+_IMAGE_BLOCK = f"{VISION_START}{IMAGE_PAD}{VISION_END}"
+# user text may not write the tokens that structure the conversation
+_RESERVED = (IM_START, IM_END, END_OF_TEXT, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
+
+
+class CancelToken(threading.Event):
+    """Set by the caller (any thread) to stop a request; the engine checks it between steps."""
+
+    def cancel(self) -> None:
+        self.set()
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.is_set()
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the streamed reply and the token ids it came from."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStats:
+    """What one reply cost. ``stop_reason``: "eos" | "stop" | "length" | "cancelled"."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    stop_reason: str
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop_reason == "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """The loaded model as the user sees it (status bar, CLI banner)."""
+
+    name: str
+    path: str
+    device: str
+    dtype: str
+    num_parameters: int
+    state_nbytes: int
+    is_embedded_default: bool
+    slow_warning: str | None
+
+
+@dataclass(slots=True)
+class _Segment:
+    """Prompt tokens to feed: a text run (splittable) or one whole image block."""
+
+    ids: list[int]
+    pixel_values: torch.Tensor | None = None  # [patches, C * T * P * P]
+    grid_thw: torch.Tensor | None = None  # [1, 3]
+
+
+class Engine:
+    """A loaded model ready to hold conversations. Build with :meth:`load`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        image_params: ImageParams,
+        info: ModelInfo,
+        fingerprint: str,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.tokenizer = tokenizer
+        self.image_params = image_params
+        self.info = info
+        self.fingerprint = fingerprint
+        self.prefill_chunk_tokens = PREFILL_CHUNK_TOKENS
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, *, device: str = "auto", dtype: str | None = None
+    ) -> Engine:
+        """Load a checkpoint directory (None: the embedded default model).
+
+        Args:
+            path: a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json).
+            device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+            dtype: "float32", "bfloat16", "float16", or None for the loader's choice per device.
+        Raises:
+            EngineError: no embedded default model and no path; a device that is not available;
+                a checkpoint the loader rejects (CheckpointError, ConfigError).
+        """
+        from engine.loader import load_model, weights_fingerprint
+
+        is_default = path is None
+        if path is None:
+            path = default_model.find_default_model()
+            if path is None:
+                raise EngineError(default_model.NO_DEFAULT_MODEL_MESSAGE)
+        path = Path(path)
+        resolved = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype)
+        model, config = load_model(path, device=resolved, dtype=torch_dtype)
+        model.eval()
+        tokenizer = Tokenizer.from_dir(path)
+        image_params = ImageParams.from_dir(path)
+        info = model_info(model, config, path, is_embedded_default=is_default)
+        fingerprint = weights_fingerprint(model, config)
+        log.info(
+            "loaded %s on %s (%s, %d parameters)",
+            path,
+            info.device,
+            info.dtype,
+            info.num_parameters,
+        )
+        return cls(model, config, tokenizer, image_params, info, fingerprint)
+
+    def new_session(self, system_prompt: str | None = None) -> Session:
+        """A fresh conversation; ``system_prompt`` None uses the chat template's default."""
+        if system_prompt is not None:
+            _check_text("system_prompt", system_prompt)
+        return Session(self, self.model.new_state(device=self.device), system_prompt)
+
+    def restore_session(self, path: str | Path) -> Session:
+        """A session continuing from a state written by :meth:`Session.save`.
+
+        Raises:
+            StateError: a missing or damaged file, or a state of another model.
+        """
+        state = ModelState.load(path, self.fingerprint, self.config.text, device=self.device)
+        _match_state_dtype(state, self.model.new_state(device="meta"))
+        return Session(self, state, None)
+
+
+class Session:
+    """One conversation: its state, and the calls that feed it and generate replies.
+
+    Attributes:
+        tokens_fed_total: tokens this object prefilled (turns, pages, frames, turn endings; not
+            the reply's own tokens), in this process.
+        last_stats: the stats of the latest :meth:`generate`, None before one finishes.
+    """
+
+    def __init__(self, engine: Engine, state: ModelState, system_prompt: str | None) -> None:
+        self._engine = engine
+        self._state = state
+        self._system_prompt = system_prompt
+        # logits for the reply's first token; set by add_user_message, used by generate
+        self._next_logits: torch.Tensor | None = None  # [vocab] float32
+        self._prompt_tokens = 0
+        self._prefill_seconds = 0.0
+        self.tokens_fed_total = 0
+        self.last_stats: GenerationStats | None = None
+
+    @property
+    def tokens_seen(self) -> int:
+        return self._state.tokens_seen
+
+    @property
+    def state_nbytes(self) -> int:
+        return self._state.nbytes()
+
+    @property
+    def is_awaiting_reply(self) -> bool:
+        """True between :meth:`add_user_message` and the :meth:`generate` that answers it."""
+        return self._next_logits is not None
+
+    def add_user_message(
+        self,
+        text: str,
+        images: Sequence[ImageInput] = (),
+        cancel: CancelToken | None = None,
+    ) -> None:
+        """Prefill a user turn (images first, then ``text``) and the generation prompt.
+
+        Raises:
+            InputError: an empty message (no text and no images), text holding a reserved chat
+                token, an unreadable or empty image.
+            Cancelled: ``cancel`` was set; the session is left as it was before the call.
+        """
+        _check_text("text", text)
+        if isinstance(images, str | Path | np.ndarray | Image.Image):
+            images = [images]
+        if not text.strip() and not images:
+            raise InputError("empty message: give some text or at least one image")
+        pictures = [self._image_segment(img) for img in images]
+        parts: list[dict[str, Any]] = [{"type": "image"} for _ in pictures]
+        parts.append({"type": "text", "text": text})
+        if self.tokens_seen == 0 and self._next_logits is None:
+            messages: list[dict[str, Any]] = []
+            if self._system_prompt is not None:
+                messages.append({"role": "system", "content": self._system_prompt})
+            prompt = chat_prompt([*messages, {"role": "user", "content": parts}])
+        else:
+            # the turn the template writes for every message after the first
+            body = _IMAGE_BLOCK * len(pictures) + text
+            prompt = f"{IM_START}user\n{body}{IM_END}\n{IM_START}assistant\n"
+        if self._next_logits is not None:
+            # a second user message before a reply: close the empty assistant turn first
+            prompt = f"{IM_END}\n" + prompt
+        segments = self._segments(prompt, pictures)
+        backup = self._state.clone() if cancel is not None else None
+        start = time.perf_counter()
+        try:
+            fed, logits = self._prefill(segments, cancel)
+        except Cancelled:
+            if backup is not None:
+                self._state = backup
+            raise
+        self._next_logits = logits
+        self._prompt_tokens = fed
+        self._prefill_seconds = time.perf_counter() - start
+        log.debug(
+            "user turn: %d tokens, %d images, %.3f s", fed, len(pictures), self._prefill_seconds
+        )
+
+    def generate(
+        self, params: SamplingParams = GREEDY, cancel: CancelToken | None = None
+    ) -> Iterator[TextDelta]:
+        """Stream the reply to the last user message; the assistant turn is closed at the end.
+
+        Stops on an end-of-sequence token, a stop string (text before it is emitted, the stop
+        string is not), ``params.max_new_tokens``, or ``cancel`` (checked between tokens). Closing
+        the generator early counts as cancelled. ``last_stats`` is set when it ends.
+
+        Raises:
+            InputError: no user message is waiting for a reply.
+        """
+        if not isinstance(params, SamplingParams):
+            raise InputError(f"params must be SamplingParams, got {type(params).__name__}")
+        if self._next_logits is None:
+            raise InputError("nothing to answer: call add_user_message before generate")
+        return self._generate(params, cancel)
+
+    def _generate(self, params: SamplingParams, cancel: CancelToken | None) -> Iterator[TextDelta]:
+        engine = self._engine
+        logits, self._next_logits = self._next_logits, None
+        assert logits is not None
+        sampler = Sampler(params, logits.shape[-1], logits.device)
+        eos = {*engine.config.eos_token_id, engine.tokenizer.special.im_end}
+        stops = _StopMatcher(params.stop)
+        decoder = engine.tokenizer.stream_decoder()
+        generated: list[int] = []
+        pending_ids: list[int] = []
+        unfed: int | None = None  # the last sampled token, not yet fed to the model
+        reason = "cancelled"
+        start = time.perf_counter()
+        try:
+            while True:
+                if cancel is not None and cancel.is_cancelled:
+                    break
+                token = sampler(logits)
+                token_id = int(token.item())  # the one host sync per token
+                if token_id in eos:
+                    reason = "eos"
+                    break
+                unfed = token_id
+                generated.append(token_id)
+                pending_ids.append(token_id)
+                sampler.observe(token)
+                text, hit = stops.push(decoder.push(token_id))
+                if text:
+                    yield TextDelta(text, tuple(pending_ids))
+                    pending_ids = []
+                if hit:
+                    reason = "stop"
+                    break
+                if len(generated) >= params.max_new_tokens:
+                    reason = "length"
+                    break
+                if cancel is not None and cancel.is_cancelled:
+                    break
+                logits = self._forward(token.view(1, 1))
+                unfed = None
+            if reason != "stop":
+                text, _ = stops.push(decoder.flush(), final=True)
+                if text:
+                    yield TextDelta(text, tuple(pending_ids))
+        finally:
+            decode_seconds = time.perf_counter() - start
+            self._close_assistant_turn(unfed)
+            self.last_stats = GenerationStats(
+                prompt_tokens=self._prompt_tokens,
+                generated_tokens=len(generated),
+                prefill_seconds=self._prefill_seconds,
+                decode_seconds=decode_seconds,
+                stop_reason=reason,
+            )
+            log.debug("reply: %s", self.last_stats)
+
+    def add_assistant_message(self, text: str, cancel: CancelToken | None = None) -> None:
+        """Feed a reply written elsewhere (history replay) as the assistant's turn.
+
+        Answers the waiting user message, or stands as an assistant turn of its own.
+        Raises:
+            InputError: text holding a reserved chat token.
+            Cancelled: ``cancel`` was set; the session is left as it was before the call.
+        """
+        _check_text("text", text)
+        opening = ""
+        if self._next_logits is None:
+            opening = f"{IM_START}assistant\n"
+            if self.tokens_seen == 0:
+                opening = self._system_block() + opening
+        ids = self._engine.tokenizer.encode(f"{opening}{text}{IM_END}\n")
+        backup = self._state.clone() if cancel is not None else None
+        try:
+            self._prefill([_Segment(ids)], cancel)
+        except Cancelled:
+            if backup is not None:
+                self._state = backup
+            raise
+        self._next_logits = None
+
+    def _close_assistant_turn(self, unfed: int | None) -> None:
+        """Feed what the state has not seen of the reply, then ``<|im_end|>\\n``."""
+        ids = ([unfed] if unfed is not None else []) + self._engine.tokenizer.encode(f"{IM_END}\n")
+        self._prefill([_Segment(ids)], None)
+
+    def feed_frames(self, frames: Sequence[np.ndarray], cancel: CancelToken | None = None) -> int:
+        """Feed video/webcam frames (uint8 [H, W, 3] each) as one user turn of image blocks.
+
+        Cancel is checked between frames; frames fed before it stay in the state.
+        Returns:
+            tokens fed.
+        """
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            frames = [frames]
+        if len(frames) == 0:
+            raise InputError("feed_frames needs at least one frame")
+        return self._feed_pictures((self._image_segment(f) for f in frames), None, None, cancel)
+
+    def feed_document(
+        self,
+        pages: Iterable[np.ndarray | Image.Image],
+        *,
+        progress: Callable[[int, int | None], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> int:
+        """Read pages into the state, one ``Page i: <image>`` line each, as one user turn.
+
+        ``progress(done, total)`` is called before the first page and after each (total None for
+        an iterable without a length). Cancel is checked between pages; pages read before it stay.
+        Returns:
+            tokens fed.
+        """
+        total = len(pages) if hasattr(pages, "__len__") else None  # type: ignore[arg-type]
+        if total == 0:
+            raise InputError("feed_document needs at least one page")
+        pictures = (self._image_segment(page) for page in pages)
+        return self._feed_pictures(pictures, "Page {}: ", progress or _no_progress, cancel, total)
+
+    def _feed_pictures(
+        self,
+        pictures: Iterator[_Segment],
+        label: str | None,
+        progress: Callable[[int, int | None], None] | None,
+        cancel: CancelToken | None,
+        total: int | None = None,
+    ) -> int:
+        """Feed a user turn of image blocks, one forward per image, and close it."""
+        if self._next_logits is not None:
+            raise InputError("a user message is waiting for its reply: call generate first")
+        tok = self._engine.tokenizer
+        opening = self._turn_opening()
+        fed, done = 0, 0
+        if progress is not None:
+            progress(0, total)
+        try:
+            for picture in pictures:
+                if cancel is not None and cancel.is_cancelled:
+                    break
+                prefix = opening + (label.format(done + 1) if label else "")
+                suffix = "\n" if label else ""
+                ids = tok.encode(prefix) + picture.ids + (tok.encode(suffix) if suffix else [])
+                n, _ = self._prefill([_Segment(ids, picture.pixel_values, picture.grid_thw)], None)
+                fed, done, opening = fed + n, done + 1, ""
+                if progress is not None:
+                    progress(done, total)
+        finally:
+            if done:
+                fed += self._prefill([_Segment(tok.encode(f"{IM_END}\n"))], None)[0]
+        if done == 0 and not (cancel is not None and cancel.is_cancelled):
+            raise InputError("no pages or frames to feed")
+        log.debug("fed %d images (%d tokens)", done, fed)
+        return fed
+
+    def _turn_opening(self) -> str:
+        """The text that opens a user turn: on a fresh session, the system block before it."""
+        opening = f"{IM_START}user\n"
+        return opening if self.tokens_seen else self._system_block() + opening
+
+    def _system_block(self) -> str:
+        """The template's system turn: the session's system prompt, or the template's default."""
+        system = [{"role": "system", "content": self._system_prompt}] if self._system_prompt else []
+        empty_user: dict[str, Any] = {"role": "user", "content": []}
+        rendered = chat_prompt([*system, empty_user], add_generation_prompt=False)
+        return rendered.removesuffix(f"{IM_START}user\n{IM_END}\n")
+
+    def fork(self) -> Session:
+        """An independent copy: feeding or generating on either leaves the other untouched."""
+        other = Session(self._engine, self._state.clone(), self._system_prompt)
+        if self._next_logits is not None:
+            other._next_logits = self._next_logits.clone()
+        other._prompt_tokens, other._prefill_seconds = self._prompt_tokens, self._prefill_seconds
+        return other
+
+    def save(self, path: str | Path) -> None:
+        """Write the state atomically (temp file, fsync, rename) with the model's fingerprint.
+
+        Raises:
+            StateError: a user message is waiting for its reply (save after generate).
+        """
+        if self._next_logits is not None:
+            raise StateError(f"cannot save to {path}: a user message is waiting for its reply")
+        self._state.save(path, self._engine.fingerprint)
+
+    def _image_segment(self, image: ImageInput) -> _Segment:
+        """Preprocess one image into its block: vision start, N image pads, vision end."""
+        engine = self._engine
+        if isinstance(image, str | Path):
+            image = load_image(image, max_pixels=engine.image_params.max_pixels)
+        elif not isinstance(image, np.ndarray | Image.Image):
+            raise InputError(f"an image must be a numpy array, PIL image or path, got {image!r}")
+        pixel_values, grid_thw = preprocess_images([image], engine.image_params)
+        n = image_token_count(grid_thw[0], engine.config.vision.spatial_merge_size)
+        special = engine.tokenizer.special
+        ids = [special.vision_start, *([special.image_pad] * n), special.vision_end]
+        return _Segment(ids, pixel_values, grid_thw)
+
+    def _segments(self, prompt: str, pictures: list[_Segment]) -> list[_Segment]:
+        """Split a rendered prompt at its image blocks and put each picture's tokens there."""
+        ids = self._engine.tokenizer.encode(prompt)
+        block = self._engine.tokenizer.encode(_IMAGE_BLOCK)
+        segments: list[_Segment] = []
+        start = 0
+        for picture in pictures:
+            at = _find(ids, block, start)
+            assert at >= 0, "the chat template wrote fewer image blocks than images"
+            segments += [_Segment(ids[start:at]), picture]
+            start = at + len(block)
+        segments.append(_Segment(ids[start:]))
+        return [s for s in segments if s.ids]
+
+    def _prefill(
+        self, segments: list[_Segment], cancel: CancelToken | None
+    ) -> tuple[int, torch.Tensor | None]:
+        """Feed segments in chunks of at most ``prefill_chunk_tokens``, never splitting an image.
+
+        Returns:
+            (tokens fed, logits [vocab] of the last token).
+        Raises:
+            Cancelled: ``cancel`` was set between chunks.
+        """
+        fed, logits = 0, None
+        for ids, pixel_values, grid_thw in _chunks(segments, self._engine.prefill_chunk_tokens):
+            if cancel is not None and cancel.is_cancelled:
+                raise Cancelled(f"prefill cancelled after {fed} tokens")
+            tokens = torch.tensor([ids], dtype=torch.long, device=self._engine.device)
+            logits = self._forward(tokens, pixel_values, grid_thw)
+            fed += len(ids)
+        self.tokens_fed_total += fed
+        return fed, logits
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        grid_thw: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One model call on ``input_ids`` [1, T]; returns the last position's logits [vocab]."""
+        device = self._engine.device
+        with torch.inference_mode():
+            logits = self._engine.model(
+                input_ids,
+                self._state,
+                pixel_values=None if pixel_values is None else pixel_values.to(device),
+                image_grid_thw=None if grid_thw is None else grid_thw.to(device),
+                logits_to_keep=1,
+            )
+        return logits[0, -1]
+
+
+def _chunks(
+    segments: list[_Segment], limit: int
+) -> Iterator[tuple[list[int], torch.Tensor | None, torch.Tensor | None]]:
+    """Pack segments into forwards of at most ``limit`` tokens (an image block may exceed it)."""
+    ids: list[int] = []
+    pixels: list[torch.Tensor] = []
+    grids: list[torch.Tensor] = []
+
+    def flush() -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
+        out = (ids[:], torch.cat(pixels) if pixels else None, torch.cat(grids) if grids else None)
+        ids.clear()
+        pixels.clear()
+        grids.clear()
+        return out
+
+    for seg in segments:
+        if seg.pixel_values is not None:
+            if ids and len(ids) + len(seg.ids) > limit:
+                yield flush()
+            ids.extend(seg.ids)
+            pixels.append(seg.pixel_values)
+            assert seg.grid_thw is not None
+            grids.append(seg.grid_thw)
+            continue
+        rest = seg.ids
+        while rest:
+            if len(ids) >= limit:
+                yield flush()
+            room = limit - len(ids)
+            ids.extend(rest[:room])
+            rest = rest[room:]
+    if ids:
+        yield flush()
+
+
+class _StopMatcher:
+    """Holds back streamed text that may be the start of a stop string."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.held = ""
+
+    def push(self, text: str, *, final: bool = False) -> tuple[str, bool]:
+        """Returns (text safe to emit, whether a stop string was found)."""
+        held = self.held + text
+        hits = [i for i in (held.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return held[: min(hits)], True
+        keep = 0 if final else _partial_stop(held, self.stops)
+        self.held = held[len(held) - keep :] if keep else ""
+        return held[: len(held) - keep], False
+
+
+def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+def _find(ids: list[int], pattern: list[int], start: int) -> int:
+    for i in range(start, len(ids) - len(pattern) + 1):
+        if ids[i : i + len(pattern)] == pattern:
+            return i
+    return -1
+
+
+def _no_progress(done: int, total: int | None) -> None:
+    """Progress sink for callers that pass none."""
+
+
+def _check_text(name: str, text: object) -> None:
+    if not isinstance(text, str):
+        raise InputError(f"{name} must be a string, got {type(text).__name__}")
+    reserved = [t for t in _RESERVED if t in text]
+    if reserved:
+        raise InputError(f"{name} contains reserved chat tokens {reserved}")
+
+
+def _match_state_dtype(state: ModelState, fresh: ModelState) -> None:
+    """Cast a restored state to the dtypes this model computes in (a bf16 state, fp32 model)."""
+    for a, b in zip(state.layers, fresh.layers, strict=True):
+        for (name, t), u in zip(a.tensors().items(), b.tensors().values(), strict=True):
+            if t.dtype != u.dtype:
+                log.info("restored state: %s %s -> %s", name, t.dtype, u.dtype)
+                setattr(a, name, t.to(u.dtype))
+
+
+def resolve_device(device: str) -> torch.device:
+    """The device for a name: auto is CUDA when available, else the CPU.
+
+    Raises:
+        InputError: not a device name.  EngineError: CUDA asked for but not available.
+    """
+    if not isinstance(device, str) or not (
+        device in ("auto", "cpu", "cuda") or device.startswith("cuda:")
+    ):
+        raise InputError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"device {device!r} is not a device name ({exc})") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} requested but CUDA is not available on this machine")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise EngineError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices here")
+    return resolved
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | None) -> torch.dtype | None:
+    """A dtype name ("float32", "bfloat16", "float16") or None (the loader's default)."""
+    if dtype is None:
+        return None
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def model_info(
+    model: torch.nn.Module, config: ModelConfig, path: Path, *, is_embedded_default: bool
+) -> ModelInfo:
+    """Describe a loaded model; warn when it is large for its device."""
+    param = next(model.parameters())
+    num_parameters = sum(p.numel() for p in model.parameters())
+    state_nbytes = model.new_state(device="meta").nbytes()
+    name = path.resolve().name or str(path)
+    slow = None
+    if param.device.type == "cpu" and num_parameters > SLOW_PARAMETERS:
+        slow = (
+            f"{name} has {num_parameters / 1e9:.1f} billion parameters and runs on the CPU here: "
+            "expect each reply to take minutes (a few words per second at best, longer per "
+            "image). A CUDA GPU, or the embedded default model, answers much faster."
+        )
+    return ModelInfo(
+        name=name,
+        path=str(path),
+        device=str(param.device),
+        dtype=str(param.dtype).removeprefix("torch."),
+        num_parameters=num_parameters,
+        state_nbytes=state_nbytes,
+        is_embedded_default=is_embedded_default,
+        slow_warning=slow,
+    )

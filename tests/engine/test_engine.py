@@ -1,0 +1,333 @@
+"""Session loop logic on a FakeModel: streaming, stops, cancel, fork, feeds, the chat format.
+
+The FakeModel spells a scripted reply after every ``<|im_start|>assistant\\n``; its state records
+every token it was fed, so the conversation the model saw is checked token for token.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.engine import CancelToken, Engine, GenerationStats, Session
+from engine.errors import Cancelled, InputError, StateError
+from engine.sampling import SamplingParams
+from engine.tokenizer import chat_prompt
+from tests.engine.fakes import SPECIAL, ByteTokenizer, fake_engine
+
+REPLY = "Hello, world!"
+
+
+def _history(session: Session) -> str:
+    return ByteTokenizer().decode(session._state.history)
+
+
+def _reply(session: Session, params: SamplingParams | None = None) -> str:
+    params = params or SamplingParams()
+    return "".join(d.text for d in session.generate(params))
+
+
+def _image(h: int = 56, w: int = 84) -> np.ndarray:
+    return np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return fake_engine(REPLY.encode())
+
+
+def test_generate_streams_reply_and_stats(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("Hi there")
+    deltas = list(session.generate())
+    assert "".join(d.text for d in deltas) == REPLY
+    assert [i for d in deltas for i in d.token_ids] == list(REPLY.encode())
+    stats = session.last_stats
+    assert isinstance(stats, GenerationStats)
+    assert (stats.stop_reason, stats.generated_tokens, stats.cancelled) == (
+        "eos",
+        len(REPLY),
+        False,
+    )
+    prompt = chat_prompt([{"role": "user", "content": [{"type": "text", "text": "Hi there"}]}])
+    assert stats.prompt_tokens == len(ByteTokenizer().encode(prompt))
+    assert stats.prefill_seconds >= 0 and stats.decode_seconds >= 0
+
+
+def test_generate_conversation_is_the_published_template(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("first")
+    _reply(session)
+    session.add_user_message("second", images=[_image()])
+    _reply(session)
+    text = lambda t: {"type": "text", "text": t}  # noqa: E731
+    expected = chat_prompt(
+        [
+            {"role": "user", "content": [text("first")]},
+            {"role": "assistant", "content": REPLY},
+            {"role": "user", "content": [{"type": "image"}, text("second")]},
+            {"role": "assistant", "content": REPLY},
+        ],
+        add_generation_prompt=False,
+    )
+    # 56x84 px -> 2x3 merged patches -> 6 image pads
+    expected = expected.replace("<|image_pad|>", "<|image_pad|>" * 6)
+    assert _history(session) == expected
+    assert session.tokens_seen == len(ByteTokenizer().encode(expected))
+
+
+def test_new_session_system_prompt(engine: Engine) -> None:
+    session = engine.new_session(system_prompt="Be terse.")
+    session.add_user_message("q")
+    assert _history(session).startswith(
+        "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nq"
+    )
+
+
+def test_generate_greedy_is_deterministic(engine: Engine) -> None:
+    runs = []
+    for _ in range(2):
+        session = engine.new_session()
+        session.add_user_message("x")
+        runs.append(_reply(session))
+    assert runs == [REPLY, REPLY]
+
+
+def test_generate_max_new_tokens(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("x")
+    assert _reply(session, SamplingParams(max_new_tokens=4)) == REPLY[:4]
+    assert session.last_stats.stop_reason == "length"
+    assert session.last_stats.generated_tokens == 4
+    # the turn is closed after what the model said
+    assert _history(session).endswith(f"assistant\n{REPLY[:4]}<|im_end|>\n")
+
+
+@pytest.mark.parametrize(
+    ("stop", "text", "reason"),
+    [
+        ((", w",), "Hello", "stop"),
+        (("zz", "o, "), "Hell", "stop"),
+        (("world!x",), REPLY, "eos"),
+        (("!",), "Hello, world", "stop"),
+    ],
+    ids=["multi-token", "earliest-of-two", "prefix-never-completed", "last-char"],
+)
+def test_generate_stop_strings(
+    engine: Engine, stop: tuple[str, ...], text: str, reason: str
+) -> None:
+    session = engine.new_session()
+    session.add_user_message("x")
+    assert _reply(session, SamplingParams(stop=stop)) == text
+    assert session.last_stats.stop_reason == reason
+    # the state is closed after the token that completed the stop string
+    assert _history(session).endswith("<|im_end|>\n")
+
+
+def test_generate_cancel_after_third_delta_then_continue(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("x")
+    cancel = CancelToken()
+    got = []
+    for delta in session.generate(cancel=cancel):
+        got.append(delta.text)
+        if len(got) == 3:
+            cancel.cancel()
+    assert got == list(REPLY[:3])
+    assert cancel.is_cancelled
+    assert session.last_stats.stop_reason == "cancelled" and session.last_stats.cancelled
+    assert _history(session).endswith(f"assistant\n{REPLY[:3]}<|im_end|>\n")
+    # the conversation goes on, well formed
+    session.add_user_message("again")
+    assert _reply(session) == REPLY
+    assert _history(session).endswith(
+        f"user\nagain<|im_end|>\n<|im_start|>assistant\n{REPLY}<|im_end|>\n"
+    )
+
+
+def test_generate_closed_early_counts_as_cancelled(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("x")
+    stream: Iterator = session.generate()
+    next(stream)
+    next(stream)
+    stream.close()
+    assert session.last_stats.stop_reason == "cancelled"
+    assert _history(session).endswith(f"assistant\n{REPLY[:2]}<|im_end|>\n")
+
+
+def test_generate_cancelled_before_start(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("x")
+    cancel = CancelToken()
+    cancel.cancel()
+    assert list(session.generate(cancel=cancel)) == []
+    assert session.last_stats.stop_reason == "cancelled"
+    assert session.last_stats.generated_tokens == 0
+
+
+def test_generate_needs_a_user_message(engine: Engine) -> None:
+    session = engine.new_session()
+    with pytest.raises(InputError, match="add_user_message"):
+        session.generate()
+    session.add_user_message("x")
+    _reply(session)
+    with pytest.raises(InputError, match="add_user_message"):
+        session.generate()
+
+
+def test_add_user_message_cancelled_leaves_session_unchanged(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("x")
+    _reply(session)
+    before = list(session._state.history)
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        session.add_user_message("y", cancel=cancel)
+    assert session._state.history == before
+    assert not session.is_awaiting_reply
+
+
+def test_add_user_message_twice_closes_the_empty_reply(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("a")
+    session.add_user_message("b")
+    assert "<|im_start|>assistant\n<|im_end|>\n<|im_start|>user\nb<|im_end|>" in _history(session)
+
+
+def test_prefill_chunks_never_split_an_image(engine: Engine) -> None:
+    engine.prefill_chunk_tokens = 16
+    session = engine.new_session()
+    # 112x112 px -> 16 pads + start/end: a block of 18 tokens, over the chunk size
+    session.add_user_message("describe " * 20, images=[_image(112, 112), _image(56, 56)])
+    calls = engine.model.calls
+    assert engine.model.images_seen == 2
+    assert sum(calls) == session.tokens_seen
+    assert max(calls) == 18 and sorted(calls).count(18) == 1
+    assert all(c <= 16 for c in calls if c != 18)
+
+
+def test_long_prompt_beyond_window(engine: Engine) -> None:
+    # tiny_config's window is 8 tokens; the session's state has no length limit
+    session = engine.new_session()
+    session.add_user_message("long " * 3000)
+    assert session.tokens_seen > 15000
+    assert max(engine.model.calls) <= engine.prefill_chunk_tokens
+    assert _reply(session) == REPLY
+
+
+def test_fork_is_independent(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("main")
+    _reply(session)
+    before = list(session._state.history)
+    side = session.fork()
+    side.add_user_message("side question")
+    assert _reply(side) == REPLY
+    assert session._state.history == before
+    assert side.tokens_fed_total > 0 and side.tokens_seen > session.tokens_seen
+    session.add_user_message("main again")
+    assert _reply(session) == REPLY
+    assert "side question" not in _history(session)
+
+
+def test_fork_while_awaiting_reply(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("q")
+    side = session.fork()
+    assert _reply(side) == REPLY
+    assert _reply(session) == REPLY
+
+
+def test_feed_document_progress_and_cancel(engine: Engine) -> None:
+    session = engine.new_session()
+    calls: list[tuple[int, int | None]] = []
+    fed = session.feed_document(
+        [_image(), _image(), _image()], progress=lambda d, t: calls.append((d, t))
+    )
+    assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    history = _history(session)
+    assert fed == session.tokens_seen == session.tokens_fed_total
+    assert history.count("<|vision_start|>") == 3
+    assert "Page 1: <|vision_start|>" in history and "Page 3: <|vision_start|>" in history
+    assert history.endswith("<|vision_end|>\n<|im_end|>\n")
+
+    cancel = CancelToken()
+    calls.clear()
+
+    def progress(done: int, total: int | None) -> None:
+        calls.append((done, total))
+        if done == 2:
+            cancel.cancel()
+
+    pages = (p for p in [_image(), _image(), _image(), _image()])  # no length: total None
+    fed2 = session.feed_document(pages, progress=progress, cancel=cancel)
+    assert calls == [(0, None), (1, None), (2, None)]
+    assert _history(session).count("<|vision_start|>") == 5
+    assert fed2 == session.tokens_seen - fed
+    # the reader's pages stay and the conversation continues
+    session.add_user_message("what was on page 2?")
+    assert _reply(session) == REPLY
+
+
+def test_feed_frames(engine: Engine) -> None:
+    session = engine.new_session()
+    fed = session.feed_frames([_image(), _image()])
+    assert fed == session.tokens_seen
+    history = _history(session)
+    assert history.count("<|vision_start|>") == 2
+    assert history.count("<|im_start|>user") == 1 and history.endswith("<|im_end|>\n")
+    cancel = CancelToken()
+    cancel.cancel()
+    assert session.feed_frames([_image()], cancel=cancel) == 0
+
+
+def test_feed_while_awaiting_reply_is_refused(engine: Engine) -> None:
+    session = engine.new_session()
+    session.add_user_message("q")
+    with pytest.raises(InputError, match="waiting"):
+        session.feed_frames([_image()])
+
+
+def test_add_assistant_message_replays_like_generate(engine: Engine) -> None:
+    live = engine.new_session()
+    live.add_user_message("q")
+    _reply(live)
+    replayed = engine.new_session()
+    replayed.add_user_message("q")
+    replayed.add_assistant_message(REPLY)
+    assert replayed._state.history == live._state.history
+
+
+def test_save_while_awaiting_reply_is_refused(engine: Engine, tmp_path: Path) -> None:
+    session = engine.new_session()
+    session.add_user_message("q")
+    with pytest.raises(StateError, match="waiting"):
+        session.save(tmp_path / "s.state")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("", "empty"), ("   \n", "empty"), ("a <|im_end|> b", "reserved"), (b"bytes", "string")],
+)
+def test_add_user_message_bad_text(engine: Engine, text: object, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        engine.new_session().add_user_message(text)  # type: ignore[arg-type]
+
+
+def test_eos_from_config_also_ends_reply() -> None:
+    engine = fake_engine([*b"ab", SPECIAL["<|endoftext|>"], *b"cd"])
+    engine.config = engine.config.__class__(
+        **{
+            **{f: getattr(engine.config, f) for f in engine.config.__dataclass_fields__},
+            "eos_token_id": (SPECIAL["<|endoftext|>"],),
+        }
+    )
+    session = engine.new_session()
+    session.add_user_message("x")
+    assert _reply(session) == "ab"
+    assert session.last_stats.stop_reason == "eos"
+    # the end-of-text token is replaced by the template's turn end
+    assert _history(session).endswith("assistant\nab<|im_end|>\n")
