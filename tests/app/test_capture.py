@@ -1,0 +1,194 @@
+"""Screen-region OCR: logical-to-pixel mapping, the region picker over a real X screen (Xvfb),
+and the whole flow with the real engine on the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtGui
+
+from app.capture.geometry import (
+    Rect,
+    ScreenGeometry,
+    logical_to_pixels,
+    match_monitors,
+    selection_rect,
+)
+from app.capture.screenshot import MonitorShot
+from engine.errors import InputError
+from tests.app.xvfb_display import xvfb_display
+
+OFFSCREEN_SIZE = (800, 800)  # the Qt offscreen platform's one screen
+
+
+def test_selection_rect_any_drag_direction() -> None:
+    assert selection_rect(30, 40, 10, 5) == Rect(10, 5, 20, 35)
+    assert selection_rect(10, 5, 30, 40) == Rect(10, 5, 20, 35)
+
+
+def test_logical_to_pixels_hidpi_scales_by_image_ratio() -> None:
+    # GIVEN a 2x screen: 1280x800 logical points shown by a 2560x1600 image
+    screen = Rect(0, 0, 1280, 800)
+    # WHEN 100.5..200.25 x 10..20 points are selected THEN the box widens to whole pixels
+    box = logical_to_pixels(Rect(100.5, 10, 99.75, 10), screen, (2560, 1600))
+    assert box == Rect(201, 20, 200, 20)
+
+
+def test_logical_to_pixels_fractional_scale_on_second_screen() -> None:
+    # GIVEN a 1.25x screen to the right of a 1920-wide one: 1536x864 points, 1920x1080 pixels
+    screen = Rect(1920, 0, 1536, 864)
+    box = logical_to_pixels(Rect(1920 + 400, 200, 80, 40), screen, (1920, 1080))
+    assert box == Rect(500, 250, 100, 50)
+
+
+def test_logical_to_pixels_clamps_to_the_screen() -> None:
+    box = logical_to_pixels(Rect(-20, -20, 60, 50), Rect(0, 0, 100, 100), (100, 100))
+    assert box == Rect(0, 0, 40, 30)
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [Rect(10, 10, 0, 30), Rect(10, 10, 30, 0), Rect(500, 500, 10, 10)],
+    ids=["zero-width", "zero-height", "off-screen"],
+)
+def test_logical_to_pixels_rejects_an_empty_region(selection: Rect) -> None:
+    with pytest.raises(InputError, match="selected region is empty"):
+        logical_to_pixels(selection, Rect(0, 0, 100, 100), (100, 100))
+
+
+def test_match_monitors_exact_on_x11_with_mixed_ratios() -> None:
+    # GIVEN Qt 6 on X11: origins in native pixels, sizes logical; mss lists them in another order
+    screens = [
+        ScreenGeometry(Rect(0, 0, 1280, 800), 2.0),
+        ScreenGeometry(Rect(2560, 0, 1920, 1080), 1.0),
+    ]
+    monitors = [Rect(2560, 0, 1920, 1080), Rect(0, 0, 2560, 1600)]
+    assert match_monitors(screens, monitors) == [1, 0]
+
+
+def test_match_monitors_falls_back_to_reading_order() -> None:
+    # GIVEN macOS-like logical origins that are not the monitors' pixel origins
+    screens = [
+        ScreenGeometry(Rect(1440, 0, 1920, 1080), 1.0),
+        ScreenGeometry(Rect(0, 0, 1440, 900), 2.0),
+    ]
+    monitors = [Rect(0, 0, 2880, 1800), Rect(2880, 0, 1920, 1080)]
+    assert match_monitors(screens, monitors) == [1, 0]
+    with pytest.raises(ValueError, match="2 Qt screens but 1 captured"):
+        match_monitors(screens, monitors[:1])
+
+
+def _synthetic_screen(width: int, height: int, seed: int = 7) -> np.ndarray:
+    """Blocks of seeded random colours: every crop of it is distinguishable from its neighbours."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(blocks.repeat(8, 0).repeat(8, 1)[:height, :width])
+
+
+def _show_on_x(display_name: str, image: np.ndarray) -> object:
+    """Put `image` in a borderless window covering the X screen; returns the open connection."""
+    from PIL import Image
+    from Xlib import X
+    from Xlib.display import Display
+
+    disp = Display(display_name)
+    screen = disp.screen()
+    h, w, _ = image.shape
+    window = screen.root.create_window(
+        0, 0, w, h, 0, screen.root_depth, X.InputOutput, X.CopyFromParent, override_redirect=True
+    )
+    window.map()
+    gc = window.create_gc()
+    disp.sync()
+    window.put_pil_image(gc, 0, 0, Image.fromarray(image).convert("RGB"))
+    disp.sync()
+    return disp
+
+
+@pytest.fixture
+def x_screen_with_content() -> tuple[str, np.ndarray]:
+    """A real X screen (Xvfb, as large as Qt's offscreen screen) showing known pixels."""
+    with xvfb_display(*OFFSCREEN_SIZE) as name:
+        content = _synthetic_screen(*OFFSCREEN_SIZE)
+        connection = _show_on_x(name, content)
+        yield name, content
+        connection.close()
+
+
+def _drag(qtbot, widget, start: tuple[int, int], end: tuple[int, int]) -> None:
+    left = QtCore.Qt.MouseButton.LeftButton
+    qtbot.mousePress(widget, left, pos=QtCore.QPoint(*start))
+    qtbot.mouseMove(widget, QtCore.QPoint(*end))
+    qtbot.mouseRelease(widget, left, pos=QtCore.QPoint(*end))
+
+
+@pytest.mark.gui
+def test_grab_monitors_captures_the_x_screen(x_screen_with_content) -> None:
+    from app.capture.screenshot import grab_monitors
+
+    display, content = x_screen_with_content
+    shots = grab_monitors(display)
+    assert [s.rect for s in shots] == [Rect(0, 0, *OFFSCREEN_SIZE)]
+    np.testing.assert_array_equal(shots[0].image, content)
+
+
+@pytest.mark.gui
+def test_region_picker_crops_the_dragged_region(qtbot, x_screen_with_content) -> None:
+    from app.capture.region_picker import RegionPicker
+    from app.capture.screenshot import grab_monitors
+
+    # GIVEN the frozen X screen in the picker's overlay
+    display, content = x_screen_with_content
+    picker = RegionPicker(grab_monitors(display))
+    picker.start()
+    overlay = picker.overlays[0]
+    qtbot.waitExposed(overlay)
+    # WHEN the user drags from (300, 120) up-left to (100, 50)
+    with qtbot.waitSignal(picker.region_selected, timeout=2000) as blocker:
+        _drag(qtbot, overlay, (300, 120), (100, 50))
+    # THEN the crop is exactly those screen pixels and the overlay is gone
+    np.testing.assert_array_equal(blocker.args[0], content[50:120, 100:300])
+    assert not overlay.isVisible()
+
+
+@pytest.mark.gui
+def test_region_picker_hidpi_image_maps_points_to_pixels(qtbot) -> None:
+    # GIVEN a screenshot with twice the screen's logical resolution (a 2x display)
+    image = _synthetic_screen(2 * OFFSCREEN_SIZE[0], 2 * OFFSCREEN_SIZE[1])
+    picker = _started_picker(image)
+    overlay = picker.overlays[0]
+    qtbot.waitExposed(overlay)
+    with qtbot.waitSignal(picker.region_selected, timeout=2000) as blocker:
+        _drag(qtbot, overlay, (100, 50), (300, 120))
+    # THEN the logical 200x70 points are 400x140 image pixels
+    np.testing.assert_array_equal(blocker.args[0], image[100:240, 200:600])
+
+
+@pytest.mark.gui
+def test_region_picker_zero_area_is_a_message_and_esc_cancels(qtbot) -> None:
+    picker = _started_picker(_synthetic_screen(*OFFSCREEN_SIZE))
+    overlay = picker.overlays[0]
+    qtbot.waitExposed(overlay)
+    # WHEN the user clicks without dragging THEN a clear message, no crop, the overlay stays
+    with (
+        qtbot.assertNotEmitted(picker.region_selected),
+        qtbot.waitSignal(picker.selection_rejected, timeout=2000) as blocker,
+    ):
+        _drag(qtbot, overlay, (200, 200), (200, 200))
+    assert "selected region is empty" in blocker.args[0]
+    assert "selected region is empty" in overlay.message
+    assert overlay.isVisible()
+    # WHEN Esc is pressed THEN the picker is cancelled and closed
+    with qtbot.waitSignal(picker.selection_cancelled, timeout=2000):
+        qtbot.keyClick(overlay, QtCore.Qt.Key.Key_Escape)
+    assert not overlay.isVisible()
+
+
+def _started_picker(image: np.ndarray):  # noqa: ANN202
+    """A started picker over one synthetic screenshot of the offscreen screen."""
+    from app.capture.region_picker import RegionPicker
+
+    h, w, _ = image.shape
+    picker = RegionPicker([MonitorShot(Rect(0, 0, w, h), image)], QtGui.QGuiApplication.screens())
+    picker.start()
+    return picker
