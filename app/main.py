@@ -1,0 +1,112 @@
+"""Wires the app: settings, history store, engine thread and main window.
+
+``build(argv)`` returns the shown-but-not-running ``MainWindow`` (tests drive it);
+``run(argv)`` is ``build(argv)`` plus the Qt event loop. Flags: --model, --device, --theme,
+--data-dir (see app/settings.py).
+
+API for other panes (capture, reader, webcam), all on the GUI thread:
+- ``window.add_side_pane(title, widget) -> QDockWidget``: dock a pane (tabbed with the others),
+  with a toggle in the View menu.
+- ``window.attach_image(image)``: put a uint8 [H, W, 3] array into the composer of the open
+  conversation (e.g. "send this capture to the chat").
+- ``window.current_conversation_id`` (int | None) and the ``window.conversation_changed(int)``
+  signal.
+- ``window.engine_client`` (EngineClient), the one way to the engine thread. Each call returns a
+  request id at once; results arrive as the client's signals, emitted on the GUI thread:
+  - ``read_document(conversation_id, pages, label)``: pages (uint8 arrays or PIL images) into
+    the conversation's state; ``job_progress(id, done, total)``, ``job_finished(id, JobResult)``
+    or ``job_failed(id, message)``. An event line is added to the transcript; the state is
+    saved afterwards, also when cancelled (the pages read so far stay).
+  - ``feed_frames(conversation_id, frames)``: camera frames into the state; ``job_finished``.
+  - ``ask_forked(conversation_id, text, images=(), params=None)``: ask about a copy of the
+    conversation's state (None: a fresh session, as for OCR); ``token_streamed(id, text)``,
+    ``generation_finished(id, ChatResult)`` (``.text``, ``.stats``) or
+    ``generation_failed(id, message)``.
+  - ``cancel(id)`` stops any of them; ``model_info`` is None until a model is loaded.
+- ``window.settings.get("hotkey")`` and the ``window.settings_changed`` signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from app.chat.window import MainWindow
+from app.engine_client import EngineClient, load_engine
+from app.history.store import HistoryError, HistoryStore
+from app.settings import AppSettings, parse_args
+
+log = logging.getLogger(__name__)
+
+_SCHEMES = {
+    "light": QtCore.Qt.ColorScheme.Light,
+    "dark": QtCore.Qt.ColorScheme.Dark,
+}
+
+
+def apply_theme(theme: str) -> None:
+    """Follow the system's light/dark scheme, or force one."""
+    hints = QtGui.QGuiApplication.styleHints()
+    if theme in _SCHEMES:
+        hints.setColorScheme(_SCHEMES[theme])
+    else:
+        hints.unsetColorScheme()
+
+
+def has_display() -> bool:
+    """Whether Qt can open a window here (an X or Wayland display, or a non-X11 platform)."""
+    if os.environ.get("QT_QPA_PLATFORM") or sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def build(
+    argv: Sequence[str] = (),
+    engine_factory: Callable[[str | None, str], Any] = load_engine,
+) -> MainWindow:
+    """Create (or reuse) the QApplication and the wired, shown main window; no event loop."""
+    options = parse_args(argv)
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["infinitevl"])
+    app.setApplicationName("InfiniteVL Desktop")
+    store = HistoryStore(options.data_dir)
+    settings = AppSettings(store.data_dir, options.overrides)
+    apply_theme(str(settings.get("theme")))
+    client = EngineClient(store.snapshots_dir, engine_factory)
+    window = MainWindow(store, client, settings)
+    window.settings_changed.connect(window.controller.refresh_list)
+    window.settings_changed.connect(lambda: apply_theme(str(settings.get("theme"))))
+    conversations = store.conversations()
+    if conversations:
+        window.controller.open_conversation(conversations[0].id)
+    else:
+        window.controller.new_conversation()
+    window.show()
+    # the first window shows at once; the model loads on the engine thread behind it
+    QtCore.QTimer.singleShot(0, window.load_model)
+    log.info("app built on %s", store.data_dir)
+    return window
+
+
+def run(argv: Sequence[str] = ()) -> int:
+    """Start the app and run until its window closes; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not has_display():
+        sys.stderr.write(
+            "infinitevl app: no display found (neither DISPLAY nor WAYLAND_DISPLAY is set).\n"
+            "Run it in a desktop session, or under a virtual screen: "
+            "xvfb-run .venv/bin/infinitevl app\n"
+        )
+        return 2
+    try:
+        window = build(argv)
+    except HistoryError as exc:
+        sys.stderr.write(f"infinitevl app: {exc}\n")
+        return 2
+    app = QtWidgets.QApplication.instance()
+    assert app is not None
+    return int(app.exec()) if window.isVisible() else 0
