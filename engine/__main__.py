@@ -44,10 +44,11 @@ def generate(
     params: SamplingParams,
     device: str = "auto",
     dtype: str | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Answer one prompt (with images) and stream the reply to ``out``; the model to ``err``."""
+    out, err = out or sys.stdout, err or sys.stderr
     from engine.engine import Engine
 
     engine = Engine.load(model, device=device, dtype=dtype)
@@ -136,8 +137,9 @@ def layer_pattern(layer_types: Sequence[str]) -> str:
     raise AssertionError("unreachable: the whole list is a period of itself")
 
 
-def info(path: Path, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+def info(path: Path, *, as_json: bool, out: TextIO | None = None) -> int:
     """Print what a checkpoint directory's (or a bare) config.json describes."""
+    out = out or sys.stdout
     facts = describe(ModelConfig.from_file(path))
     if as_json:
         out.write(json.dumps(facts, indent=2) + "\n")

@@ -16,15 +16,23 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "resources" / "default
 _REQUIRED = ("config.json", "tokenizer.json")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
-NO_DEFAULT_MODEL_MESSAGE = (
-    f"no embedded default model: {DEFAULT_MODEL_DIR} holds no checkpoint yet. "
-    "Point the command at a checkpoint directory instead, e.g. a download of hustvl/InfiniteVL "
-    "from the Hugging Face hub: infinitevl generate --model /path/to/InfiniteVL 'your question'."
-)
+
+def no_default_model_message() -> str:
+    """What to tell a user who asked for the embedded model where there is none."""
+    return (
+        f"no embedded default model: {DEFAULT_MODEL_DIR} holds no checkpoint yet. Point the "
+        "command at a checkpoint directory instead, e.g. a download of hustvl/InfiniteVL from "
+        "the Hugging Face hub: infinitevl generate --model /path/to/InfiniteVL 'your question'"
+    )
 
 
-def find_default_model(directory: Path = DEFAULT_MODEL_DIR) -> Path | None:
-    """The embedded default checkpoint directory, or None when it is absent or incomplete."""
+def find_default_model(directory: Path | None = None) -> Path | None:
+    """The embedded default checkpoint directory, or None when it is absent or incomplete.
+
+    Args:
+        directory: where to look; None is ``DEFAULT_MODEL_DIR`` (read at call time).
+    """
+    directory = DEFAULT_MODEL_DIR if directory is None else directory
     if not directory.is_dir():
         log.info("no embedded default model at %s", directory)
         return None

@@ -142,13 +142,13 @@ class Engine:
             EngineError: no embedded default model and no path; a device that is not available;
                 a checkpoint the loader rejects (CheckpointError, ConfigError).
         """
-        from engine.loader import load_model, weights_fingerprint
-
         is_default = path is None
         if path is None:
             path = default_model.find_default_model()
             if path is None:
-                raise EngineError(default_model.NO_DEFAULT_MODEL_MESSAGE)
+                raise EngineError(default_model.no_default_model_message())
+        from engine.loader import load_model, weights_fingerprint
+
         path = Path(path)
         resolved = resolve_device(device)
         torch_dtype = resolve_dtype(dtype)
