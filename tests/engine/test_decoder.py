@@ -140,3 +140,58 @@ def test_forward_rejects_mismatched_vision_inputs():
             ours(torch.tensor([[5, 256]]), state)
     # a rejected call leaves the state untouched
     assert state.tokens_seen == 0 and state.position == 0
+
+
+def _gated_deltanet_formula(layer, x: torch.Tensor) -> torch.Tensor:
+    """shared/reference/README.md's Gated DeltaNet, token by token in float64, from zero state."""
+    from torch.nn.functional import conv1d, silu, softplus
+
+    p = {n: t.detach().double() for n, t in layer.named_parameters()}
+    x = x.double()
+    B, T, _ = x.shape
+    H, K, V = layer.num_heads, layer.head_k_dim, layer.head_v_dim
+
+    def conv(w_proj, w_conv):
+        u = (x @ w_proj.T).transpose(1, 2)  # [B, C, T]
+        u = torch.nn.functional.pad(u, (w_conv.shape[-1] - 1, 0))
+        return silu(conv1d(u, w_conv, groups=w_conv.shape[0])).transpose(1, 2)
+
+    def l2(t):
+        return t / torch.sqrt((t * t).sum(-1, keepdim=True) + 1e-6)
+
+    q = l2(conv(p["q_proj.weight"], p["q_conv1d.weight"]).view(B, T, H, K)) * K**-0.5
+    k = l2(conv(p["k_proj.weight"], p["k_conv1d.weight"]).view(B, T, H, K))
+    v = conv(p["v_proj.weight"], p["v_conv1d.weight"]).view(B, T, H, V)
+    beta = torch.sigmoid(x @ p["b_proj.weight"].T)
+    g = -p["A_log"].exp() * softplus(x @ p["a_proj.weight"].T + p["dt_bias"])
+    S = torch.zeros(B, H, K, V, dtype=torch.float64)
+    o = torch.empty(B, T, H, V, dtype=torch.float64)
+    for t in range(T):
+        S = S * g[:, t].exp()[..., None, None]
+        err = v[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t])
+        S = S + torch.einsum("bhk,bhv->bhkv", k[:, t], beta[:, t, :, None] * err)
+        o[:, t] = torch.einsum("bhkv,bhk->bhv", S, q[:, t])
+    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + layer.o_norm.eps) * p["o_norm.weight"]
+    o = o * silu((x @ p["g_proj.weight"].T).view(B, T, H, V))
+    return o.reshape(B, T, H * V) @ p["o_proj.weight"].T
+
+
+@pytest.mark.parametrize("pieces", [(23,), (1, 1, 5, 16)], ids=["one-piece", "pieces-and-steps"])
+def test_gated_deltanet_matches_published_formula(pieces):
+    from engine.model.gated_deltanet import GatedDeltaNet
+    from engine.state import ModelState
+
+    config = tiny_config(("linear_attention",))
+    torch.manual_seed(0)
+    layer = GatedDeltaNet(config.text).eval()
+    with torch.no_grad():
+        layer.o_norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, sum(pieces), config.text.hidden_size)
+    expected = _gated_deltanet_formula(layer, x)
+    state = ModelState.new(config.text, batch=2).layers[0]
+    outs, start = [], 0
+    with torch.no_grad():
+        for n in pieces:
+            outs.append(layer(x[:, start : start + n], state))
+            start += n
+    assert _rel_err(expected, torch.cat(outs, dim=1)) < 1e-5
