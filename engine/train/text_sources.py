@@ -193,7 +193,7 @@ class TextSource:
             except (OSError, TypeError):
                 log.debug("no source for %s", name)
         sentences = sorted({s for d in docs for s in _sentences(d)})
-        words = sorted({w for s in sentences for w in re.findall(r"[A-Za-z]{2,12}", s)})
+        words = sorted({w for s in sentences for w in re.findall(r"\b[A-Za-z]{2,12}\b", s)})
         # kept in source order so that a run of lines reads like a real function
         code_lines = [
             ln.rstrip()

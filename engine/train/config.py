@@ -1,0 +1,158 @@
+"""Training run configuration: one TOML file per stage, parsed once into frozen dataclasses.
+
+A run names its stage, what it starts from, which parameters train (regexes over the tensor
+names of shared/reference/*.weights.tsv), the data mix and the optimiser schedule.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Self
+
+from engine.config import ModelConfig
+from engine.errors import ConfigError
+
+STAGES = ("teacher", "distill_layerwise", "distill_kl", "sft", "lora")
+
+# every Gated DeltaNet parameter, as the published recipe trains them in stage 1
+GDN_PARAMS = (
+    "q_proj", "k_proj", "v_proj", "q_conv1d", "k_conv1d", "v_conv1d", "g_proj", "a_proj",
+    "b_proj", "A_log", "dt_bias", "o_norm", "o_proj",
+)  # fmt: skip
+STAGE1_TRAINABLE = (
+    r"model\.language_model\.layers\.{linear}\.self_attn\.(" + "|".join(GDN_PARAMS) + r")\b",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    """Where samples come from and how big they may be.
+
+    Attributes:
+        weights: synthetic task -> frequency (see synthetic.tasks.TaskMix); empty: none.
+        sharegpt: LLaVA/ShareGPT JSON files mixed in (image paths relative to each file).
+        sharegpt_weight: probability of drawing from `sharegpt` instead of the generators.
+        seed: the stream's seed; eval sets use other seeds.
+        max_tokens: context length; longer samples are cut.
+        max_pixels: images are resized to at most this many pixels.
+        page_size, num_pages, screen_width, screen_height: sizes of rendered pages and screens.
+    """
+
+    weights: dict[str, float] = field(default_factory=dict)
+    sharegpt: tuple[str, ...] = ()
+    sharegpt_weight: float = 0.0
+    seed: int = 0
+    max_tokens: int = 2048
+    max_pixels: int = 448 * 448
+    page_size: int = 336
+    num_pages: tuple[int, int] = (2, 8)
+    screen_width: tuple[int, int] = (224, 800)
+    screen_height: tuple[int, int] = (56, 224)
+
+
+@dataclass(frozen=True, slots=True)
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "g_proj")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """One stage's run.
+
+    Attributes:
+        stage: one of STAGES.
+        init: checkpoint directory the model starts from (for "teacher": may be a config.json
+            of a fresh model).
+        teacher: checkpoint of the frozen teacher (distillation stages).
+        out_dir: where checkpoints, trainer state, loss log and curve go.
+        trainable: regexes; a parameter trains when one matches its full name. "{linear}"
+            stands for the indices of the linear_attention layers.
+        layer_types: student layer pattern when `init` is a teacher (stage 1 conversion).
+        steps, batch_size (global, in samples), micro_batch (samples per forward per rank).
+        lr, warmup, weight_decay, grad_clip: AdamW with linear warmup and cosine decay.
+        temperature: softmax temperature of the KL loss; mse_factor scales stage 1's MSE.
+        dtype: "float32" or "bfloat16" (autocast on CUDA; parameters stay float32).
+        num_workers: DataLoader processes rendering samples; device: "auto", "cpu", "cuda".
+    """
+
+    stage: str
+    init: str
+    out_dir: str
+    data: DataConfig
+    teacher: str = ""
+    trainable: tuple[str, ...] = (r".*",)
+    layer_types: tuple[str, ...] = ()
+    steps: int = 100
+    batch_size: int = 8
+    micro_batch: int = 1
+    lr: float = 1e-3
+    warmup: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    temperature: float = 2.0
+    mse_factor: float = 1000.0
+    dtype: str = "float32"
+    save_every: int = 100
+    log_every: int = 10
+    max_shard_bytes: int = 15 * 1024 * 1024
+    num_workers: int = 0
+    device: str = "auto"
+    lora: LoraConfig = LoraConfig()
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        raw = dict(raw)
+        data = raw.pop("data", {})
+        lora = raw.pop("lora", {})
+        for key in ("trainable", "layer_types"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        for key in ("sharegpt", "num_pages", "screen_width", "screen_height"):
+            if key in data:
+                data[key] = tuple(data[key])
+        if "target_modules" in lora:
+            lora["target_modules"] = tuple(lora["target_modules"])
+        try:
+            cfg = cls(data=DataConfig(**data), lora=LoraConfig(**lora), **raw)
+        except TypeError as exc:
+            raise ConfigError(f"training config: {exc}") from exc
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> Self:
+        """Read a TOML file; `overrides` replace top-level keys (CLI flags)."""
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(raw)
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"training config: stage {self.stage!r} not one of {STAGES}")
+        if self.stage.startswith("distill") and not self.teacher:
+            raise ConfigError(f"training config: stage {self.stage} needs `teacher`")
+        if self.batch_size % self.micro_batch:
+            raise ConfigError(
+                f"training config: batch_size {self.batch_size} not a multiple of "
+                f"micro_batch {self.micro_batch}"
+            )
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"training config: dtype {self.dtype!r} not float32/bfloat16")
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+
+def trainable_patterns(cfg: TrainConfig, model_config: ModelConfig) -> list[re.Pattern[str]]:
+    """Compile `cfg.trainable`, expanding "{linear}" to the linear_attention layer indices."""
+    types = model_config.text.layer_types
+    linear = [str(i) for i, t in enumerate(types) if t == "linear_attention"]
+    alternation = "(?:" + "|".join(linear) + ")" if linear else "(?!)"
+    return [re.compile(p.replace("{linear}", alternation)) for p in cfg.trainable]

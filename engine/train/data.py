@@ -1,0 +1,149 @@
+"""The sample stream of a run: sample i is a pure function of (seed, i), so any rank can draw its
+share of a global batch, a resumed run continues the same stream, and 1 and N processes see the
+same global batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from engine.preprocess import ImageParams
+from engine.tokenizer import Tokenizer
+from engine.train.config import DataConfig
+from engine.train.conversation import IGNORE_INDEX, Encoded, encode_sample
+from engine.train.fonts import find_fonts
+from engine.train.sharegpt import ShareGPTSource
+from engine.train.synthetic.tasks import Sample, TaskMix, make_sample
+from engine.train.text_sources import TextSource
+
+log = logging.getLogger(__name__)
+
+
+class SampleStream:
+    """Draws sample `index` of the stream configured by `DataConfig`."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+        self.mix = TaskMix(
+            dict(cfg.weights), cfg.screen_width, cfg.screen_height, cfg.page_size, cfg.num_pages
+        )
+        self.fonts = find_fonts() if cfg.weights else []
+        self.text = TextSource.from_stdlib() if cfg.weights else None
+        self.sharegpt = ShareGPTSource(cfg.sharegpt) if cfg.sharegpt else None
+        if not cfg.weights and self.sharegpt is None:
+            raise ValueError("data config names neither synthetic task weights nor sharegpt files")
+
+    def sample(self, index: int) -> Sample:
+        rng = random.Random(self.cfg.seed * 1_000_003 + index)
+        use_sharegpt = self.sharegpt is not None and (
+            self.text is None or rng.random() < self.cfg.sharegpt_weight
+        )
+        if use_sharegpt:
+            assert self.sharegpt is not None
+            return self.sharegpt.sample(rng.randrange(len(self.sharegpt)))
+        assert self.text is not None
+        return make_sample(rng, self.text, self.fonts, self.mix)
+
+
+class EncodedStream(Dataset[Encoded]):
+    """Map-style view of the stream: index -> encoded sequence (usable with DataLoader workers)."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer, image_params: ImageParams) -> None:
+        self.stream = SampleStream(cfg)
+        self.tokenizer = tokenizer
+        self.image_params = image_params
+        self.max_tokens = cfg.max_tokens
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, index: int) -> Encoded:
+        sample = self.stream.sample(index)
+        return encode_sample(sample, self.tokenizer, self.image_params, self.max_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Which samples of each global batch this rank draws."""
+
+    rank: int
+    world: int
+    batch_size: int  # global, in samples
+
+    def indices(self, step: int) -> list[int]:
+        per_rank = self.batch_size // self.world
+        start = step * self.batch_size + self.rank * per_rank
+        return list(range(start, start + per_rank))
+
+
+def batch_loader(dataset: EncodedStream, shard: Shard, start_step: int, steps: int,
+                 num_workers: int) -> Iterator[list[Encoded]]:
+    """This rank's samples of steps start_step..steps-1, one list per step."""
+    if shard.batch_size % shard.world:
+        raise ValueError(f"batch_size {shard.batch_size} not divisible by {shard.world} ranks")
+    order = [i for s in range(start_step, steps) for i in shard.indices(s)]
+    loader = DataLoader(
+        dataset,
+        batch_size=shard.batch_size // shard.world,
+        sampler=order,
+        num_workers=num_workers,
+        collate_fn=list,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+@dataclass(slots=True)
+class Batch:
+    """Right-padded model inputs of several sequences.
+
+    Attributes:
+        input_ids: [B, T] int64 (pad id past each sequence's end).
+        labels: [B, T] int64, IGNORE_INDEX on padding.
+        pixel_values: [N, D] patches of all images in order, or None.
+        image_grid_thw: [num_images, 3], or None.
+        mask: [B, T] bool, True on real tokens (not padding).
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    mask: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        move = (lambda t: None if t is None else t.to(device, non_blocking=True))  # noqa: E731
+        return Batch(move(self.input_ids), move(self.labels), move(self.pixel_values),
+                     move(self.image_grid_thw), move(self.mask))
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def collate(items: list[Encoded], pad_id: int) -> Batch:
+    """Pad `items` on the right into one batch."""
+    T = max(e.num_tokens for e in items)
+    ids = torch.full((len(items), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), T), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(items), T), dtype=torch.bool)
+    for b, e in enumerate(items):
+        ids[b, : e.num_tokens] = e.input_ids
+        labels[b, : e.num_tokens] = e.labels
+        mask[b, : e.num_tokens] = True
+    pixels = [e.pixel_values for e in items if e.pixel_values is not None]
+    grids = [e.image_grid_thw for e in items if e.image_grid_thw is not None]
+    return Batch(
+        ids,
+        labels,
+        torch.cat(pixels) if pixels else None,
+        torch.cat(grids) if grids else None,
+        mask,
+    )

@@ -1,0 +1,83 @@
+"""The training forward: a fresh state per batch, rows of different image layouts side by side.
+
+`InfiniteVLForConditionalGeneration.forward` feeds one piece of a session and so insists that
+every row ends at the same RoPE position; training rows never continue, so this wrapper assigns
+each row its own 3-D positions and runs the model's parts (embedding, vision tower, decoder,
+head) itself. It is an nn.Module so that FSDP's root hooks see every call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.model.infinitevl import InfiniteVLForConditionalGeneration
+from engine.model.rope import rope_index
+
+
+class TrainingForward(nn.Module):
+    """Wraps the model; `forward(input_ids, pixel_values, image_grid_thw)` -> logits (+ hidden).
+
+    Args:
+        model: the model; its parameters are this module's (``self.model``).
+    """
+
+    def __init__(self, model: InfiniteVLForConditionalGeneration) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run whole sequences from an empty state.
+
+        Args:
+            input_ids: [B, T] right-padded token ids.
+            pixel_values: [N, D] patches of every image of the batch, row by row.
+            image_grid_thw: [num_images, 3].
+            return_hidden: collect the input embeddings and each decoder layer's output.
+        Returns:
+            logits [B, T, vocab] float32 and the hidden states ([] unless `return_hidden`):
+            num_layers + 1 tensors [B, T, hidden].
+        """
+        m = self.model
+        cfg = m.config
+        lm = m.model.language_model
+        B = input_ids.shape[0]
+        grids = _grids_per_row(input_ids, cfg.image_token_id, image_grid_thw)
+        position_ids = torch.stack(
+            [rope_index(input_ids[b], grids[b], None, None, 0, cfg)[0] for b in range(B)], dim=1
+        )  # [3, B, T]
+        embeds = lm.embed_tokens(input_ids)
+        if pixel_values is not None:
+            assert image_grid_thw is not None
+            visual = m.model.visual
+            feats = visual(pixel_values.to(visual.patch_embed.proj.weight.dtype), image_grid_thw)
+            mask = (input_ids == cfg.image_token_id).unsqueeze(-1)
+            assert int(mask.sum()) == feats.shape[0], "image features and pad tokens differ"
+            embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
+        state = m.new_state(batch=B, device=input_ids.device, dtype=embeds.dtype)
+        hidden: list[torch.Tensor] = []
+        h = lm(embeds, position_ids, state.layers, hidden if return_hidden else None)
+        return m.lm_head(h).float(), hidden
+
+
+def _grids_per_row(
+    input_ids: torch.Tensor, token_id: int, grid_thw: torch.Tensor | None
+) -> list[torch.Tensor | None]:
+    """Split `grid_thw` rows by the image blocks (runs of pad tokens) of each row."""
+    if grid_thw is None:
+        return [None] * input_ids.shape[0]
+    is_pad = input_ids == token_id
+    starts = is_pad & ~nn.functional.pad(is_pad[:, :-1], (1, 0), value=False)
+    out: list[torch.Tensor | None] = []
+    used = 0
+    for n in starts.sum(dim=1).tolist():
+        out.append(grid_thw[used : used + n] if n else None)
+        used += n
+    assert used == grid_thw.shape[0], f"{grid_thw.shape[0]} grids for {used} image blocks"
+    return out

@@ -1,0 +1,151 @@
+"""One stage's training run: data, model, optimiser, loop, resume, export, loss curve.
+
+The loop reads top to bottom: each step draws this rank's share of the global batch, runs it in
+micro-batches, steps AdamW (warmup then cosine), logs, and every `save_every` steps writes a
+resumable trainer state. At the end it exports an engine checkpoint and the loss curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.preprocess import ImageParams
+from engine.tokenizer import Tokenizer
+from engine.train import build, checkpointing, distributed
+from engine.train.config import TrainConfig
+from engine.train.curves import plot_losses
+from engine.train.data import EncodedStream, Shard, batch_loader, collate
+from engine.train.forward import TrainingForward
+from engine.train.objectives import Objective
+
+log = logging.getLogger(__name__)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `cfg.lr`, then cosine decay to 10% of it at `cfg.steps`."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _source_dir(cfg: TrainConfig) -> Path:
+    """Where the tokenizer and preprocessor files of this run live."""
+    p = Path(cfg.init)
+    return p if p.is_dir() else p.parent
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) one stage; return the exported checkpoint directory."""
+    ctx = distributed.setup(cfg.device)
+    out_dir = Path(cfg.out_dir)
+    torch.manual_seed(cfg.seed)
+    model = build.build_student(cfg, ctx.device)
+    config = model.config
+    build.freeze(model, cfg, config)
+    if cfg.stage == "lora":
+        # peft injects the adapters into `model` in place; the wrapper itself is not needed
+        build.add_lora(model, cfg)
+    linear = [i for i, t in enumerate(config.text.layer_types) if t == "linear_attention"]
+    student = TrainingForward(model)
+    distributed.shard(student, build.shardable_blocks(model), ctx)
+    teacher_model = build.build_teacher(cfg, ctx.device)
+    teacher = TrainingForward(teacher_model) if teacher_model is not None else None
+    params = [p for p in student.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    start, history = checkpointing.load_trainer_state(ctx, out_dir, student, optim)
+    objective = Objective(cfg.stage, student, teacher, linear, cfg.temperature, cfg.mse_factor)
+    src = _source_dir(cfg)
+    tokenizer = Tokenizer.from_dir(src)
+    image_params = ImageParams.from_dir(src)
+    image_params = ImageParams(**{**_fields(image_params), "max_pixels": cfg.data.max_pixels})
+    dataset = EncodedStream(cfg.data, tokenizer, image_params)
+    shard = Shard(ctx.rank, ctx.world, cfg.batch_size)
+    loader = batch_loader(dataset, shard, start, cfg.steps, cfg.num_workers)
+    pad = tokenizer.special.pad
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.dtype == "bfloat16" and ctx.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    bar = _progress(ctx, start, cfg)
+    student.train()
+    t0 = time.monotonic()
+    for step, samples in zip(range(start, cfg.steps), loader, strict=False):
+        for group in optim.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        micro = [collate(samples[i : i + cfg.micro_batch], pad).to(ctx.device)
+                 for i in range(0, len(samples), cfg.micro_batch)]
+        norm = distributed.all_sum(ctx, sum(objective.normaliser(b) for b in micro))
+        scale = ctx.world / max(norm, 1.0)
+        local = 0.0
+        for b in micro:
+            with autocast:
+                loss, value = objective(b, scale)
+            loss.backward()
+            local += value
+        grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        step_loss = distributed.all_sum(ctx, local) / ctx.world
+        history.append({"step": step + 1, "loss": step_loss, "lr": lr_at(step, cfg)})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", gnorm=f"{grad_norm:.2f}")
+        if ctx.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
+            log.info("step %d/%d loss %.4f grad_norm %.3f (%.1f s)", step + 1, cfg.steps,
+                     step_loss, grad_norm, time.monotonic() - t0)
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            checkpointing.save_trainer_state(ctx, out_dir, student, optim, step + 1, history)
+    if bar is not None:
+        bar.close()
+    checkpointing.save_trainer_state(ctx, out_dir, student, optim, cfg.steps, history)
+    dest = _finish(ctx, cfg, student, history, out_dir)
+    distributed.teardown(ctx)
+    return dest
+
+
+def _finish(ctx: distributed.DistContext, cfg: TrainConfig, student: nn.Module,
+            history: list[dict[str, float]], out_dir: Path) -> Path:
+    """Gather the weights on rank 0, merge LoRA, export them, write the loss log and curve."""
+    full = checkpointing.full_model_state(ctx, student)
+    dest = out_dir / "checkpoint"
+    if ctx.is_main:
+        weights = {k.removeprefix("model."): v for k, v in full.items()}
+        if cfg.stage == "lora":
+            weights = build.merge_lora(weights, cfg.lora.alpha / cfg.lora.r)
+        model_cls = type(student.model)
+        plain = model_cls(student.model.config)
+        plain.load_state_dict(weights)
+        dest = checkpointing.export_checkpoint(
+            plain, out_dir, _source_dir(cfg), cfg.max_shard_bytes,
+            torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32,
+        )  # fmt: skip
+        with open(out_dir / "losses.jsonl", "w", encoding="utf-8") as f:
+            for h in history:
+                f.write(json.dumps(h) + "\n")
+        plot_losses(history, out_dir / "loss.png", f"{cfg.stage} ({cfg.steps} steps)")
+    distributed.barrier(ctx)
+    return dest
+
+
+def _fields(params: ImageParams) -> dict[str, object]:
+    return {name: getattr(params, name) for name in params.__dataclass_fields__}
+
+
+def _progress(ctx: distributed.DistContext, start: int, cfg: TrainConfig):  # noqa: ANN202
+    if not ctx.is_main:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=cfg.steps, initial=start, desc=cfg.stage, dynamic_ncols=True)
