@@ -217,6 +217,8 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
                 im.draft("RGB", (width // factor, height // factor))
             im.load()
             out = reduce_far_above(im, max_pixels)
+            if out is not im:
+                im.close()  # free the full-size pixels before the RGB conversion
             if orientation in _ORIENTATION_TRANSPOSE:
                 out = out.transpose(_ORIENTATION_TRANSPOSE[orientation])
             return np.asarray(to_rgb(out))
@@ -294,7 +296,9 @@ def _resize_normalized(im: Image.Image, size: tuple[int, int], params: ImagePara
     height, width = size
     resized = np.asarray(im.resize((width, height), resample=Image.Resampling.BICUBIC))
     lut = _normalize_table(params)  # [3, 256]
-    x = np.stack([lut[c][resized[..., c]] for c in range(3)])  # [3, H, W]
+    x = np.empty((3, height, width), dtype=np.float32)
+    for c in range(3):
+        np.take(lut[c], resized[..., c], out=x[c])
     return torch.from_numpy(x)
 
 
@@ -320,7 +324,10 @@ def _patchify(
     """
     tp, p, m = params.temporal_patch_size, params.patch_size, params.merge_size
     T, C, H, W = frames.shape
-    if T % tp:
+    if T == 1:
+        # a still image: a stride-0 view, so the only copy is the final reshape
+        frames = frames.expand(tp, C, H, W)
+    elif T % tp:
         frames = torch.cat([frames, frames[-1:].expand(tp - T % tp, C, H, W)])
     t, h, w = frames.shape[0] // tp, H // p, W // p
     x = frames.reshape(t, tp, C, h // m, m, p, w // m, m, p)
@@ -352,10 +359,13 @@ def preprocess_images(
         size = smart_resize(
             im.height, im.width, params.factor, params.min_pixels, params.max_pixels
         )
-        patches, grid = _patchify(_resize_normalized(im, size, params)[None], params)
+        x = _resize_normalized(im, size, params)
+        del im  # a full-size copy of an array input: free it before the patches are cut
+        patches, grid = _patchify(x[None], params)
         rows.append(patches)
         grids.append(grid)
-    return torch.cat(rows), torch.tensor(grids, dtype=torch.long)
+    pixel_values = rows[0] if len(rows) == 1 else torch.cat(rows)
+    return pixel_values, torch.tensor(grids, dtype=torch.long)
 
 
 def preprocess_video(
