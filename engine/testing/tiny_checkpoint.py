@@ -9,7 +9,7 @@ The tokenizer is a byte-level BPE (Qwen2's pre-tokenizer, normalizer and decoder
 
 | ids | tokens |
 | --- | --- |
-| 0 .. 242 | the 243 bytes that can occur in UTF-8 (all but 0xC0, 0xC1, 0xF5..0xFF): any text round-trips |
+| 0 .. 242 | the 243 bytes valid UTF-8 can hold (not 0xC0, 0xC1, 0xF5..0xFF): any text round-trips |
 | 243 .. vocab-9 | BPE merges learned from the built-in text |
 | vocab-8 | ``<|endoftext|>`` (config bos_token_id; tokenizer pad_token) |
 | vocab-7 | ``<|im_end|>`` (config eos_token_id; tokenizer eos_token) |
