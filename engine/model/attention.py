@@ -81,7 +81,11 @@ class Attention(nn.Module):
             q1, k1, v1 = q[:, :, 0], k[:, :, 0], v[:, :, 0]
             o = swa.step(q1, k1, v1, state.k, state.v, state.seen, scale=self.scale).unsqueeze(2)
         else:
-            o = swa.prefill(q, k, v, state.k, state.v, state.seen, scale=self.scale)
+            ring_k, ring_v = state.k, state.v
+            if torch.is_grad_enabled() and q.requires_grad:
+                # autograd may keep the ring for backward: hand it copies we never mutate
+                ring_k, ring_v = ring_k.clone(), ring_v.clone()
+            o = swa.prefill(q, k, v, ring_k, ring_v, state.seen, scale=self.scale)
             swa.write(state.k, state.v, k.detach(), v.detach(), state.seen)
         state.seen += T
         return o
