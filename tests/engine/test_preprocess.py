@@ -278,3 +278,13 @@ def test_20000_square_png_fits_in_memory(tmp_path: Path) -> None:
     assert corner == 0  # the first line is black
     # measured ~1.0 GB (0.23 of it importing torch); decoding at full size in RGB takes 4.5 GB
     assert max_rss_kib < 1_500_000, f"peak RSS {max_rss_kib / 1e6:.2f} GB"
+
+
+def test_sample_png_needs_no_resize() -> None:
+    # the shipped sample: 896 x 560 = 64 x 40 patches, so its text reaches the tower unresized
+    sample = Path(__file__).resolve().parents[2] / "resources" / "sample.png"
+    image = load_image(sample)
+    assert image.shape == (560, 896, 3)
+    _, grid = preprocess_images([image])
+    assert grid.tolist() == [[1, 40, 64]]
+    assert image_token_count(grid[0]) == 640
