@@ -159,3 +159,20 @@ def test_prefill_is_differentiable_and_state_holds_no_graph():
         ref_state = model.new_state()
         model(ids, ref_state)
         assert _rel_err(model(ids[:, :2], ref_state), after) < 1e-5
+
+
+def test_bfloat16_model_runs_in_pieces_and_tracks_float32():
+    model = _build(CFG)
+    ids = _tokens(3 * W, seed=9)
+    with torch.no_grad():
+        reference = model(ids, model.new_state())
+        model.to_dtype(torch.bfloat16)
+        state = model.new_state()
+        assert state.layers[0].k.dtype == torch.bfloat16
+        assert state.layers[1].S.dtype == torch.float32
+        whole = model(ids, model.new_state())
+        parts = [model(ids[:, :10], state)]
+        parts += [model(ids[:, t : t + 1], state) for t in range(10, 24)]
+    assert whole.dtype == torch.float32
+    assert _rel_err(whole, torch.cat(parts, dim=1)) < 2e-2
+    assert _rel_err(reference, whole) < 5e-2
