@@ -1,0 +1,289 @@
+"""The chat window driven like a user: the real engine on the tiny checkpoint for every flow,
+the scripted FakeEngine only for timing edge cases (slow tokens, failures, shutdown races).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from app.chat.window import MainWindow
+from app.engine_client import ChatResult
+from engine import EngineError
+from tests.app.fakes import FakeEngine, FakeScript
+
+pytestmark = pytest.mark.gui
+
+WAIT_MS = 20_000
+
+
+def _loaded(qtbot: Any, window: MainWindow) -> MainWindow:
+    if window.engine_client.model_info is None:
+        with qtbot.waitSignal(window.engine_client.model_loaded, timeout=WAIT_MS):
+            pass
+    return window
+
+
+def _drop(widget: QtWidgets.QWidget, mime: QtCore.QMimeData) -> None:
+    pos = QtCore.QPointF(widget.rect().center())
+    actions = QtCore.Qt.DropAction.CopyAction
+    buttons, mods = QtCore.Qt.MouseButton.LeftButton, QtCore.Qt.KeyboardModifier.NoModifier
+    enter = QtGui.QDragEnterEvent(pos.toPoint(), actions, mime, buttons, mods)
+    QtWidgets.QApplication.sendEvent(widget, enter)
+    assert enter.isAccepted()
+    QtWidgets.QApplication.sendEvent(widget, QtGui.QDropEvent(pos, actions, mime, buttons, mods))
+
+
+def _type_and_send(qtbot: Any, window: MainWindow, text: str) -> None:
+    qtbot.keyClicks(window.composer.input, text)
+    qtbot.keyClick(window.composer.input, QtCore.Qt.Key.Key_Return)
+
+
+def _set_sampling(window: MainWindow, **sampling: object) -> None:
+    conversation_id = window.current_conversation_id
+    assert conversation_id is not None
+    window.store.set_options(conversation_id, "", dict(sampling))
+
+
+def test_chat_message_with_dropped_image_streams_reply(
+    qtbot: Any, make_window: Any, tiny_factory: Any, tmp_path: Path
+) -> None:
+    # GIVEN the app with the tiny model loaded and an image file on disk
+    window = _loaded(qtbot, make_window(tiny_factory))
+    _set_sampling(window, max_new_tokens=24)
+    picture = tmp_path / "dropped.png"
+    Image.fromarray(np.full((40, 56, 3), 200, np.uint8)).save(picture)
+
+    # WHEN the user drops the file on the composer, types a question and presses Enter
+    mime = QtCore.QMimeData()
+    mime.setUrls([QtCore.QUrl.fromLocalFile(str(picture))])
+    _drop(window.composer, mime)
+    qtbot.waitUntil(lambda: window.composer.thumbnail_count() == 1, timeout=WAIT_MS)
+    streamed: list[str] = []
+    window.engine_client.token_streamed.connect(lambda _id, text: streamed.append(text))
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
+        _type_and_send(qtbot, window, "What is in this picture?")
+        assert window.composer.stop_button.isVisibleTo(window)
+
+    # THEN the reply streamed in pieces, is shown and stored, and the state was saved
+    message_id, result = finished.args
+    assert isinstance(result, ChatResult)
+    assert result.stats.generated_tokens > 0
+    assert "".join(streamed) == result.text
+    messages = window.store.messages(window.current_conversation_id)
+    assert [m.role for m in messages] == ["user", "assistant"]
+    assert messages[0].content == "What is in this picture?"
+    assert len(messages[0].attachments) == 1
+    assert np.asarray(Image.open(messages[0].attachments[0])).shape == (40, 56, 3)
+    assert messages[1].id == message_id and messages[1].content == result.text
+    assert window.transcript.widget_for(message_id).text == result.text
+    snapshot = window.store.snapshots(window.current_conversation_id)[-1]
+    assert snapshot.message_id == message_id and snapshot.path.exists()
+    assert window.composer.thumbnail_count() == 0
+    assert window.composer.send_button.isVisibleTo(window)
+    assert "tokens seen" in window.status.tokens.text()
+    assert "tiny" in window.status.model.text() or window.status.model.text() != "No model"
+
+
+def test_chat_pasted_image_becomes_thumbnail(qtbot: Any, make_window: Any, tiny_factory: Any):
+    window = make_window(tiny_factory)
+    mime = QtCore.QMimeData()
+    image = QtGui.QImage(30, 20, QtGui.QImage.Format.Format_RGB32)
+    image.fill(QtGui.QColor("red"))
+    mime.setImageData(image)
+    window.composer.input.insertFromMimeData(mime)
+    assert window.composer.thumbnail_count() == 1
+    assert window.composer.images[0].shape == (20, 30, 3)
+    assert tuple(window.composer.images[0][0, 0]) == (255, 0, 0)
+
+
+def test_chat_unreadable_dropped_file_is_a_message(
+    qtbot: Any, make_window: Any, tiny_factory: Any, tmp_path: Path
+) -> None:
+    window = make_window(tiny_factory)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    mime = QtCore.QMimeData()
+    mime.setUrls([QtCore.QUrl.fromLocalFile(str(bad))])
+    with qtbot.waitSignal(window.composer.image_failed, timeout=WAIT_MS) as failed:
+        _drop(window.composer, mime)
+    assert "broken.png" in failed.args[0]
+    assert window.composer.thumbnail_count() == 0
+
+
+def test_chat_stop_mid_reply_keeps_partial_reply(
+    qtbot: Any, make_window: Any, tiny_factory: Any
+) -> None:
+    # GIVEN a long reply streaming from the real engine
+    window = _loaded(qtbot, make_window(tiny_factory))
+    _set_sampling(window, max_new_tokens=100_000, temperature=1.0, seed=3)
+    with qtbot.waitSignal(window.engine_client.token_streamed, timeout=WAIT_MS):
+        _type_and_send(qtbot, window, "Tell me a very long story")
+    # WHEN the user presses Esc
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
+        qtbot.keyClick(window, QtCore.Qt.Key.Key_Escape)
+    # THEN the reply ends as cancelled, its text is kept, and the app is ready again
+    _, result = finished.args
+    assert result.stats.stop_reason == "cancelled"
+    assert 0 < result.stats.generated_tokens < 100_000
+    stored = window.store.messages(window.current_conversation_id)[-1]
+    assert stored.content == result.text and stored.stats["stop_reason"] == "cancelled"
+    assert window.controller.reply is None
+    assert window.composer.send_button.isVisibleTo(window)
+
+
+def test_chat_history_search_opens_the_conversation(
+    qtbot: Any, make_window: Any, tiny_factory: Any
+) -> None:
+    # GIVEN two conversations, one mentioning "pelican"
+    window = _loaded(qtbot, make_window(tiny_factory))
+    _set_sampling(window, max_new_tokens=4)
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS):
+        _type_and_send(qtbot, window, "Where do pelicans nest?")
+    pelican_id = window.current_conversation_id
+    window.controller.new_conversation()
+    _set_sampling(window, max_new_tokens=4)
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS):
+        _type_and_send(qtbot, window, "Tell me about owls")
+    assert window.current_conversation_id != pelican_id
+    # WHEN the user searches (Ctrl+F) for a prefix of the word
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_F, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert window.conversations.search_box.hasFocus()
+    qtbot.keyClicks(window.conversations.search_box, "pelic")
+    qtbot.waitUntil(lambda: window.conversations.is_searching, timeout=WAIT_MS)
+    hits = window.conversations.list
+    assert hits.count() == 1 and "[pelicans]" in hits.item(0).text()
+    # THEN choosing the hit opens that conversation
+    hits.setCurrentRow(0)
+    assert window.current_conversation_id == pelican_id
+    texts = [w.text for w in window.transcript.message_widgets()]
+    assert texts[0] == "Where do pelicans nest?"
+
+
+def test_chat_rename_delete_and_export(
+    qtbot: Any, make_window: Any, tiny_factory: Any, tmp_path: Path
+) -> None:
+    window = _loaded(qtbot, make_window(tiny_factory))
+    _set_sampling(window, max_new_tokens=4)
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS):
+        _type_and_send(qtbot, window, "Write `code`")
+    conversation_id = window.current_conversation_id
+    assert window.store.conversation(conversation_id).title == "Write `code`"
+    item = window.conversations.list.currentItem()
+    item.setText("Renamed")
+    assert window.store.conversation(conversation_id).title == "Renamed"
+    exported = window.export_current(tmp_path / "out.md")
+    text = exported.read_text()
+    assert text.startswith("# Renamed") and "## You" in text and "Write `code`" in text
+    window.confirm = lambda question: True  # the user answers Yes
+    window._delete_current()
+    assert conversation_id not in [c.id for c in window.store.conversations()]
+    assert window.current_conversation_id is not None  # a fresh conversation replaces it
+
+
+def test_chat_regenerate_and_edit_start_from_the_state_before(
+    qtbot: Any, make_window: Any, tiny_factory: Any
+) -> None:
+    # GIVEN two turns
+    window = _loaded(qtbot, make_window(tiny_factory))
+    _set_sampling(window, max_new_tokens=4)
+    for text in ("first question", "second question"):
+        with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as done:
+            _type_and_send(qtbot, window, text)
+    before_second = done.args[1].status.tokens_seen - done.args[1].status.tokens_fed_total
+    # WHEN the user regenerates (Ctrl+R)
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as again:
+        qtbot.keyClick(window, QtCore.Qt.Key.Key_R, QtCore.Qt.KeyboardModifier.ControlModifier)
+    # THEN the reply is replaced, answered from the saved state before the second question
+    roles = [m.role for m in window.store.messages(window.current_conversation_id)]
+    assert roles == ["user", "assistant", "user", "assistant"]
+    assert again.args[1].status.how == "snapshot"
+    assert again.args[1].status.tokens_seen - again.args[1].status.tokens_fed_total == (
+        before_second
+    )
+    # WHEN the user edits the last message (Ctrl+E) and sends it
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_E, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert window.composer.text() == "second question"
+    window.composer.set_text("an edited question")
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS):
+        qtbot.keyClick(window.composer.input, QtCore.Qt.Key.Key_Return)
+    messages = window.store.messages(window.current_conversation_id)
+    assert [m.content for m in messages if m.role == "user"] == [
+        "first question",
+        "an edited question",
+    ]
+
+
+def test_chat_without_model_says_how_to_get_one(qtbot: Any, make_window: Any) -> None:
+    def no_model(path: str | None, device: str) -> Any:
+        raise EngineError("no embedded default model")
+
+    window = make_window(no_model)
+    with qtbot.waitSignal(window.engine_client.model_load_failed, timeout=WAIT_MS):
+        pass
+    text = window.transcript.placeholder.text()
+    assert "No model is loaded" in text and "Settings" in text and "config.json" in text
+    # a message typed now is kept in the composer, not lost
+    _type_and_send(qtbot, window, "hello?")
+    assert window.composer.text() == "hello?"
+    assert window.store.messages(window.current_conversation_id) == []
+    assert "No model" in window.status.currentMessage()
+
+
+def test_chat_slow_model_warning_is_shown(qtbot: Any, make_window: Any) -> None:
+    script = FakeScript()
+
+    def slow(path: str | None, device: str) -> FakeEngine:
+        engine = FakeEngine(script)
+        engine.info = type(engine.info)(
+            "big", "/big", "cpu", "float32", 4_000_000_000, 1, False, "expect minutes per reply"
+        )
+        return engine
+
+    window = _loaded(qtbot, make_window(slow))
+    assert window.banner.isVisibleTo(window)
+    assert "expect minutes per reply" in window.banner.text()
+
+
+def test_chat_failure_mid_reply_becomes_a_message(qtbot: Any, make_window: Any) -> None:
+    script = FakeScript(fail_with="the device ran out of memory")
+    window = _loaded(qtbot, make_window(FakeEngine.factory(script)))
+    with qtbot.waitSignal(window.engine_client.generation_failed, timeout=WAIT_MS):
+        _type_and_send(qtbot, window, "hi")
+    assert "ran out of memory" in window.status.currentMessage()
+    assert [m.role for m in window.store.messages(window.current_conversation_id)] == ["user"]
+    assert window.controller.reply is None and window.composer.send_button.isVisibleTo(window)
+
+
+def test_chat_window_stays_responsive_while_model_loads(qtbot: Any, make_window: Any) -> None:
+    script = FakeScript(load_seconds=1.0)
+    window = make_window(FakeEngine.factory(script))
+    qtbot.waitUntil(lambda: window.engine_client.is_loading, timeout=WAIT_MS)
+    assert "Loading" in window.status.model.text()
+    # the GUI thread handles input while the engine thread loads; a message sent now waits
+    _type_and_send(qtbot, window, "queued while loading")
+    assert window.controller.reply is not None
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
+        pass
+    assert finished.args[1].text == "".join(script.words)
+
+
+def test_chat_quit_during_reply_cancels_and_saves(
+    qtbot: Any, make_window: Any, data_dir: Path
+) -> None:
+    script = FakeScript(words=("word ",) * 10_000, seconds_per_token=0.005)
+    window = _loaded(qtbot, make_window(FakeEngine.factory(script)))
+    _type_and_send(qtbot, window, "go on forever")
+    assert script.started.wait(5)
+    conversation_id = window.current_conversation_id
+    window.close()  # cancels, joins the engine thread, records the final state
+    assert not window.engine_client._thread.isRunning()
+    from app.history.store import HistoryStore
+
+    store = HistoryStore(data_dir)
+    assert [m.role for m in store.messages(conversation_id)] == ["user", "assistant"]
