@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from PIL import Image
 from engine import default_model
 from engine.config import ModelConfig
 from engine.errors import Cancelled, EngineError, InputError, StateError
+from engine.loader import load_model, weights_fingerprint
 from engine.preprocess import ImageParams, image_token_count, load_image, preprocess_images
 from engine.sampling import Sampler, SamplingParams
 from engine.state import ModelState
@@ -147,8 +149,6 @@ class Engine:
             path = default_model.find_default_model()
             if path is None:
                 raise EngineError(default_model.no_default_model_message())
-        from engine.loader import load_model, weights_fingerprint
-
         path = Path(path)
         resolved = resolve_device(device)
         torch_dtype = resolve_dtype(dtype)
@@ -156,8 +156,9 @@ class Engine:
         model.eval()
         tokenizer = Tokenizer.from_dir(path)
         image_params = ImageParams.from_dir(path)
-        info = model_info(model, config, path, is_embedded_default=is_default)
-        fingerprint = weights_fingerprint(model, config)
+        info = model_info(model, path, is_embedded_default=is_default)
+        # the directory's fingerprint: a state saved under bfloat16 restores under float32
+        fingerprint = weights_fingerprint(path, config)
         log.info(
             "loaded %s on %s (%s, %d parameters)",
             path,
@@ -661,28 +662,34 @@ def resolve_dtype(dtype: str | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
-def model_info(
-    model: torch.nn.Module, config: ModelConfig, path: Path, *, is_embedded_default: bool
-) -> ModelInfo:
+def model_info(model: torch.nn.Module, path: Path, *, is_embedded_default: bool) -> ModelInfo:
     """Describe a loaded model; warn when it is large for its device."""
     param = next(model.parameters())
     num_parameters = sum(p.numel() for p in model.parameters())
+    by_dtype: Counter[torch.dtype] = Counter()
+    for p in model.parameters():
+        by_dtype[p.dtype] += p.numel()
+    dtype = by_dtype.most_common(1)[0][0]
     state_nbytes = model.new_state(device="meta").nbytes()
     name = path.resolve().name or str(path)
-    slow = None
-    if param.device.type == "cpu" and num_parameters > SLOW_PARAMETERS:
-        slow = (
-            f"{name} has {num_parameters / 1e9:.1f} billion parameters and runs on the CPU here: "
-            "expect each reply to take minutes (a few words per second at best, longer per "
-            "image). A CUDA GPU, or the embedded default model, answers much faster."
-        )
     return ModelInfo(
         name=name,
         path=str(path),
         device=str(param.device),
-        dtype=str(param.dtype).removeprefix("torch."),
+        dtype=str(dtype).removeprefix("torch."),
         num_parameters=num_parameters,
         state_nbytes=state_nbytes,
         is_embedded_default=is_embedded_default,
-        slow_warning=slow,
+        slow_warning=slow_warning(name, num_parameters, param.device),
+    )
+
+
+def slow_warning(name: str, num_parameters: int, device: torch.device) -> str | None:
+    """A plain sentence for a model that is slow on its device (over 1e9 parameters on a CPU)."""
+    if device.type != "cpu" or num_parameters <= SLOW_PARAMETERS:
+        return None
+    return (
+        f"{name} has {num_parameters / 1e9:.1f} billion parameters and runs on the CPU here: "
+        "expect each reply to take minutes (a few words per second at best, longer per image). "
+        "A CUDA GPU, or the embedded default model, answers much faster."
     )
