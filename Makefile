@@ -28,8 +28,9 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# extra app flags: make app ARGS="--model ~/models/InfiniteVL"
 app: system-deps venv
-	$(VENV)/bin/infinitevl app
+	$(VENV)/bin/infinitevl app $(ARGS)
 
 test: system-deps venv
 	$(RUN) -m pytest -q
