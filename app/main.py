@@ -24,10 +24,13 @@ API for other panes (capture, reader, webcam), all on the GUI thread:
     ``generation_failed(id, message)``.
   - ``cancel(id)`` stops any of them; ``model_info`` is None until a model is loaded.
 - ``window.settings.get("hotkey")`` and the ``window.settings_changed`` signal.
+A pane module exposes ``install(window)`` and is listed in ``PANE_MODULES``; one that fails to
+install is logged and reported in the status bar, and the chat still opens.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -42,6 +45,8 @@ from app.history.store import HistoryError, HistoryStore
 from app.settings import AppSettings, parse_args
 
 log = logging.getLogger(__name__)
+
+PANE_MODULES = ("app.reader.controller",)
 
 _SCHEMES = {
     "light": QtCore.Qt.ColorScheme.Light,
@@ -65,6 +70,20 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def install_panes(window: MainWindow, modules: Sequence[str] = PANE_MODULES) -> list[str]:
+    """Call each pane module's ``install(window)``; returns the modules that failed."""
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name).install(window)
+        except Exception:  # plug-in boundary: a broken pane must not take the chat down
+            log.exception("pane %s could not be installed", name)
+            failed.append(name)
+    if failed:
+        window.status.notify(f"Some panes could not start: {', '.join(failed)} (see the log)")
+    return failed
+
+
 def build(
     argv: Sequence[str] = (),
     engine_factory: Callable[[str | None, str], Any] = load_engine,
@@ -80,6 +99,7 @@ def build(
     window = MainWindow(store, client, settings)
     window.settings_changed.connect(window.controller.refresh_list)
     window.settings_changed.connect(lambda: apply_theme(str(settings.get("theme"))))
+    install_panes(window)
     conversations = store.conversations()
     if conversations:
         window.controller.open_conversation(conversations[0].id)

@@ -125,6 +125,7 @@ class HistoryStore:
             self.version = migrate(conn, self.db_path)
         except sqlite3.DatabaseError as exc:
             raise HistoryError(f"cannot open the history {self.db_path}: {exc}") from exc
+        self._remove_unrecorded_snapshots()
 
     def close(self) -> None:
         self.db.conn.close()
@@ -340,6 +341,14 @@ class HistoryStore:
             )
             for r in rows
         ]
+
+    def _remove_unrecorded_snapshots(self) -> None:
+        # files a crash left between writing and recording, and temporary files of a failed write
+        recorded = {r["file"] for r in self.db.query("SELECT file FROM snapshots")}
+        for path in self.snapshots_dir.iterdir():
+            if path.is_file() and path.name not in recorded:
+                log.info("removing unrecorded snapshot file %s", path)
+                path.unlink(missing_ok=True)
 
     def drop_snapshots(self, conversation_id: int) -> None:
         for old in self.snapshots(conversation_id):

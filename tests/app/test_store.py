@@ -212,3 +212,14 @@ def test_store_rename_and_delete(tmp_path: Path) -> None:
     store.delete_conversation(c.id)
     assert store.conversations() == []
     assert not snap.path.exists()
+
+
+def test_store_removes_unrecorded_snapshot_files_on_open(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path)
+    c = store.create_conversation()
+    kept = _snapshot(store, c.id, None, b"recorded")
+    (store.snapshots_dir / "c1-crashed.state").write_bytes(b"never recorded")
+    (store.snapshots_dir / ".c1-x.state.abc.tmp").write_bytes(b"half written")
+    store.close()
+    store = HistoryStore(tmp_path)
+    assert [p.name for p in store.snapshots_dir.iterdir()] == [kept.path.name]
