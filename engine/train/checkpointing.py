@@ -56,8 +56,9 @@ def load_trainer_state(
         return 0, []
     blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
     opts = StateDictOptions(full_state_dict=True, strict=False)
-    set_state_dict(model, optim, model_state_dict=blob["model"], optim_state_dict=blob["optim"],
-                   options=opts)
+    set_state_dict(
+        model, optim, model_state_dict=blob["model"], optim_state_dict=blob["optim"], options=opts
+    )
     log.info("resumed from %s at step %d", path, blob["step"])
     return int(blob["step"]), list(blob["history"])
 

@@ -39,6 +39,7 @@ class DataConfig:
         max_tokens: context length; longer samples are cut.
         max_pixels: images are resized to at most this many pixels.
         page_size, num_pages, screen_width, screen_height: sizes of rendered pages and screens.
+        repeat: if > 0, cycle through the first `repeat` samples (overfitting checks, tests).
     """
 
     weights: dict[str, float] = field(default_factory=dict)
@@ -51,6 +52,7 @@ class DataConfig:
     num_pages: tuple[int, int] = (2, 8)
     screen_width: tuple[int, int] = (224, 800)
     screen_height: tuple[int, int] = (56, 224)
+    repeat: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ class SampleStream:
             raise ValueError("data config names neither synthetic task weights nor sharegpt files")
 
     def sample(self, index: int) -> Sample:
+        if self.cfg.repeat:
+            index %= self.cfg.repeat
         rng = random.Random(self.cfg.seed * 1_000_003 + index)
         use_sharegpt = self.sharegpt is not None and (
             self.text is None or rng.random() < self.cfg.sharegpt_weight
@@ -82,8 +84,9 @@ class Shard:
         return list(range(start, start + per_rank))
 
 
-def batch_loader(dataset: EncodedStream, shard: Shard, start_step: int, steps: int,
-                 num_workers: int) -> Iterator[list[Encoded]]:
+def batch_loader(
+    dataset: EncodedStream, shard: Shard, start_step: int, steps: int, num_workers: int
+) -> Iterator[list[Encoded]]:
     """This rank's samples of steps start_step..steps-1, one list per step."""
     if shard.batch_size % shard.world:
         raise ValueError(f"batch_size {shard.batch_size} not divisible by {shard.world} ranks")
@@ -119,9 +122,14 @@ class Batch:
     mask: torch.Tensor
 
     def to(self, device: torch.device) -> Batch:
-        move = (lambda t: None if t is None else t.to(device, non_blocking=True))  # noqa: E731
-        return Batch(move(self.input_ids), move(self.labels), move(self.pixel_values),
-                     move(self.image_grid_thw), move(self.mask))
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(
+            move(self.input_ids),
+            move(self.labels),
+            move(self.pixel_values),
+            move(self.image_grid_thw),
+            move(self.mask),
+        )
 
     @property
     def num_targets(self) -> int:

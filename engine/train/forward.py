@@ -60,6 +60,10 @@ class TrainingForward(nn.Module):
             mask = (input_ids == cfg.image_token_id).unsqueeze(-1)
             assert int(mask.sum()) == feats.shape[0], "image features and pad tokens differ"
             embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
+        if torch.is_grad_enabled() and not embeds.requires_grad:
+            # with frozen embeddings nothing upstream needs grad; a layer that trains must still
+            # see inputs that do, or it treats the call as inference and reuses its state in place
+            embeds = embeds.detach().requires_grad_(True)
         state = m.new_state(batch=B, device=input_ids.device, dtype=embeds.dtype)
         hidden: list[torch.Tensor] = []
         h = lm(embeds, position_ids, state.layers, hidden if return_hidden else None)

@@ -24,8 +24,10 @@ def teacher_inputs(layers: nn.ModuleList, indices: list[int], inputs: list[torch
     """
     handles = []
     for i in indices:
+
         def hook(module: nn.Module, args: tuple, i: int = i) -> tuple:
-            return (inputs[i].to(args[0].dtype), *args[1:])
+            x = inputs[i].detach().to(args[0].dtype).requires_grad_(torch.is_grad_enabled())
+            return (x, *args[1:])
 
         handles.append(layers[i].register_forward_pre_hook(hook))
     try:
@@ -46,8 +48,15 @@ class Objective:
         temperature, mse_factor: as TrainConfig.
     """
 
-    def __init__(self, stage: str, student: nn.Module, teacher: nn.Module | None,
-                 linear_layers: list[int], temperature: float, mse_factor: float) -> None:
+    def __init__(
+        self,
+        stage: str,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        linear_layers: list[int],
+        temperature: float,
+        mse_factor: float,
+    ) -> None:
         self.stage = stage
         self.student = student
         self.teacher = teacher
@@ -84,8 +93,11 @@ class Objective:
             layers = _decoder_layers(self.student)
             with teacher_inputs(layers, self.linear_layers, t_hidden):
                 _, s_hidden = self.student(*args, return_hidden=True)
-            mse = layer_mse([s_hidden[i + 1] for i in self.linear_layers],
-                            [t_hidden[i + 1] for i in self.linear_layers], batch.mask)
+            mse = layer_mse(
+                [s_hidden[i + 1] for i in self.linear_layers],
+                [t_hidden[i + 1] for i in self.linear_layers],
+                batch.mask,
+            )
             loss = mse * self.mse_factor * scale
         return loss, float(loss.detach())
 

@@ -37,8 +37,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def record_to_sample(record: dict[str, Any], root: Path,
-                     open_image: Callable[[Path], Image.Image] | None = None) -> Sample:
+def record_to_sample(
+    record: dict[str, Any], root: Path, open_image: Callable[[Path], Image.Image] | None = None
+) -> Sample:
     """One record -> Sample; missing <image> tags are put before the first user message."""
     open_image = open_image or (lambda p: Image.open(p).convert("RGB"))
     paths = record.get("images", record.get("image", []))

@@ -11,6 +11,7 @@ import inspect
 import logging
 import random
 import re
+import warnings
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -180,12 +181,16 @@ class TextSource:
         code: list[str] = []
         for name in _MODULES:
             try:
-                mod = importlib.import_module(name)
+                with warnings.catch_warnings():
+                    # typing's deprecated io/re submodules warn when touched
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    mod = importlib.import_module(name)
+                    members = sorted(vars(mod).items())
             except ImportError:
                 log.debug("skipping %s: not importable here", name)
                 continue
             docs.append(inspect.getdoc(mod) or "")
-            for _, obj in sorted(vars(mod).items()):
+            for _, obj in members:
                 if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__doc__:
                     docs.append(inspect.getdoc(obj) or "")
             try:

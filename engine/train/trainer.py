@@ -82,8 +82,10 @@ def train(cfg: TrainConfig) -> Path:
     for step, samples in zip(range(start, cfg.steps), loader, strict=False):
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
-        micro = [collate(samples[i : i + cfg.micro_batch], pad).to(ctx.device)
-                 for i in range(0, len(samples), cfg.micro_batch)]
+        micro = [
+            collate(samples[i : i + cfg.micro_batch], pad).to(ctx.device)
+            for i in range(0, len(samples), cfg.micro_batch)
+        ]
         norm = distributed.all_sum(ctx, sum(objective.normaliser(b) for b in micro))
         scale = ctx.world / max(norm, 1.0)
         local = 0.0
@@ -101,8 +103,14 @@ def train(cfg: TrainConfig) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", gnorm=f"{grad_norm:.2f}")
         if ctx.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
-            log.info("step %d/%d loss %.4f grad_norm %.3f (%.1f s)", step + 1, cfg.steps,
-                     step_loss, grad_norm, time.monotonic() - t0)
+            log.info(
+                "step %d/%d loss %.4f grad_norm %.3f (%.1f s)",
+                step + 1,
+                cfg.steps,
+                step_loss,
+                grad_norm,
+                time.monotonic() - t0,
+            )
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             checkpointing.save_trainer_state(ctx, out_dir, student, optim, step + 1, history)
     if bar is not None:
@@ -113,8 +121,13 @@ def train(cfg: TrainConfig) -> Path:
     return dest
 
 
-def _finish(ctx: distributed.DistContext, cfg: TrainConfig, student: nn.Module,
-            history: list[dict[str, float]], out_dir: Path) -> Path:
+def _finish(
+    ctx: distributed.DistContext,
+    cfg: TrainConfig,
+    student: nn.Module,
+    history: list[dict[str, float]],
+    out_dir: Path,
+) -> Path:
     """Gather the weights on rank 0, merge LoRA, export them, write the loss log and curve."""
     full = checkpointing.full_model_state(ctx, student)
     dest = out_dir / "checkpoint"
