@@ -329,6 +329,8 @@ def _special_ids(hf: HFTokenizer, config: dict[str, Any], tok_file: Path) -> dic
 
 def _warn_on_other_template(path: Path, config: dict[str, Any]) -> None:
     template = config.get("chat_template")
+    if (path / "chat_template.jinja").is_file():
+        template = (path / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
     chat_file = path / "chat_template.json"
     if chat_file.is_file():
         try:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, trainers
@@ -42,6 +42,9 @@ from engine.tokenizer import (
     VISION_END,
     VISION_START,
 )
+
+if TYPE_CHECKING:
+    from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,7 @@ def write_tiny_preprocessor_config(path: str | Path) -> Path:
 
 def tiny_model(
     config: ModelConfig | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float32
-):  # noqa: ANN201
+) -> InfiniteVLForConditionalGeneration:
     """A tiny model with deterministic random weights (A_log stays float32).
 
     Every tensor gets a seeded perturbation on top of the model's own init, so norms and biases are
