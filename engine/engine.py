@@ -290,9 +290,12 @@ class Session:
         logits, self._next_logits = self._next_logits, None
         assert logits is not None
         sampler = Sampler(params, logits.shape[-1], logits.device)
-        eos = {*engine.config.eos_token_id, engine.tokenizer.special.im_end}
+        special = engine.tokenizer.special
+        # Qwen2.5-VL's generation_config ends a reply on <|im_end|> and on <|endoftext|>
+        eos = {*engine.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
         stops = _StopMatcher(params.stop)
-        decoder = engine.tokenizer.stream_decoder()
+        # other special tokens a model may emit are fed back to it but never shown as text
+        decoder = engine.tokenizer.stream_decoder(skip_special_tokens=True)
         generated: list[int] = []
         pending_ids: list[int] = []
         unfed: int | None = None  # the last sampled token, not yet fed to the model
@@ -523,7 +526,8 @@ class Session:
     ) -> torch.Tensor:
         """One model call on ``input_ids`` [1, T]; returns the last position's logits [vocab]."""
         device = self._engine.device
-        with torch.inference_mode():
+        # no_grad, not inference_mode: states outlive the call and are cloned and saved outside it
+        with torch.no_grad():
             logits = self._engine.model(
                 input_ids,
                 self._state,
