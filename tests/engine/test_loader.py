@@ -258,3 +258,28 @@ def test_name_maps_round_trip(tiny_checkpoint: Path) -> None:
         assert legacy.startswith(
             ("visual.", "model.layers.", "model.embed", "model.norm", "lm_head")
         )
+
+
+def test_load_model_untied_head_missing(tmp_path: Path) -> None:
+    path = write_tiny_checkpoint(tmp_path, tiny_config(tie_word_embeddings=False))
+    tensors = load_file(path / "model.safetensors")
+    del tensors["lm_head.weight"]
+    save_file(tensors, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"1 missing: lm_head\.weight"):
+        load_model(path)
+
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+
+
+@pytest.mark.parametrize("listing", ["infinitevl-4b.weights.tsv", "qwen2.5-vl-3b.weights.tsv"])
+def test_name_maps_on_published_names(listing: str) -> None:
+    if not (REFERENCE / listing).is_file():
+        pytest.skip(f"{REFERENCE / listing} not present")
+    names = [line.split("\t")[0] for line in (REFERENCE / listing).read_text().splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    assert len(names) > 400
+    legacy = [to_legacy_name(n) for n in names]
+    assert len(set(legacy)) == len(names)
+    assert [to_memory_name(n) for n in legacy] == names
+    assert all(n.startswith(("visual.", "model.", "lm_head.")) for n in legacy)
