@@ -241,9 +241,9 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_app(sub: argparse._SubParsersAction) -> None:
+    # every argument after `app` is the app's own (main() hands over what argparse leaves)
     p = sub.add_parser("app", help="start the desktop assistant", add_help=False)
-    p.add_argument("app_args", nargs=argparse.REMAINDER, help="arguments for the app")
-    p.set_defaults(run=lambda a: app(a.app_args))
+    p.set_defaults(run=lambda a: app(a.app_args), takes_extra_args=True)
 
 
 def _add_debug_flag(p: argparse.ArgumentParser) -> None:
@@ -272,7 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``infinitevl`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_extra_args", False):
+        args.app_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
