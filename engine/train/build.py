@@ -34,10 +34,23 @@ def load_float32(path: str | Path, device: torch.device) -> InfiniteVLForConditi
 
 
 def fresh_model(config_path: str | Path, seed: int, device: torch.device) -> nn.Module:
-    """A randomly initialised model of a config.json (file or directory), seeded."""
+    """A randomly initialised model of a config.json (file or directory), seeded.
+
+    Linear, convolution and embedding weights are drawn from N(0, 0.02) and biases zeroed, as
+    transformers initialises Qwen2.5-VL: the layers' own defaults (N(0, 1) embeddings tied to the
+    head) start with a cross entropy in the hundreds.
+    """
     config = ModelConfig.from_file(config_path)
     torch.manual_seed(seed)
-    return InfiniteVLForConditionalGeneration(config).to(device)
+    model = InfiniteVLForConditionalGeneration(config)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear | nn.Embedding | nn.Conv3d):
+                module.weight.normal_(0.0, 0.02)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+    model.tie_weights()
+    return model.to(device)
 
 
 def is_checkpoint(path: str | Path) -> bool:

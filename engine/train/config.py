@@ -81,6 +81,8 @@ class TrainConfig:
         temperature: softmax temperature of the KL loss; mse_factor scales stage 1's MSE.
         dtype: "float32" or "bfloat16" (autocast on CUDA; parameters stay float32).
         num_workers: DataLoader processes rendering samples; device: "auto", "cpu", "cuda".
+        time_budget_s: if > 0, the run ends after this many seconds of training, and the
+            learning-rate schedule follows elapsed time (whichever of time and steps is further).
     """
 
     stage: str
@@ -102,9 +104,10 @@ class TrainConfig:
     dtype: str = "float32"
     save_every: int = 100
     log_every: int = 10
-    max_shard_bytes: int = 15 * 1024 * 1024
+    max_shard_bytes: int = 14_500_000
     num_workers: int = 0
     device: str = "auto"
+    time_budget_s: float = 0.0
     lora: LoraConfig = LoraConfig()
     seed: int = 0
 

@@ -29,11 +29,16 @@ from engine.train.objectives import Objective
 log = logging.getLogger(__name__)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to `cfg.lr`, then cosine decay to 10% of it at `cfg.steps`."""
+def lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Linear warmup to `cfg.lr`, then cosine decay to 10% of it at the end of the run.
+
+    Args:
+        time_fraction: elapsed / time budget; the decay follows the larger of it and the
+            fraction of steps done.
+    """
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    t = max((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), time_fraction)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
@@ -79,9 +84,15 @@ def train(cfg: TrainConfig) -> Path:
     bar = _progress(ctx, start, cfg)
     student.train()
     t0 = time.monotonic()
+    done = start
     for step, samples in zip(range(start, cfg.steps), loader, strict=False):
+        frac = _time_fraction(ctx, cfg, t0)
+        if frac >= 1.0:
+            log.info("time budget of %.0f s spent after %d steps", cfg.time_budget_s, step)
+            break
+        lr = lr_at(step, cfg, frac)
         for group in optim.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr
         micro = [
             collate(samples[i : i + cfg.micro_batch], pad).to(ctx.device)
             for i in range(0, len(samples), cfg.micro_batch)
@@ -98,7 +109,8 @@ def train(cfg: TrainConfig) -> Path:
         optim.step()
         optim.zero_grad(set_to_none=True)
         step_loss = distributed.all_sum(ctx, local) / ctx.world
-        history.append({"step": step + 1, "loss": step_loss, "lr": lr_at(step, cfg)})
+        history.append({"step": step + 1, "loss": step_loss, "lr": lr})
+        done = step + 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", gnorm=f"{grad_norm:.2f}")
@@ -115,7 +127,7 @@ def train(cfg: TrainConfig) -> Path:
             checkpointing.save_trainer_state(ctx, out_dir, student, optim, step + 1, history)
     if bar is not None:
         bar.close()
-    checkpointing.save_trainer_state(ctx, out_dir, student, optim, cfg.steps, history)
+    checkpointing.save_trainer_state(ctx, out_dir, student, optim, done, history)
     dest = _finish(ctx, cfg, student, history, out_dir)
     distributed.teardown(ctx)
     return dest
@@ -148,6 +160,16 @@ def _finish(
         plot_losses(history, out_dir / "loss.png", f"{cfg.stage} ({cfg.steps} steps)")
     distributed.barrier(ctx)
     return dest
+
+
+def _time_fraction(ctx: distributed.DistContext, cfg: TrainConfig, t0: float) -> float:
+    """Elapsed share of the time budget, the same on every rank (0 without a budget)."""
+    if cfg.time_budget_s <= 0:
+        return 0.0
+    elapsed = time.monotonic() - t0
+    if ctx.is_distributed:
+        elapsed = float(distributed.broadcast_object(ctx, elapsed))
+    return elapsed / cfg.time_budget_s
 
 
 def _fields(params: ImageParams) -> dict[str, object]:

@@ -1,0 +1,102 @@
+"""The embedded model's whole recipe, stage after stage, in one work folder.
+
+`python -m engine.train.pipeline --work W --stages teacher,distill_layerwise,...` runs each named
+stage with its config from `configs/default/`, wiring each stage's `init` (and `teacher`) to the
+checkpoints of the stages before it:
+
+  W/start (config.json + tokenizer)  -> teacher -> distill_layerwise -> distill_kl -> sft -> lora
+
+A stage whose folder already holds a checkpoint is skipped unless named in --again, so a series
+of time-limited runs (each with `--budget stage=seconds`) continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from engine.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+ORDER = ("teacher", "distill_layerwise", "distill_kl", "sft", "lora")
+CONFIGS = Path(__file__).parent / "configs" / "default"
+
+
+def stage_paths(work: Path, stage: str) -> dict[str, str]:
+    """init / teacher / out_dir of `stage` inside the work folder."""
+    teacher_ckpt = work / "teacher" / "checkpoint"
+    prev = {
+        "teacher": work / "start",
+        "distill_layerwise": teacher_ckpt,
+        "distill_kl": work / "distill_layerwise" / "checkpoint",
+        "sft": work / "distill_kl" / "checkpoint",
+        "lora": work / "sft" / "checkpoint",
+    }[stage]
+    if stage == "teacher" and teacher_ckpt.is_dir():
+        prev = teacher_ckpt  # a further teacher run continues from its last checkpoint
+    paths = {"init": str(prev), "out_dir": str(work / stage)}
+    if stage.startswith("distill"):
+        paths["teacher"] = str(teacher_ckpt)
+    return paths
+
+
+def run_pipeline(work: Path, stages: list[str], budgets: dict[str, float], again: set[str],
+                 overrides: dict[str, object]) -> Path | None:  # fmt: skip
+    """Run `stages` in order; return the last checkpoint written."""
+    from engine.train.trainer import train
+
+    last = None
+    for stage in stages:
+        done = work / stage / "checkpoint"
+        if done.is_dir() and stage not in again:
+            log.info("%s: checkpoint exists, skipped", stage)
+            last = done
+            continue
+        cfg = TrainConfig.from_file(
+            CONFIGS / f"{stage}.toml", **stage_paths(work, stage), **overrides
+        )
+        if stage in budgets:
+            cfg = cfg.with_(time_budget_s=budgets[stage])
+        if stage in again:
+            # a fresh run of the stage, not a resume of the previous one
+            (work / stage / "trainer_state.pt").unlink(missing_ok=True)
+        log.info("%s: init %s, %.0f s budget", stage, cfg.init, cfg.time_budget_s)
+        last = train(cfg)
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(
+        prog="python -m engine.train.pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--work", required=True, type=Path)
+    p.add_argument("--stages", default=",".join(ORDER))
+    p.add_argument("--budget", action="append", default=[], help="stage=seconds")
+    p.add_argument("--again", default="", help="stages to rerun although done")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--device")
+    args = p.parse_args(argv)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in ORDER]
+    if unknown:
+        p.error(f"unknown stages {unknown}; known: {list(ORDER)}")
+    budgets = {k: float(v) for k, v in (b.split("=", 1) for b in args.budget)}
+    overrides = {"num_workers": args.num_workers, "device": args.device}
+    last = run_pipeline(
+        args.work,
+        stages,
+        budgets,
+        set(filter(None, args.again.split(","))),
+        {k: v for k, v in overrides.items() if v is not None},
+    )
+    print(last)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
