@@ -1,0 +1,145 @@
+"""Torch reference of sliding-window attention over a fixed-size ring buffer of keys and values.
+
+A query at token index ``i`` sees token indices ``i - W + 1 ... i`` (itself included). Token ``p``
+lives in ring slot ``p % W``; keys enter the ring after RoPE, so slot order never matters.
+``seen`` counts the tokens written before the call. Math runs in float32; outputs come back in
+the dtype of ``q``. ``prefill`` is differentiable w.r.t. q, k, v; ``write`` and ``step`` mutate
+the ring and are for inference only.
+"""
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+QUERY_BLOCK = 512  # queries per block in prefill: the banded scores stay [B, H, 512, 512 + W]
+
+
+def check_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ring_k: torch.Tensor, ring_v: torch.Tensor, seen: int
+) -> None:
+    """Raise ``ValueError`` naming the shapes when q, k, v and the ring do not fit one another.
+
+    Args:
+        q: [B, H, T, D] or [B, H, D].  k, v: [B, Hkv, T, D] or [B, Hkv, D].  ring_k, ring_v: [B, Hkv, W, D].
+    """
+    if k.shape != v.shape or ring_k.shape != ring_v.shape or ring_k.dim() != 4:
+        raise ValueError(
+            f"swa: k {tuple(k.shape)} / v {tuple(v.shape)} or ring_k {tuple(ring_k.shape)} / ring_v {tuple(ring_v.shape)} differ"
+        )
+    B, Hkv, _, D = ring_k.shape
+    if k.shape[:2] != (B, Hkv) or k.shape[-1] != D or q.shape[0] != B or q.shape[-1] != D or q.dim() != k.dim():
+        raise ValueError(
+            f"swa: q {tuple(q.shape)}, k {tuple(k.shape)} do not fit ring {tuple(ring_k.shape)} [B, Hkv, W, D]"
+        )
+    if q.dim() == 4 and q.shape[2] != k.shape[2]:
+        raise ValueError(f"swa: q has T={q.shape[2]} tokens, k has T={k.shape[2]}")
+    if q.shape[1] % Hkv != 0:
+        raise ValueError(f"swa: query heads H={q.shape[1]} must be a multiple of key/value heads Hkv={Hkv}")
+    if seen < 0:
+        raise ValueError(f"swa: seen must be >= 0, got {seen}")
+
+
+def ring_in_order(ring: torch.Tensor, seen: int) -> torch.Tensor:
+    """The ring's valid entries in token order: [B, Hkv, min(seen, W), D] for tokens max(0, seen-W)..seen-1."""
+    W = ring.shape[2]
+    n = min(seen, W)
+    slots = torch.arange(seen - n, seen, device=ring.device) % W
+    return ring.index_select(2, slots)
+
+
+def prefill(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ring_k: torch.Tensor,
+    ring_v: torch.Tensor,
+    seen: int,
+    *,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of T new queries over the ring's valid entries and the new keys (banded causal).
+
+    Args:
+        q: [B, H, T, D].  k, v: [B, Hkv, T, D]; H % Hkv == 0.
+        ring_k, ring_v: [B, Hkv, W, D], holding the tokens before this call; not modified.
+        seen: tokens written before this call.  scale: multiplies q k^T.
+    Returns:
+        o: [B, H, T, D] in the dtype of q.
+    """
+    check_inputs(q, k, v, ring_k, ring_v, seen)
+    T, W = q.shape[2], ring_k.shape[2]
+    # keys in token order, starting at token index first
+    keys = torch.cat([ring_in_order(ring_k, seen).float(), k.float()], dim=2)
+    values = torch.cat([ring_in_order(ring_v, seen).float(), v.float()], dim=2)
+    first = seen - min(seen, W)
+    qf = q.float()
+    outs = []
+    for start in range(0, T, QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, T)
+        # the block's queries see token indices seen + start - W + 1 ... seen + stop - 1
+        lo = max(seen + start - W + 1, first) - first
+        hi = seen + stop - first
+        pos_q = torch.arange(seen + start, seen + stop, device=q.device)[:, None]
+        pos_k = torch.arange(first + lo, first + hi, device=q.device)[None, :]
+        mask = (pos_k <= pos_q) & (pos_k > pos_q - W)  # [Tb, Lb]
+        outs.append(
+            F.scaled_dot_product_attention(
+                qf[:, :, start:stop],
+                keys[:, :, lo:hi],
+                values[:, :, lo:hi],
+                attn_mask=mask,
+                scale=scale,
+                enable_gqa=True,
+            )
+        )
+    return torch.cat(outs, dim=2).to(q.dtype)
+
+
+@torch.no_grad()
+def write(ring_k: torch.Tensor, ring_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: int) -> None:
+    """Write the last min(T, W) new keys and values into their slots (token index % W), in place.
+
+    Args:
+        ring_k, ring_v: [B, Hkv, W, D], modified.  k, v: [B, Hkv, T, D].  seen: tokens before these.
+    """
+    check_inputs(k, k, v, ring_k, ring_v, seen)
+    T, W = k.shape[2], ring_k.shape[2]
+    n = min(T, W)
+    slots = torch.arange(seen + T - n, seen + T, device=ring_k.device) % W
+    ring_k.index_copy_(2, slots, k[:, :, T - n :].to(ring_k.dtype))
+    ring_v.index_copy_(2, slots, v[:, :, T - n :].to(ring_v.dtype))
+
+
+@torch.no_grad()
+def step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ring_k: torch.Tensor,
+    ring_v: torch.Tensor,
+    seen: int,
+    *,
+    scale: float,
+) -> torch.Tensor:
+    """One decode token: write k, v at slot seen % W, then attend over min(seen + 1, W) entries.
+
+    Args:
+        q: [B, H, D].  k, v: [B, Hkv, D].  ring_k, ring_v: [B, Hkv, W, D], modified.
+        seen: tokens before this one.  scale: multiplies q k^T.
+    Returns:
+        o: [B, H, D] in the dtype of q.
+    """
+    check_inputs(q, k, v, ring_k, ring_v, seen)
+    B, H, D = q.shape
+    Hkv, W = ring_k.shape[1], ring_k.shape[2]
+    slot = seen % W
+    ring_k[:, :, slot] = k.to(ring_k.dtype)
+    ring_v[:, :, slot] = v.to(ring_v.dtype)
+    n = min(seen + 1, W)
+    keys, values = ring_k[:, :, :n].float(), ring_v[:, :, :n].float()  # [B, Hkv, n, D]
+    qg = q.float().view(B, Hkv, H // Hkv, D)
+    p = torch.softmax(qg @ keys.transpose(-1, -2) * scale, dim=-1)  # [B, Hkv, G, n]
+    return (p @ values).reshape(B, H, D).to(q.dtype)
