@@ -101,7 +101,11 @@ def qa_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskM
 def longdoc_sample(
     rng: random.Random, src: TextSource, fonts: list[Path], num_pages: int, page_size: int
 ) -> Sample:
-    """`num_pages` pages read in order; page 1 holds "Reference: NNNN"; the question asks it."""
+    """`num_pages` pages read in order; page 1 holds "Reference: NNNN"; the question asks it.
+
+    The pages form one user turn of "Page i: <image>" lines, as `Session.feed_document` feeds a
+    document, and the question follows as the next user turn.
+    """
     reference = str(rng.randint(1000, 9999))
     pages = [
         render_page(
@@ -111,13 +115,17 @@ def longdoc_sample(
             (page_size, page_size),
             header=f"Page {i + 1}",
             fact=("Reference", reference) if i == 0 else None,
-        )
+        )  # fmt: skip
         for i in range(num_pages)
     ]
-    content = "".join(IMAGE_TAG for _ in pages) + REFERENCE_QUESTION
+    document = "".join(f"Page {i + 1}: {IMAGE_TAG}\n" for i in range(num_pages))
     return Sample(
         [p.image for p in pages],
-        [Message("user", content), Message("assistant", reference)],
+        [
+            Message("user", document),
+            Message("user", REFERENCE_QUESTION),
+            Message("assistant", reference),
+        ],
         "longdoc",
         {"answer": reference},
     )

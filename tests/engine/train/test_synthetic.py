@@ -59,9 +59,10 @@ def test_ocr_answer_is_the_rendered_text(src: TextSource, fonts: list) -> None:
 def test_longdoc_answer_sits_on_page_one(src: TextSource, fonts: list) -> None:
     s = longdoc_sample(random.Random(5), src, fonts, num_pages=4, page_size=224)
     assert len(s.images) == 4
-    assert s.messages[0].content.endswith(REFERENCE_QUESTION)
+    assert s.messages[0].content.startswith("Page 1: <image>\nPage 2: <image>\n")
     assert s.messages[0].content.count("<image>") == 4
-    assert s.messages[1].content.isdigit() and len(s.messages[1].content) == 4
+    assert s.messages[1].content == REFERENCE_QUESTION
+    assert s.messages[2].content.isdigit() and len(s.messages[2].content) == 4
 
 
 def test_fonts_come_from_packages(fonts: list) -> None:
