@@ -84,9 +84,7 @@ class InfiniteVLForConditionalGeneration(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> ModelState:
         """A zero session state on the weights' device and dtype unless told otherwise."""
-        return ModelState.new(
-            self.config.text, batch, device or self.device, dtype or self.dtype
-        )
+        return ModelState.new(self.config.text, batch, device or self.device, dtype or self.dtype)
 
     def forward(
         self,
@@ -159,9 +157,7 @@ class InfiniteVLForConditionalGeneration(nn.Module):
                 f"{list(self.config.text.layer_types)}"
             )
         if state.batch != input_ids.shape[0]:
-            raise InputError(
-                f"input_ids batch {input_ids.shape[0]} != state batch {state.batch}"
-            )
+            raise InputError(f"input_ids batch {input_ids.shape[0]} != state batch {state.batch}")
         if logits_to_keep < 0:
             raise InputError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
 

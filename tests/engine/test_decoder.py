@@ -51,9 +51,7 @@ def _multimodal_prompt():
     """text, an image of 1x4x6 patches (6 tokens), text, a video of 2x4x4 (8 tokens), text."""
     gen = torch.Generator().manual_seed(3)
     text = lambda n: torch.randint(0, 200, (n,), generator=gen).tolist()  # noqa: E731
-    ids = (
-        text(4) + [VS] + [IMG] * 6 + [VE] + text(3) + [VS] + [VID] * 8 + [VE] + text(5)
-    )
+    ids = text(4) + [VS] + [IMG] * 6 + [VE] + text(3) + [VS] + [VID] * 8 + [VE] + text(5)
     patch = CFG.vision.in_channels * CFG.vision.temporal_patch_size * CFG.vision.patch_size**2
     image_grid = torch.tensor([[1, 4, 6]])
     video_grid = torch.tensor([[2, 4, 4]])
