@@ -1,1 +1,1 @@
-"""The webcam feed: a camera source, a frame sampler, and a pane that streams frames to the state."""
+"""The webcam feed: a camera source, a frame sampler, and a pane streaming frames to the state."""
