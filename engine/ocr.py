@@ -1,0 +1,57 @@
+"""OCR with the loaded model: one text block per image, in reading order.
+
+Each image is asked, in a fresh session, the prompt the embedded model was trained on
+(`OCR_PROMPT`); the reply is the text. Any checkpoint works, the embedded one best, since a
+general model may answer in its own style. Knows nothing about Qt or files beyond image paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.engine import CancelToken, Engine
+from engine.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+# the prompt of the training pipeline's OCR samples (engine/train/synthetic/tasks.py)
+OCR_PROMPT = "Read the text in the image."
+MAX_OCR_TOKENS = 512
+
+ImageInput = str | Path | np.ndarray | Image.Image
+
+
+def ocr_image(
+    engine: Engine, image: ImageInput, *, max_new_tokens: int = MAX_OCR_TOKENS,
+    cancel: CancelToken | None = None,
+) -> str:  # fmt: skip
+    """The text in one image, lines separated by newlines.
+
+    Args:
+        image: a path, a PIL image or a uint8 [H, W, 3] RGB array.
+        max_new_tokens: the longest reply read.
+    Raises:
+        InputError: an unreadable or empty image.
+        Cancelled: `cancel` was set.
+    """
+    session = engine.new_session()
+    session.add_user_message(OCR_PROMPT, [image], cancel=cancel)
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    text = "".join(delta.text for delta in session.generate(params, cancel))
+    return text.strip()
+
+
+def ocr_images(
+    engine: Engine, images: Sequence[ImageInput], *, cancel: CancelToken | None = None
+) -> list[str]:
+    """One text block per image, in the images' order (see `ocr_image`)."""
+    out = []
+    for i, image in enumerate(images):
+        out.append(ocr_image(engine, image, cancel=cancel))
+        log.debug("ocr: image %d of %d read (%d chars)", i + 1, len(images), len(out[-1]))
+    return out
