@@ -289,8 +289,10 @@ class Session:
         engine = self._engine
         logits, self._next_logits = self._next_logits, None
         assert logits is not None
-        sampler = Sampler(params, logits.shape[-1], logits.device)
         special = engine.tokenizer.special
+        # a placeholder fed without its pixels has no meaning: only the prompt writes them
+        pads = (special.image_pad, special.video_pad)
+        sampler = Sampler(params, logits.shape[-1], logits.device, banned_ids=pads)
         # Qwen2.5-VL's generation_config ends a reply on <|im_end|> and on <|endoftext|>
         eos = {*engine.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
         stops = _StopMatcher(params.stop)

@@ -74,12 +74,22 @@ class Sampler:
     paper: a seen token's logit is divided by the penalty when positive, multiplied when negative.
     """
 
-    def __init__(self, params: SamplingParams, vocab_size: int, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        vocab_size: int,
+        device: torch.device | str,
+        banned_ids: tuple[int, ...] = (),
+    ) -> None:
         """Args:
         params: the sampling settings.
         vocab_size: width of the logits.
         device: where logits live; the generator and the penalty mask are kept there.
+        banned_ids: tokens never chosen (e.g. image placeholders, which only the prompt writes).
         """
+        bad = [i for i in banned_ids if not 0 <= i < vocab_size]
+        if bad:
+            raise InputError(f"banned token ids {bad} outside the vocabulary of {vocab_size}")
         self.params = params
         self.vocab_size = vocab_size
         self.device = torch.device(device)
@@ -91,6 +101,9 @@ class Sampler:
             else:
                 self.generator.manual_seed(params.seed)
         self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=self.device)  # [vocab]
+        self.banned = torch.zeros(vocab_size, dtype=torch.bool, device=self.device)  # [vocab]
+        self.banned[list(banned_ids)] = True
+        self.has_banned = bool(banned_ids)
 
     def observe(self, token_ids: torch.Tensor | list[int] | tuple[int, ...]) -> None:
         """Mark tokens as generated, for the repetition penalty (no host sync for a tensor)."""
@@ -124,11 +137,13 @@ class Sampler:
         Args:
             logits: [..., vocab].
         Returns:
-            [..., vocab] float32; filtered-out tokens are ``-inf``. Greedy skips temperature and
-            the filters (they cannot change the argmax).
+            [..., vocab] float32; banned and filtered-out tokens are ``-inf``. Greedy skips
+            temperature and the filters (they cannot change the argmax).
         """
         p = self.params
         scores = logits.float()
+        if self.has_banned:
+            scores = scores.masked_fill(self.banned, float("-inf"))
         if p.repetition_penalty != 1.0:
             rp = p.repetition_penalty
             penalized = torch.where(scores > 0, scores / rp, scores * rp)

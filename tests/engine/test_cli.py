@@ -145,3 +145,73 @@ def test_cli_entry_point_runs_as_a_process(tmp_path: Path) -> None:
     assert (
         done.stderr.startswith("infinitevl info: no config.json") and "Traceback" not in done.stderr
     )
+
+
+def _sample_png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (60, 40), (10, 200, 30)).save(path)
+    return path
+
+
+def test_generate_tiny_streams_and_exits_0(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.engine import Engine
+    from engine.sampling import SamplingParams
+
+    image = _sample_png(tmp_path / "green.png")
+    args = ["--model", str(tiny_checkpoint), "--image", str(image), "--max-new-tokens", "12"]
+    assert main(["generate", *args, "--device", "cpu", "Describe it."]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith(f"model: {tiny_checkpoint} (") and "parameters, cpu, float32)" in err
+    assert "prompt tokens" in err and "generated" in err
+    # stdout is exactly the session's reply to the same turn
+    session = Engine.load(tiny_checkpoint).new_session()
+    session.add_user_message("Describe it.", [image])
+    expected = "".join(d.text for d in session.generate(SamplingParams(max_new_tokens=12)))
+    assert out == expected + "\n"
+
+
+def test_generate_seeded_sampling_repeats(
+    tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["generate", "--model", str(tiny_checkpoint), "--temperature", "0.9", "--seed", "3"]
+    outs = []
+    for _ in range(2):
+        assert main([*args, "--max-new-tokens", "8", "hi"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+
+
+def test_generate_missing_image_is_one_line(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.png"
+    assert main(["generate", "--model", str(tiny_checkpoint), "--image", str(missing), "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "nope.png" in err and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("infinitevl generate: ")
+
+
+def test_generate_embedded_default_banner(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tiny_checkpoint)
+    assert main(["generate", "--max-new-tokens", "2", "hi"]) == 0
+    assert capsys.readouterr().err.startswith(f"embedded default model: {tiny_checkpoint} (")
+
+
+def test_app_gets_every_argument_after_app(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    import engine.__main__ as cli
+
+    seen: list[list[str]] = []
+    fake = types.SimpleNamespace(run=lambda argv: seen.append(argv) or 7)
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: fake)
+    assert main(["app", "--help"]) == 7
+    assert main(["--debug", "app", "--model", "/m", "--theme", "dark"]) == 7
+    assert seen == [["--help"], ["--model", "/m", "--theme", "dark"]]

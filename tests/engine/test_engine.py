@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engine.engine import CancelToken, Engine, GenerationStats, Session
 from engine.errors import Cancelled, InputError, StateError
@@ -317,17 +318,179 @@ def test_add_user_message_bad_text(engine: Engine, text: object, match: str) -> 
         engine.new_session().add_user_message(text)  # type: ignore[arg-type]
 
 
+def test_generate_never_samples_image_placeholders() -> None:
+    # GIVEN a model whose favourite next token is an image pad (which only the prompt may write)
+    engine = fake_engine([*b"a", SPECIAL["<|image_pad|>"], *b"b"])
+    session = engine.new_session()
+    session.add_user_message("x")
+    # THEN the pad is never chosen (the next best, byte 0, is) and the state stays consistent
+    assert _reply(session) == "a\x00b"
+    reply = session._state.history[-6:]
+    assert SPECIAL["<|image_pad|>"] not in reply
+
+
 def test_eos_from_config_also_ends_reply() -> None:
-    engine = fake_engine([*b"ab", SPECIAL["<|endoftext|>"], *b"cd"])
+    engine = fake_engine([*b"ab", SPECIAL["<|vision_pad|>"], *b"cd"])
+    fields = {f: getattr(engine.config, f) for f in engine.config.__dataclass_fields__}
     engine.config = engine.config.__class__(
-        **{
-            **{f: getattr(engine.config, f) for f in engine.config.__dataclass_fields__},
-            "eos_token_id": (SPECIAL["<|endoftext|>"],),
-        }
+        **{**fields, "eos_token_id": (SPECIAL["<|vision_pad|>"],)}
     )
     session = engine.new_session()
     session.add_user_message("x")
     assert _reply(session) == "ab"
     assert session.last_stats.stop_reason == "eos"
-    # the end-of-text token is replaced by the template's turn end
+    # the config's end token is replaced by the template's turn end
     assert _history(session).endswith("assistant\nab<|im_end|>\n")
+
+
+def test_endoftext_ends_reply_and_other_specials_are_not_shown() -> None:
+    # as Qwen2.5-VL's generation_config: <|im_end|> and <|endoftext|> both end a reply
+    engine = fake_engine(
+        [*b"a", SPECIAL["<|vision_start|>"], *b"b", SPECIAL["<|endoftext|>"], *b"c"]
+    )
+    session = engine.new_session()
+    session.add_user_message("x")
+    assert _reply(session) == "ab"
+    assert session.last_stats.stop_reason == "eos"
+    assert _history(session).endswith("assistant\na<|vision_start|>b<|im_end|>\n")
+
+
+# the real tiny checkpoint (random weights, tiny_config: window 8): loading, decoding, state files
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint: Path) -> Engine:
+    return Engine.load(tiny_checkpoint, device="cpu")
+
+
+def _run(
+    session: Session, text: str, params: SamplingParams | None = None
+) -> tuple[str, list[int]]:
+    session.add_user_message(text)
+    deltas = list(session.generate(params or SamplingParams(max_new_tokens=24)))
+    return "".join(d.text for d in deltas), [i for d in deltas for i in d.token_ids]
+
+
+def test_tiny_load_info(tiny: Engine, tiny_checkpoint: Path) -> None:
+    info = tiny.info
+    assert (info.path, info.device, info.dtype) == (str(tiny_checkpoint), "cpu", "float32")
+    assert info.num_parameters == sum(p.numel() for p in tiny.model.parameters())
+    assert info.state_nbytes == tiny.new_session().state_nbytes > 0
+    assert not info.is_embedded_default and info.slow_warning is None
+
+
+def test_tiny_stream_concatenates_to_full_decode(tiny: Engine) -> None:
+    text, ids = _run(tiny.new_session(), "Describe the weather.")
+    assert ids and text == tiny.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_tiny_greedy_is_deterministic(tiny: Engine) -> None:
+    assert _run(tiny.new_session(), "hello") == _run(tiny.new_session(), "hello")
+
+
+def test_tiny_seeded_sampling_reproducible(tiny: Engine) -> None:
+    # the random tiny model is sure of itself (p > 0.999 on one token): a high temperature
+    # makes the seeds matter
+    params = SamplingParams(temperature=20.0, top_p=0.95, top_k=50, seed=7, max_new_tokens=16)
+    a = _run(tiny.new_session(), "hello", params)
+    assert a == _run(tiny.new_session(), "hello", params)
+    other = SamplingParams(temperature=20.0, top_p=0.95, top_k=50, seed=8, max_new_tokens=16)
+    assert a != _run(tiny.new_session(), "hello", other)
+
+
+def test_tiny_image_and_long_prompt(tiny: Engine) -> None:
+    session = tiny.new_session()
+    session.add_user_message("word " * 40, images=[_image(56, 84)])  # 5x the window and more
+    nbytes = session.state_nbytes
+    assert session.tokens_seen > 5 * tiny.config.text.sliding_window
+    assert len(list(session.generate(SamplingParams(max_new_tokens=4)))) >= 0
+    assert session.state_nbytes == nbytes
+
+
+def test_tiny_save_restore_continues_identically(tiny: Engine, tmp_path: Path) -> None:
+    session = tiny.new_session()
+    _run(session, "first question")
+    session.save(tmp_path / "conv.state")
+    seen_at_save = session.tokens_seen
+    uninterrupted = _run(session, "second question")
+
+    restored = tiny.restore_session(tmp_path / "conv.state")
+    assert restored.tokens_seen == seen_at_save
+    assert _run(restored, "second question") == uninterrupted
+    # nothing of the first turn was fed again
+    turn = len(
+        tiny.tokenizer.encode(
+            "<|im_start|>user\nsecond question<|im_end|>\n<|im_start|>assistant\n"
+        )
+    )
+    assert restored.last_stats.prompt_tokens == turn
+    assert restored.tokens_fed_total == turn + len(tiny.tokenizer.encode("<|im_end|>\n")) + (
+        restored.last_stats.stop_reason != "eos"
+    )
+
+
+def test_tiny_fork_leaves_main_stream_untouched(tiny: Engine) -> None:
+    plain = tiny.new_session()
+    _run(plain, "look at this")
+    expected = _run(plain, "and now?")
+
+    main = tiny.new_session()
+    _run(main, "look at this")
+    side = main.fork()
+    _run(side, "a side question")
+    assert _run(main, "and now?") == expected
+
+
+def test_tiny_restore_rejects_other_model_and_damage(
+    tiny: Engine, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from engine.testing import write_tiny_checkpoint
+
+    session = tiny.new_session()
+    _run(session, "hi")
+    path = tmp_path / "conv.state"
+    session.save(path)
+    other = Engine.load(write_tiny_checkpoint(tmp_path_factory.mktemp("other"), seed=1))
+    with pytest.raises(StateError, match="belongs to model"):
+        other.restore_session(path)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    (tmp_path / "bad.state").write_bytes(bytes(data))
+    with pytest.raises(StateError):
+        tiny.restore_session(tmp_path / "bad.state")
+    with pytest.raises(StateError):
+        tiny.restore_session(tmp_path / "missing.state")
+
+
+def test_load_bad_arguments(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from engine.errors import CheckpointError, EngineError
+
+    with pytest.raises(InputError, match="dtype"):
+        Engine.load(tiny_checkpoint, dtype="int8")
+    with pytest.raises(InputError, match="device"):
+        Engine.load(tiny_checkpoint, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="CUDA is not available"):
+            Engine.load(tiny_checkpoint, device="cuda")
+    with pytest.raises(CheckpointError):
+        Engine.load(tmp_path / "no-such-model")
+
+
+def test_load_embedded_default(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import default_model
+    from engine.errors import EngineError
+
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tiny_checkpoint.parent / "absent")
+    with pytest.raises(EngineError, match="no embedded default model"):
+        Engine.load()
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tiny_checkpoint)
+    assert Engine.load().info.is_embedded_default
+
+
+def test_slow_warning_for_large_model_on_cpu() -> None:
+    from engine.engine import slow_warning
+
+    text = slow_warning("InfiniteVL", 4_408_381_536, torch.device("cpu"))
+    assert text is not None and "4.4 billion" in text and "CPU" in text
+    assert slow_warning("InfiniteVL", 4_408_381_536, torch.device("cuda")) is None
+    assert slow_warning("tiny", 258_088, torch.device("cpu")) is None

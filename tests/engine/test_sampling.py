@@ -125,3 +125,15 @@ def test_sampling_params_bad_values_name_them(field: str, value: object) -> None
 def test_sampler_wrong_vocab_width() -> None:
     with pytest.raises(InputError, match="width 5"):
         Sampler(SamplingParams(), V, "cpu")(torch.zeros(5))
+
+
+def test_sampler_banned_ids_never_chosen() -> None:
+    logits = torch.tensor([0.0, 9.0, 8.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    greedy = Sampler(SamplingParams(), V, "cpu", banned_ids=(1,))
+    assert greedy(logits).item() == 2
+    freq = _draws(SamplingParams(temperature=5.0, seed=1), logits)
+    assert freq[1] > 0
+    sampler = Sampler(SamplingParams(temperature=5.0, seed=1), V, "cpu", banned_ids=(1, 2))
+    assert (sampler(logits.expand(2000, V)) != 1).all()
+    with pytest.raises(InputError, match="banned"):
+        Sampler(SamplingParams(), V, "cpu", banned_ids=(V,))
