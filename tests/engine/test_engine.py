@@ -403,7 +403,38 @@ def test_tiny_image_and_long_prompt(tiny: Engine) -> None:
     session.add_user_message("word " * 40, images=[_image(56, 84)])  # 5x the window and more
     nbytes = session.state_nbytes
     assert session.tokens_seen > 5 * tiny.config.text.sliding_window
-    assert len(list(session.generate(SamplingParams(max_new_tokens=4)))) >= 0
+    list(session.generate(SamplingParams(max_new_tokens=4)))
+    assert session.last_stats.stop_reason in ("eos", "length")
+    assert session.state_nbytes == nbytes
+
+
+def test_tiny_cancel_after_third_delta_then_next_turn(tiny: Engine) -> None:
+    session = tiny.new_session()
+    session.add_user_message("tell me a long story")
+    cancel = CancelToken()
+    deltas = []
+    for delta in session.generate(SamplingParams(max_new_tokens=64), cancel):
+        deltas.append(delta)
+        if len(deltas) == 3:
+            cancel.cancel()
+    assert len(deltas) == 3 and session.last_stats.stop_reason == "cancelled"
+    seen = session.tokens_seen
+    text, _ = _run(session, "and then?")
+    assert session.tokens_seen > seen and session.last_stats.stop_reason in ("eos", "length")
+
+
+def test_tiny_document_frames_then_question(tiny: Engine) -> None:
+    session = tiny.new_session()
+    done: list[int] = []
+    fed = session.feed_document(
+        [_image(56, 56), _image(84, 56), _image(56, 112)], progress=lambda d, t: done.append(d)
+    )
+    assert done == [0, 1, 2, 3] and fed == session.tokens_seen
+    nbytes = session.state_nbytes
+    fed_frames = session.feed_frames([_image(56, 56), _image(56, 56)])
+    assert session.tokens_seen == fed + fed_frames
+    text, ids = _run(session, "What was on page 2?")
+    assert session.last_stats.stop_reason in ("eos", "length")
     assert session.state_nbytes == nbytes
 
 
