@@ -133,7 +133,9 @@ class Composer(QtWidgets.QWidget):
         return len(self._images)
 
     def clear(self) -> None:
+        """Empty the input and the thumbnails, and leave the keyboard focus in the input."""
         self.input.clear()
+        self.input.setFocus()
         self._images.clear()
         while self.thumbs.count() > 1:
             item = self.thumbs.takeAt(0)
@@ -145,6 +147,8 @@ class Composer(QtWidgets.QWidget):
         self._busy = busy
         self.send_button.setVisible(not busy)
         self.stop_button.setVisible(busy)
+        if not self.input.hasFocus():
+            self.input.setFocus()
 
     def add_image_files(self, paths: list[Path]) -> None:
         for path in paths:

@@ -57,6 +57,7 @@ class ChatController(QtCore.QObject):
         self.conversations, self.transcript, self.composer, self.status = widgets
         self.current_id: int | None = None
         self.reply: _Reply | None = None
+        self.session_status: SessionStatus | None = None  # of the open conversation, if live
         self._editing: int | None = None  # the user message being edited
         self._jobs: dict[int, int] = {}  # feed request id -> conversation id
         client.set_target_source(self)
@@ -111,6 +112,7 @@ class ChatController(QtCore.QObject):
         self._editing = None
         self.transcript.show_messages(self.store.messages(conversation_id))
         self.status.clear_session()
+        self.session_status = None
         if self.reply is not None and self.reply.conversation_id == conversation_id:
             widget = self.transcript.widget_for(self.reply.message_id)
             if widget is not None:
@@ -331,7 +333,8 @@ class ChatController(QtCore.QObject):
 
     @QtCore.Slot(object)
     def _on_status_changed(self, status: SessionStatus) -> None:
-        if status.conversation_id is None or status.conversation_id == self.current_id:
+        if status.conversation_id is not None and status.conversation_id == self.current_id:
+            self.session_status = status
             self.status.set_session(status.tokens_seen, status.state_nbytes)
 
 

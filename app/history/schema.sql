@@ -1,8 +1,10 @@
 -- Version 1 of the history database. Later versions are steps in store.MIGRATIONS.
 -- Engine states are files (snapshots/); this database records their paths, never the blobs.
 
+-- AUTOINCREMENT: ids are never reused, so a stale reference (the engine thread's live session,
+-- a pane's conversation id) can never point at a newer conversation or message
 CREATE TABLE conversations (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     title TEXT NOT NULL,
     system_prompt TEXT NOT NULL DEFAULT '',
     -- JSON object of SamplingParams fields that differ from the defaults
@@ -12,7 +14,7 @@ CREATE TABLE conversations (
 );
 
 CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     -- 'event' is something fed into the state that is not a chat turn (a document, frames)
     role TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'event')),

@@ -50,6 +50,9 @@ def make_window(qtbot: Any, data_dir: Path) -> Iterator[Callable[..., MainWindow
         window = build(["--data-dir", str(data_dir), *extra], factory)
         qtbot.addWidget(window)
         windows.append(window)
+        # window shortcuts (Esc, Ctrl+R, ...) reach only the active window
+        window.activateWindow()
+        qtbot.waitUntil(window.isActiveWindow, timeout=5000)
         return window
 
     yield make

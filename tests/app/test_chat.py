@@ -33,7 +33,7 @@ def _drop(widget: QtWidgets.QWidget, mime: QtCore.QMimeData) -> None:
     pos = QtCore.QPointF(widget.rect().center())
     actions = QtCore.Qt.DropAction.CopyAction
     buttons, mods = QtCore.Qt.MouseButton.LeftButton, QtCore.Qt.KeyboardModifier.NoModifier
-    enter = QtGui.QDragEnterEvent(pos.toPoint(), actions, mime, buttons, mods)
+    enter = QtGui.QDragEnterEvent(pos, actions, mime, buttons, mods)
     QtWidgets.QApplication.sendEvent(widget, enter)
     assert enter.isAccepted()
     QtWidgets.QApplication.sendEvent(widget, QtGui.QDropEvent(pos, actions, mime, buttons, mods))
@@ -121,7 +121,7 @@ def test_chat_stop_mid_reply_keeps_partial_reply(
 ) -> None:
     # GIVEN a long reply streaming from the real engine
     window = _loaded(qtbot, make_window(tiny_factory))
-    _set_sampling(window, max_new_tokens=100_000, temperature=1.0, seed=3)
+    _set_sampling(window, max_new_tokens=100_000)
     with qtbot.waitSignal(window.engine_client.token_streamed, timeout=WAIT_MS):
         _type_and_send(qtbot, window, "Tell me a very long story")
     # WHEN the user presses Esc
@@ -195,17 +195,18 @@ def test_chat_regenerate_and_edit_start_from_the_state_before(
     for text in ("first question", "second question"):
         with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as done:
             _type_and_send(qtbot, window, text)
-    before_second = done.args[1].status.tokens_seen - done.args[1].status.tokens_fed_total
+    second = done.args[1]
     # WHEN the user regenerates (Ctrl+R)
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as again:
         qtbot.keyClick(window, QtCore.Qt.Key.Key_R, QtCore.Qt.KeyboardModifier.ControlModifier)
     # THEN the reply is replaced, answered from the saved state before the second question
     roles = [m.role for m in window.store.messages(window.current_conversation_id)]
     assert roles == ["user", "assistant", "user", "assistant"]
-    assert again.args[1].status.how == "snapshot"
-    assert again.args[1].status.tokens_seen - again.args[1].status.tokens_fed_total == (
-        before_second
-    )
+    regenerated = again.args[1]
+    assert regenerated.status.how == "snapshot"
+    assert regenerated.status.tokens_fed_total <= regenerated.stats.prompt_tokens + 4
+    # greedy: same state, same question, same reply length -> same tokens seen
+    assert regenerated.status.tokens_seen == second.status.tokens_seen
     # WHEN the user edits the last message (Ctrl+E) and sends it
     qtbot.keyClick(window, QtCore.Qt.Key.Key_E, QtCore.Qt.KeyboardModifier.ControlModifier)
     assert window.composer.text() == "second question"
@@ -224,8 +225,7 @@ def test_chat_without_model_says_how_to_get_one(qtbot: Any, make_window: Any) ->
         raise EngineError("no embedded default model")
 
     window = make_window(no_model)
-    with qtbot.waitSignal(window.engine_client.model_load_failed, timeout=WAIT_MS):
-        pass
+    qtbot.waitUntil(lambda: "No model" in window.transcript.placeholder.text(), timeout=WAIT_MS)
     text = window.transcript.placeholder.text()
     assert "No model is loaded" in text and "Settings" in text and "config.json" in text
     # a message typed now is kept in the composer, not lost

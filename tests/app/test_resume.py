@@ -33,6 +33,12 @@ def _ask(qtbot: Any, window: MainWindow, text: str) -> ChatResult:
     return finished.args[1]
 
 
+def _opened(qtbot: Any, window: MainWindow) -> Any:
+    """The SessionStatus of the conversation the restarted app opened on its engine thread."""
+    qtbot.waitUntil(lambda: window.controller.session_status is not None, timeout=WAIT_MS)
+    return window.controller.session_status
+
+
 def _first_session(qtbot: Any, make_window: Any, factory: Any) -> tuple[int, ChatResult]:
     window = _loaded(qtbot, make_window(factory))
     window.store.set_options(window.current_conversation_id, "", {"max_new_tokens": 4})
@@ -51,13 +57,12 @@ def test_resume_after_restart_feeds_only_the_new_turn(
 
     # WHEN the app starts again on the same data directory
     window = make_window(tiny_factory)
-    with qtbot.waitSignal(window.engine_client.status_changed, timeout=WAIT_MS) as opened:
-        pass
+    opened = _opened(qtbot, window)
     # THEN the conversation reopens from its snapshot, with its messages shown
     assert window.current_conversation_id == conversation_id
-    assert opened.args[0].how == "snapshot"
-    assert opened.args[0].tokens_seen == first.status.tokens_seen
-    assert opened.args[0].tokens_fed_total == 0
+    assert opened.how == "snapshot"
+    assert opened.tokens_seen == first.status.tokens_seen
+    assert opened.tokens_fed_total == 0
     assert "without re-reading" in window.status.currentMessage()
     assert [w.text for w in window.transcript.message_widgets()][0] == LONG_FIRST_TURN
 
@@ -79,12 +84,11 @@ def test_resume_without_usable_snapshot_rereads_history_and_says_so(
 
     # WHEN the app restarts and the conversation is opened
     window = make_window(tiny_factory)
-    with qtbot.waitSignal(window.engine_client.status_changed, timeout=WAIT_MS) as opened:
-        pass
+    opened = _opened(qtbot, window)
     # THEN the state is rebuilt from the stored messages, and the user is told
     assert window.current_conversation_id == conversation_id
-    assert opened.args[0].how == "history"
-    assert opened.args[0].tokens_fed_total >= first.stats.prompt_tokens
+    assert opened.how == "history"
+    assert opened.tokens_fed_total >= first.stats.prompt_tokens
     assert "re-read" in window.status.currentMessage()
     # and the conversation goes on
     second = _ask(qtbot, window, "still there?")

@@ -212,6 +212,10 @@ def test_store_rename_and_delete(tmp_path: Path) -> None:
     store.delete_conversation(c.id)
     assert store.conversations() == []
     assert not snap.path.exists()
+    # ids are never reused: a stale reference cannot reach a newer conversation or message
+    again = store.create_conversation()
+    assert again.id > c.id
+    assert store.add_message(again.id, "user", "x").id > m.id
 
 
 def test_store_removes_unrecorded_snapshot_files_on_open(tmp_path: Path) -> None:
