@@ -49,6 +49,11 @@ def _inputs(config: VisionConfig, grids: list[tuple[int, int, int]]) -> tuple[to
     return torch.randn(n, dim, generator=gen), torch.tensor(grids, dtype=torch.long)
 
 
+def _merged(output: object) -> torch.Tensor:
+    """The merger's output: transformers 5 wraps it in a ModelOutput as ``pooler_output``."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
 def _rel_err(ref: torch.Tensor, out: torch.Tensor) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
@@ -73,7 +78,7 @@ def test_forward_matches_transformers(config: VisionConfig, grids: list) -> None
     ours, ref = _pair(config)
     pixel_values, grid_thw = _inputs(config, grids)
     with torch.no_grad():
-        expected = ref(pixel_values, grid_thw)
+        expected = _merged(ref(pixel_values, grid_thw))
         out = ours(pixel_values, grid_thw)
     assert out.shape == (pixel_values.shape[0] // 4, config.out_hidden_size)
     assert _rel_err(expected, out) < 1e-4
@@ -177,3 +182,25 @@ def test_bad_inputs_raise(pixels: tuple[int, int], grid: list, match: str) -> No
     model = VisionTransformer(tiny_config().vision)
     with pytest.raises(InputError, match=match):
         model(torch.zeros(pixels), torch.tensor(grid))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    # the CPU path is the one checked against transformers; CUDA must agree with it
+    ours, _ = _pair(DEPTH4)
+    pixel_values, grid_thw = _inputs(DEPTH4, [(1, 36, 52), (2, 8, 12)])
+    with torch.no_grad():
+        expected = ours(pixel_values, grid_thw)
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # the Conv3d patch embedding, exactly
+        try:
+            cuda = ours.cuda()
+            out = cuda(pixel_values.cuda(), grid_thw.cuda())
+            out_bf16 = cuda.to(torch.bfloat16)(pixel_values.cuda(), grid_thw)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+    assert out.device.type == "cuda"
+    assert _rel_err(expected, out.cpu()) < 1e-4
+    assert out_bf16.dtype == torch.bfloat16
+    assert _rel_err(expected, out_bf16.float().cpu()) < 5e-2
