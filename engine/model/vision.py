@@ -8,6 +8,7 @@ runs through torch SDPA on equal-length blocks batched together, so no flash-att
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -264,6 +265,19 @@ def vision_rope(
     return emb.cos(), emb.sin()
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_layout(
+    grid: tuple[tuple[int, int, int], ...], config: VisionConfig, device: torch.device
+) -> tuple[VisionLayout, tuple[torch.Tensor, torch.Tensor]]:
+    """Layout and rotary tables, built once per image size: streamed frames all share one.
+
+    The tensors are read-only; keeping them also keeps host-to-device copies out of the
+    per-frame path (and out of a captured CUDA graph).
+    """
+    layout = vision_layout(list(grid), config, device)
+    return layout, vision_rope(layout.positions, config.head_dim, device)
+
+
 class VisionTransformer(nn.Module):
     """Qwen2.5-VL's vision tower (``model.visual``).
 
@@ -296,8 +310,7 @@ class VisionTransformer(nn.Module):
         """
         grid = self._check_inputs(pixel_values, grid_thw)
         device = pixel_values.device
-        layout = vision_layout(grid, self.config, device)
-        rope = vision_rope(layout.positions, self.config.head_dim, device)
+        layout, rope = _cached_layout(tuple(grid), self.config, device)
 
         x = self.patch_embed(pixel_values)  # [N, hidden]
         N, hidden = x.shape
