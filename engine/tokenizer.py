@@ -128,9 +128,10 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids``; an incomplete UTF-8 character at the end decodes to U+FFFD."""
         ids = list(ids)
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        vocab_size = self.vocab_size  # one call: the property asks the Rust tokenizer each time
+        bad = [i for i in ids if not 0 <= i < vocab_size]
         if bad:
-            raise InputError(f"token ids {bad[:10]} outside the vocabulary of {self.vocab_size}")
+            raise InputError(f"token ids {bad[:10]} outside the vocabulary of {vocab_size}")
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
