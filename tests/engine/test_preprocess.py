@@ -171,6 +171,30 @@ def test_load_image_applies_exif_orientation() -> None:
     np.testing.assert_array_equal(out, expected)
 
 
+def test_load_image_decodes_huge_jpeg_at_reduced_scale() -> None:
+    # GIVEN an 8200 x 8200 JPEG (67 Mpx, above REDUCE_MIN_PIXELS), left half dark
+    canvas = Image.new("L", (8200, 8200), 200)
+    ImageDraw.Draw(canvas).rectangle((0, 0, 4099, 8199), fill=10)
+    data = _png_bytes(canvas, "JPEG", quality=90)
+    del canvas
+    # WHEN it is loaded for max_pixels of 1 Mpx THEN the decoder's 1/4 scale is used
+    out = load_image(data, max_pixels=1_000_000)
+    assert out.shape == (2050, 2050, 3)
+    assert 1_000_000 <= out.shape[0] * out.shape[1] <= 4 * 1_000_000 * 1.1
+    assert abs(int(out[5, 5, 0]) - 10) <= 3 and abs(int(out[5, -5, 0]) - 200) <= 3
+
+
+def test_preprocess_composites_transparent_pil_on_white() -> None:
+    rgba = np.zeros((56, 56, 4), np.uint8)
+    rgba[:, :28] = (0, 0, 255, 255)  # opaque blue left half, transparent black right half
+    opaque = np.zeros((56, 56, 3), np.uint8)
+    opaque[:, :28] = (0, 0, 255)
+    opaque[:, 28:] = 255
+    from_rgba, _ = preprocess_images([Image.fromarray(rgba, "RGBA")])
+    from_rgb, _ = preprocess_images([opaque])
+    torch.testing.assert_close(from_rgba, from_rgb, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
     [
