@@ -14,8 +14,6 @@ class HotkeyBackend(enum.Enum):
 
     # a key grab on the X root window: only the one combination reaches us
     X11_GRAB = "x11"
-    # xdg-desktop-portal GlobalShortcuts: the compositor asks the user and tells us on activation
-    PORTAL = "portal"
 
 
 class HotkeyError(RuntimeError):

@@ -192,3 +192,154 @@ def _started_picker(image: np.ndarray):  # noqa: ANN202
     picker = RegionPicker([MonitorShot(Rect(0, 0, w, h), image)], QtGui.QGuiApplication.screens())
     picker.start()
     return picker
+
+
+class SpyEngine:
+    """The real tiny engine, recording what each new session is asked (prompt and images)."""
+
+    def __init__(self, engine: object) -> None:
+        self._engine = engine
+        self.asked: list[tuple[str, list[np.ndarray]]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+    def new_session(self, *args: object, **kwargs: object) -> object:
+        session = self._engine.new_session(*args, **kwargs)
+        real_add = session.add_user_message
+
+        def add_user_message(text: str, images=(), cancel=None) -> None:  # noqa: ANN001
+            self.asked.append((text, [np.asarray(i) for i in images]))
+            real_add(text, images=images, cancel=cancel)
+
+        session.add_user_message = add_user_message
+        return session
+
+
+@pytest.fixture
+def spy_engine(tiny_engine) -> SpyEngine:
+    return SpyEngine(tiny_engine)
+
+
+@pytest.mark.gui
+def test_ocr_region_real_engine_clipboard_and_send_to_chat(
+    make_window, spy_engine, qtbot, x_screen_with_content
+) -> None:
+    from app.capture.ocr_flow import OCR_PROMPT, OcrEngineBridge, OcrFlow
+    from app.capture.result_popup import OcrResultPopup
+    from app.capture.screenshot import grab_monitors
+    from engine import SamplingParams
+
+    # GIVEN the app on the real tiny engine, and known content on a real X screen
+    display, content = x_screen_with_content
+    window = make_window(lambda path, device: spy_engine)
+    client = window.engine_client
+    qtbot.waitUntil(lambda: client.model_info is not None, timeout=30000)
+    flow = OcrFlow(grab=lambda: grab_monitors(display))
+    # the tiny random model's plain greedy reply is only newlines ("no text"); a repetition
+    # penalty makes it write other bytes, so the clipboard path runs on a real reply
+    params = SamplingParams(repetition_penalty=5.0, max_new_tokens=12)
+    OcrEngineBridge(flow, client, params, parent=flow)
+    popup = OcrResultPopup()
+    qtbot.addWidget(popup)
+    flow.text_copied.connect(popup.show_copied)
+    popup.send_to_chat_requested.connect(window.attach_image)
+    QtGui.QGuiApplication.clipboard().setText("before")
+
+    # WHEN the capture starts and the user drags over the frozen screen
+    flow.start()
+    overlay = flow.picker.overlays[0]
+    qtbot.waitExposed(overlay)
+    with qtbot.waitSignal(client.generation_finished, timeout=60000) as finished:
+        _drag(qtbot, overlay, (100, 50), (300, 120))
+    reply = finished.args[1].text.strip()
+
+    # THEN the engine was asked to read exactly the dragged pixels, and its text was copied
+    assert len(spy_engine.asked) == 1
+    prompt, images = spy_engine.asked[0]
+    assert prompt == OCR_PROMPT
+    np.testing.assert_array_equal(images[0], content[50:120, 100:300])
+    assert reply, "the sampled reply of the tiny model should hold some text"
+    assert QtGui.QGuiApplication.clipboard().text() == reply
+    assert popup.isVisible() and f"Copied {len(reply)} characters" in popup.title.text()
+    assert not flow.is_busy
+    # WHEN "Send capture to chat" is clicked THEN the capture is in the chat's composer
+    popup.send_button.click()
+    assert window.composer.thumbnail_count() == 1
+    np.testing.assert_array_equal(window.composer.images[0], content[50:120, 100:300])
+
+
+@pytest.mark.gui
+def test_capture_failure_is_a_message(qtbot) -> None:
+    from app.capture.ocr_flow import OcrFlow
+
+    def no_screen() -> list[MonitorShot]:
+        raise RuntimeError("XGetImage() failed")
+
+    flow = OcrFlow(grab=no_screen)
+    with qtbot.waitSignal(flow.capture_failed, timeout=1000) as blocker:
+        flow.start()
+    assert "Cannot capture the screen: XGetImage() failed" in blocker.args[0]
+    assert not flow.is_busy
+    # an empty transcription copies nothing and says so
+    flow.is_busy = True
+    with qtbot.waitSignal(flow.capture_failed, timeout=1000) as blocker:
+        flow.on_transcribed("  \n")
+    assert blocker.args[0] == "No text was found in the selected region."
+
+
+@pytest.mark.gui
+def test_hotkey_on_x_starts_the_capture_in_the_app(
+    make_window, tiny_factory, qtbot, x_screen_with_content, monkeypatch
+) -> None:
+    from app.capture.main import install
+    from app.capture.models import HotkeyBackend
+    from tests.app.test_hotkey import _press
+
+    # GIVEN the app in an X session (the Xvfb screen), with capture installed
+    display, _ = x_screen_with_content
+    monkeypatch.setenv("DISPLAY", display)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    window = make_window(tiny_factory)
+    feature = install(window)
+    try:
+        assert feature.hotkey is not None and feature.hotkey.backend is HotkeyBackend.X11_GRAB
+        assert feature.hotkey_status == "Ctrl+Alt+O reads a screen region."
+        # WHEN the user types the hotkey THEN the frozen screen overlay appears
+        with qtbot.waitSignal(feature.flow.capture_started, timeout=3000):
+            _press(display, feature.hotkey_combo)
+        overlay = feature.flow.picker.overlays[0]
+        qtbot.waitExposed(overlay)
+        # WHEN Esc is pressed THEN it is cancelled and a new capture may start
+        with qtbot.waitSignal(feature.flow.capture_cancelled, timeout=2000):
+            qtbot.keyClick(overlay, QtCore.Qt.Key.Key_Escape)
+        assert not feature.flow.is_busy
+    finally:
+        feature.release_hotkey()
+
+
+def test_register_hotkey_falls_back_with_reasons() -> None:
+    from app.capture.main import register_hotkey
+    from app.capture.models import HotkeyBackend, HotkeyError
+
+    class Unavailable:
+        backend = HotkeyBackend.X11_GRAB
+
+        def unavailable_reason(self) -> str:
+            return "no X display"
+
+    class Refusing:
+        backend = HotkeyBackend.X11_GRAB
+
+        def unavailable_reason(self) -> None:
+            return None
+
+        def register(self, combo: object, on_activated: object) -> None:
+            raise HotkeyError("Ctrl+Alt+O is already taken")
+
+    handler, line = register_hotkey("Ctrl+Alt+O", lambda: None, [Unavailable(), Refusing()])
+    assert handler is None
+    assert "no X display" in line and "already taken" in line
+    assert "infinitevl ocr --region" in line
+    handler, line = register_hotkey("Ctrl+Nope", lambda: None, [])
+    assert handler is None and "unknown key 'Nope'" in line

@@ -1,0 +1,142 @@
+"""Capture, assembled: register the global hotkey (trying each backend in preference order and
+logging why each was skipped), the tray icon, the OCR flow and its result popup; `install(window)`
+wires them into the main window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from app.capture.handlers.x11 import X11KeyGrab
+from app.capture.key_combo import KeyCombo, parse_key_combo
+from app.capture.models import HotkeyBackend, HotkeyError, HotkeyHandler
+from app.capture.ocr_flow import OcrEngineBridge, OcrFlow
+from app.capture.result_popup import OcrResultPopup
+from app.capture.tray import CaptureTray
+
+log = logging.getLogger(__name__)
+
+OS_SHORTCUT_HINT = (
+    "bind the command `infinitevl ocr --region` to a key in your desktop's keyboard settings"
+)
+
+_FACTORIES: dict[HotkeyBackend, Callable[[], HotkeyHandler]] = {
+    HotkeyBackend.X11_GRAB: X11KeyGrab,
+}
+
+
+def default_handlers() -> list[HotkeyHandler]:
+    """One handler per backend, in HotkeyBackend's order of preference."""
+    return [_FACTORIES[backend]() for backend in HotkeyBackend]
+
+
+def register_hotkey(
+    text: str, on_activated: Callable[[], None], handlers: list[HotkeyHandler] | None = None
+) -> tuple[HotkeyHandler | None, str]:
+    """Register `text` ("Ctrl+Alt+O") with the first backend that works here.
+
+    Returns:
+        (the handler now holding the combination or None, a line for the user saying which).
+    """
+    try:
+        combo = parse_key_combo(text)
+    except ValueError as exc:
+        return None, f"Hotkey not set: {exc}; {OS_SHORTCUT_HINT}."
+    reasons = []
+    for handler in handlers if handlers is not None else default_handlers():
+        reason = handler.unavailable_reason()
+        if reason is not None:
+            log.info("hotkey backend %s skipped: %s", handler.backend.value, reason)
+            reasons.append(f"{handler.backend.value}: {reason}")
+            continue
+        try:
+            handler.register(combo, on_activated)
+        except HotkeyError as exc:
+            log.warning("hotkey backend %s refused %s: %s", handler.backend.value, combo, exc)
+            reasons.append(f"{handler.backend.value}: {exc}")
+            continue
+        log.info("hotkey %s registered through %s", combo, handler.backend.value)
+        return handler, f"{combo} reads a screen region."
+    return None, f"No global hotkey ({'; '.join(reasons)}); {OS_SHORTCUT_HINT}."
+
+
+class CaptureFeature(QtCore.QObject):
+    """The OCR capture of one app: hotkey, tray, flow, engine bridge and result popup."""
+
+    def __init__(
+        self,
+        client: Any,  # app.engine_client.EngineClient
+        send_to_chat: Callable[[np.ndarray], None] | None,
+        parent: QtCore.QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.flow = OcrFlow(parent=self)
+        self.bridge = OcrEngineBridge(self.flow, client, parent=self)
+        self.popup = OcrResultPopup(can_send=send_to_chat is not None)
+        self.tray = CaptureTray(self)
+        self.hotkey: HotkeyHandler | None = None
+        self.hotkey_combo: KeyCombo | None = None
+        self.hotkey_status = ""
+        self._hotkey_text = ""
+        self._send_to_chat = send_to_chat
+        self._connect()
+
+    def _connect(self) -> None:
+        self.flow.text_copied.connect(self.popup.show_copied)
+        self.flow.capture_failed.connect(self.popup.show_failure)
+        self.popup.send_to_chat_requested.connect(self._on_send_to_chat_requested)
+        self.tray.capture_requested.connect(self.flow.start)
+
+    def apply_hotkey_setting(self, text: str) -> str:
+        """Register `text` as the global hotkey unless it already is; returns the outcome line
+        for the user, or "" when nothing changed."""
+        if self.hotkey is not None and text == self._hotkey_text:
+            return ""
+        self.release_hotkey()
+        self._hotkey_text = text
+        self.hotkey, self.hotkey_status = register_hotkey(text, self._on_hotkey_pressed)
+        self.hotkey_combo = parse_key_combo(text) if self.hotkey is not None else None
+        self.tray.set_hotkey_text(text if self.hotkey is not None else "")
+        return self.hotkey_status
+
+    def release_hotkey(self) -> None:
+        if self.hotkey is not None:
+            self.hotkey.unregister()
+            self.hotkey = None
+
+    def _on_hotkey_pressed(self) -> None:
+        # the handler may call from its own event path: start the capture from the event loop
+        QtCore.QTimer.singleShot(0, self.flow.start)
+
+    @QtCore.Slot(object)
+    def _on_send_to_chat_requested(self, crop: np.ndarray) -> None:
+        if self._send_to_chat is not None:
+            self._send_to_chat(crop)
+
+
+def install(window: Any) -> CaptureFeature:
+    """Add screen-region OCR to the main window: hotkey from settings, tray, Capture menu."""
+    feature = CaptureFeature(window.engine_client, window.attach_image, parent=window)
+    window.status.notify(feature.apply_hotkey_setting(str(window.settings.get("hotkey"))))
+    menu = window.menuBar().addMenu("&Capture")
+    action = menu.addAction("Read screen region")
+    action.triggered.connect(feature.flow.start)
+    feature.tray.show_window_requested.connect(window.showNormal)
+    feature.tray.show_window_requested.connect(window.activateWindow)
+    feature.tray.quit_requested.connect(window.close)
+
+    def on_settings_changed() -> None:
+        status = feature.apply_hotkey_setting(str(window.settings.get("hotkey")))
+        if status:
+            window.status.notify(status)
+
+    window.settings_changed.connect(on_settings_changed)
+    app = QtWidgets.QApplication.instance()
+    assert isinstance(app, QtGui.QGuiApplication)
+    app.aboutToQuit.connect(feature.release_hotkey)
+    return feature

@@ -1,0 +1,137 @@
+"""Screen-region OCR, start to end: freeze the screen, let the user pick a region, have the model
+transcribe the crop, put the text on the clipboard. `OcrFlow` shows state and emits intent;
+`OcrEngineBridge` turns its requests into engine-client calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PySide6 import QtCore, QtGui
+
+from app.capture.region_picker import RegionPicker
+from app.capture.screenshot import MonitorShot, grab_monitors
+from engine import SamplingParams
+
+log = logging.getLogger(__name__)
+
+OCR_PROMPT = "Read all text in the image."
+# greedy: a transcription has one right answer; the cap keeps a runaway reply bounded
+OCR_PARAMS = SamplingParams(temperature=0.0, max_new_tokens=512)
+
+
+class OcrFlow(QtCore.QObject):
+    """One capture at a time: screenshot -> region picker -> transcription -> clipboard."""
+
+    capture_started = QtCore.Signal()
+    transcription_requested = QtCore.Signal(object)  # np.ndarray [h, w, 3] uint8, the crop
+    text_copied = QtCore.Signal(str, object)  # text now on the clipboard, the crop
+    capture_failed = QtCore.Signal(str)  # user-facing reason
+    capture_cancelled = QtCore.Signal()
+
+    def __init__(
+        self,
+        grab: Callable[[], list[MonitorShot]] = grab_monitors,
+        parent: QtCore.QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._grab = grab
+        self.picker: RegionPicker | None = None
+        self.crop: np.ndarray | None = None
+        self.is_busy = False
+
+    @QtCore.Slot()
+    def start(self) -> None:
+        """Freeze the screen and show the picker; ignored while a capture is under way."""
+        if self.is_busy:
+            log.info("a capture is already under way")
+            return
+        try:
+            shots = self._grab()
+            self.picker = RegionPicker(shots)
+        except (RuntimeError, ValueError) as exc:
+            self._fail(f"Cannot capture the screen: {exc}")
+            return
+        self.is_busy = True
+        self.picker.region_selected.connect(self._on_region_selected)
+        self.picker.selection_cancelled.connect(self._on_selection_cancelled)
+        self.picker.start()
+        self.capture_started.emit()
+
+    @QtCore.Slot(object)
+    def _on_region_selected(self, crop: np.ndarray) -> None:
+        self.crop = crop
+        self.transcription_requested.emit(crop)
+
+    @QtCore.Slot()
+    def _on_selection_cancelled(self) -> None:
+        self.is_busy = False
+        self.picker = None
+        self.capture_cancelled.emit()
+
+    def on_transcribed(self, text: str) -> None:
+        """The model's transcription of the crop: copy it, unless there is none."""
+        self.is_busy = False
+        self.picker = None
+        text = text.strip()
+        if not text:
+            self._fail("No text was found in the selected region.")
+            return
+        QtGui.QGuiApplication.clipboard().setText(text)
+        log.info("copied %d characters", len(text))
+        self.text_copied.emit(text, self.crop)
+
+    def on_transcription_failed(self, message: str) -> None:
+        self.is_busy = False
+        self.picker = None
+        self._fail(f"The model could not read the region: {message}")
+
+    def _fail(self, message: str) -> None:
+        log.warning("%s", message)
+        self.is_busy = False
+        self.capture_failed.emit(message)
+
+
+class OcrEngineBridge(QtCore.QObject):
+    """Sends each crop to a fresh engine session (no conversation) and returns the reply."""
+
+    def __init__(
+        self,
+        flow: OcrFlow,
+        client: Any,  # app.engine_client.EngineClient
+        params: SamplingParams = OCR_PARAMS,
+        parent: QtCore.QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._flow = flow
+        self._client = client
+        self._params = params
+        self._request: int | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        self._flow.transcription_requested.connect(self._on_transcription_requested)
+        self._client.generation_finished.connect(self._on_generation_finished)
+        self._client.generation_failed.connect(self._on_generation_failed)
+
+    @QtCore.Slot(object)
+    def _on_transcription_requested(self, crop: np.ndarray) -> None:
+        self._request = self._client.ask_forked(None, OCR_PROMPT, (crop,), self._params)
+        log.info(
+            "transcribing a %dx%d crop as request %d", crop.shape[1], crop.shape[0], self._request
+        )
+
+    @QtCore.Slot(int, object)
+    def _on_generation_finished(self, request_id: int, result: Any) -> None:
+        if request_id == self._request:
+            self._request = None
+            self._flow.on_transcribed(result.text)
+
+    @QtCore.Slot(int, str)
+    def _on_generation_failed(self, request_id: int, message: str) -> None:
+        if request_id == self._request:
+            self._request = None
+            self._flow.on_transcription_failed(message)

@@ -1,0 +1,91 @@
+"""The small window that tells the OCR result: what was copied (or why nothing was), with one
+click to send the capture into a chat. Desktop notifications are not clickable everywhere, so
+this is the reliable way to that click.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6 import QtCore, QtGui, QtWidgets
+
+PREVIEW_CHARS = 300
+SHOW_MS = 12000  # how long the popup stays without being touched
+
+
+class OcrResultPopup(QtWidgets.QFrame):
+    """A frameless, always-on-top note in the corner of the screen."""
+
+    send_to_chat_requested = QtCore.Signal(object)  # np.ndarray, the capture
+
+    def __init__(self, can_send: bool = True, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowFlags(
+            QtCore.Qt.WindowType.Tool
+            | QtCore.Qt.WindowType.FramelessWindowHint
+            | QtCore.Qt.WindowType.WindowStaysOnTopHint
+        )
+        self.setFrameShape(QtWidgets.QFrame.Shape.Box)
+        self._crop: np.ndarray | None = None
+        self.title = QtWidgets.QLabel()
+        self.title.setStyleSheet("font-weight: bold")
+        self.preview = QtWidgets.QLabel()
+        self.preview.setWordWrap(True)
+        self.preview.setMaximumWidth(420)
+        self.send_button = QtWidgets.QPushButton("Send capture to chat")
+        self.send_button.setVisible(can_send)
+        self.close_button = QtWidgets.QPushButton("Close")
+        buttons = QtWidgets.QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.send_button)
+        buttons.addWidget(self.close_button)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addWidget(self.title)
+        layout.addWidget(self.preview)
+        layout.addLayout(buttons)
+        self._timer = QtCore.QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(SHOW_MS)
+        self._connect()
+
+    def _connect(self) -> None:
+        self._timer.timeout.connect(self.hide)
+        self.send_button.clicked.connect(self._on_send_clicked)
+        self.close_button.clicked.connect(self.hide)
+
+    @QtCore.Slot(str, object)
+    def show_copied(self, text: str, crop: np.ndarray | None) -> None:
+        self._crop = crop
+        self.title.setText(f"Copied {len(text)} characters to the clipboard")
+        more = "…" if len(text) > PREVIEW_CHARS else ""
+        self.preview.setText(text[:PREVIEW_CHARS] + more)
+        self.send_button.setEnabled(crop is not None)
+        self._present()
+
+    @QtCore.Slot(str)
+    def show_failure(self, message: str) -> None:
+        self._crop = None
+        self.title.setText("Nothing copied")
+        self.preview.setText(message)
+        self.send_button.setEnabled(False)
+        self._present()
+
+    def _present(self) -> None:
+        self.adjustSize()
+        screen = QtGui.QGuiApplication.primaryScreen()
+        if screen is not None:
+            area = screen.availableGeometry()
+            self.move(area.right() - self.width() - 16, area.bottom() - self.height() - 16)
+        self.show()
+        self.raise_()
+        self._timer.start()
+
+    def enterEvent(self, event: QtCore.QEvent) -> None:  # noqa: N802
+        # keep it while the pointer is over it: the user is reading or about to click
+        self._timer.stop()
+        super().enterEvent(event)
+
+    @QtCore.Slot()
+    def _on_send_clicked(self) -> None:
+        if self._crop is not None:
+            self.send_to_chat_requested.emit(self._crop)
+        self.hide()
