@@ -4,8 +4,9 @@ is the GUI-thread facade every widget talks to.
 Requests go in through queued signals; results come out as signals carrying plain values.
 Every request gets its own CancelToken, set from the GUI thread and checked by the engine
 between tokens or pages. The worker never touches SQLite: a ``SessionTarget`` tells it where a
-conversation's state comes from, and it reports the snapshot files it wrote. The module is long
-(~450 lines) because worker and facade mirror each other request by request.
+conversation's state comes from, and it reports the snapshot files it wrote. Over 500 lines:
+the request types, the worker and the facade mirror each other request by request, and read
+best side by side.
 """
 
 from __future__ import annotations

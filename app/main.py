@@ -115,6 +115,7 @@ def build(
 def run(argv: Sequence[str] = ()) -> int:
     """Start the app and run until its window closes; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parse_args(argv)  # --help and bad flags answer before anything needs a display
     if not has_display():
         sys.stderr.write(
             "infinitevl app: no display found (neither DISPLAY nor WAYLAND_DISPLAY is set).\n"

@@ -11,6 +11,7 @@ import logging
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.chat.images import thumbnail_of_file
+from app.chat.markdown import markdown_html
 from app.history.models import Message
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,15 @@ class MessageWidget(QtWidgets.QFrame):
         self.note = QtWidgets.QLabel("")
         self.note.setObjectName("message-note")
         self.body = QtWidgets.QLabel()
-        self.body.setTextFormat(QtCore.Qt.TextFormat.MarkdownText)
+        self.body.setTextFormat(QtCore.Qt.TextFormat.RichText)
         self.body.setWordWrap(True)
         self.body.setTextInteractionFlags(
             QtCore.Qt.TextInteractionFlag.TextSelectableByMouse
             | QtCore.Qt.TextInteractionFlag.TextSelectableByKeyboard
         )
+        # the transcript's width wins over long code lines (which are clipped, and copyable)
         self.body.setSizePolicy(
-            QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Preferred
+            QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred
         )
         self.copy_button = QtWidgets.QToolButton(text="Copy")
         self.copy_button.setToolTip("Copy this message as Markdown")
@@ -87,7 +89,8 @@ class MessageWidget(QtWidgets.QFrame):
         self.note.setText(note)
 
     def _render(self) -> None:
-        self.body.setText(self.text if self.text else "…")
+        shade = self.palette().color(QtGui.QPalette.ColorRole.AlternateBase)
+        self.body.setText(markdown_html(self.text, shade) if self.text else "…")
 
     @QtCore.Slot()
     def _on_copy_clicked(self) -> None:
@@ -111,6 +114,7 @@ class TranscriptView(QtWidgets.QScrollArea):
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self._inner = QtWidgets.QWidget()
         self._layout = QtWidgets.QVBoxLayout(self._inner)
         self._layout.addStretch(1)

@@ -134,6 +134,8 @@ class MainWindow(QtWidgets.QMainWindow):
         docks = [d for d in self.findChildren(QtWidgets.QDockWidget) if d is not dock]
         if docks:
             self.tabifyDockWidget(docks[0], dock)
+        # the chat keeps most of the width; the user can drag the pane wider
+        self.resizeDocks([dock], [380], QtCore.Qt.Orientation.Horizontal)
         assert self._view_menu is not None
         self._view_menu.addAction(dock.toggleViewAction())
         return dock

@@ -287,3 +287,50 @@ def test_chat_quit_during_reply_cancels_and_saves(
 
     store = HistoryStore(data_dir)
     assert [m.role for m in store.messages(conversation_id)] == ["user", "assistant"]
+
+
+def test_chat_markdown_code_blocks_are_shaded(qtbot: Any) -> None:
+    from app.chat.markdown import markdown_html
+
+    shade = QtGui.QColor("#123456")
+    html = markdown_html("Run:\n\n```bash\nmake app\n```\n\nthen **wait**.", shade)
+    assert "make app" in html and "#123456" in html and "font-weight" in html
+    assert "#123456" not in markdown_html("no code here", shade)
+
+
+def test_chat_pane_api_docks_a_pane_and_attaches_an_image(
+    qtbot: Any, make_window: Any, tiny_factory: Any
+) -> None:
+    # GIVEN the window, as another pane (capture, reader, webcam) sees it
+    window = make_window(tiny_factory)
+    pane = QtWidgets.QLabel("a pane")
+    # WHEN a pane docks itself and sends a capture to the chat
+    dock = window.add_side_pane("Test pane", pane)
+    window.attach_image(np.zeros((8, 12, 3), np.uint8))
+    window.attach_image(np.zeros((8, 12), np.uint8))  # wrong shape: a message, no crash
+    # THEN the pane is docked with a View toggle, the image is in the composer
+    assert dock.widget() is pane and dock.toggleViewAction() in window._view_menu.actions()
+    assert window.composer.thumbnail_count() == 1
+    assert "Cannot attach" in window.status.currentMessage()
+    assert window.current_conversation_id is not None
+
+
+def test_chat_settings_refuse_a_non_checkpoint_and_save_a_good_one(
+    qtbot: Any, make_window: Any, tiny_factory: Any, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from app.chat.settings_dialog import SettingsDialog
+
+    window = _loaded(qtbot, make_window(tiny_factory))
+    dialog = SettingsDialog(window.settings, window)
+    dialog.model_dir.setText(str(tmp_path))  # an empty directory
+    dialog.accept()
+    assert "config.json" in dialog.problem.text()
+    assert dialog.result() != QtWidgets.QDialog.DialogCode.Accepted
+    assert window.settings.get("model_dir") == ""
+    dialog.model_dir.setText(str(tiny_checkpoint))
+    dialog.theme.setCurrentText("dark")
+    dialog.accept()
+    assert window.settings.get("model_dir") == str(tiny_checkpoint)
+    assert window.settings.get("theme") == "dark"
+    # the choice is saved in the data directory, readable by the user alone
+    assert (window.store.data_dir / "settings.ini").stat().st_mode & 0o077 == 0
