@@ -283,3 +283,18 @@ def test_name_maps_on_published_names(listing: str) -> None:
     assert len(set(legacy)) == len(names)
     assert [to_memory_name(n) for n in legacy] == names
     assert all(n.startswith(("visual.", "model.", "lm_head.")) for n in legacy)
+
+
+@pytest.mark.gpu
+def test_load_model_to_cuda_bf16(tiny_checkpoint: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model, _ = load_model(tiny_checkpoint, device="cuda", dtype=torch.bfloat16)
+    params = dict(model.named_parameters())
+    assert {p.device.type for p in params.values()} == {"cuda"}
+    assert all(p.dtype == torch.float32 for n, p in params.items() if n.endswith("A_log"))
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    cpu, _ = load_model(tiny_checkpoint, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = model(IDS.cuda(), model.new_state()).cpu()
+    torch.testing.assert_close(got, _logits(cpu), rtol=0.05, atol=0.05)
