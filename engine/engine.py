@@ -229,7 +229,8 @@ class Session:
         Raises:
             InputError: an empty message (no text and no images), text holding a reserved chat
                 token, an unreadable or empty image.
-            Cancelled: ``cancel`` was set; the session is left as it was before the call.
+            Cancelled: ``cancel`` was set between chunks. On any error the session is left as it
+                was before the call.
         """
         _check_text("text", text)
         if isinstance(images, str | Path | np.ndarray | Image.Image):
@@ -252,13 +253,13 @@ class Session:
             # a second user message before a reply: close the empty assistant turn first
             prompt = f"{IM_END}\n" + prompt
         segments = self._segments(prompt, pictures)
-        backup = self._state.clone() if cancel is not None else None
+        # a turn is fed whole or not at all: cancelled or failed, the session is as before
+        backup = self._state.clone()
         start = time.perf_counter()
         try:
             fed, logits = self._prefill(segments, cancel)
-        except Cancelled:
-            if backup is not None:
-                self._state = backup
+        except BaseException:
+            self._state = backup
             raise
         self._next_logits = logits
         self._prompt_tokens = fed
@@ -361,12 +362,11 @@ class Session:
             if self.tokens_seen == 0:
                 opening = self._system_block() + opening
         ids = self._engine.tokenizer.encode(f"{opening}{text}{IM_END}\n")
-        backup = self._state.clone() if cancel is not None else None
+        backup = self._state.clone()
         try:
             self._prefill([_Segment(ids)], cancel)
-        except Cancelled:
-            if backup is not None:
-                self._state = backup
+        except BaseException:
+            self._state = backup
             raise
         self._next_logits = None
 

@@ -191,6 +191,30 @@ def test_add_user_message_cancelled_leaves_session_unchanged(engine: Engine) -> 
     assert not session.is_awaiting_reply
 
 
+def test_add_user_message_failure_mid_prefill_rolls_back(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = engine.new_session()
+    session.add_user_message("x")
+    _reply(session)
+    before = list(session._state.history)
+    engine.prefill_chunk_tokens = 8
+    real = engine.model.forward
+    calls = iter(range(100))
+
+    def flaky(*args: object, **kwargs: object) -> torch.Tensor:
+        if next(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", flaky)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        session.add_user_message("a message long enough for several chunks")
+    assert session._state.history == before and not session.is_awaiting_reply
+    session.add_user_message("y")
+    assert _reply(session) == REPLY
+
+
 def test_add_user_message_twice_closes_the_empty_reply(engine: Engine) -> None:
     session = engine.new_session()
     session.add_user_message("a")
