@@ -14,9 +14,10 @@ import importlib.util
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import torch
 
@@ -246,6 +247,17 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=lambda a: app(a.app_args), takes_extra_args=True)
 
 
+def _add_ocr(sub: argparse._SubParsersAction) -> None:
+    # `infinitevl ocr --region`: every argument after `ocr` is app/ocr_command.py's own
+    p = sub.add_parser("ocr", help="read a screen region into the clipboard", add_help=False)
+
+    def run(a: argparse.Namespace) -> int:
+        # above the app, like `app`: importlib keeps the engine package free of app imports
+        return int(importlib.import_module("app.ocr_command").main(a.app_args))
+
+    p.set_defaults(run=run, takes_extra_args=True)
+
+
 def _add_debug_flag(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a subcommand without the flag keeps the value parsed before it
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks")
@@ -255,12 +267,20 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_generate,
     _add_info,
     _add_app,
+    _add_ocr,
 )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (its usage block is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; ``--debug`` is accepted before or after the subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="infinitevl", description="InfiniteVL Desktop: a local assistant that sees."
     )
     parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
@@ -286,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except EngineError as exc:
         if args.debug:
-            log.exception("failed")
+            traceback.print_exc()
         print(f"infinitevl {args.command}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -294,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the CLI boundary: a message, not a traceback, unless --debug
         if args.debug:
-            log.exception("unexpected failure")
+            traceback.print_exc()
         print(f"infinitevl {args.command}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 

@@ -215,3 +215,32 @@ def test_app_gets_every_argument_after_app(
     assert main(["app", "--help"]) == 7
     assert main(["--debug", "app", "--model", "/m", "--theme", "dark"]) == 7
     assert seen == [["--help"], ["--model", "/m", "--theme", "dark"]]
+
+
+def test_unexpected_failure_exit_1_traceback_only_with_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import engine.__main__ as cli
+
+    def boom(path: Path, *, as_json: bool) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "info", boom)
+    assert main(["info", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err == "infinitevl info: unexpected RuntimeError: boom\n"
+    assert main(["info", "x", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["generate", "--max-new-tokens", "many", "hi"], ["info"], ["nonsense"], []],
+    ids=["bad-int", "missing-arg", "unknown-command", "no-command"],
+)
+def test_bad_arguments_one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--help" in err
