@@ -194,11 +194,13 @@ class PatchMerger(nn.Module):
 class VisionLayout:
     """Where each patch goes for one call: window order, attention blocks and 2-D positions.
 
-    ``window_index`` [N / merge^2] lists merge units in window order (the order the blocks see);
-    ``positions`` [N, 2] is each patch's (row, column) in that order.
+    ``window_index`` [N / merge^2] lists merge units in window order (the order the blocks see),
+    ``unit_restore`` [N / merge^2] is its inverse; ``positions`` [N, 2] is each patch's
+    (row, column) in window order.
     """
 
     window_index: torch.Tensor
+    unit_restore: torch.Tensor
     windows: Segments
     frames: Segments
     positions: torch.Tensor
@@ -240,6 +242,7 @@ def vision_layout(
     positions = torch.cat(positions)[window_index].reshape(-1, 2)
     return VisionLayout(
         window_index=window_index.to(device),
+        unit_restore=torch.argsort(window_index).to(device),
         windows=Segments.from_lengths(window_lens, device),
         frames=Segments.from_lengths(frame_lens, device),
         positions=positions,
@@ -292,6 +295,11 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
         self.merger = PatchMerger(config)
         self.full_attention_blocks = frozenset(config.fullatt_block_indexes)
+        if config.window_size < config.patch_size * config.spatial_merge_size:
+            raise ConfigError(
+                f"vision window_size {config.window_size} is smaller than one merge unit "
+                f"({config.patch_size * config.spatial_merge_size} px)"
+            )
 
     @property
     def patch_dim(self) -> int:
@@ -321,7 +329,7 @@ class VisionTransformer(nn.Module):
             segments = layout.frames if i in self.full_attention_blocks else layout.windows
             x = block(x, rope, segments)
         merged = self.merger(x)  # [N / unit, out_hidden], window order
-        return merged[torch.argsort(layout.window_index)]
+        return merged[layout.unit_restore]
 
     def _check_inputs(
         self, pixel_values: torch.Tensor, grid_thw: torch.Tensor

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.config import VisionConfig, tiny_config
-from engine.errors import InputError
+from engine.errors import ConfigError, InputError
 from engine.model.vision import Segments, VisionTransformer, block_diagonal_attention, vision_layout
 
 transformers_vl = pytest.importorskip("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl")
@@ -204,3 +204,8 @@ def test_cuda_matches_cpu() -> None:
     assert _rel_err(expected, out.cpu()) < 1e-4
     assert out_bf16.dtype == torch.bfloat16
     assert _rel_err(expected, out_bf16.float().cpu()) < 5e-2
+
+
+def test_window_smaller_than_a_merge_unit_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="window_size 14"):
+        VisionTransformer(dataclasses.replace(tiny_config().vision, window_size=14))
