@@ -16,6 +16,7 @@ class OcrResultPopup(QtWidgets.QFrame):
     """A frameless, always-on-top note in the corner of the screen."""
 
     send_to_chat_requested = QtCore.Signal(object)  # np.ndarray, the capture
+    dismissed = QtCore.Signal()  # hidden: closed, timed out, or the capture was sent
 
     def __init__(self, can_send: bool = True, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -78,6 +79,10 @@ class OcrResultPopup(QtWidgets.QFrame):
         self.show()
         self.raise_()
         self._timer.start()
+
+    def hideEvent(self, event: QtGui.QHideEvent) -> None:  # noqa: N802
+        super().hideEvent(event)
+        self.dismissed.emit()
 
     def enterEvent(self, event: QtCore.QEvent) -> None:  # noqa: N802
         # keep it while the pointer is over it: the user is reading or about to click

@@ -343,3 +343,48 @@ def test_register_hotkey_falls_back_with_reasons() -> None:
     assert "infinitevl ocr --region" in line
     handler, line = register_hotkey("Ctrl+Nope", lambda: None, [])
     assert handler is None and "unknown key 'Nope'" in line
+
+
+@pytest.mark.gui
+def test_ocr_command_copies_and_prints_the_region(
+    tiny_factory, qtbot, x_screen_with_content, tmp_path, capsys
+) -> None:
+    from app.capture.screenshot import grab_monitors
+    from app.ocr_command import EXIT_OK, build_ocr_run, parse_args
+    from engine import SamplingParams
+
+    # GIVEN `infinitevl ocr --region` on the Xvfb screen (the tiny model stands in for --model)
+    args = parse_args(["--region", "--device", "cpu"])
+    display, content = x_screen_with_content
+    run = build_ocr_run(
+        args.model,
+        args.device,
+        tmp_path,
+        tiny_factory,
+        grab=lambda: grab_monitors(display),
+        params=SamplingParams(repetition_penalty=5.0, max_new_tokens=8),
+    )
+    try:
+        run.flow.start()
+        overlay = run.flow.picker.overlays[0]
+        qtbot.waitExposed(overlay)
+        # WHEN a region is dragged THEN its text is on the clipboard and stdout, exit code 0
+        with qtbot.waitSignal(run.flow.text_copied, timeout=60000):
+            _drag(qtbot, overlay, (10, 10), (90, 40))
+        assert run.exit_code == EXIT_OK and run.text
+        assert QtGui.QGuiApplication.clipboard().text() == run.text
+        assert capsys.readouterr().out == run.text + "\n"
+        # the command has no chat to send to: no button that could do nothing
+        assert run.popup.isVisible() and not run.popup.send_button.isVisible()
+        with qtbot.waitSignal(run.popup.dismissed, timeout=1000):
+            run.popup.close_button.click()
+    finally:
+        run.client.shutdown()
+
+
+def test_ocr_command_needs_region(capsys) -> None:
+    from app.ocr_command import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args([])
+    assert "--region" in capsys.readouterr().err
