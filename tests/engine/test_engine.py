@@ -549,3 +549,28 @@ def test_slow_warning_for_large_model_on_cpu() -> None:
     assert text is not None and "4.4 billion" in text and "CPU" in text
     assert slow_warning("InfiniteVL", 4_408_381_536, torch.device("cuda")) is None
     assert slow_warning("tiny", 258_088, torch.device("cpu")) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_session_on_cuda_matches_cpu(tiny: Engine, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    cuda = Engine.load(tiny_checkpoint, device="cuda")
+    assert cuda.info.device.startswith("cuda")
+    image = _image(56, 84)
+    runs = {}
+    for name, eng in (("cpu", tiny), ("cuda", cuda)):
+        session = eng.new_session()
+        session.add_user_message("Describe it.", images=[image])
+        first = [
+            i for d in session.generate(SamplingParams(max_new_tokens=16)) for i in d.token_ids
+        ]
+        runs[name] = (first, _run(session, "more", SamplingParams(max_new_tokens=8))[1])
+    assert runs["cuda"] == runs["cpu"]
+    # seeded sampling repeats on the device; a state saved on CUDA restores on the CPU
+    params = SamplingParams(temperature=20.0, top_k=50, seed=3, max_new_tokens=12)
+    assert _run(cuda.new_session(), "hi", params) == _run(cuda.new_session(), "hi", params)
+    session = cuda.new_session()
+    _run(session, "hello")
+    session.save(tmp_path / "cuda.state")
+    on_cpu = tiny.restore_session(tmp_path / "cuda.state")
+    assert _run(on_cpu, "next") == _run(session, "next")
