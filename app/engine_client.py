@@ -54,6 +54,8 @@ class ChatResult:
 @dataclass(frozen=True, slots=True)
 class JobResult:
     cancelled: bool
+    done: int  # pages read (documents); frames given (frames)
+    total: int
     snapshot: SnapshotInfo | None
     status: SessionStatus
 
@@ -103,6 +105,9 @@ class TargetSource(Protocol):
     def target(self, conversation_id: int) -> SessionTarget: ...
 
     def add_event(self, conversation_id: int, text: str) -> int: ...
+
+    def finish_event(self, message_id: int, text: str | None) -> None:
+        """Reword the event line once its job ended; None: the job failed, remove it."""
 
 
 def load_engine(path: str | None, device: str) -> Any:
@@ -203,33 +208,28 @@ class EngineWorker(QtCore.QObject):
         if request.cancel.is_set():
             self.job_failed.emit(request.id, "Cancelled before it started.")
             return
-        cancelled = False
+        total = len(request.items)
+        done = [0] if request.kind == "document" else [total]
+
+        def progress(n: int, _total: int | None) -> None:
+            done[0] = n
+            self.job_progress.emit(request.id, n, total)
+
         try:
             session = self._session_for(request.target, request.cancel)
-            total = len(request.items)
-            try:
-                if request.kind == "document":
-                    session.feed_document(
-                        list(request.items),
-                        progress=lambda done, *_: self.job_progress.emit(request.id, done, total),
-                        cancel=request.cancel,
-                    )
-                else:
-                    session.feed_frames(list(request.items), cancel=request.cancel)
-            except EngineError as exc:
-                if not request.cancel.is_set():
-                    raise
-                log.info("feed %d cancelled: %s", request.id, exc)
-                cancelled = True
-            cancelled = cancelled or request.cancel.is_set()
+            if request.kind == "document":
+                session.feed_document(list(request.items), progress=progress, cancel=request.cancel)
+            else:
+                session.feed_frames(list(request.items), cancel=request.cancel)
             if request.result_message_id is not None:
                 self._key = (request.target.conversation_id, request.result_message_id)
             self._dirty = True
             snapshot = self._save(session, self._key[1]) if request.save and self._key else None
-            result = JobResult(cancelled, snapshot, self._status(session))
+            cancelled = request.cancel.is_set()
+            result = JobResult(cancelled, done[0], total, snapshot, self._status(session))
         except Exception as exc:  # worker boundary
             log.exception("feed %d failed", request.id)
-            self._session = self._key = None
+            self._session = self._key = None  # part-fed: rebuild from the snapshot next time
             self.job_failed.emit(request.id, _message(exc))
             return
         self.job_finished.emit(request.id, result)
@@ -377,6 +377,7 @@ class EngineClient(QtCore.QObject):
         self.is_loading = False
         self._targets: TargetSource | None = None
         self._tokens: dict[int, CancelToken] = {}
+        self._events: dict[int, tuple[int, str]] = {}  # request id -> (event message, label)
         self._ids = itertools.count(1)
         self._thread = QtCore.QThread()
         self._thread.setObjectName("engine")
@@ -483,8 +484,9 @@ class EngineClient(QtCore.QObject):
         target = self._target(conversation_id)
         assert self._targets is not None
         event_id = self._targets.add_event(
-            conversation_id, f"Read {label} ({len(pages)} pages) into memory."
+            conversation_id, f"Reading {label} ({len(pages)} pages) into memory…"
         )
+        self._events[request_id] = (event_id, label)
         self._feed_requested.emit(
             FeedRequest(request_id, target, "document", tuple(pages), token, event_id)
         )
@@ -563,12 +565,19 @@ class EngineClient(QtCore.QObject):
     @QtCore.Slot(int, object)
     def _on_job_finished(self, request_id: int, result: JobResult) -> None:
         self._tokens.pop(request_id, None)
+        event = self._events.pop(request_id, None)
+        if event is not None and self._targets is not None:
+            text = f"Read {event[1]} ({result.done} of {result.total} pages) into memory."
+            self._targets.finish_event(event[0], text + (" Cancelled." if result.cancelled else ""))
         self.job_finished.emit(request_id, result)
         self.status_changed.emit(result.status)
 
     @QtCore.Slot(int, str)
     def _on_job_failed(self, request_id: int, message: str) -> None:
         self._tokens.pop(request_id, None)
+        event = self._events.pop(request_id, None)
+        if event is not None and self._targets is not None:
+            self._targets.finish_event(event[0], None)
         self.job_failed.emit(request_id, message)
 
     @QtCore.Slot(object)

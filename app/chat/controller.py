@@ -93,6 +93,18 @@ class ChatController(QtCore.QObject):
             self.transcript.add_message(message)
         return message.id
 
+    def finish_event(self, message_id: int, text: str | None) -> None:
+        try:
+            message = self.store.message(message_id)
+        except HistoryError:
+            return  # its conversation was deleted meanwhile
+        if text is None:
+            self.store.delete_message(message_id)
+        else:
+            self.store.update_message(message_id, text)
+        if message.conversation_id == self.current_id and self.reply is None:
+            self.transcript.show_messages(self.store.messages(message.conversation_id))
+
     # conversations
 
     def refresh_list(self) -> None:
@@ -305,7 +317,7 @@ class ChatController(QtCore.QObject):
             return
         reply, self.reply = self.reply, None
         # the user's message stays; the empty reply goes
-        self.store.delete_messages_from(reply.conversation_id, reply.message_id)
+        self.store.delete_message(reply.message_id)
         if reply.conversation_id == self.current_id:
             self.transcript.show_messages(self.store.messages(reply.conversation_id))
         self._set_busy(False)

@@ -291,6 +291,18 @@ class HistoryStore:
     def messages(self, conversation_id: int) -> list[Message]:
         return self._messages("conversation_id = ?", [conversation_id])
 
+    def delete_message(self, message_id: int) -> None:
+        """Delete one message (a reply that failed, an event whose job failed)."""
+        message = self.message(message_id)
+        stale = [
+            s.path for s in self.snapshots(message.conversation_id) if s.message_id == message_id
+        ]
+        with self.db.conn:
+            self.db.execute("DELETE FROM messages WHERE id = ?", [message_id])
+        for path in stale:
+            path.unlink(missing_ok=True)
+        self._collect_attachments()
+
     def delete_messages_from(self, conversation_id: int, message_id: int) -> None:
         """Delete ``message_id`` and every later message of the conversation (edit, regenerate)."""
         stale = [

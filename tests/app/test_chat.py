@@ -334,3 +334,87 @@ def test_chat_settings_refuse_a_non_checkpoint_and_save_a_good_one(
     assert window.settings.get("theme") == "dark"
     # the choice is saved in the data directory, readable by the user alone
     assert (window.store.data_dir / "settings.ini").stat().st_mode & 0o077 == 0
+
+
+def test_engine_client_frames_fork_and_document_jobs(
+    qtbot: Any, make_window: Any, tiny_factory: Any
+) -> None:
+    from engine import SamplingParams
+
+    # GIVEN a conversation with one turn
+    window = _loaded(qtbot, make_window(tiny_factory))
+    _set_sampling(window, max_new_tokens=3)
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as first:
+        _type_and_send(qtbot, window, "hello")
+    client, conversation_id = window.engine_client, window.current_conversation_id
+    base = first.args[1].status.tokens_seen
+
+    # WHEN camera frames are fed, THEN they enter the conversation's state
+    frames = [np.full((28, 28, 3), 40 * i, np.uint8) for i in range(3)]
+    with qtbot.waitSignal(client.job_finished, timeout=WAIT_MS) as fed:
+        request_id = client.feed_frames(conversation_id, frames)
+    assert fed.args[0] == request_id and not fed.args[1].cancelled
+    after_frames = fed.args[1].status.tokens_seen
+    assert after_frames > base
+
+    # WHEN a question is asked about a fork, THEN it streams, and the state does not move
+    with qtbot.waitSignal(client.generation_finished, timeout=WAIT_MS) as asked:
+        client.ask_forked(
+            conversation_id, "what did you see?", (), SamplingParams(max_new_tokens=3)
+        )
+    assert asked.args[1].snapshot is None and asked.args[1].status.tokens_seen > after_frames
+    with qtbot.waitSignal(client.status_changed, timeout=WAIT_MS) as reopened:
+        client.open_conversation(window.controller.target(conversation_id))
+    assert reopened.args[0].how == "memory" and reopened.args[0].tokens_seen == after_frames
+
+    # WHEN a 5-page document is read and cancelled after its first page
+    pages = [np.full((56, 42, 3), 255 - 30 * i, np.uint8) for i in range(5)]
+    progress: list[int] = []
+
+    def on_progress(rid: int, done: int, total: int) -> None:
+        progress.append(done)
+        if done >= 1:
+            client.cancel(rid)
+
+    client.job_progress.connect(on_progress)
+    with qtbot.waitSignal(client.job_finished, timeout=WAIT_MS) as read:
+        client.read_document(conversation_id, pages, "report.pdf")
+    # THEN the pages read stay in memory, the state is saved, the transcript says what happened
+    result = read.args[1]
+    assert result.cancelled and 1 <= result.done < 5 and result.total == 5
+    assert progress[0] == 0 and max(progress) == result.done
+    event = window.store.messages(conversation_id)[-1]
+    assert event.role == "event"
+    assert event.content == f"Read report.pdf ({result.done} of 5 pages) into memory. Cancelled."
+    assert window.store.snapshots(conversation_id)[-1].message_id == event.id
+    assert window.transcript.message_widgets()[-1].text == event.content
+
+
+def test_engine_client_failed_document_leaves_no_event(qtbot: Any, make_window: Any) -> None:
+    window = _loaded(qtbot, make_window(FakeEngine.factory(FakeScript())))
+    client = window.engine_client
+    with qtbot.waitSignal(client.job_failed, timeout=WAIT_MS):
+        request_id = client.read_document(window.current_conversation_id, [object()], "x.pdf")
+        client.cancel(request_id)  # cancelled before it starts: fails, nothing was read
+    assert window.store.messages(window.current_conversation_id) == []
+
+
+def test_chat_switching_conversation_mid_reply_keeps_the_reply_in_its_own(
+    qtbot: Any, make_window: Any
+) -> None:
+    # GIVEN a slow reply streaming in conversation A
+    script = FakeScript(words=("tick ",) * 40, seconds_per_token=0.01)
+    window = _loaded(qtbot, make_window(FakeEngine.factory(script)))
+    _type_and_send(qtbot, window, "count")
+    first = window.current_conversation_id
+    assert script.started.wait(5)
+    # WHEN the user opens a new conversation before it ends
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_N, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert window.current_conversation_id != first
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS):
+        pass
+    # THEN the reply is stored in A, and B's transcript is untouched
+    assert window.store.messages(first)[-1].content == "tick " * 40
+    assert window.transcript.message_widgets() == []
+    window.controller.open_conversation(first)
+    assert window.transcript.message_widgets()[-1].text == "tick " * 40
