@@ -391,11 +391,15 @@ def test_engine_client_frames_fork_and_document_jobs(
 
 
 def test_engine_client_failed_document_leaves_no_event(qtbot: Any, make_window: Any) -> None:
-    window = _loaded(qtbot, make_window(FakeEngine.factory(FakeScript())))
+    def no_model(path: str | None, device: str) -> Any:
+        raise EngineError("no model here")
+
+    window = make_window(no_model)
+    qtbot.waitUntil(lambda: not window.engine_client.is_loading, timeout=WAIT_MS)
     client = window.engine_client
-    with qtbot.waitSignal(client.job_failed, timeout=WAIT_MS):
-        request_id = client.read_document(window.current_conversation_id, [object()], "x.pdf")
-        client.cancel(request_id)  # cancelled before it starts: fails, nothing was read
+    with qtbot.waitSignal(client.job_failed, timeout=WAIT_MS) as failed:
+        client.read_document(window.current_conversation_id, [np.zeros((8, 8, 3), np.uint8)], "x")
+    assert "No model is loaded" in failed.args[1]
     assert window.store.messages(window.current_conversation_id) == []
 
 
