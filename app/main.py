@@ -46,7 +46,7 @@ from app.settings import AppSettings, parse_args
 
 log = logging.getLogger(__name__)
 
-PANE_MODULES = ("app.reader.controller",)
+PANE_MODULES = ("app.reader.controller", "app.webcam.controller", "app.capture.main")
 
 _SCHEMES = {
     "light": QtCore.Qt.ColorScheme.Light,

@@ -31,6 +31,7 @@ from app.chat.images import to_png  # noqa: E402
 from app.chat.settings_dialog import SettingsDialog  # noqa: E402
 from app.chat.window import MainWindow  # noqa: E402
 from app.main import build  # noqa: E402
+from app.reader.pane import ReaderPane  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 from engine.testing import write_tiny_checkpoint  # noqa: E402
 
@@ -106,6 +107,9 @@ def take(out: Path) -> None:
     _wait(lambda: window.engine_client.model_info is not None)
     _sample_conversation(window)
     _wait(lambda: window.controller.session_status is not None)
+    docks = window.findChildren(QtWidgets.QDockWidget)
+    for dock in docks:  # the chat alone first; each pane gets its own shot below
+        dock.hide()
     _save(window, out / "chat.png")
 
     window.conversations.search_box.setText("lisbon")
@@ -118,9 +122,11 @@ def take(out: Path) -> None:
     _save(dialog, out / "settings.png")
     dialog.close()
 
-    docks = window.findChildren(QtWidgets.QDockWidget)
     for dock in docks:
-        dock.show()
+        if isinstance(dock.widget(), ReaderPane):
+            dock.widget().open_paths([ROOT / "resources" / "sample.png"])
+        for other in docks:
+            other.setVisible(other is dock)
         dock.raise_()
         name = dock.windowTitle().lower().replace(" ", "-")
         _save(window, out / f"pane-{name}.png")
