@@ -25,7 +25,7 @@ from PySide6 import QtCore
 
 from app.history.files import write_atomically
 from app.history.models import SessionTarget, SnapshotInfo, Turn
-from engine import CancelToken, EngineError, SamplingParams
+from engine import Cancelled, CancelToken, EngineError, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,12 @@ class JobResult:
 class LoadRequest:
     path: str | None
     device: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    target: SessionTarget
+    cancel: CancelToken
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,16 +241,29 @@ class EngineWorker(QtCore.QObject):
         self.job_finished.emit(request.id, result)
 
     @QtCore.Slot(object)
-    def open(self, target: SessionTarget) -> None:
-        """Make ``target`` the live session now, so the first message starts at once."""
+    def open(self, request: OpenRequest) -> None:
+        """Make the target the live session now, so the first message starts at once."""
+        target = request.target
+        if request.cancel.is_set():
+            return  # another conversation was opened since, or the app is closing
         try:
-            session = self._session_for(target, CancelToken())
+            session = self._session_for(target, request.cancel)
+        except Cancelled:
+            log.info("opening conversation %d cancelled", target.conversation_id)
+            return
         except Exception as exc:  # worker boundary
             log.exception("opening conversation %d failed", target.conversation_id)
             self.notice.emit(f"Could not prepare this conversation: {_message(exc)}")
             return
         self.notice.emit(_HOW_TEXT[self._how].format(n=session.tokens_seen))
         self.session_opened.emit(self._status(session))
+
+    @QtCore.Slot(int)
+    def forget(self, conversation_id: int) -> None:
+        """Drop the live session of a conversation whose saved states became stale."""
+        if self._key is not None and self._key[0] == conversation_id:
+            self._session = self._key = None
+            self._dirty = False
 
     @QtCore.Slot()
     def close(self) -> None:
@@ -274,6 +293,8 @@ class EngineWorker(QtCore.QObject):
                 self.notice.emit(f"The saved state could not be used ({exc}); re-reading history.")
         if session is None:
             session = engine.new_session(system_prompt=target.system_prompt or None)
+        if len(turns) > 2:
+            self.notice.emit(f"Reading {len(turns)} stored messages into memory…")
         for turn in turns:
             _replay(session, turn, cancel)
         self._session, self._key, self._dirty = session, key, False
@@ -365,6 +386,7 @@ class EngineClient(QtCore.QObject):
     _chat_requested = QtCore.Signal(object)
     _feed_requested = QtCore.Signal(object)
     _open_requested = QtCore.Signal(object)
+    _forget_requested = QtCore.Signal(int)
 
     def __init__(
         self,
@@ -378,6 +400,7 @@ class EngineClient(QtCore.QObject):
         self._targets: TargetSource | None = None
         self._tokens: dict[int, CancelToken] = {}
         self._events: dict[int, tuple[int, str]] = {}  # request id -> (event message, label)
+        self._open_token = CancelToken()
         self._ids = itertools.count(1)
         self._thread = QtCore.QThread()
         self._thread.setObjectName("engine")
@@ -392,6 +415,7 @@ class EngineClient(QtCore.QObject):
         self._chat_requested.connect(w.chat)
         self._feed_requested.connect(w.feed)
         self._open_requested.connect(w.open)
+        self._forget_requested.connect(w.forget)
         w.model_loading.connect(self._on_model_loading)
         w.model_loaded.connect(self._on_model_loaded)
         w.model_load_failed.connect(self._on_model_load_failed)
@@ -428,8 +452,17 @@ class EngineClient(QtCore.QObject):
         self._load_requested.emit(LoadRequest(path, device))
 
     def open_conversation(self, target: SessionTarget) -> None:
-        """Restore the conversation's state ahead of its next message."""
-        self._open_requested.emit(target)
+        """Restore the conversation's state ahead of its next message.
+
+        Opening another conversation (or quitting) cancels a restore still running.
+        """
+        self._open_token.set()
+        self._open_token = CancelToken()
+        self._open_requested.emit(OpenRequest(target, self._open_token))
+
+    def forget(self, conversation_id: int) -> None:
+        """Make the engine thread drop the conversation's live state (e.g. new system prompt)."""
+        self._forget_requested.emit(conversation_id)
 
     def chat(
         self,
@@ -513,6 +546,7 @@ class EngineClient(QtCore.QObject):
         """Cancel everything, let the worker save, then join the engine thread."""
         if not self._thread.isRunning():
             return
+        self._open_token.set()
         for token in self._tokens.values():
             token.set()
         # blocks until the running request has seen its token and close() has saved the state

@@ -35,6 +35,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from PySide6 import QtCore, QtGui, QtWidgets
@@ -52,15 +53,45 @@ _SCHEMES = {
     "light": QtCore.Qt.ColorScheme.Light,
     "dark": QtCore.Qt.ColorScheme.Dark,
 }
+_system_palette: list[QtGui.QPalette] = []  # the platform's palette, kept at the first switch
+
+
+def dark_palette() -> QtGui.QPalette:
+    palette = QtGui.QPalette()
+    role, color = QtGui.QPalette.ColorRole, QtGui.QColor
+    for r, c in (
+        (role.Window, "#2b2b2b"),
+        (role.WindowText, "#e6e6e6"),
+        (role.Base, "#1e1e1e"),
+        (role.AlternateBase, "#353535"),
+        (role.Text, "#e6e6e6"),
+        (role.Button, "#353535"),
+        (role.ButtonText, "#e6e6e6"),
+        (role.Highlight, "#3d6fb4"),
+        (role.HighlightedText, "#ffffff"),
+        (role.ToolTipBase, "#353535"),
+        (role.ToolTipText, "#e6e6e6"),
+        (role.PlaceholderText, "#8c8c8c"),
+        (role.Link, "#7fb2ff"),
+    ):
+        palette.setColor(r, color(c))
+    return palette
 
 
 def apply_theme(theme: str) -> None:
-    """Follow the system's light/dark scheme, or force one."""
+    """Follow the system's light/dark scheme, or force one (palette set on every platform)."""
+    app = QtWidgets.QApplication.instance()
+    assert isinstance(app, QtWidgets.QApplication)
     hints = QtGui.QGuiApplication.styleHints()
-    if theme in _SCHEMES:
-        hints.setColorScheme(_SCHEMES[theme])
-    else:
+    if not _system_palette:
+        _system_palette.append(app.palette())
+    if theme not in _SCHEMES:
         hints.unsetColorScheme()
+        app.setPalette(_system_palette[0])
+        return
+    # platforms that can also switch their native parts; the palette covers the others
+    hints.setColorScheme(_SCHEMES[theme])
+    app.setPalette(dark_palette() if theme == "dark" else app.style().standardPalette())
 
 
 def has_display() -> bool:
@@ -112,6 +143,16 @@ def build(
     return window
 
 
+def report_unexpected_errors(window: MainWindow) -> None:
+    """Make an exception escaping a Qt slot a logged status-bar message, never a crash."""
+
+    def report(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        log.error("unexpected error", exc_info=(kind, exc, tb))
+        window.status.notify(f"Something went wrong (details in the log): {exc}")
+
+    sys.excepthook = report
+
+
 def run(argv: Sequence[str] = ()) -> int:
     """Start the app and run until its window closes; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -128,6 +169,7 @@ def run(argv: Sequence[str] = ()) -> int:
     except HistoryError as exc:
         sys.stderr.write(f"infinitevl app: {exc}\n")
         return 2
+    report_unexpected_errors(window)
     app = QtWidgets.QApplication.instance()
     assert app is not None
     return int(app.exec()) if window.isVisible() else 0

@@ -169,6 +169,15 @@ class ChatController(QtCore.QObject):
         if self.conversations.search_box.text().strip():
             self.conversations.show_hits(hits)
 
+    def set_options(
+        self, conversation_id: int, system_prompt: str, sampling: dict[str, object]
+    ) -> None:
+        """Store a conversation's options; a new system prompt means re-reading its history."""
+        if system_prompt != self.store.conversation(conversation_id).system_prompt:
+            self.client.forget(conversation_id)
+            self.status.notify("New system prompt: the next message re-reads this conversation.")
+        self.store.set_options(conversation_id, system_prompt, sampling)
+
     # messages
 
     def sampling_params(self, conversation_id: int) -> SamplingParams:

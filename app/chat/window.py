@@ -234,8 +234,12 @@ class MainWindow(QtWidgets.QMainWindow):
         conversation = self.store.conversation(conversation_id)
         dialog = ConversationOptionsDialog(conversation.system_prompt, conversation.sampling, self)
         if dialog.exec() == QtWidgets.QDialog.DialogCode.Accepted:
-            prompt, sampling = dialog.values()
-            self.store.set_options(conversation_id, prompt, sampling)
+            try:
+                prompt, sampling = dialog.values()
+            except ValueError as exc:  # the engine's InputError for out-of-range values
+                self.status.notify(f"Options not saved: {exc}")
+                return
+            self.controller.set_options(conversation_id, prompt, sampling)
 
     def open_settings(self) -> None:
         before = (self.settings.get("model_dir"), self.settings.get("device"))

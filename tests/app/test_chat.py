@@ -422,3 +422,65 @@ def test_chat_switching_conversation_mid_reply_keeps_the_reply_in_its_own(
     assert window.transcript.message_widgets() == []
     window.controller.open_conversation(first)
     assert window.transcript.message_widgets()[-1].text == "tick " * 40
+
+
+def test_chat_conversation_options_system_prompt_and_sampling(
+    qtbot: Any, make_window: Any, tiny_factory: Any
+) -> None:
+    from app.chat.options_dialog import ConversationOptionsDialog
+
+    # GIVEN a conversation with one reply
+    window = _loaded(qtbot, make_window(tiny_factory))
+    _set_sampling(window, max_new_tokens=2)
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as first:
+        _type_and_send(qtbot, window, "hi")
+    assert first.args[1].stats.generated_tokens <= 2
+    # WHEN the user sets a system prompt and a longer reply in the options dialog
+    conversation = window.store.conversation(window.current_conversation_id)
+    dialog = ConversationOptionsDialog(conversation.system_prompt, conversation.sampling, window)
+    dialog.system_prompt.setPlainText("You are terse.")
+    dialog.max_new_tokens.setValue(5)
+    dialog.temperature.setValue(0.7)
+    dialog.seed.setValue(11)
+    prompt, sampling = dialog.values()
+    assert sampling == {"max_new_tokens": 5, "temperature": 0.7, "seed": 11}
+    window.controller.set_options(conversation.id, prompt, sampling)
+    # THEN the next reply follows them, re-reading the history under the new prompt
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as second:
+        _type_and_send(qtbot, window, "again")
+    assert second.args[1].stats.generated_tokens <= 5
+    assert second.args[1].status.how == "history"
+    assert "re-read" in window.status.currentMessage() or "stored messages" in (
+        window.status.currentMessage()
+    )
+
+
+def test_chat_theme_follows_the_setting(qtbot: Any) -> None:
+    from app.main import apply_theme
+
+    app = QtWidgets.QApplication.instance()
+    window_color = QtGui.QPalette.ColorRole.Window
+    system = app.palette().color(window_color)
+    apply_theme("dark")
+    assert app.palette().color(window_color).lightness() < 100
+    apply_theme("light")
+    assert app.palette().color(window_color).lightness() > 150
+    apply_theme("system")
+    assert app.palette().color(window_color) == system
+
+
+def test_chat_unexpected_error_in_a_slot_becomes_a_status_message(
+    qtbot: Any, make_window: Any, tiny_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from app.main import report_unexpected_errors
+
+    window = make_window(tiny_factory)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    report_unexpected_errors(window)
+    try:
+        raise OSError("disk full")
+    except OSError:
+        sys.excepthook(*sys.exc_info())
+    assert "disk full" in window.status.currentMessage()
