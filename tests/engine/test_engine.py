@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.engine import CancelToken, Engine, GenerationStats, Session
 from engine.errors import Cancelled, InputError, StateError
@@ -574,3 +576,29 @@ def test_session_on_cuda_matches_cpu(tiny: Engine, tiny_checkpoint: Path, tmp_pa
     session.save(tmp_path / "cuda.state")
     on_cpu = tiny.restore_session(tmp_path / "cuda.state")
     assert _run(on_cpu, "next") == _run(session, "next")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(st.text(alphabet="abc\n", max_size=4), max_size=12),
+    stops=st.lists(st.text(alphabet="abc\n", min_size=1, max_size=3), max_size=3),
+)
+def test_stop_matcher_emits_exactly_the_text_before_the_first_stop(
+    pieces: list[str], stops: list[str]
+) -> None:
+    from engine.engine import _StopMatcher
+
+    matcher = _StopMatcher(tuple(stops))
+    emitted, hit = [], False
+    for piece in pieces:
+        text, hit = matcher.push(piece)
+        emitted.append(text)
+        if hit:
+            break
+    if not hit:
+        text, hit = matcher.push("", final=True)
+        emitted.append(text)
+    full = "".join(pieces)
+    cuts = [i for i in (full.find(s) for s in stops) if i >= 0]
+    assert "".join(emitted) == (full[: min(cuts)] if cuts else full)
+    assert hit == bool(cuts)
