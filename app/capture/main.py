@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from app.capture.handlers.portal import PortalGlobalShortcut
 from app.capture.handlers.x11 import X11KeyGrab
 from app.capture.key_combo import KeyCombo, parse_key_combo
 from app.capture.models import HotkeyBackend, HotkeyError, HotkeyHandler
@@ -27,6 +28,7 @@ OS_SHORTCUT_HINT = (
 
 _FACTORIES: dict[HotkeyBackend, Callable[[], HotkeyHandler]] = {
     HotkeyBackend.X11_GRAB: X11KeyGrab,
+    HotkeyBackend.PORTAL: PortalGlobalShortcut,
 }
 
 

@@ -14,6 +14,8 @@ class HotkeyBackend(enum.Enum):
 
     # a key grab on the X root window: only the one combination reaches us
     X11_GRAB = "x11"
+    # xdg-desktop-portal GlobalShortcuts: the compositor binds the keys and reports each press
+    PORTAL = "portal"
 
 
 class HotkeyError(RuntimeError):

@@ -37,7 +37,7 @@ class WebcamPane(QtWidgets.QWidget):
         parent: QtWidgets.QWidget | None = None,
     ) -> None:
         super().__init__(parent)
-        self._source_factory = source_factory
+        self.source_factory = source_factory
         self.source: FrameSource | None = None
         self.sampler: FrameSampler[QtGui.QImage] = FrameSampler(DEFAULT_RATE_HZ)
         self.latest: QtGui.QImage | None = None
@@ -91,7 +91,7 @@ class WebcamPane(QtWidgets.QWidget):
 
     def start_camera(self) -> bool:
         """Open the source and start the view; a missing camera is a message. True if started."""
-        source = self._source_factory()
+        source = self.source_factory()
         if isinstance(source, str):
             self.status.setText(source)
             return False

@@ -292,16 +292,16 @@ def test_capture_failure_is_a_message(qtbot) -> None:
 def test_hotkey_on_x_starts_the_capture_in_the_app(
     make_window, tiny_factory, qtbot, x_screen_with_content, monkeypatch
 ) -> None:
-    from app.capture.main import install
+    from app.capture.main import CaptureFeature
     from app.capture.models import HotkeyBackend
     from tests.app.test_hotkey import _press
 
-    # GIVEN the app in an X session (the Xvfb screen), with capture installed
+    # GIVEN the app started in an X session (the Xvfb screen): build() installs capture
     display, _ = x_screen_with_content
     monkeypatch.setenv("DISPLAY", display)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     window = make_window(tiny_factory)
-    feature = install(window)
+    feature = window.findChild(CaptureFeature)
     try:
         assert feature.hotkey is not None and feature.hotkey.backend is HotkeyBackend.X11_GRAB
         assert feature.hotkey_status == "Ctrl+Alt+O reads a screen region."

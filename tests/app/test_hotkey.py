@@ -143,3 +143,159 @@ def test_x11_grab_reports_a_missing_display() -> None:
     from app.capture.handlers.x11 import X11KeyGrab
 
     assert "cannot open X display" in (X11KeyGrab(":987").unavailable_reason() or "")
+
+
+@pytest.fixture
+def private_bus() -> str:
+    """The address of a fresh, private D-Bus session bus."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("dbus-daemon")
+    if exe is None:
+        pytest.skip("dbus-daemon is not installed")
+    proc = subprocess.Popen(
+        [exe, "--session", "--nofork", "--nopidfile", "--print-address=1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    address = proc.stdout.readline().decode().strip()
+    yield address
+    proc.terminate()
+    proc.wait(5)
+
+
+class FakePortal:
+    """xdg-desktop-portal's GlobalShortcuts as a compositor answers it, on a private bus."""
+
+    def __init__(self, address: str, accept: bool = True) -> None:
+        import queue
+        import threading
+
+        from jeepney import message_bus
+        from jeepney.io.blocking import open_dbus_connection
+
+        from app.capture.handlers.portal import PORTAL_BUS
+
+        self.accept = accept
+        self.bound: list[list] = []
+        self.closed: list[str] = []
+        self.session = ""
+        self._commands: queue.Queue = queue.Queue()
+        self._conn = open_dbus_connection(address)
+        self._conn.send_and_get_reply(message_bus.RequestName(PORTAL_BUS))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def activate(self, shortcut_id: str, session: str | None = None) -> None:
+        self._commands.put((shortcut_id, session or self.session))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._conn.close()
+
+    def _serve(self) -> None:
+        from jeepney import DBusAddress, HeaderFields, MessageType, new_signal
+
+        from app.capture.handlers.portal import PORTAL_PATH, SHORTCUTS
+
+        while not self._stop.is_set():
+            while not self._commands.empty():
+                shortcut_id, session = self._commands.get()
+                emitter = DBusAddress(PORTAL_PATH, interface=SHORTCUTS)
+                body = (session, shortcut_id, 0, {})
+                self._conn.send(new_signal(emitter, "Activated", "osta{sv}", body))
+            try:
+                msg = self._conn.receive(timeout=0.05)
+            except TimeoutError:
+                continue
+            if msg.header.message_type == MessageType.method_call:
+                fields = msg.header.fields
+                self._answer(msg, fields[HeaderFields.member], fields[HeaderFields.sender])
+
+    def _answer(self, msg, member: str, sender: str) -> None:  # noqa: ANN001
+        from jeepney import DBusAddress, HeaderFields, new_method_return, new_signal
+
+        from app.capture.handlers.portal import REQUEST
+
+        who = sender.lstrip(":").replace(".", "_")
+        if member == "Get":
+            self._conn.send(new_method_return(msg, "v", (("u", 1),)))
+            return
+        if member == "Close":
+            self.closed.append(msg.header.fields[HeaderFields.path])
+            self._conn.send(new_method_return(msg))
+            return
+        options = msg.body[-1]
+        request = f"/org/freedesktop/portal/desktop/request/{who}/{options['handle_token'][1]}"
+        self._conn.send(new_method_return(msg, "o", (request,)))
+        if member == "CreateSession":
+            token = options["session_handle_token"][1]
+            self.session = f"/org/freedesktop/portal/desktop/session/{who}/{token}"
+            code, results = 0, {"session_handle": ("s", self.session)}
+        else:
+            shortcuts = msg.body[1]
+            self.bound.append(shortcuts)
+            granted = [(sid, {"trigger_description": ("s", "Ctrl+Alt+O")}) for sid, _ in shortcuts]
+            code = 0 if self.accept else 1
+            results = {"shortcuts": ("a(sa{sv})", granted if self.accept else [])}
+        answer = new_signal(
+            DBusAddress(request, interface=REQUEST), "Response", "ua{sv}", (code, results)
+        )
+        self._conn.send(answer)
+
+
+def test_portal_absent_is_a_reason(private_bus: str) -> None:
+    from app.capture.handlers.portal import PortalGlobalShortcut
+
+    reason = PortalGlobalShortcut(private_bus).unavailable_reason() or ""
+    assert "offers no GlobalShortcuts" in reason
+
+
+@pytest.mark.gui
+def test_portal_binds_one_shortcut_and_reports_its_activation(qtbot, private_bus: str) -> None:
+    from app.capture.handlers.portal import SHORTCUT_ID, PortalGlobalShortcut
+
+    # GIVEN a desktop portal that offers GlobalShortcuts
+    portal = FakePortal(private_bus)
+    handler = PortalGlobalShortcut(private_bus)
+    try:
+        assert handler.unavailable_reason() is None
+        presses: list[int] = []
+        # WHEN Ctrl+Alt+O is registered THEN exactly one shortcut is asked for, with that trigger
+        with qtbot.waitSignal(handler.bound, timeout=5000) as blocker:
+            handler.register(parse_key_combo("Ctrl+Alt+O"), lambda: presses.append(1))
+        assert blocker.args == ["Ctrl+Alt+O"]
+        assert [sid for sid, _ in portal.bound[0]] == [SHORTCUT_ID]
+        assert portal.bound[0][0][1]["preferred_trigger"] == ("s", "CTRL+ALT+o")
+        # WHEN the portal reports another shortcut or another session THEN nothing fires
+        portal.activate("something-else")
+        portal.activate(SHORTCUT_ID, session="/org/freedesktop/portal/desktop/session/x/y")
+        qtbot.wait(300)
+        assert presses == []
+        # WHEN ours fires THEN the callback runs once, on the GUI thread
+        portal.activate(SHORTCUT_ID)
+        qtbot.waitUntil(lambda: presses == [1], timeout=3000)
+        session = portal.session
+    finally:
+        handler.unregister()
+        portal.close()
+    # THEN unregistering closed the portal session
+    assert portal.closed == [session]
+
+
+@pytest.mark.gui
+def test_portal_declined_shortcut_is_reported(qtbot, private_bus: str) -> None:
+    from app.capture.handlers.portal import PortalGlobalShortcut
+
+    portal = FakePortal(private_bus, accept=False)
+    handler = PortalGlobalShortcut(private_bus)
+    try:
+        with qtbot.waitSignal(handler.bind_failed, timeout=5000) as blocker:
+            handler.register(parse_key_combo("Ctrl+Alt+O"), lambda: None)
+        assert "the user declined" in blocker.args[0]
+    finally:
+        handler.unregister()
+        portal.close()

@@ -191,13 +191,13 @@ def test_pane_bad_pdf_is_a_message_and_keeps_the_open_document(qtbot, tmp_path: 
 @pytest.mark.gui
 @pytest.mark.slow
 def test_read_30_page_pdf_with_progress_then_cancel(make_window, tiny_factory, qtbot, tmp_path):
-    from app.reader.controller import install
+    from app.reader.pane import ReaderPane
 
-    # GIVEN the app on the tiny real engine, with the reader pane installed and a 30-page PDF
+    # GIVEN the app on the tiny real engine, with the reader pane build() installed, and a PDF
     window = make_window(tiny_factory)
     client = window.engine_client
     qtbot.waitUntil(lambda: client.model_info is not None, timeout=30000)
-    pane = install(window)
+    pane = window.findChild(ReaderPane)
     with qtbot.waitSignal(pane.pages_rendered, timeout=20000):
         pane.open_paths([write_pdf(tmp_path / "thirty.pdf", 30)])
 

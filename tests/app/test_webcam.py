@@ -161,14 +161,16 @@ def _wait_job(qtbot, client) -> object:  # noqa: ANN001
 @pytest.mark.gui
 @pytest.mark.slow
 def test_frames_stream_into_the_engine_and_a_question_forks(make_window, tiny_factory, qtbot):
-    from app.webcam.controller import install
+    from app.webcam.pane import WebcamPane
 
     # GIVEN the app on the tiny real engine with the webcam pane on a fake camera
     window = make_window(tiny_factory)
     client = window.engine_client
     qtbot.waitUntil(lambda: client.model_info is not None, timeout=30000)
+    # the pane build() installed, on a fake camera
     camera = FakeCamera()
-    pane = install(window, lambda: camera)
+    pane = window.findChild(WebcamPane)
+    pane.source_factory = lambda: camera
     pane.rate_spin.setValue(1.0)
     pane.start_camera()
 

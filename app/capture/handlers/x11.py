@@ -112,10 +112,18 @@ class X11KeyGrab(QtCore.QObject):
         if self._display is None:
             return
         pressed = False
-        for _ in range(self._display.pending_events()):
-            event = self._display.next_event()
-            is_ours = event.type == X.KeyPress and event.detail == self._keycode
-            if is_ours and (event.state & ~(X.LockMask | X.Mod2Mask)) == self._mask:
-                pressed = True
+        try:
+            for _ in range(self._display.pending_events()):
+                event = self._display.next_event()
+                is_ours = event.type == X.KeyPress and event.detail == self._keycode
+                if is_ours and (event.state & ~(X.LockMask | X.Mod2Mask)) == self._mask:
+                    pressed = True
+        except error.ConnectionClosedError as exc:
+            # the X server went away (session ended): the grab went with it
+            log.warning("X display closed; the hotkey is gone: %s", exc)
+            if self._notifier is not None:
+                self._notifier.setEnabled(False)
+            self._notifier, self._display = None, None
+            return
         if pressed and self._on_activated is not None:
             self._on_activated()

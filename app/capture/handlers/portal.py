@@ -1,0 +1,214 @@
+"""Global hotkey on Wayland: the xdg-desktop-portal GlobalShortcuts interface, over D-Bus.
+
+The compositor owns the keyboard: we ask it to bind one shortcut (it may ask the user to confirm
+or pick other keys) and it tells us when that shortcut fires; no other keystroke reaches us.
+D-Bus goes through jeepney because PySide6's QtDBus cannot marshal BindShortcuts' a(sa{sv})
+argument (docs/adr/002-global-hotkey.md). A background thread makes the requests, which may wait
+on the user's answer, and listens for Activated; activations reach the GUI thread as a signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from jeepney import (
+    DBusAddress,
+    HeaderFields,
+    MatchRule,
+    MessageType,
+    Properties,
+    message_bus,
+    new_method_call,
+)
+from jeepney.io.threading import DBusRouter, open_dbus_connection, open_dbus_router
+from PySide6 import QtCore
+
+from app.capture.key_combo import KeyCombo
+from app.capture.models import HotkeyBackend
+
+log = logging.getLogger(__name__)
+
+PORTAL_BUS = "org.freedesktop.portal.Desktop"
+PORTAL_PATH = "/org/freedesktop/portal/desktop"
+SHORTCUTS = "org.freedesktop.portal.GlobalShortcuts"
+REQUEST = "org.freedesktop.portal.Request"
+SESSION = "org.freedesktop.portal.Session"
+SHORTCUT_ID = "read-screen-region"
+CALL_TIMEOUT = 10.0  # seconds for the portal to answer a call
+ANSWER_TIMEOUT = 300.0  # seconds for the user to answer the compositor's dialog
+
+_PORTAL = DBusAddress(PORTAL_PATH, bus_name=PORTAL_BUS, interface=SHORTCUTS)
+
+
+class PortalError(RuntimeError):
+    """The portal refused a request, or the user declined the shortcut."""
+
+
+class PortalGlobalShortcut(QtCore.QObject):
+    """Binds one shortcut through the desktop portal on `bus` ("SESSION" or a D-Bus address)."""
+
+    backend = HotkeyBackend.PORTAL
+    bound = QtCore.Signal(str)  # how the compositor describes the keys it bound
+    bind_failed = QtCore.Signal(str)  # why no shortcut was bound
+    _activated = QtCore.Signal()  # emitted on the D-Bus thread, received on the GUI thread
+
+    def __init__(self, bus: str = "SESSION", parent: QtCore.QObject | None = None) -> None:
+        super().__init__(parent)
+        self._bus = bus
+        self._router: DBusRouter | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._session: str | None = None
+        self._on_activated: Callable[[], None] | None = None
+        self._activated.connect(self._on_portal_activated)
+
+    def unavailable_reason(self) -> str | None:
+        if self._bus == "SESSION" and not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+            return "no D-Bus session bus ($DBUS_SESSION_BUS_ADDRESS is not set)"
+        try:
+            with open_dbus_router(self._bus) as router:
+                reply = router.send_and_get_reply(Properties(_PORTAL).get("version"), timeout=5)
+        except TimeoutError:
+            return "the desktop portal does not answer"
+        except (OSError, KeyError, ValueError) as exc:
+            return f"cannot connect to the D-Bus session bus: {exc}"
+        if reply.header.message_type == MessageType.error:
+            detail = (
+                reply.body[0] if reply.body else reply.header.fields.get(HeaderFields.error_name)
+            )
+            return f"the desktop portal offers no GlobalShortcuts ({detail})"
+        return None
+
+    def register(self, combo: KeyCombo, on_activated: Callable[[], None]) -> None:
+        """Start binding `combo`; the outcome comes later as `bound` or `bind_failed`."""
+        self.unregister()
+        self._router = DBusRouter(open_dbus_connection(self._bus))
+        self._on_activated = on_activated
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._bind_and_listen, args=(self._router, combo), name="portal-shortcut"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        log.info("asked the desktop portal to bind %s", combo)
+
+    def unregister(self) -> None:
+        if self._router is None:
+            return
+        self._stop.set()
+        if self._session is not None:
+            close = new_method_call(DBusAddress(self._session, PORTAL_BUS, SESSION), "Close")
+            try:
+                self._router.send_and_get_reply(close, timeout=2)
+            except (TimeoutError, OSError) as exc:
+                log.warning("closing portal session %s: %s", self._session, exc)
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._router.close()
+        self._router.conn.close()
+        self._router, self._thread, self._session = None, None, None
+        log.info("released the portal shortcut")
+
+    @QtCore.Slot()
+    def _on_portal_activated(self) -> None:
+        if self._on_activated is not None:
+            self._on_activated()
+
+    def _bind_and_listen(self, router: DBusRouter, combo: KeyCombo) -> None:
+        try:
+            activations = MatchRule(
+                type="signal", interface=SHORTCUTS, member="Activated", path=PORTAL_PATH
+            )
+            router.send_and_get_reply(message_bus.AddMatch(activations), timeout=CALL_TIMEOUT)
+            with router.filter(activations, bufsize=16) as pressed:
+                self._session = self._create_session(router)
+                description = self._bind(router, self._session, combo)
+                log.info("the portal bound %s as %r", combo, description)
+                self.bound.emit(description)
+                self._listen(pressed)
+        except Exception as exc:  # thread boundary: a refusal is a message, never a crash
+            if self._stop.is_set():
+                return
+            log.warning("the portal did not bind %s: %s", combo, exc)
+            self.bind_failed.emit(str(exc))
+
+    def _listen(self, pressed: queue.Queue) -> None:
+        while not self._stop.is_set():
+            try:
+                signal = pressed.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            session, shortcut_id = signal.body[0], signal.body[1]
+            if session == self._session and shortcut_id == SHORTCUT_ID:
+                self._activated.emit()
+
+    def _next(self, signals: queue.Queue, deadline: float, waiting_for: str) -> Any:
+        """The next signal from `signals`, giving up at `deadline` or when unregistered."""
+        while not self._stop.is_set():
+            try:
+                return signals.get(timeout=0.25)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise PortalError(f"no answer to {waiting_for} from the desktop") from None
+        raise PortalError("unregistered while waiting")
+
+    def _create_session(self, router: DBusRouter) -> str:
+        token = f"infinitevl_{uuid.uuid4().hex}"
+        results = self._request(
+            router, "CreateSession", "a{sv}", (), {"session_handle_token": ("s", token)}
+        )
+        return str(results["session_handle"][1])
+
+    def _bind(self, router: DBusRouter, session: str, combo: KeyCombo) -> str:
+        shortcut = {
+            "description": ("s", "Read a screen region (InfiniteVL)"),
+            "preferred_trigger": ("s", combo.portal_trigger()),
+        }
+        results = self._request(
+            router,
+            "BindShortcuts",
+            "oa(sa{sv})sa{sv}",
+            (session, [(SHORTCUT_ID, shortcut)], ""),
+            {},
+        )
+        bound = dict(results.get("shortcuts", ("", []))[1])
+        if SHORTCUT_ID not in bound:
+            raise PortalError("the desktop did not bind the shortcut")
+        return str(bound[SHORTCUT_ID].get("trigger_description", ("s", str(combo)))[1])
+
+    def _request(
+        self,
+        router: DBusRouter,
+        method: str,
+        signature: str,
+        args: tuple[Any, ...],
+        options: dict[str, tuple[str, Any]],
+    ) -> dict[str, tuple[str, Any]]:
+        """Call a portal method that answers through a Request object's Response signal."""
+        token = f"infinitevl_{uuid.uuid4().hex}"
+        responses = MatchRule(type="signal", interface=REQUEST, member="Response")
+        router.send_and_get_reply(message_bus.AddMatch(responses), timeout=CALL_TIMEOUT)
+        with router.filter(responses, bufsize=16) as answers:
+            body = (*args, {**options, "handle_token": ("s", token)})
+            call = new_method_call(_PORTAL, method, signature, body)
+            reply = router.send_and_get_reply(call, timeout=CALL_TIMEOUT)
+            if reply.header.message_type == MessageType.error:
+                raise PortalError(f"{method} failed: {reply.body[0] if reply.body else reply}")
+            request_path = reply.body[0]
+            deadline = time.monotonic() + ANSWER_TIMEOUT
+            while True:
+                signal = self._next(answers, deadline, method)
+                if signal.header.fields.get(HeaderFields.path) == request_path:
+                    break
+        code, results = signal.body
+        if code != 0:
+            reason = "the user declined" if code == 1 else f"the portal answered {code}"
+            raise PortalError(f"{method}: {reason}")
+        return results
