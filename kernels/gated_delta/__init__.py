@@ -1,29 +1,42 @@
 """Gated delta rule (Gated DeltaNet's recurrence): dispatchers that pick a fast path or the reference.
 
 ``chunk`` is for prompts (prefill), ``step`` for one decode token, ``recurrent`` the token loop.
-Shapes and semantics are those of ``kernels.gated_delta.reference`` (docs/INTERFACES.md).
+Shapes and semantics are those of ``kernels.gated_delta.reference`` (docs/INTERFACES.md). On CUDA,
+``chunk`` runs flash-linear-attention's Triton kernel (``chunk_fla``) and ``step`` the project's
+own Triton kernel (``step_triton``); both are imported on first use, so CPU installs need neither.
 """
 
+import importlib.util
 import logging
+import os
 
 import torch
 
-from kernels.gated_delta import reference
+from kernels.gated_delta import chunk_fla, reference
 
 log = logging.getLogger(__name__)
 
 __all__ = ["chunk", "recurrent", "reference", "step"]
 
 
-def _want_kernel(x: torch.Tensor, use_kernel: bool | None, op: str) -> bool:
-    """Resolve ``use_kernel``: None picks the fast path where one exists for ``x``'s device."""
+def has_triton() -> bool:
+    """True when Triton can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _resolve(x: torch.Tensor, use_kernel: bool | None, op: str, available: bool) -> bool:
+    """Resolve ``use_kernel``: None takes the fast path on CUDA when it is installed; True insists."""
     if use_kernel is None:
-        return False
+        return x.is_cuda and available
     if use_kernel:
-        raise ValueError(
-            f"gated_delta.{op}: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA with Triton"
-        )
-    return False
+        # Triton's interpreter runs kernels on CPU tensors: how the kernel tests run without a GPU
+        runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        if not (runnable and available):
+            raise ValueError(
+                f"gated_delta.{op}: no fast kernel for device {x.device.type!r} (installed: {available}); "
+                "use_kernel=True needs CUDA with Triton (and fla-core for chunk)"
+            )
+    return use_kernel
 
 
 def chunk(
@@ -49,7 +62,24 @@ def chunk(
     Returns:
         o: [B, T, HV, V] in the dtype of v.  final_state: [B, HV, K, V] float32.
     """
-    _want_kernel(q, use_kernel, "chunk")
+    if _resolve(q, use_kernel, "chunk", chunk_fla.is_available() and q.is_cuda) and q.shape[1] > 0:
+        if chunk_size in chunk_fla.FLA_CHUNK_SIZES:
+            return chunk_fla.chunk(
+                q,
+                k,
+                v,
+                g,
+                beta,
+                scale=scale,
+                initial_state=initial_state,
+                use_qk_l2norm=use_qk_l2norm,
+                chunk_size=chunk_size,
+            )
+        log.warning(
+            "gated_delta.chunk: chunk_size %d is not one of fla's %s: using the reference",
+            chunk_size,
+            chunk_fla.FLA_CHUNK_SIZES,
+        )
     return reference.chunk(
         q, k, v, g, beta, scale=scale, initial_state=initial_state, use_qk_l2norm=use_qk_l2norm, chunk_size=chunk_size
     )
@@ -68,7 +98,10 @@ def recurrent(
     use_kernel: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token gated delta rule; same arguments and results as ``chunk``."""
-    _want_kernel(q, use_kernel, "recurrent")
+    if use_kernel:
+        raise ValueError(
+            "gated_delta.recurrent: has no fast kernel (it is the float32 ground truth); use chunk or step"
+        )
     return reference.recurrent(q, k, v, g, beta, scale=scale, initial_state=initial_state, use_qk_l2norm=use_qk_l2norm)
 
 
@@ -94,5 +127,8 @@ def step(
     Returns:
         o: [B, HV, V] in the dtype of v.
     """
-    _want_kernel(q, use_kernel, "step")
+    if _resolve(q, use_kernel, "step", has_triton()):
+        from kernels.gated_delta import step_triton
+
+        return step_triton.step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)
     return reference.step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)

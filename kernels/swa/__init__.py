@@ -1,25 +1,38 @@
 """Sliding-window attention over a ring buffer: dispatchers that pick a fast path or the reference.
 
 ``prefill`` attends T new tokens over the ring and themselves, ``write`` stores them, ``step``
-stores and attends one decode token. Shapes and semantics: ``kernels.swa.reference``.
+stores and attends one decode token. Shapes and semantics: ``kernels.swa.reference``. On CUDA,
+``prefill`` runs torch's fused SDPA kernels in the inputs' dtype (``prefill_sdpa``) and ``step`` the
+project's split-K Triton kernel (``step_triton``, imported on first use).
 """
 
+import importlib.util
 import logging
+import os
 
 import torch
 
-from kernels.swa import reference
+from kernels.swa import prefill_sdpa, reference
 
 log = logging.getLogger(__name__)
 
 __all__ = ["prefill", "reference", "step", "write"]
 
 
-def _want_kernel(x: torch.Tensor, use_kernel: bool | None, op: str) -> bool:
-    """Resolve ``use_kernel``: None picks the fast path where one exists for ``x``'s device."""
-    if use_kernel:
-        raise ValueError(f"swa.{op}: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
-    return False
+def has_triton() -> bool:
+    """True when Triton can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _resolve(x: torch.Tensor, use_kernel: bool | None, op: str, available: bool) -> bool:
+    """Resolve ``use_kernel``: None takes the fast path on CUDA when it is installed; True insists."""
+    if use_kernel is None:
+        return x.is_cuda and available
+    if use_kernel and not available:
+        raise ValueError(
+            f"swa.{op}: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA (and Triton for step)"
+        )
+    return use_kernel
 
 
 def prefill(
@@ -42,7 +55,8 @@ def prefill(
     Returns:
         o: [B, H, T, D] in the dtype of q.
     """
-    _want_kernel(q, use_kernel, "prefill")
+    if _resolve(q, use_kernel, "prefill", q.is_cuda):
+        return prefill_sdpa.prefill(q, k, v, ring_k, ring_v, seen, scale=scale)
     return reference.prefill(q, k, v, ring_k, ring_v, seen, scale=scale)
 
 
@@ -57,7 +71,7 @@ def step(
     v: torch.Tensor,
     ring_k: torch.Tensor,
     ring_v: torch.Tensor,
-    seen: int,
+    seen: int | torch.Tensor,
     *,
     scale: float,
     use_kernel: bool | None = None,
@@ -66,10 +80,18 @@ def step(
 
     Args:
         q: [B, H, D].  k, v: [B, Hkv, D].  ring_k, ring_v: [B, Hkv, W, D], modified.
-        seen: tokens before this one.  scale: multiplies q k^T.
+        seen: tokens before this one; the Triton path also takes a 0-d int64 tensor on q's device
+            (one CUDA graph then serves every position).  scale: multiplies q k^T.
         use_kernel: True forces the fast path, False the reference, None picks by device.
     Returns:
         o: [B, H, D] in the dtype of q.
     """
-    _want_kernel(q, use_kernel, "step")
+    # Triton's interpreter runs kernels on CPU tensors: how the kernel tests run without a GPU
+    runnable = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if _resolve(q, use_kernel, "step", runnable and has_triton()):
+        from kernels.swa import step_triton
+
+        return step_triton.step(q, k, v, ring_k, ring_v, seen, scale=scale)
+    if isinstance(seen, torch.Tensor):
+        seen = int(seen)
     return reference.step(q, k, v, ring_k, ring_v, seen, scale=scale)

@@ -70,15 +70,28 @@ def prefill(
         o: [B, H, T, D] in the dtype of q.
     """
     check_inputs(q, k, v, ring_k, ring_v, seen)
-    T, W = q.shape[2], ring_k.shape[2]
-    # keys in token order, starting at token index first
     keys = torch.cat([ring_in_order(ring_k, seen).float(), k.float()], dim=2)
     values = torch.cat([ring_in_order(ring_v, seen).float(), v.float()], dim=2)
-    first = seen - min(seen, W)
-    qf = q.float()
+    return banded_attention(q.float(), keys, values, seen, ring_k.shape[2], scale, QUERY_BLOCK).to(q.dtype)
+
+
+def banded_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, seen: int, W: int, scale: float, query_block: int
+) -> torch.Tensor:
+    """Banded causal attention, one block of queries at a time, in the dtype of the inputs.
+
+    Args:
+        q: [B, H, T, D] for token indices seen ... seen + T - 1.
+        keys, values: [B, Hkv, L, D] for token indices seen + T - L ... seen + T - 1 (ring, then new).
+        W: the window.  query_block: queries per block (the scores stay [B, H, block, block + W]).
+    Returns:
+        o: [B, H, T, D].
+    """
+    T, L = q.shape[2], keys.shape[2]
+    first = seen + T - L
     outs = []
-    for start in range(0, T, QUERY_BLOCK):
-        stop = min(start + QUERY_BLOCK, T)
+    for start in range(0, T, query_block):
+        stop = min(start + query_block, T)
         # the block's queries see token indices seen + start - W + 1 ... seen + stop - 1
         lo = max(seen + start - W + 1, first) - first
         hi = seen + stop - first
@@ -87,7 +100,7 @@ def prefill(
         mask = (pos_k <= pos_q) & (pos_k > pos_q - W)  # [Tb, Lb]
         outs.append(
             F.scaled_dot_product_attention(
-                qf[:, :, start:stop],
+                q[:, :, start:stop],
                 keys[:, :, lo:hi],
                 values[:, :, lo:hi],
                 attn_mask=mask,
@@ -95,7 +108,7 @@ def prefill(
                 enable_gqa=True,
             )
         )
-    return torch.cat(outs, dim=2).to(q.dtype)
+    return torch.cat(outs, dim=2)
 
 
 @torch.no_grad()

@@ -1,0 +1,155 @@
+"""Sliding-window fast paths against the torch reference: the Triton decode step and SDPA prefill.
+
+Runs on CUDA (``make test-gpu``). On the CPU, ``TRITON_INTERPRET=1 pytest -m gpu tests/kernels``
+runs the Triton step in Triton's interpreter and the prefill through torch's CPU SDPA.
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kernels import swa  # noqa: E402
+from kernels._testing import assert_close, device_for_kernel_tests, poison_allocator  # noqa: E402
+from kernels.swa import prefill_sdpa, reference, step_triton  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+# (B, H, Hkv, D, W): a window that is no multiple of the split, and the published 4B layer
+SHAPES = {"small": (2, 4, 2, 32, 100), "4b": (1, 16, 2, 128, 8192)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+OUT_RATIO = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(scope="module")
+def device() -> torch.device:
+    return device_for_kernel_tests()
+
+
+def randn(
+    *shape: int, dtype: torch.dtype, device: torch.device, gen: torch.Generator
+) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen).to(dtype).to(device)
+
+
+def filled_ring(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, gen: torch.Generator
+):
+    B, _, Hkv, D, W = shape
+    return randn(B, Hkv, W, D, dtype=dtype, device=device, gen=gen), randn(
+        B, Hkv, W, D, dtype=dtype, device=device, gen=gen
+    )
+
+
+@pytest.mark.parametrize("seen_as_tensor", [False, True], ids=["seen-int", "seen-tensor"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_step_decode_past_wrap_matches_reference(
+    dtype_name: str, seen_as_tensor: bool, device: torch.device
+) -> None:
+    dtype = DTYPES[dtype_name]
+    B, H, Hkv, D, W = SHAPES["small"]
+    gen = torch.Generator().manual_seed(0)
+    ring_ref = [torch.zeros(B, Hkv, W, D, dtype=dtype, device=device) for _ in range(2)]
+    ring_fast = [r.clone() for r in ring_ref]
+    steps = list(range(0, 5)) + list(range(W - 3, W + 3)) + list(range(2 * W - 2, 2 * W + 2))
+    for t in range(2 * W + 2):
+        q = randn(B, H, D, dtype=dtype, device=device, gen=gen)
+        k, v = (randn(B, Hkv, D, dtype=dtype, device=device, gen=gen) for _ in range(2))
+        o_ref = reference.step(q, k, v, *ring_ref, t, scale=D**-0.5)
+        if t not in steps:
+            # keep the fast ring in step without paying a kernel launch per token in the interpreter
+            reference.write(*ring_fast, k[:, :, None], v[:, :, None], t)
+            continue
+        seen = torch.tensor(t, device=device) if seen_as_tensor else t
+        poison_allocator(device)
+        o = swa.step(q, k, v, *ring_fast, seen, scale=D**-0.5, use_kernel=True)
+        assert o.dtype == dtype
+        assert_close(f"step at seen={t}", o_ref, o, OUT_RATIO[dtype])
+        assert torch.equal(ring_ref[0], ring_fast[0]) and torch.equal(ring_ref[1], ring_fast[1]), (
+            f"ring at {t}"
+        )
+
+
+@pytest.mark.parametrize("seen", [5, 8191, 8192, 20000])
+def test_step_published_shape(seen: int, device: torch.device) -> None:
+    shape = SHAPES["4b"]
+    B, H, Hkv, D, W = shape
+    gen = torch.Generator().manual_seed(seen)
+    ring_ref = list(filled_ring(shape, torch.bfloat16, device, gen))
+    ring_fast = [r.clone() for r in ring_ref]
+    q = randn(B, H, D, dtype=torch.bfloat16, device=device, gen=gen)
+    k, v = (randn(B, Hkv, D, dtype=torch.bfloat16, device=device, gen=gen) for _ in range(2))
+    o_ref = reference.step(q, k, v, *ring_ref, seen, scale=D**-0.5)
+    poison_allocator(device)
+    o = step_triton.step(q, k, v, *ring_fast, seen, scale=D**-0.5)
+    assert_close("4b step", o_ref, o, 1e-2)
+    assert torch.equal(ring_ref[0], ring_fast[0]) and torch.equal(ring_ref[1], ring_fast[1])
+
+
+def test_step_in_cuda_graph_across_positions(device: torch.device) -> None:
+    if device.type != "cuda":
+        pytest.skip("CUDA graphs need CUDA")
+    B, H, Hkv, D, W = SHAPES["small"]
+    gen = torch.Generator().manual_seed(1)
+    dtype = torch.bfloat16
+    ring_ref = [torch.zeros(B, Hkv, W, D, dtype=dtype, device=device) for _ in range(2)]
+    ring = [r.clone() for r in ring_ref]
+    q, k, v = (
+        randn(B, H, D, dtype=dtype, device=device, gen=gen),
+        *(randn(B, Hkv, D, dtype=dtype, device=device, gen=gen) for _ in range(2)),
+    )
+    seen = torch.zeros((), dtype=torch.int64, device=device)
+    step_triton.step(
+        q, k, v, *[r.clone() for r in ring], seen, scale=D**-0.5
+    )  # compile outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o_static = step_triton.step(q, k, v, *ring, seen, scale=D**-0.5)
+    for t in range(2 * W + 5):
+        q.copy_(randn(B, H, D, dtype=dtype, device=device, gen=gen))
+        k.copy_(randn(B, Hkv, D, dtype=dtype, device=device, gen=gen))
+        v.copy_(randn(B, Hkv, D, dtype=dtype, device=device, gen=gen))
+        seen.fill_(t)
+        graph.replay()
+        o_ref = reference.step(q, k, v, *ring_ref, t, scale=D**-0.5)
+        assert_close(f"graph step {t}", o_ref, o_static, 1e-2)
+    assert torch.equal(ring_ref[0], ring[0])
+
+
+@pytest.mark.parametrize("T", [7, 100, 101, 250], ids=["T<W", "T=W", "T=W+1", "T>2W"])
+@pytest.mark.parametrize("seen", [0, 37, 260], ids=["empty-ring", "partial-ring", "wrapped-ring"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_prefill_matches_reference(
+    T: int, seen: int, dtype_name: str, device: torch.device
+) -> None:
+    dtype = DTYPES[dtype_name]
+    shape = SHAPES["small"]
+    B, H, Hkv, D, W = shape
+    gen = torch.Generator().manual_seed(T + seen)
+    ring = filled_ring(shape, dtype, device, gen)
+    q = randn(B, H, T, D, dtype=dtype, device=device, gen=gen)
+    k, v = (randn(B, Hkv, T, D, dtype=dtype, device=device, gen=gen) for _ in range(2))
+    o_ref = reference.prefill(q, k, v, *ring, seen, scale=D**-0.5)
+    o = prefill_sdpa.prefill(q, k, v, *ring, seen, scale=D**-0.5)
+    assert o.dtype == dtype
+    # float32 SDPA on CUDA may multiply in tf32
+    assert_close("prefill", o_ref, o, 2e-3 if dtype == torch.float32 else 1e-2)
+
+
+def test_prefill_blocks_and_gradients(
+    device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    B, H, Hkv, D, W = SHAPES["small"]
+    gen = torch.Generator().manual_seed(3)
+    monkeypatch.setattr(prefill_sdpa, "QUERY_BLOCK", 64)
+    ring = [torch.zeros(B, Hkv, W, D, device=device) for _ in range(2)]
+    leaves = [
+        randn(B, n, 333, D, dtype=torch.float32, device=device, gen=gen).requires_grad_()
+        for n in (H, Hkv, Hkv)
+    ]
+    grads = {}
+    for name, fn in (("reference", reference.prefill), ("sdpa", prefill_sdpa.prefill)):
+        o = fn(*leaves, *ring, 0, scale=D**-0.5)
+        grads[name] = torch.autograd.grad(o.square().sum(), leaves)
+    for n, ga, gb in zip("qkv", grads["reference"], grads["sdpa"], strict=True):
+        assert_close(f"grad {n}", ga, gb, 2e-3)
