@@ -318,6 +318,9 @@ class ChatController(QtCore.QObject):
             widget.set_text(result.text)
             widget.set_note(_stats_note(result.stats))
         self._set_busy(False)
+        if self.current_id is not None and self.current_id != reply.conversation_id:
+            # the user moved on while it streamed: prepare the conversation now open
+            self.client.open_conversation(self.target(self.current_id))
         self.reply_finished.emit(reply.message_id, result)
 
     @QtCore.Slot(int, str)

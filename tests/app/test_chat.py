@@ -417,9 +417,11 @@ def test_chat_switching_conversation_mid_reply_keeps_the_reply_in_its_own(
     assert window.current_conversation_id != first
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS):
         pass
-    # THEN the reply is stored in A, and B's transcript is untouched
+    # THEN the reply is stored in A, B's transcript is untouched, and B's state is made live
     assert window.store.messages(first)[-1].content == "tick " * 40
     assert window.transcript.message_widgets() == []
+    qtbot.waitUntil(lambda: window.controller.session_status is not None, timeout=WAIT_MS)
+    assert window.controller.session_status.conversation_id == window.current_conversation_id
     window.controller.open_conversation(first)
     assert window.transcript.message_widgets()[-1].text == "tick " * 40
 
