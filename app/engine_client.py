@@ -193,8 +193,13 @@ class EngineWorker(QtCore.QObject):
             snapshot = None
             if request.target is not None and not request.fork:
                 self._key = (request.target.conversation_id, request.reply_message_id)
-                snapshot = self._save(session, request.reply_message_id)
+                self._dirty = True
+                snapshot = self._try_save(session)
             result = ChatResult(session.last_stats, "".join(reply), snapshot, self._status(session))
+        except Cancelled:
+            # stopped before the reply began; the engine left the session as it was
+            self.generation_failed.emit(request.id, "Stopped before the reply began.")
+            return
         except Exception as exc:  # worker boundary: nothing may vanish into the event loop
             log.exception("generation %d failed", request.id)
             if request.target is not None and not request.fork:
@@ -230,7 +235,7 @@ class EngineWorker(QtCore.QObject):
             if request.result_message_id is not None:
                 self._key = (request.target.conversation_id, request.result_message_id)
             self._dirty = True
-            snapshot = self._save(session, self._key[1]) if request.save and self._key else None
+            snapshot = self._try_save(session) if request.save else None
             cancelled = request.cancel.is_set()
             result = JobResult(cancelled, done[0], total, snapshot, self._status(session))
         except Exception as exc:  # worker boundary
@@ -316,16 +321,24 @@ class EngineWorker(QtCore.QObject):
             model=str(info.name),
         )
 
-    def _save_if_dirty(self) -> None:
-        if not (self._dirty and self._session is not None and self._key is not None):
-            return
+    def _try_save(self, session: Any) -> SnapshotInfo | None:
+        """Save the live state; a failure is a notice (the previous snapshot stays, and the
+        state stays dirty so the next save point tries again), never a lost reply."""
+        if self._key is None:
+            return None
         try:
-            snapshot = self._save(self._session, self._key[1])
+            return self._save(session, self._key[1])
         except Exception as exc:  # worker boundary: report, keep the previous snapshot
             log.exception("saving the state of conversation %d failed", self._key[0])
             self.notice.emit(f"Could not save the conversation's state: {_message(exc)}")
+            return None
+
+    def _save_if_dirty(self) -> None:
+        if not (self._dirty and self._session is not None and self._key is not None):
             return
-        self.snapshot_saved.emit(snapshot)
+        snapshot = self._try_save(self._session)
+        if snapshot is not None:
+            self.snapshot_saved.emit(snapshot)
 
     def _status(self, session: Any) -> SessionStatus:
         return SessionStatus(
@@ -401,6 +414,7 @@ class EngineClient(QtCore.QObject):
         self._tokens: dict[int, CancelToken] = {}
         self._events: dict[int, tuple[int, str]] = {}  # request id -> (event message, label)
         self._open_token = CancelToken()
+        self._live_requests: set[int] = set()  # chats on a conversation's own (not forked) state
         self._ids = itertools.count(1)
         self._thread = QtCore.QThread()
         self._thread.setObjectName("engine")
@@ -474,6 +488,7 @@ class EngineClient(QtCore.QObject):
     ) -> int:
         """Add a user turn to the conversation's state and stream the reply; save the state."""
         request_id, token = self._new_request()
+        self._live_requests.add(request_id)
         self._chat_requested.emit(
             ChatRequest(request_id, target, text, tuple(images), params, token, reply_message_id)
         )
@@ -585,11 +600,14 @@ class EngineClient(QtCore.QObject):
     def _on_generation_finished(self, request_id: int, result: ChatResult) -> None:
         self._tokens.pop(request_id, None)
         self.generation_finished.emit(request_id, result)
-        self.status_changed.emit(result.status)
+        if request_id in self._live_requests:
+            self._live_requests.discard(request_id)
+            self.status_changed.emit(result.status)
 
     @QtCore.Slot(int, str)
     def _on_generation_failed(self, request_id: int, message: str) -> None:
         self._tokens.pop(request_id, None)
+        self._live_requests.discard(request_id)
         self.generation_failed.emit(request_id, message)
 
     @QtCore.Slot(int, int, int)

@@ -36,6 +36,7 @@ class FakeScript:
     seconds_per_token: float = 0.0
     fail_with: str | None = None  # raise EngineError(fail_with) after the first token
     load_seconds: float = 0.0
+    save_error: str | None = None  # Session.save raises OSError(save_error)
     started: threading.Event = field(default_factory=threading.Event)  # set at the first token
 
 
@@ -119,6 +120,9 @@ class FakeSession:
         return FakeSession(self._engine, self._tokens_seen, self.log)
 
     def save(self, path: str | Path) -> None:
+        if self._engine.script.save_error is not None:
+            Path(path).write_text("half")
+            raise OSError(self._engine.script.save_error)
         Path(path).write_text(json.dumps({"tokens_seen": self._tokens_seen, "log": self.log}))
 
 

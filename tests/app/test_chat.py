@@ -486,3 +486,20 @@ def test_chat_unexpected_error_in_a_slot_becomes_a_status_message(
     except OSError:
         sys.excepthook(*sys.exc_info())
     assert "disk full" in window.status.currentMessage()
+
+
+def test_chat_failed_state_save_keeps_the_reply_and_says_so(qtbot: Any, make_window: Any) -> None:
+    # GIVEN a disk that refuses the state file
+    script = FakeScript(save_error="No space left on device")
+    window = _loaded(qtbot, make_window(FakeEngine.factory(script)))
+    # WHEN a reply ends
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
+        _type_and_send(qtbot, window, "hi")
+    # THEN the reply is kept, no snapshot is recorded or left behind, and the user is told
+    assert finished.args[1].snapshot is None
+    assert window.store.messages(window.current_conversation_id)[-1].content == "".join(
+        script.words
+    )
+    assert window.store.snapshots(window.current_conversation_id) == []
+    assert list(window.store.snapshots_dir.iterdir()) == []
+    assert "No space left" in window.status.currentMessage()
