@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
@@ -19,6 +18,8 @@ from app.capture.models import HotkeyBackend, HotkeyError, HotkeyHandler
 from app.capture.ocr_flow import OcrEngineBridge, OcrFlow
 from app.capture.result_popup import OcrResultPopup
 from app.capture.tray import CaptureTray
+from app.chat.window import MainWindow
+from app.engine_client import EngineClient
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,11 @@ def register_hotkey(
 class CaptureFeature(QtCore.QObject):
     """The OCR capture of one app: hotkey, tray, flow, engine bridge and result popup."""
 
+    status_changed = QtCore.Signal(str)  # a line for the status bar about the hotkey
+
     def __init__(
         self,
-        client: Any,  # app.engine_client.EngineClient
+        client: EngineClient,
         send_to_chat: Callable[[np.ndarray], None] | None,
         parent: QtCore.QObject | None = None,
     ) -> None:
@@ -84,7 +87,7 @@ class CaptureFeature(QtCore.QObject):
         self.hotkey: HotkeyHandler | None = None
         self.hotkey_combo: KeyCombo | None = None
         self.hotkey_status = ""
-        self._hotkey_text = ""
+        self._hotkey_text: str | None = None  # the setting last applied
         self._send_to_chat = send_to_chat
         self._connect()
 
@@ -97,19 +100,37 @@ class CaptureFeature(QtCore.QObject):
     def apply_hotkey_setting(self, text: str) -> str:
         """Register `text` as the global hotkey unless it already is; returns the outcome line
         for the user, or "" when nothing changed."""
-        if self.hotkey is not None and text == self._hotkey_text:
+        if text == self._hotkey_text:
             return ""
         self.release_hotkey()
         self._hotkey_text = text
         self.hotkey, self.hotkey_status = register_hotkey(text, self._on_hotkey_pressed)
         self.hotkey_combo = parse_key_combo(text) if self.hotkey is not None else None
         self.tray.set_hotkey_text(text if self.hotkey is not None else "")
+        if isinstance(self.hotkey, PortalGlobalShortcut):
+            # the desktop answers later, maybe after asking the user
+            self.hotkey.bound.connect(self._on_portal_bound)
+            self.hotkey.bind_failed.connect(self._on_portal_bind_failed)
+            self.hotkey_status = f"Asked the desktop to bind {self.hotkey_combo}…"
         return self.hotkey_status
 
     def release_hotkey(self) -> None:
         if self.hotkey is not None:
             self.hotkey.unregister()
             self.hotkey = None
+
+    @QtCore.Slot(str)
+    def _on_portal_bound(self, keys: str) -> None:
+        self.hotkey_status = f"{keys} reads a screen region (bound by the desktop)."
+        self.tray.set_hotkey_text(keys)
+        self.status_changed.emit(self.hotkey_status)
+
+    @QtCore.Slot(str)
+    def _on_portal_bind_failed(self, reason: str) -> None:
+        self.release_hotkey()
+        self.tray.set_hotkey_text("")
+        self.hotkey_status = f"No global hotkey: {reason}; {OS_SHORTCUT_HINT}."
+        self.status_changed.emit(self.hotkey_status)
 
     def _on_hotkey_pressed(self) -> None:
         # the handler may call from its own event path: start the capture from the event loop
@@ -121,9 +142,10 @@ class CaptureFeature(QtCore.QObject):
             self._send_to_chat(crop)
 
 
-def install(window: Any) -> CaptureFeature:
+def install(window: MainWindow) -> CaptureFeature:
     """Add screen-region OCR to the main window: hotkey from settings, tray, Capture menu."""
     feature = CaptureFeature(window.engine_client, window.attach_image, parent=window)
+    feature.status_changed.connect(window.status.notify)
     window.status.notify(feature.apply_hotkey_setting(str(window.settings.get("hotkey"))))
     menu = window.menuBar().addMenu("&Capture")
     action = menu.addAction("Read screen region")

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from PySide6 import QtCore, QtGui
 
 from app.capture.region_picker import RegionPicker
 from app.capture.screenshot import MonitorShot, grab_monitors
+from app.engine_client import ChatResult, EngineClient
 from engine import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class OcrEngineBridge(QtCore.QObject):
     def __init__(
         self,
         flow: OcrFlow,
-        client: Any,  # app.engine_client.EngineClient
+        client: EngineClient,
         params: SamplingParams = OCR_PARAMS,
         parent: QtCore.QObject | None = None,
     ) -> None:
@@ -125,7 +125,7 @@ class OcrEngineBridge(QtCore.QObject):
         )
 
     @QtCore.Slot(int, object)
-    def _on_generation_finished(self, request_id: int, result: Any) -> None:
+    def _on_generation_finished(self, request_id: int, result: ChatResult) -> None:
         if request_id == self._request:
             self._request = None
             self._flow.on_transcribed(result.text)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from PySide6 import QtCore
 
+from app.chat.window import MainWindow
+from app.engine_client import EngineClient, JobResult
 from app.reader.pane import ReaderPane
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ class ReaderController(QtCore.QObject):
     def __init__(
         self,
         pane: ReaderPane,
-        client: Any,  # app.engine_client.EngineClient
+        client: EngineClient,
         conversation_id: Callable[[], int | None],
         parent: QtCore.QObject | None = None,
     ) -> None:
@@ -66,7 +67,7 @@ class ReaderController(QtCore.QObject):
             self._pane.on_read_progress(done, total)
 
     @QtCore.Slot(int, object)
-    def _on_job_finished(self, request_id: int, result: Any) -> None:
+    def _on_job_finished(self, request_id: int, result: JobResult) -> None:
         if request_id == self._request:
             self._request = None
             self._pane.on_read_finished(bool(result.cancelled), self._done)
@@ -78,7 +79,7 @@ class ReaderController(QtCore.QObject):
             self._pane.on_read_failed(message)
 
 
-def install(window: Any) -> ReaderPane:
+def install(window: MainWindow) -> ReaderPane:
     """Dock a reader pane in the main window, wired to its engine client and open conversation."""
     pane = ReaderPane()
     ReaderController(pane, window.engine_client, lambda: window.current_conversation_id, pane)

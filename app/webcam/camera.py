@@ -53,7 +53,9 @@ def camera_unavailable_reason() -> str | None:
 class QtCameraSource(QtCore.QObject):
     """The default (or a named) camera through QtMultimedia."""
 
-    def __init__(self, device_id: bytes | None = None, parent: QtCore.QObject | None = None):
+    def __init__(
+        self, device_id: bytes | None = None, parent: QtCore.QObject | None = None
+    ) -> None:
         super().__init__(parent)
         from PySide6.QtMultimedia import QCamera, QMediaCaptureSession, QMediaDevices, QVideoSink
 

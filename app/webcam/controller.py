@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from PySide6 import QtCore
 
+from app.chat.window import MainWindow
+from app.engine_client import ChatResult, EngineClient, JobResult
 from app.webcam.camera import FrameSource
 from app.webcam.pane import WebcamPane, default_source
 
@@ -24,7 +25,7 @@ class WebcamController(QtCore.QObject):
     def __init__(
         self,
         pane: WebcamPane,
-        client: Any,  # app.engine_client.EngineClient
+        client: EngineClient,
         conversation_id: Callable[[], int | None],
         parent: QtCore.QObject | None = None,
     ) -> None:
@@ -71,7 +72,7 @@ class WebcamController(QtCore.QObject):
         self._question = self._client.ask_forked(conversation, text, images)
 
     @QtCore.Slot(int, object)
-    def _on_job_finished(self, request_id: int, result: Any) -> None:
+    def _on_job_finished(self, request_id: int, result: JobResult) -> None:
         if self._feed is not None and request_id == self._feed[0]:
             count = self._feed[1]
             self._feed = None
@@ -89,7 +90,7 @@ class WebcamController(QtCore.QObject):
             self._pane.on_answer_streamed(text)
 
     @QtCore.Slot(int, object)
-    def _on_generation_finished(self, request_id: int, result: Any) -> None:
+    def _on_generation_finished(self, request_id: int, result: ChatResult) -> None:
         if request_id == self._question:
             self._question = None
             self._pane.on_answer_finished()
@@ -102,7 +103,7 @@ class WebcamController(QtCore.QObject):
 
 
 def install(
-    window: Any, source_factory: Callable[[], FrameSource | str] = default_source
+    window: MainWindow, source_factory: Callable[[], FrameSource | str] = default_source
 ) -> WebcamPane:
     """Dock a webcam pane in the main window, wired to its engine client and open conversation."""
     pane = WebcamPane(source_factory)

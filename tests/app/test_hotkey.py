@@ -299,3 +299,37 @@ def test_portal_declined_shortcut_is_reported(qtbot, private_bus: str) -> None:
     finally:
         handler.unregister()
         portal.close()
+
+
+@pytest.mark.gui
+def test_app_on_wayland_binds_the_hotkey_through_the_portal(
+    make_window, tiny_factory, qtbot, private_bus: str, monkeypatch
+) -> None:
+    from app.capture.main import CaptureFeature
+    from app.capture.models import HotkeyBackend
+
+    # GIVEN a Wayland session whose desktop portal offers GlobalShortcuts
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-test")
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", private_bus)
+    portal = FakePortal(private_bus)
+    try:
+        # WHEN the app starts THEN the X grab is skipped and the portal is asked
+        window = make_window(tiny_factory)
+        feature = window.findChild(CaptureFeature)
+        assert feature.hotkey.backend is HotkeyBackend.PORTAL
+        if "bound by the desktop" not in feature.hotkey_status:
+            with qtbot.waitSignal(feature.status_changed, timeout=5000):
+                pass
+        # THEN the status bar says which keys the desktop bound, and a press starts a capture
+        assert feature.hotkey_status == "Ctrl+Alt+O reads a screen region (bound by the desktop)."
+        # (this test's screen cannot be captured: the capture starts, then reports that)
+        started: list[str] = []
+        feature.flow.capture_started.connect(lambda: started.append("picker"))
+        feature.flow.capture_failed.connect(started.append)
+        portal.activate("read-screen-region")
+        qtbot.waitUntil(lambda: bool(started), timeout=3000)
+        if feature.flow.picker is not None:
+            feature.flow.picker.close()
+    finally:
+        window.findChild(CaptureFeature).release_hotkey()
+        portal.close()

@@ -42,7 +42,9 @@ class X11KeyGrab(QtCore.QObject):
 
     backend = HotkeyBackend.X11_GRAB
 
-    def __init__(self, display_name: str | None = None, parent: QtCore.QObject | None = None):
+    def __init__(
+        self, display_name: str | None = None, parent: QtCore.QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self._display_name = display_name
         self._display: Display | None = None
