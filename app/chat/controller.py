@@ -17,7 +17,7 @@ from PySide6 import QtCore
 from app.chat.composer import Composer
 from app.chat.conversation_list import ConversationList
 from app.chat.images import load_image_file, to_png
-from app.chat.transcript_view import TranscriptView
+from app.chat.transcript_view import TranscriptView, stats_note
 from app.engine_client import ChatResult, EngineClient, JobResult, SessionStatus
 from app.history.models import SearchHit, SessionTarget, SnapshotInfo
 from app.history.store import HistoryError, HistoryStore, search_messages
@@ -316,7 +316,7 @@ class ChatController(QtCore.QObject):
         widget = self.transcript.widget_for(reply.message_id)
         if widget is not None:
             widget.set_text(result.text)
-            widget.set_note(_stats_note(result.stats))
+            widget.set_note(stats_note(stats))
         self._set_busy(False)
         if self.current_id is not None and self.current_id != reply.conversation_id:
             # the user moved on while it streamed: prepare the conversation now open
@@ -370,9 +370,3 @@ def _stats_dict(stats: Any) -> dict[str, object]:
         "decode_seconds": round(stats.decode_seconds, 3),
         "stop_reason": stats.stop_reason,
     }
-
-
-def _stats_note(stats: Any) -> str:
-    rate = stats.generated_tokens / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
-    note = f"{stats.generated_tokens} tokens, {rate:.1f} tok/s"
-    return note + (" · stopped" if stats.stop_reason == "cancelled" else "")

@@ -19,6 +19,16 @@ log = logging.getLogger(__name__)
 _ROLE_TITLE = {"user": "You", "assistant": "InfiniteVL", "event": "Memory"}
 
 
+def stats_note(stats: dict[str, object]) -> str:
+    """'12 tokens, 3.4 tok/s' (and 'stopped') from a stored reply's GenerationStats fields."""
+    generated, seconds = stats.get("generated_tokens"), stats.get("decode_seconds")
+    if not isinstance(generated, int) or not isinstance(seconds, int | float):
+        return ""
+    rate = generated / seconds if seconds > 0 else 0.0
+    note = f"{generated} tokens, {rate:.1f} tok/s"
+    return note + (" · stopped" if stats.get("stop_reason") == "cancelled" else "")
+
+
 class MessageWidget(QtWidgets.QFrame):
     """One message: who, what (Markdown), its images, and its actions."""
 
@@ -32,7 +42,7 @@ class MessageWidget(QtWidgets.QFrame):
         self.setObjectName(f"message-{message.role}")
         self.setFrameShape(QtWidgets.QFrame.Shape.StyledPanel)
         title = QtWidgets.QLabel(f"<b>{_ROLE_TITLE[message.role]}</b>")
-        self.note = QtWidgets.QLabel("")
+        self.note = QtWidgets.QLabel(stats_note(message.stats) if message.stats else "")
         self.note.setObjectName("message-note")
         self.body = QtWidgets.QLabel()
         self.body.setTextFormat(QtCore.Qt.TextFormat.RichText)
