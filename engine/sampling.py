@@ -43,8 +43,10 @@ class SamplingParams:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
         if self.seed is not None:
             _check_int("seed", self.seed, 0)
-        if isinstance(self.stop, str) or not isinstance(self.stop, tuple):
+        if isinstance(self.stop, str) or not isinstance(self.stop, tuple | list):
             raise InputError(f"stop must be a tuple of strings, got {self.stop!r}")
+        # a list (as JSON settings give) is kept as a tuple: the params stay hashable
+        object.__setattr__(self, "stop", tuple(self.stop))
         bad = [s for s in self.stop if not isinstance(s, str) or not s]
         if bad:
             raise InputError(f"stop strings must be non-empty strings, got {bad!r}")

@@ -137,3 +137,9 @@ def test_sampler_banned_ids_never_chosen() -> None:
     assert (sampler(logits.expand(2000, V)) != 1).all()
     with pytest.raises(InputError, match="banned"):
         Sampler(SamplingParams(), V, "cpu", banned_ids=(V,))
+
+
+def test_sampling_params_stop_list_becomes_tuple() -> None:
+    params = SamplingParams(stop=["###", "\n\n"])  # type: ignore[arg-type]
+    assert params.stop == ("###", "\n\n")
+    assert hash(params) == hash(SamplingParams(stop=("###", "\n\n")))
