@@ -175,7 +175,7 @@ class FakePortal:
         from jeepney import message_bus
         from jeepney.io.blocking import open_dbus_connection
 
-        from app.capture.handlers.portal import PORTAL_BUS
+        from app.capture.portal_request import PORTAL_BUS
 
         self.accept = accept
         self.bound: list[list] = []
@@ -199,7 +199,8 @@ class FakePortal:
     def _serve(self) -> None:
         from jeepney import DBusAddress, HeaderFields, MessageType, new_signal
 
-        from app.capture.handlers.portal import PORTAL_PATH, SHORTCUTS
+        from app.capture.handlers.portal import SHORTCUTS
+        from app.capture.portal_request import PORTAL_PATH
 
         while not self._stop.is_set():
             while not self._commands.empty():
@@ -218,7 +219,7 @@ class FakePortal:
     def _answer(self, msg, member: str, sender: str) -> None:  # noqa: ANN001
         from jeepney import DBusAddress, HeaderFields, new_method_return, new_signal
 
-        from app.capture.handlers.portal import REQUEST
+        from app.capture.portal_request import REQUEST
 
         who = sender.lstrip(":").replace(".", "_")
         if member == "Get":

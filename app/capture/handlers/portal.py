@@ -13,10 +13,8 @@ import logging
 import os
 import queue
 import threading
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from jeepney import (
     DBusAddress,
@@ -32,23 +30,23 @@ from PySide6 import QtCore
 
 from app.capture.key_combo import KeyCombo
 from app.capture.models import HotkeyBackend
+from app.capture.portal_request import (
+    CALL_TIMEOUT,
+    PORTAL_BUS,
+    PORTAL_PATH,
+    PortalError,
+    portal_address,
+    portal_request,
+)
 
 log = logging.getLogger(__name__)
 
-PORTAL_BUS = "org.freedesktop.portal.Desktop"
-PORTAL_PATH = "/org/freedesktop/portal/desktop"
 SHORTCUTS = "org.freedesktop.portal.GlobalShortcuts"
-REQUEST = "org.freedesktop.portal.Request"
 SESSION = "org.freedesktop.portal.Session"
 SHORTCUT_ID = "read-screen-region"
-CALL_TIMEOUT = 10.0  # seconds for the portal to answer a call
 ANSWER_TIMEOUT = 300.0  # seconds for the user to answer the compositor's dialog
 
-_PORTAL = DBusAddress(PORTAL_PATH, bus_name=PORTAL_BUS, interface=SHORTCUTS)
-
-
-class PortalError(RuntimeError):
-    """The portal refused a request, or the user declined the shortcut."""
+_PORTAL = portal_address(SHORTCUTS)
 
 
 class PortalGlobalShortcut(QtCore.QObject):
@@ -149,21 +147,11 @@ class PortalGlobalShortcut(QtCore.QObject):
             if session == self._session and shortcut_id == SHORTCUT_ID:
                 self._activated.emit()
 
-    def _next(self, signals: queue.Queue, deadline: float, waiting_for: str) -> Any:
-        """The next signal from `signals`, giving up at `deadline` or when unregistered."""
-        while not self._stop.is_set():
-            try:
-                return signals.get(timeout=0.25)
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise PortalError(f"no answer to {waiting_for} from the desktop") from None
-        raise PortalError("unregistered while waiting")
-
     def _create_session(self, router: DBusRouter) -> str:
         token = f"infinitevl_{uuid.uuid4().hex}"
-        results = self._request(
-            router, "CreateSession", "a{sv}", (), {"session_handle_token": ("s", token)}
-        )
+        call = (SHORTCUTS, "CreateSession", "a{sv}", ())
+        options = {"session_handle_token": ("s", token)}
+        results = portal_request(router, call, options, ANSWER_TIMEOUT, self._stop)
         return str(results["session_handle"][1])
 
     def _bind(self, router: DBusRouter, session: str, combo: KeyCombo) -> str:
@@ -171,44 +159,14 @@ class PortalGlobalShortcut(QtCore.QObject):
             "description": ("s", "Read a screen region (InfiniteVL)"),
             "preferred_trigger": ("s", combo.portal_trigger()),
         }
-        results = self._request(
-            router,
+        call = (
+            SHORTCUTS,
             "BindShortcuts",
             "oa(sa{sv})sa{sv}",
             (session, [(SHORTCUT_ID, shortcut)], ""),
-            {},
         )
+        results = portal_request(router, call, {}, ANSWER_TIMEOUT, self._stop)
         bound = dict(results.get("shortcuts", ("", []))[1])
         if SHORTCUT_ID not in bound:
             raise PortalError("the desktop did not bind the shortcut")
         return str(bound[SHORTCUT_ID].get("trigger_description", ("s", str(combo)))[1])
-
-    def _request(
-        self,
-        router: DBusRouter,
-        method: str,
-        signature: str,
-        args: tuple[Any, ...],
-        options: dict[str, tuple[str, Any]],
-    ) -> dict[str, tuple[str, Any]]:
-        """Call a portal method that answers through a Request object's Response signal."""
-        token = f"infinitevl_{uuid.uuid4().hex}"
-        responses = MatchRule(type="signal", interface=REQUEST, member="Response")
-        router.send_and_get_reply(message_bus.AddMatch(responses), timeout=CALL_TIMEOUT)
-        with router.filter(responses, bufsize=16) as answers:
-            body = (*args, {**options, "handle_token": ("s", token)})
-            call = new_method_call(_PORTAL, method, signature, body)
-            reply = router.send_and_get_reply(call, timeout=CALL_TIMEOUT)
-            if reply.header.message_type == MessageType.error:
-                raise PortalError(f"{method} failed: {reply.body[0] if reply.body else reply}")
-            request_path = reply.body[0]
-            deadline = time.monotonic() + ANSWER_TIMEOUT
-            while True:
-                signal = self._next(answers, deadline, method)
-                if signal.header.fields.get(HeaderFields.path) == request_path:
-                    break
-        code, results = signal.body
-        if code != 0:
-            reason = "the user declined" if code == 1 else f"the portal answered {code}"
-            raise PortalError(f"{method}: {reason}")
-        return results
