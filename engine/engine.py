@@ -140,6 +140,7 @@ class Engine:
             path: a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json).
             device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
             dtype: "float32", "bfloat16", "float16", or None for the loader's choice per device.
+
         Raises:
             EngineError: no embedded default model and no path; a device that is not available;
                 a checkpoint the loader rejects (CheckpointError, ConfigError).
@@ -351,6 +352,7 @@ class Session:
         """Feed a reply written elsewhere (history replay) as the assistant's turn.
 
         Answers the waiting user message, or stands as an assistant turn of its own.
+
         Raises:
             InputError: text holding a reserved chat token.
             Cancelled: ``cancel`` was set; the session is left as it was before the call.
@@ -379,6 +381,7 @@ class Session:
         """Feed video/webcam frames (uint8 [H, W, 3] each) as one user turn of image blocks.
 
         Cancel is checked between frames; frames fed before it stay in the state.
+
         Returns:
             tokens fed.
         """
@@ -399,6 +402,7 @@ class Session:
 
         ``progress(done, total)`` is called before the first page and after each (total None for
         an iterable without a length). Cancel is checked between pages; pages read before it stay.
+
         Returns:
             tokens fed.
         """
@@ -507,6 +511,7 @@ class Session:
 
         Returns:
             (tokens fed, logits [vocab] of the last token).
+
         Raises:
             Cancelled: ``cancel`` was set between chunks.
         """

@@ -118,6 +118,7 @@ class Sampler:
 
         Args:
             logits: [B, vocab] or [vocab], any float dtype.
+
         Returns:
             [B] int64 token ids on the logits' device (a 0-d tensor for 1-D logits).
         """
@@ -138,6 +139,7 @@ class Sampler:
 
         Args:
             logits: [..., vocab].
+
         Returns:
             [..., vocab] float32; banned and filtered-out tokens are ``-inf``. Greedy skips
             temperature and the filters (they cannot change the argmax).

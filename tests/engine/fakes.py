@@ -34,7 +34,8 @@ ASSISTANT_OPEN = [SPECIAL["<|im_start|>"], *b"assistant\n"]
 
 class ByteTokenizer:
     """Bytes as ids, special tokens as single ids; the parts of ``engine.tokenizer.Tokenizer``
-    the session uses."""
+    the session uses.
+    """
 
     special = SpecialTokens(
         im_start=258,
