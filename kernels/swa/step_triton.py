@@ -21,7 +21,8 @@ from kernels.swa.reference import check_inputs
 log = logging.getLogger(__name__)
 
 
-@triton.jit
+# seen changes every token: one compiled kernel for all values instead of one per divisibility class
+@triton.jit(do_not_specialize=["seen_int"])
 def swa_step_split_kernel(
     q,
     k_new,
@@ -71,7 +72,7 @@ def swa_step_split_kernel(
     b_k_new = tl.load(k_new + i_b * stride_k_b + i_kv * stride_k_h + offs_d, mask=mask_d, other=0.0)
     b_v_new = tl.load(v_new + i_b * stride_v_b + i_kv * stride_v_h + offs_d, mask=mask_d, other=0.0)
     ring_base = i_bk * W * D
-    start = i_s * SPLIT
+    start = i_s.to(tl.int64) * SPLIT
     stop = tl.minimum(start + SPLIT, n)
     if (slot >= start) & (slot < start + SPLIT):
         tl.store(ring_k + ring_base + slot * D + offs_d, b_k_new.to(ring_k.dtype.element_ty), mask=mask_d)

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.gpu
 
 # (B, H, HV, K, V): grouped value heads, a V that is no power of two, and the published 4B layer
 SHAPES = {"gva": (2, 2, 4, 16, 40), "4b": (1, 16, 16, 128, 256)}
+FLA_SHAPES = {"gva": (2, 2, 4, 32, 64), "4b": SHAPES["4b"]}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # bf16 outputs carry bf16 rounding (2^-8 relative); states stay float32
 OUT_RATIO = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -171,11 +172,11 @@ TS = [1, 63, 64, 65, 1000]
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "initial-state"])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("T", TS, ids=[f"T{t}" for t in TS])
-@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("shape_name", list(FLA_SHAPES))
 def test_chunk_fla_matches_reference(
     shape_name: str, T: int, dtype_name: str, with_state: bool
 ) -> None:
-    device, shape, dtype = torch.device("cuda"), SHAPES[shape_name], DTYPES[dtype_name]
+    device, shape, dtype = torch.device("cuda"), FLA_SHAPES[shape_name], DTYPES[dtype_name]
     B, _, HV, K, V = shape
     x = make_inputs(shape, T, dtype, device, seed=T)
     S0 = torch.randn(B, HV, K, V, device=device) if with_state else None
@@ -205,7 +206,7 @@ def test_chunk_fla_in_two_calls_matches_one() -> None:
 
 @needs_fla
 def test_chunk_fla_gradients_match_reference() -> None:
-    device, shape = torch.device("cuda"), SHAPES["gva"]
+    device, shape = torch.device("cuda"), FLA_SHAPES["gva"]
     x = make_inputs(shape, 130, torch.float32, device, seed=13)
     B, _, HV, K, V = shape
     x["initial_state"] = torch.randn(B, HV, K, V, device=device)
