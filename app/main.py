@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -153,6 +154,22 @@ def report_unexpected_errors(window: MainWindow) -> None:
     sys.excepthook = report
 
 
+def close_on_signals(window: MainWindow) -> QtCore.QTimer:
+    """Ctrl+C or SIGTERM closes the window the normal way, so the state is saved."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: closing", signum)
+        window.close()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    # Python runs signal handlers only between bytecodes: wake it up regularly
+    timer = QtCore.QTimer(window, interval=250)
+    timer.timeout.connect(lambda: None)
+    timer.start()
+    return timer
+
+
 def run(argv: Sequence[str] = ()) -> int:
     """Start the app and run until its window closes; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -170,6 +187,7 @@ def run(argv: Sequence[str] = ()) -> int:
         sys.stderr.write(f"infinitevl app: {exc}\n")
         return 2
     report_unexpected_errors(window)
+    close_on_signals(window)
     app = QtWidgets.QApplication.instance()
     assert app is not None
     return int(app.exec()) if window.isVisible() else 0

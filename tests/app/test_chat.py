@@ -174,6 +174,18 @@ def test_chat_rename_delete_and_export(
         _type_and_send(qtbot, window, "Write `code`")
     conversation_id = window.current_conversation_id
     assert window.store.conversation(conversation_id).title == "Write `code`"
+    # Copy: per message, and the last reply with Ctrl+Shift+C
+    clipboard = QtGui.QGuiApplication.clipboard()
+    user_widget, reply_widget = window.transcript.message_widgets()
+    qtbot.mouseClick(user_widget.copy_button, QtCore.Qt.MouseButton.LeftButton)
+    assert clipboard.text() == "Write `code`"
+    modifiers = (
+        QtCore.Qt.KeyboardModifier.ControlModifier | QtCore.Qt.KeyboardModifier.ShiftModifier
+    )
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_C, modifiers)
+    assert (
+        clipboard.text() == reply_widget.text == window.store.messages(conversation_id)[1].content
+    )
     item = window.conversations.list.currentItem()
     item.setText("Renamed")
     assert window.store.conversation(conversation_id).title == "Renamed"
