@@ -193,3 +193,44 @@ def test_gated_deltanet_matches_published_formula(pieces):
             outs.append(layer(x[:, start : start + n], state))
             start += n
     assert _rel_err(expected, torch.cat(outs, dim=1)) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [40, 200], ids=["recurrent-mode", "chunk-mode"])
+def test_gated_deltanet_matches_fla_layer(T):
+    """Our layer == flash-linear-attention's GatedDeltaNet (what InfiniteVL runs), same weights.
+
+    fla's Triton kernels multiply in TF32, hence the 2e-3 bound in float32.
+    """
+    if not torch.cuda.is_available():
+        pytest.skip("fla's kernels need CUDA")
+    fla_layers = pytest.importorskip("fla.layers.gated_deltanet")
+    from engine.model.gated_deltanet import GatedDeltaNet
+    from engine.state import ModelState
+
+    raw = tiny_config(("linear_attention",)).to_hf()
+    raw.update(
+        hidden_size=512, num_linear_heads=4, num_linear_key_value_heads=4, linear_head_dim=128
+    )
+    raw.update(num_attention_heads=8, rope_scaling={"mrope_section": [8, 12, 12]})
+    raw["vision_config"]["out_hidden_size"] = 512
+    config = ModelConfig.from_hf(raw).text
+    torch.manual_seed(0)
+    ref = fla_layers.GatedDeltaNet(
+        hidden_size=512, expand_v=2, head_dim=128, num_heads=4, norm_eps=1e-5, layer_idx=0
+    )
+    with torch.no_grad():
+        ref.o_norm.weight.uniform_(0.5, 1.5)
+    ours = GatedDeltaNet(config)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ref, ours = ref.cuda().eval(), ours.cuda().eval()
+    x = torch.randn(2, T, 512, device="cuda")
+    with torch.no_grad():
+        expected = ref(x)[0]
+        state = ModelState.new(config, batch=2, device="cuda").layers[0]
+        out = torch.cat(
+            [ours(x[:, : T // 2], state)]
+            + [ours(x[:, t : t + 1], state) for t in range(T // 2, T)],
+            1,
+        )
+    assert _rel_err(expected, out) < 2e-3
