@@ -7,6 +7,7 @@ off the GUI thread.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +140,9 @@ class Composer(QtWidgets.QWidget):
         self._images.clear()
         while self.thumbs.count() > 1:
             item = self.thumbs.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+            widget = None if item is None else item.widget()
+            if widget is not None:
+                widget.deleteLater()
 
     def set_busy(self, busy: bool) -> None:
         """While a reply streams, Send becomes Stop; typing the next message stays possible."""
@@ -152,9 +154,7 @@ class Composer(QtWidgets.QWidget):
 
     def add_image_files(self, paths: list[Path]) -> None:
         for path in paths:
-            run_in_background(
-                lambda p=path: load_image_file(p), self.add_image, self._on_image_failed
-            )
+            run_in_background(partial(load_image_file, path), self.add_image, self._on_image_failed)
 
     def dragEnterEvent(self, event: QtGui.QDragEnterEvent) -> None:  # noqa: N802
         if event.mimeData().hasImage() or _image_files(event.mimeData()):
@@ -192,6 +192,8 @@ class Composer(QtWidgets.QWidget):
     @QtCore.Slot()
     def _on_thumb_clicked(self) -> None:
         button = self.sender()
+        if not isinstance(button, QtWidgets.QToolButton):
+            return
         index = self.thumbs.indexOf(button)
         if index < 0:
             return

@@ -170,7 +170,7 @@ class ChatController(QtCore.QObject):
             self.conversations.show_hits(hits)
 
     def set_options(
-        self, conversation_id: int, system_prompt: str, sampling: dict[str, object]
+        self, conversation_id: int, system_prompt: str, sampling: dict[str, Any]
     ) -> None:
         """Store a conversation's options; a new system prompt means re-reading its history."""
         if system_prompt != self.store.conversation(conversation_id).system_prompt:

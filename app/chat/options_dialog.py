@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from PySide6 import QtWidgets
 
@@ -15,7 +16,7 @@ class ConversationOptionsDialog(QtWidgets.QDialog):
     """Edits a system prompt and a SamplingParams; ``values()`` gives them back validated."""
 
     def __init__(
-        self, system_prompt: str, sampling: dict[str, object], parent: QtWidgets.QWidget | None
+        self, system_prompt: str, sampling: dict[str, Any], parent: QtWidgets.QWidget | None
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Conversation options")
@@ -63,7 +64,7 @@ class ConversationOptionsDialog(QtWidgets.QDialog):
         layout.addLayout(form)
         layout.addWidget(buttons)
 
-    def values(self) -> tuple[str, dict[str, object]]:
+    def values(self) -> tuple[str, dict[str, Any]]:
         """The system prompt and the sampling fields that differ from the defaults."""
         seed = self.seed.value()
         params = SamplingParams(

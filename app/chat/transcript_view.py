@@ -55,11 +55,14 @@ class MessageWidget(QtWidgets.QFrame):
         self.body.setSizePolicy(
             QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred
         )
-        self.copy_button = QtWidgets.QToolButton(text="Copy")
+        self.copy_button = QtWidgets.QToolButton()
+        self.copy_button.setText("Copy")
         self.copy_button.setToolTip("Copy this message as Markdown")
-        self.edit_button = QtWidgets.QToolButton(text="Edit")
+        self.edit_button = QtWidgets.QToolButton()
+        self.edit_button.setText("Edit")
         self.edit_button.setToolTip("Edit and resend (Ctrl+E on the last message)")
-        self.regenerate_button = QtWidgets.QToolButton(text="Regenerate")
+        self.regenerate_button = QtWidgets.QToolButton()
+        self.regenerate_button.setText("Regenerate")
         self.regenerate_button.setToolTip("Answer again (Ctrl+R)")
         head = QtWidgets.QHBoxLayout()
         head.addWidget(title)

@@ -57,4 +57,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_bytes_atomically(path: Path, payload: bytes) -> Path:
-    return write_atomically(path, lambda tmp: tmp.write_bytes(payload))
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(payload)
+
+    return write_atomically(path, write)

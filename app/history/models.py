@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["user", "assistant", "event"]
 
@@ -18,7 +18,7 @@ class Conversation:
     id: int
     title: str
     system_prompt: str
-    sampling: dict[str, object]
+    sampling: dict[str, Any]  # SamplingParams fields
     created_at: float
     updated_at: float
 

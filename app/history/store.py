@@ -171,7 +171,7 @@ class HistoryStore:
         self._update_conversation(conversation_id, title=title)
 
     def set_options(
-        self, conversation_id: int, system_prompt: str, sampling: dict[str, object]
+        self, conversation_id: int, system_prompt: str, sampling: dict[str, Any]
     ) -> None:
         """Store the system prompt and sampling; a new prompt makes the saved states stale."""
         if system_prompt != self.conversation(conversation_id).system_prompt:
