@@ -126,13 +126,31 @@ class Sampler:
             raise InputError(
                 f"logits have width {logits.shape[-1]}, sampler expects {self.vocab_size}"
             )
-        scores = self.filtered_scores(logits)
-        if self.params.is_greedy:
-            return scores.argmax(dim=-1)
+        p = self.params
+        if p.is_greedy:
+            return self.filtered_scores(logits).argmax(dim=-1)
+        if not 0 < p.top_k < self.vocab_size:
+            return self._draw(self.filtered_scores(logits))
+        # top-k first, then top-p and the draw over k candidates only: the same distribution as
+        # filtered_scores, without sorting the whole vocabulary every token
+        scores = self._penalized(logits) / p.temperature
+        values, index = torch.topk(scores, p.top_k, dim=-1)  # [..., k], descending
+        if p.top_p < 1.0:
+            values = _top_p_filter(values, p.top_p)
+        choice = self._draw(values)
+        return index.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+    def _draw(self, scores: torch.Tensor) -> torch.Tensor:
+        """One index per row with probability softmax(scores), on the device without a sync.
+
+        Exponential race: argmax(p / E) with E ~ Exp(1) picks index i with probability p_i, with
+        one pass over the scores (no cumulative sum as in multinomial).
+        """
         probs = torch.softmax(scores, dim=-1)
-        flat = probs.reshape(-1, self.vocab_size)
-        choice = torch.multinomial(flat, 1, generator=self.generator).squeeze(-1)
-        return choice.reshape(probs.shape[:-1])
+        race = torch.empty_like(probs).exponential_(generator=self.generator)
+        # a draw of exactly 0 would make 0/0 = nan for a filtered token, and argmax picks nan
+        race.clamp_min_(torch.finfo(race.dtype).tiny)
+        return (probs / race).argmax(dim=-1)
 
     def filtered_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """The scores sampling draws from: penalty, temperature, then top-k and top-p filtering.
@@ -145,13 +163,7 @@ class Sampler:
             temperature and the filters (they cannot change the argmax).
         """
         p = self.params
-        scores = logits.float()
-        if self.has_banned:
-            scores = scores.masked_fill(self.banned, float("-inf"))
-        if p.repetition_penalty != 1.0:
-            rp = p.repetition_penalty
-            penalized = torch.where(scores > 0, scores / rp, scores * rp)
-            scores = torch.where(self.seen, penalized, scores)
+        scores = self._penalized(logits)
         if p.is_greedy:
             return scores
         scores = scores / p.temperature
@@ -160,6 +172,17 @@ class Sampler:
             scores = scores.masked_fill(scores < kth, float("-inf"))
         if p.top_p < 1.0:
             scores = _top_p_filter(scores, p.top_p)
+        return scores
+
+    def _penalized(self, logits: torch.Tensor) -> torch.Tensor:
+        """float32 logits with banned tokens at -inf and the repetition penalty applied."""
+        scores = logits.float()
+        if self.has_banned:
+            scores = scores.masked_fill(self.banned, float("-inf"))
+        rp = self.params.repetition_penalty
+        if rp != 1.0:
+            penalized = torch.where(scores > 0, scores / rp, scores * rp)
+            scores = torch.where(self.seen, penalized, scores)
         return scores
 
 

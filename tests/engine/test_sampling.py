@@ -143,3 +143,23 @@ def test_sampling_params_stop_list_becomes_tuple() -> None:
     params = SamplingParams(stop=["###", "\n\n"])  # type: ignore[arg-type]
     assert params.stop == ("###", "\n\n")
     assert hash(params) == hash(SamplingParams(stop=("###", "\n\n")))
+
+
+def test_sampler_top_k_with_top_p_draws_from_filtered_scores() -> None:
+    logits = torch.tensor([0.5, 3.0, 1.0, 2.5, 2.0, -1.0, 1.5, 0.2])
+    params = SamplingParams(temperature=0.8, top_k=5, top_p=0.8, repetition_penalty=1.3, seed=2)
+    sampler = Sampler(params, V, "cpu", banned_ids=(3,))
+    sampler.observe([1])
+    expected = torch.softmax(sampler.filtered_scores(logits), -1)
+    picks = sampler(logits.expand(20000, V))
+    freq = torch.bincount(picks, minlength=V).float() / 20000
+    assert set(freq.nonzero().flatten().tolist()) == set(expected.nonzero().flatten().tolist())
+    assert torch.allclose(freq, expected, atol=0.015)
+
+
+def test_sampler_never_picks_filtered_tokens_over_many_draws() -> None:
+    # filtered tokens have probability 0: no draw may land there, however the race falls
+    logits = torch.zeros(V)
+    logits[2] = 5.0
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=0.5, seed=0), V, "cpu")
+    assert (sampler(logits.expand(200_000, V)) == 2).all()
