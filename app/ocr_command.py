@@ -16,9 +16,9 @@ from typing import Any
 
 from PySide6 import QtWidgets
 
-from app.capture.ocr_flow import OCR_PARAMS, OcrEngineBridge, OcrFlow
+from app.capture.ocr_flow import OCR_PARAMS, OcrEngineBridge, OcrFlow, grab_current_desktop
 from app.capture.result_popup import OcrResultPopup
-from app.capture.screenshot import MonitorShot, grab_monitors
+from app.capture.screenshot import MonitorShot
 from app.engine_client import EngineClient, load_engine
 from engine import SamplingParams
 
@@ -51,7 +51,7 @@ def build_ocr_run(
     device: str,
     snapshots_dir: Path,
     engine_factory: Callable[[str | None, str], Any] = load_engine,
-    grab: Callable[[], list[MonitorShot]] = grab_monitors,
+    grab: Callable[[], list[MonitorShot]] = grab_current_desktop,
     params: SamplingParams = OCR_PARAMS,
 ) -> OcrRun:
     """Load the model in the background and wire flow, engine and popup; nothing shown yet."""

@@ -104,3 +104,29 @@ def logical_to_pixels(selection: Rect, screen: Rect, image_size: tuple[int, int]
             "drag a rectangle around the text"
         )
     return Rect(left, top, right - left, bottom - top)
+
+
+def split_desktop(image_size: tuple[int, int], screens: list[Rect]) -> list[Rect]:
+    """Pixel boxes of each screen inside one image of the whole desktop.
+
+    The screenshot portal returns one image of every screen together; its scale is the image
+    size over the bounding box of the screens' logical geometries. One scale for all screens:
+    a desktop mixing scale factors is cut where a uniform scale puts the borders.
+
+    Raises:
+        ValueError: no screens, or screens without area.
+    """
+    if not screens:
+        raise ValueError("no screens to cut the desktop image into")
+    left, top = min(s.x for s in screens), min(s.y for s in screens)
+    right, bottom = max(s.right for s in screens), max(s.bottom for s in screens)
+    if right <= left or bottom <= top:
+        raise ValueError(f"screens {screens} have no area")
+    img_w, img_h = image_size
+    sx, sy = img_w / (right - left), img_h / (bottom - top)
+    boxes = []
+    for s in screens:
+        x0, y0 = round((s.x - left) * sx), round((s.y - top) * sy)
+        x1, y1 = min(img_w, round((s.right - left) * sx)), min(img_h, round((s.bottom - top) * sy))
+        boxes.append(Rect(x0, y0, x1 - x0, y1 - y0))
+    return boxes

@@ -11,8 +11,9 @@ from collections.abc import Callable
 import numpy as np
 from PySide6 import QtCore, QtGui
 
+from app.capture.geometry import Rect
 from app.capture.region_picker import RegionPicker
-from app.capture.screenshot import MonitorShot, grab_monitors
+from app.capture.screenshot import MonitorShot, grab_desktop
 from app.engine_client import ChatResult, EngineClient
 from engine import SamplingParams
 
@@ -21,6 +22,12 @@ log = logging.getLogger(__name__)
 OCR_PROMPT = "Read all text in the image."
 # greedy: a transcription has one right answer; the cap keeps a runaway reply bounded
 OCR_PARAMS = SamplingParams(temperature=0.0, max_new_tokens=512)
+
+
+def grab_current_desktop() -> list[MonitorShot]:
+    """Screenshots of Qt's screens, by whatever means this session allows."""
+    geometries = [s.geometry() for s in QtGui.QGuiApplication.screens()]
+    return grab_desktop([Rect(g.x(), g.y(), g.width(), g.height()) for g in geometries])
 
 
 class OcrFlow(QtCore.QObject):
@@ -34,7 +41,7 @@ class OcrFlow(QtCore.QObject):
 
     def __init__(
         self,
-        grab: Callable[[], list[MonitorShot]] = grab_monitors,
+        grab: Callable[[], list[MonitorShot]] = grab_current_desktop,
         parent: QtCore.QObject | None = None,
     ) -> None:
         super().__init__(parent)

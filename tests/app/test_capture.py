@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 from PySide6 import QtCore, QtGui
 
 from app.capture.geometry import (
@@ -16,6 +17,7 @@ from app.capture.geometry import (
 )
 from app.capture.screenshot import MonitorShot
 from engine.errors import InputError
+from tests.app.fake_portal import FakePortal, private_bus_address
 from tests.app.xvfb_display import xvfb_display
 
 OFFSCREEN_SIZE = (800, 800)  # the Qt offscreen platform's one screen
@@ -388,3 +390,67 @@ def test_ocr_command_needs_region(capsys) -> None:
     with pytest.raises(SystemExit):
         parse_args([])
     assert "--region" in capsys.readouterr().err
+
+
+@pytest.fixture
+def private_bus() -> str:
+    with private_bus_address() as address:
+        yield address
+
+
+def test_split_desktop_cuts_one_image_into_screens() -> None:
+    from app.capture.geometry import split_desktop
+
+    # GIVEN two 2x screens side by side (logical 1280x800 each) in a 5120x1600 image
+    screens = [Rect(1280, 0, 1280, 800), Rect(0, 0, 1280, 800)]
+    assert split_desktop((5120, 1600), screens) == [
+        Rect(2560, 0, 2560, 1600),
+        Rect(0, 0, 2560, 1600),
+    ]
+    with pytest.raises(ValueError, match="no screens"):
+        split_desktop((10, 10), [])
+
+
+def test_wayland_screenshot_through_the_portal(private_bus: str, tmp_path) -> None:
+    from app.capture.screenshot import grab_through_portal
+
+    # GIVEN a desktop portal that saves a 2x screenshot of two screens to a file
+    desktop = _synthetic_screen(1600, 600)
+    saved = tmp_path / "Screenshot.png"
+    Image.fromarray(desktop).save(saved)
+    portal = FakePortal(private_bus)
+    portal.screenshot_uri = saved.as_uri()
+    try:
+        # WHEN the screen is frozen on Wayland
+        shots = grab_through_portal([Rect(0, 0, 400, 300), Rect(400, 0, 400, 300)], private_bus)
+    finally:
+        portal.close()
+    # THEN each screen gets its half of the image, and the portal's file is gone
+    np.testing.assert_array_equal(shots[0].image, desktop[:, :800])
+    np.testing.assert_array_equal(shots[1].image, desktop[:, 800:])
+    assert not saved.exists()
+
+
+def test_wayland_screenshot_declined_is_a_message(private_bus: str) -> None:
+    from app.capture.screenshot import grab_through_portal
+
+    portal = FakePortal(private_bus, accept=False)
+    try:
+        with pytest.raises(
+            RuntimeError, match="screenshot portal failed: Screenshot: the user declined"
+        ):
+            grab_through_portal([Rect(0, 0, 400, 300)], private_bus)
+    finally:
+        portal.close()
+
+
+def test_wayland_screenshot_without_a_file_is_a_message(private_bus: str) -> None:
+    from app.capture.screenshot import grab_through_portal
+
+    portal = FakePortal(private_bus)
+    portal.screenshot_uri = "https://example.org/shot.png"
+    try:
+        with pytest.raises(RuntimeError, match="not a file"):
+            grab_through_portal([Rect(0, 0, 400, 300)], private_bus)
+    finally:
+        portal.close()
