@@ -100,12 +100,12 @@ class Composer(QtWidgets.QWidget):
         self._connect()
 
     def _connect(self) -> None:
-        self.input.submitted.connect(self._on_send_clicked)
+        self.input.submitted.connect(self.submit)
         self.input.image_pasted.connect(self._on_image_pasted)
         self.input.files_dropped.connect(self._on_files_dropped)
-        self.send_button.clicked.connect(self._on_send_clicked)
+        self.send_button.clicked.connect(self.submit)
         self.stop_button.clicked.connect(self.stop_requested)
-        self.attach_button.clicked.connect(self._on_attach_clicked)
+        self.attach_button.clicked.connect(self.choose_files)
 
     @property
     def images(self) -> list[np.ndarray]:
@@ -165,7 +165,8 @@ class Composer(QtWidgets.QWidget):
         event.acceptProposedAction()
 
     @QtCore.Slot()
-    def _on_send_clicked(self) -> None:
+    def submit(self) -> None:
+        """Ask to send the text and images (ignored while busy or when there is nothing)."""
         text = self.text().strip()
         if self._busy or (not text and not self._images):
             return
@@ -183,7 +184,8 @@ class Composer(QtWidgets.QWidget):
         self.add_image_files(paths)
 
     @QtCore.Slot()
-    def _on_attach_clicked(self) -> None:
+    def choose_files(self) -> None:
+        """Let the user pick image files to attach."""
         names, _ = QtWidgets.QFileDialog.getOpenFileNames(
             self, "Attach images", "", "Images (*.png *.jpg *.jpeg *.webp *.bmp *.gif *.tif *.tiff)"
         )

@@ -111,12 +111,12 @@ class MainWindow(QtWidgets.QMainWindow):
             conversation, "&Options (system prompt, sampling)…", "Ctrl+Shift+O", self.open_options
         )
         message = bar.addMenu("&Message")
-        self._action(message, "&Send", "Ctrl+Return", self.composer._on_send_clicked)
+        self._action(message, "&Send", "Ctrl+Return", self.composer.submit)
         self._action(message, "S&top reply", "Esc", self.controller.stop)
         self._action(message, "&Regenerate last reply", "Ctrl+R", self._regenerate_last)
         self._action(message, "&Edit last message", "Ctrl+E", self._edit_last)
         self._action(message, "&Copy last reply", "Ctrl+Shift+C", self._copy_last)
-        self._action(message, "&Attach image…", "Ctrl+O", self.composer._on_attach_clicked)
+        self._action(message, "&Attach image…", "Ctrl+O", self.composer.choose_files)
         self._view_menu = bar.addMenu("&View")
 
     # the API other panes use

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PySide6 import QtCore
 
@@ -42,6 +43,7 @@ def _opened(qtbot: Any, window: MainWindow) -> Any:
 def _first_session(qtbot: Any, make_window: Any, factory: Any) -> tuple[int, ChatResult]:
     window = _loaded(qtbot, make_window(factory))
     window.store.set_options(window.current_conversation_id, "", {"max_new_tokens": 4})
+    window.attach_image(np.full((30, 40, 3), 90, np.uint8))
     first = _ask(qtbot, window, LONG_FIRST_TURN)
     conversation_id = window.current_conversation_id
     window.close()
@@ -88,6 +90,7 @@ def test_resume_without_usable_snapshot_rereads_history_and_says_so(
     # THEN the state is rebuilt from the stored messages, and the user is told
     assert window.current_conversation_id == conversation_id
     assert opened.how == "history"
+    # the whole first turn, its image included, was fed again
     assert opened.tokens_fed_total >= first.stats.prompt_tokens
     assert "re-read" in window.status.currentMessage()
     # and the conversation goes on
