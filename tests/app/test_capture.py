@@ -454,3 +454,41 @@ def test_wayland_screenshot_without_a_file_is_a_message(private_bus: str) -> Non
             grab_through_portal([Rect(0, 0, 400, 300)], private_bus)
     finally:
         portal.close()
+
+
+@pytest.mark.gui
+def test_region_picker_two_screens_mixed_hidpi(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.app import multiscreen_picker
+
+    # GIVEN Qt's offscreen platform with a 2x screen and a 1x screen (its own process)
+    config = tmp_path / "screens.json"
+    config.write_text(json.dumps(multiscreen_picker.SCREENS))
+    env = {**os.environ, "QT_QPA_PLATFORM": f"offscreen:configfile={config}"}
+    # WHEN a region is dragged on each screen's overlay
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.app.multiscreen_picker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    # THEN each overlay covers its screen and crops that screen's physical pixels
+    assert results["left"] == {
+        "screen": "left",
+        "overlay_size": [640, 400],
+        "crop_shape": [140, 400, 3],
+        "equal": True,
+    }
+    assert results["right"] == {
+        "screen": "right",
+        "overlay_size": [800, 600],
+        "crop_shape": [50, 100, 3],
+        "equal": True,
+    }
