@@ -73,6 +73,7 @@ class MainWindow(QtWidgets.QMainWindow):
             store, client, (self.conversations, self.transcript, self.composer, self.status), self
         )
         self._view_menu: QtWidgets.QMenu | None = None
+        self.setAcceptDrops(True)
         self._build_menus()
         self._connect()
 
@@ -253,6 +254,13 @@ class MainWindow(QtWidgets.QMainWindow):
     def load_model(self) -> None:
         model_dir = str(self.settings.get("model_dir")) or None
         self.engine_client.load_model(model_dir, str(self.settings.get("device")))
+
+    def dragEnterEvent(self, event: QtGui.QDragEnterEvent) -> None:  # noqa: N802 (Qt override)
+        # an image dropped anywhere on the window goes to the composer
+        self.composer.dragEnterEvent(event)
+
+    def dropEvent(self, event: QtGui.QDropEvent) -> None:  # noqa: N802 (Qt override)
+        self.composer.dropEvent(event)
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt override)
         self.engine_client.shutdown()

@@ -114,6 +114,12 @@ def test_chat_unreadable_dropped_file_is_a_message(
         _drop(window.composer, mime)
     assert "broken.png" in failed.args[0]
     assert window.composer.thumbnail_count() == 0
+    # a good file dropped anywhere on the window is attached
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(good)
+    mime.setUrls([QtCore.QUrl.fromLocalFile(str(good))])
+    _drop(window, mime)
+    qtbot.waitUntil(lambda: window.composer.thumbnail_count() == 1, timeout=WAIT_MS)
 
 
 def test_chat_stop_mid_reply_keeps_partial_reply(
