@@ -300,6 +300,10 @@ class EngineWorker(QtCore.QObject):
             session = engine.new_session(system_prompt=target.system_prompt or None)
         if len(turns) > 2:
             self.notice.emit(f"Reading {len(turns)} stored messages into memory…")
+        lost = [t.text for t in turns if t.role == "event"]
+        if lost:
+            # pages and frames are not stored, so a rebuilt state lacks them
+            self.notice.emit(f"Re-read without what was fed earlier: {'; '.join(lost)}")
         for turn in turns:
             _replay(session, turn, cancel)
         self._session, self._key, self._dirty = session, key, False
