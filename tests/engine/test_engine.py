@@ -602,3 +602,56 @@ def test_stop_matcher_emits_exactly_the_text_before_the_first_stop(
     cuts = [i for i in (full.find(s) for s in stops) if i >= 0]
     assert "".join(emitted) == (full[: min(cuts)] if cuts else full)
     assert hit == bool(cuts)
+
+
+def test_tiny_first_turn_equals_transformers_processing(
+    tiny: Engine, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the ids and pixels a session feeds == transformers' rendering of the published jinja
+    # template, its Qwen2-VL image processor, and Qwen2.5-VL's processor's pad expansion
+    import json
+
+    from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor
+
+    from engine.tokenizer import QWEN2_VL_CHAT_TEMPLATE
+
+    hf_tok = Qwen2TokenizerFast(
+        tokenizer_file=str(tiny_checkpoint / "tokenizer.json"), vocab_file=None, merges_file=None
+    )
+    raw = json.loads((tiny_checkpoint / "preprocessor_config.json").read_text())
+    raw = {k: v for k, v in raw.items() if k not in ("image_processor_type", "processor_class")}
+    images = [_image(60, 90), _image(120, 40)]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image"},
+                {"type": "image"},
+                {"type": "text", "text": "What is this?"},
+            ],
+        }
+    ]
+    text = hf_tok.apply_chat_template(
+        messages, chat_template=QWEN2_VL_CHAT_TEMPLATE, add_generation_prompt=True, tokenize=False
+    )
+    pixels = Qwen2VLImageProcessor(**raw)(images=images, return_tensors="pt")
+    for grid in pixels["image_grid_thw"]:
+        text = text.replace("<|image_pad|>", "<|placeholder|>" * int(grid.prod() // 4), 1)
+    expected_ids = hf_tok(text.replace("<|placeholder|>", "<|image_pad|>"))["input_ids"]
+
+    fed: list[tuple[list[int], torch.Tensor | None, torch.Tensor | None]] = []
+    real = tiny.model.forward
+
+    def recording(input_ids: torch.Tensor, state: object, **kwargs: object) -> torch.Tensor:
+        fed.append(
+            (input_ids[0].tolist(), kwargs.get("pixel_values"), kwargs.get("image_grid_thw"))
+        )
+        return real(input_ids, state, **kwargs)
+
+    monkeypatch.setattr(tiny.model, "forward", recording)
+    tiny.new_session().add_user_message("What is this?", images)
+    assert [i for ids, _, _ in fed for i in ids] == expected_ids
+    assert torch.equal(torch.cat([g for _, _, g in fed if g is not None]), pixels["image_grid_thw"])
+    assert torch.allclose(
+        torch.cat([p for _, p, _ in fed if p is not None]), pixels["pixel_values"]
+    )
