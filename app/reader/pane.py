@@ -17,6 +17,7 @@ from engine.errors import InputError
 
 log = logging.getLogger(__name__)
 
+EMPTY_TEXT = "Open or drop a PDF or images to read them."
 FILE_FILTER = "Documents (*.pdf {});;All files (*)".format(
     " ".join(f"*{s}" for s in IMAGE_SUFFIXES)
 )
@@ -45,6 +46,7 @@ class ReaderPane(QtWidgets.QWidget):
         self._build()
         self._connect()
         self._update_buttons()
+        self.setAcceptDrops(True)
 
     def _build(self) -> None:
         self.open_button = QtWidgets.QPushButton("Open…")
@@ -56,7 +58,7 @@ class ReaderPane(QtWidgets.QWidget):
         self.thumbnails.setViewMode(QtWidgets.QListView.ViewMode.ListMode)
         self.thumbnails.setIconSize(QtCore.QSize(96, 128))
         self.thumbnails.setMaximumWidth(180)
-        self.page_view = QtWidgets.QLabel("Open a PDF or images to read them.")
+        self.page_view = QtWidgets.QLabel(EMPTY_TEXT)
         self.page_view.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         scroll = QtWidgets.QScrollArea()
         scroll.setWidget(self.page_view)
@@ -122,7 +124,7 @@ class ReaderPane(QtWidgets.QWidget):
             self.rendered = None
         self.thumbnails.clear()
         self.page_view.setPixmap(QtGui.QPixmap())
-        self.page_view.setText("Open a PDF or images to read them.")
+        self.page_view.setText(EMPTY_TEXT)
         self._ready, self._failed, self._total = set(), set(), 0
         self._update_buttons()
 
@@ -233,6 +235,16 @@ class ReaderPane(QtWidgets.QWidget):
     def _show_status(self, text: str) -> None:
         log.info("reader: %s", text)
         self.status.setText(text)
+
+    def dragEnterEvent(self, event: QtGui.QDragEnterEvent) -> None:  # noqa: N802
+        if any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QtGui.QDropEvent) -> None:  # noqa: N802
+        paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802
         self.close_document()

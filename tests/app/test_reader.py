@@ -243,3 +243,28 @@ def wait_for_job(qtbot, client, timeout: int = 120000):  # noqa: ANN001, ANN201
     if kind == "failed":
         pytest.fail(f"the engine job failed: {value}")
     return value
+
+
+@pytest.mark.gui
+def test_pane_opens_dropped_files(qtbot, tmp_path: Path) -> None:
+    from PySide6 import QtCore, QtGui
+
+    from app.reader.pane import ReaderPane
+
+    pane = ReaderPane()
+    qtbot.addWidget(pane)
+    image = tmp_path / "scan.png"
+    Image.new("RGB", (60, 80), "white").save(image)
+    mime = QtCore.QMimeData()
+    mime.setUrls([QtCore.QUrl.fromLocalFile(str(image))])
+    drop = QtGui.QDropEvent(
+        QtCore.QPointF(10, 10),
+        QtCore.Qt.DropAction.CopyAction,
+        mime,
+        QtCore.Qt.MouseButton.LeftButton,
+        QtCore.Qt.KeyboardModifier.NoModifier,
+    )
+    with qtbot.waitSignal(pane.pages_rendered, timeout=5000) as blocker:
+        pane.dropEvent(drop)
+    assert blocker.args == [1] and pane.rendered.document.label == "scan.png"
+    pane.close_document()
