@@ -66,6 +66,7 @@ class ChatController(QtCore.QObject):
     def _connect(self) -> None:
         self.conversations.new_requested.connect(self.new_conversation)
         self.conversations.conversation_selected.connect(self.open_conversation)
+        self.conversations.message_selected.connect(self.transcript.reveal)
         self.conversations.rename_requested.connect(self._on_rename_requested)
         self.conversations.search_changed.connect(self._on_search_changed)
         self.composer.send_requested.connect(self._on_send_requested)

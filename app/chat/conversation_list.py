@@ -15,11 +15,13 @@ from app.history.models import Conversation, SearchHit
 log = logging.getLogger(__name__)
 
 _ID = QtCore.Qt.ItemDataRole.UserRole
+_MESSAGE = QtCore.Qt.ItemDataRole.UserRole + 1  # the matching message of a search hit
 
 
 class ConversationList(QtWidgets.QWidget):
     new_requested = QtCore.Signal()
     conversation_selected = QtCore.Signal(int)
+    message_selected = QtCore.Signal(int)  # a search hit chosen, after its conversation opened
     rename_requested = QtCore.Signal(int, str)
     delete_requested = QtCore.Signal(int)
     search_changed = QtCore.Signal(str)
@@ -72,6 +74,8 @@ class ConversationList(QtWidgets.QWidget):
         if not rows:
             rows = [(-1, "No message matches.", "", False)]
         self._fill(rows, None)
+        for row, hit in enumerate(hits):
+            self.list.item(row).setData(_MESSAGE, hit.message_id)
 
     def _fill(self, rows: list[tuple[int, str, str, bool]], current: int | None) -> None:
         self._filling = True
@@ -116,6 +120,8 @@ class ConversationList(QtWidgets.QWidget):
     ) -> None:
         if item is not None and not self._filling and int(item.data(_ID)) >= 0:
             self.conversation_selected.emit(int(item.data(_ID)))
+            if item.data(_MESSAGE) is not None:
+                self.message_selected.emit(int(item.data(_MESSAGE)))
 
     @QtCore.Slot(object)
     def _on_item_changed(self, item: QtWidgets.QListWidgetItem) -> None:

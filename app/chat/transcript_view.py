@@ -140,6 +140,7 @@ class TranscriptView(QtWidgets.QScrollArea):
         self._widgets: list[MessageWidget] = []
         self.verticalScrollBar().rangeChanged.connect(self._on_range_changed)
         self._follow = True
+        self._reveal_id: int | None = None
 
     def set_placeholder(self, markdown: str) -> None:
         self.placeholder.setText(markdown)
@@ -166,6 +167,26 @@ class TranscriptView(QtWidgets.QScrollArea):
 
     def widget_for(self, message_id: int) -> MessageWidget | None:
         return next((w for w in self._widgets if w.message.id == message_id), None)
+
+    def reveal(self, message_id: int) -> None:
+        """Scroll to a message and mark it (a search hit)."""
+        widget = self.widget_for(message_id)
+        if widget is None:
+            return
+        self._follow = False
+        for other in self._widgets:
+            other.setFrameShadow(QtWidgets.QFrame.Shadow.Raised)
+        widget.setFrameShadow(QtWidgets.QFrame.Shadow.Sunken)
+        widget.setFocus()
+        self._reveal_id = message_id
+        # after the layout has placed the widgets of a freshly opened conversation
+        QtCore.QTimer.singleShot(0, self._on_reveal_due)
+
+    @QtCore.Slot()
+    def _on_reveal_due(self) -> None:
+        widget = None if self._reveal_id is None else self.widget_for(self._reveal_id)
+        if widget is not None:
+            self.ensureWidgetVisible(widget)
 
     def message_widgets(self) -> list[MessageWidget]:
         return list(self._widgets)

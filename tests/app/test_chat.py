@@ -164,8 +164,11 @@ def test_chat_history_search_opens_the_conversation(
     qtbot.waitUntil(lambda: window.conversations.is_searching, timeout=WAIT_MS)
     hits = window.conversations.list
     assert hits.count() == 1 and "[pelicans]" in hits.item(0).text()
-    # THEN choosing the hit opens that conversation
+    # THEN choosing the hit opens that conversation at the message
+    revealed: list[int] = []
+    window.conversations.message_selected.connect(revealed.append)
     hits.setCurrentRow(0)
+    assert revealed == [window.store.messages(pelican_id)[0].id]
     assert window.current_conversation_id == pelican_id
     texts = [w.text for w in window.transcript.message_widgets()]
     assert texts[0] == "Where do pelicans nest?"
