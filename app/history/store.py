@@ -114,10 +114,15 @@ class HistoryStore:
     """The history database of one data directory."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = private_dir(Path(data_dir))
-        self.attachments_dir = private_dir(self.data_dir / "attachments")
-        self.snapshots_dir = private_dir(self.data_dir / "snapshots")
+        self.data_dir = Path(data_dir)
+        self.attachments_dir = self.data_dir / "attachments"
+        self.snapshots_dir = self.data_dir / "snapshots"
         self.db_path = self.data_dir / DB_NAME
+        try:
+            for path in (self.data_dir, self.attachments_dir, self.snapshots_dir):
+                private_dir(path)
+        except OSError as exc:
+            raise HistoryError(f"cannot use the data directory {self.data_dir}: {exc}") from exc
         try:
             conn = _connect(self.db_path)
             self.db = sqlite_utils.Database(conn)

@@ -227,3 +227,10 @@ def test_store_removes_unrecorded_snapshot_files_on_open(tmp_path: Path) -> None
     store.close()
     store = HistoryStore(tmp_path)
     assert [p.name for p in store.snapshots_dir.iterdir()] == [kept.path.name]
+
+
+def test_store_unusable_data_directory_is_a_history_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(HistoryError, match="cannot use the data directory"):
+        HistoryStore(blocker / "data")
