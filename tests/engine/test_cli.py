@@ -11,12 +11,11 @@ import pytest
 from engine import default_model
 from engine.__main__ import layer_pattern, main
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference"
 CONFIG_4B = REFERENCE / "infinitevl-4b.config.json"
 WEIGHTS_4B = REFERENCE / "infinitevl-4b.weights.tsv"
 ROOT = Path(__file__).resolve().parents[2]
 
-needs_reference = pytest.mark.skipif(not CONFIG_4B.is_file(), reason="shared/reference not here")
 
 
 def _tsv_parameters(path: Path) -> int:
@@ -42,7 +41,6 @@ def _state_bytes_4b() -> int:
     return 27 * gdn + 9 * swa
 
 
-@needs_reference
 def test_info_4b_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", str(CONFIG_4B)]) == 0
     out = capsys.readouterr().out
@@ -52,7 +50,6 @@ def test_info_4b_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert "32 blocks of width 1280" in out and "[7, 15, 23, 31]" in out
 
 
-@needs_reference
 def test_info_json_on_checkpoint_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "config.json").write_text(CONFIG_4B.read_text())
     assert main(["info", str(tmp_path), "--json"]) == 0

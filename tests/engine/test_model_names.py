@@ -8,7 +8,7 @@ import torch
 from engine.config import ModelConfig
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference"
 HERE = Path(__file__).parent
 
 
