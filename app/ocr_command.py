@@ -59,8 +59,10 @@ def build_ocr_run(
     # the model loads on the engine thread while the user is still dragging
     client.load_model(None if model is None else str(model), device)
     flow = OcrFlow(grab)
-    OcrEngineBridge(flow, client, params, parent=flow)
+    bridge = OcrEngineBridge(flow, client, params, parent=flow)
     run = OcrRun(flow, client, OcrResultPopup(can_send=False))
+    flow.transcription_requested.connect(run.popup.show_reading)
+    run.popup.cancel_requested.connect(bridge.cancel)
 
     def on_copied(text: str, _crop: object) -> None:
         run.text, run.exit_code = text, EXIT_OK
@@ -87,6 +89,7 @@ def build_ocr_run(
     flow.text_copied.connect(on_copied)
     flow.capture_failed.connect(on_failed)
     flow.capture_cancelled.connect(on_cancelled)
+    run.popup.cancel_requested.connect(on_cancelled)
     # the process owns the clipboard until it exits: stay while the result is on screen
     run.popup.dismissed.connect(QtWidgets.QApplication.quit)
     return run

@@ -92,6 +92,8 @@ class CaptureFeature(QtCore.QObject):
         self._connect()
 
     def _connect(self) -> None:
+        self.flow.transcription_requested.connect(self.popup.show_reading)
+        self.popup.cancel_requested.connect(self.bridge.cancel)
         self.flow.text_copied.connect(self.popup.show_copied)
         self.flow.capture_failed.connect(self.popup.show_failure)
         self.popup.send_to_chat_requested.connect(self._on_send_to_chat_requested)

@@ -45,7 +45,7 @@ class OcrFlow(QtCore.QObject):
         parent: QtCore.QObject | None = None,
     ) -> None:
         super().__init__(parent)
-        self._grab = grab
+        self.grab = grab
         self.picker: RegionPicker | None = None
         self.crop: np.ndarray | None = None
         self.is_busy = False
@@ -57,7 +57,7 @@ class OcrFlow(QtCore.QObject):
             log.info("a capture is already under way")
             return
         try:
-            shots = self._grab()
+            shots = self.grab()
             self.picker = RegionPicker(shots)
         except (RuntimeError, ValueError) as exc:
             self._fail(f"Cannot capture the screen: {exc}")
@@ -91,6 +91,12 @@ class OcrFlow(QtCore.QObject):
         log.info("copied %d characters", len(text))
         self.text_copied.emit(text, self.crop)
 
+    def on_transcription_cancelled(self) -> None:
+        self.is_busy = False
+        self.picker = None
+        log.info("transcription cancelled")
+        self.capture_cancelled.emit()
+
     def on_transcription_failed(self, message: str) -> None:
         self.is_busy = False
         self.picker = None
@@ -117,6 +123,7 @@ class OcrEngineBridge(QtCore.QObject):
         self._client = client
         self._params = params
         self._request: int | None = None
+        self._is_cancelling = False
         self._connect()
 
     def _connect(self) -> None:
@@ -124,8 +131,16 @@ class OcrEngineBridge(QtCore.QObject):
         self._client.generation_finished.connect(self._on_generation_finished)
         self._client.generation_failed.connect(self._on_generation_failed)
 
+    @QtCore.Slot()
+    def cancel(self) -> None:
+        """Stop the running transcription; the flow then reports capture_cancelled."""
+        if self._request is not None:
+            self._is_cancelling = True
+            self._client.cancel(self._request)
+
     @QtCore.Slot(object)
     def _on_transcription_requested(self, crop: np.ndarray) -> None:
+        self._is_cancelling = False
         self._request = self._client.ask_forked(None, OCR_PROMPT, (crop,), self._params)
         log.info(
             "transcribing a %dx%d crop as request %d", crop.shape[1], crop.shape[0], self._request
@@ -135,10 +150,16 @@ class OcrEngineBridge(QtCore.QObject):
     def _on_generation_finished(self, request_id: int, result: ChatResult) -> None:
         if request_id == self._request:
             self._request = None
-            self._flow.on_transcribed(result.text)
+            if self._is_cancelling or result.stats.cancelled:
+                self._flow.on_transcription_cancelled()
+            else:
+                self._flow.on_transcribed(result.text)
 
     @QtCore.Slot(int, str)
     def _on_generation_failed(self, request_id: int, message: str) -> None:
         if request_id == self._request:
             self._request = None
-            self._flow.on_transcription_failed(message)
+            if self._is_cancelling:
+                self._flow.on_transcription_cancelled()
+            else:
+                self._flow.on_transcription_failed(message)

@@ -17,6 +17,7 @@ class OcrResultPopup(QtWidgets.QFrame):
 
     send_to_chat_requested = QtCore.Signal(object)  # np.ndarray, the capture
     dismissed = QtCore.Signal()  # hidden: closed, timed out, or the capture was sent
+    cancel_requested = QtCore.Signal()  # closed while the region was being read
 
     def __init__(self, can_send: bool = True, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -27,6 +28,7 @@ class OcrResultPopup(QtWidgets.QFrame):
         )
         self.setFrameShape(QtWidgets.QFrame.Shape.Box)
         self._crop: np.ndarray | None = None
+        self.is_reading = False
         self.title = QtWidgets.QLabel()
         self.title.setStyleSheet("font-weight: bold")
         self.preview = QtWidgets.QLabel()
@@ -51,11 +53,24 @@ class OcrResultPopup(QtWidgets.QFrame):
     def _connect(self) -> None:
         self._timer.timeout.connect(self.hide)
         self.send_button.clicked.connect(self._on_send_clicked)
-        self.close_button.clicked.connect(self.hide)
+        self.close_button.clicked.connect(self._on_close_clicked)
+
+    @QtCore.Slot(object)
+    def show_reading(self, crop: np.ndarray) -> None:
+        """While the model reads the region: say so, and let the user cancel."""
+        self._crop = None
+        self.is_reading = True
+        h, w = crop.shape[:2]
+        self.title.setText("Reading the selected region…")
+        self.preview.setText(f"{w} × {h} pixels")
+        self.send_button.setEnabled(False)
+        self.close_button.setText("Cancel")
+        self._present(timeout=False)
 
     @QtCore.Slot(str, object)
     def show_copied(self, text: str, crop: np.ndarray | None) -> None:
         self._crop = crop
+        self._end_reading()
         self.title.setText(f"Copied {len(text)} characters to the clipboard")
         more = "…" if len(text) > PREVIEW_CHARS else ""
         self.preview.setText(text[:PREVIEW_CHARS] + more)
@@ -65,12 +80,17 @@ class OcrResultPopup(QtWidgets.QFrame):
     @QtCore.Slot(str)
     def show_failure(self, message: str) -> None:
         self._crop = None
+        self._end_reading()
         self.title.setText("Nothing copied")
         self.preview.setText(message)
         self.send_button.setEnabled(False)
         self._present()
 
-    def _present(self) -> None:
+    def _end_reading(self) -> None:
+        self.is_reading = False
+        self.close_button.setText("Close")
+
+    def _present(self, timeout: bool = True) -> None:
         self.adjustSize()
         screen = QtGui.QGuiApplication.primaryScreen()
         if screen is not None:
@@ -78,7 +98,10 @@ class OcrResultPopup(QtWidgets.QFrame):
             self.move(area.right() - self.width() - 16, area.bottom() - self.height() - 16)
         self.show()
         self.raise_()
-        self._timer.start()
+        if timeout:
+            self._timer.start()
+        else:
+            self._timer.stop()
 
     def hideEvent(self, event: QtGui.QHideEvent) -> None:  # noqa: N802
         super().hideEvent(event)
@@ -88,6 +111,13 @@ class OcrResultPopup(QtWidgets.QFrame):
         # keep it while the pointer is over it: the user is reading or about to click
         self._timer.stop()
         super().enterEvent(event)
+
+    @QtCore.Slot()
+    def _on_close_clicked(self) -> None:
+        if self.is_reading:
+            self._end_reading()
+            self.cancel_requested.emit()
+        self.hide()
 
     @QtCore.Slot()
     def _on_send_clicked(self) -> None:

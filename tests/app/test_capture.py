@@ -492,3 +492,29 @@ def test_region_picker_two_screens_mixed_hidpi(tmp_path) -> None:
         "crop_shape": [50, 100, 3],
         "equal": True,
     }
+
+
+@pytest.mark.gui
+def test_ocr_cancel_while_reading(make_window, tiny_factory, qtbot) -> None:
+    from app.capture.main import CaptureFeature
+
+    # GIVEN the app's capture on the tiny real engine and a frozen (synthetic) screen
+    window = make_window(tiny_factory)
+    qtbot.waitUntil(lambda: window.engine_client.model_info is not None, timeout=30000)
+    feature = window.findChild(CaptureFeature)
+    screen = _synthetic_screen(*OFFSCREEN_SIZE)
+    feature.flow.grab = lambda: [MonitorShot(Rect(0, 0, *OFFSCREEN_SIZE), screen)]
+    QtGui.QGuiApplication.clipboard().setText("kept")
+    feature.flow.start()
+    overlay = feature.flow.picker.overlays[0]
+    qtbot.waitExposed(overlay)
+    # WHEN a region is picked THEN the popup says it is being read, with Cancel
+    _drag(qtbot, overlay, (10, 10), (200, 100))
+    assert feature.popup.isVisible() and feature.popup.is_reading
+    assert feature.popup.title.text() == "Reading the selected region…"
+    assert feature.popup.close_button.text() == "Cancel"
+    # WHEN Cancel is clicked THEN the capture ends cancelled and the clipboard is untouched
+    with qtbot.waitSignal(feature.flow.capture_cancelled, timeout=30000):
+        feature.popup.close_button.click()
+    assert not feature.flow.is_busy and not feature.popup.isVisible()
+    assert QtGui.QGuiApplication.clipboard().text() == "kept"
