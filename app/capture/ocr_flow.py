@@ -19,7 +19,8 @@ from engine import SamplingParams
 
 log = logging.getLogger(__name__)
 
-OCR_PROMPT = "Read all text in the image."
+# the prompt the embedded model was trained on for OCR (engine/ocr.py, engine/train/synthetic)
+OCR_PROMPT = "Read the text in the image."
 # greedy: a transcription has one right answer; the cap keeps a runaway reply bounded
 OCR_PARAMS = SamplingParams(temperature=0.0, max_new_tokens=512)
 
