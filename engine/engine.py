@@ -193,6 +193,9 @@ class Session:
         tokens_fed_total: tokens this object prefilled (turns, pages, frames, turn endings; not
             the reply's own tokens), in this process.
         last_stats: the stats of the latest :meth:`generate`, None before one finishes.
+
+    The repetition penalty covers every assistant token of the conversation that this object
+    (or the session it was forked from) generated or replayed; a restored session starts afresh.
     """
 
     def __init__(self, engine: Engine, state: ModelState, system_prompt: str | None) -> None:
@@ -203,6 +206,8 @@ class Session:
         self._next_logits: torch.Tensor | None = None  # [vocab] float32
         self._prompt_tokens = 0
         self._prefill_seconds = 0.0
+        # the assistant's tokens so far, for the repetition penalty (not kept in saved states)
+        self._reply_vocab: set[int] = set()
         self.tokens_fed_total = 0
         self.last_stats: GenerationStats | None = None
 
@@ -295,6 +300,8 @@ class Session:
         # a placeholder fed without its pixels has no meaning: only the prompt writes them
         pads = (special.image_pad, special.video_pad)
         sampler = Sampler(params, logits.shape[-1], logits.device, banned_ids=pads)
+        if params.repetition_penalty != 1.0 and self._reply_vocab:
+            sampler.observe(sorted(self._reply_vocab))
         # Qwen2.5-VL's generation_config ends a reply on <|im_end|> and on <|endoftext|>
         eos = {*engine.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
         stops = _StopMatcher(params.stop)
@@ -316,6 +323,7 @@ class Session:
                     break
                 unfed = token_id
                 generated.append(token_id)
+                self._reply_vocab.add(token_id)
                 pending_ids.append(token_id)
                 sampler.observe(token)
                 text, hit = stops.push(decoder.push(token_id))
@@ -371,6 +379,7 @@ class Session:
             self._state = backup
             raise
         self._next_logits = None
+        self._reply_vocab.update(self._engine.tokenizer.encode(text))
 
     def _close_assistant_turn(self, unfed: int | None) -> None:
         """Feed what the state has not seen of the reply, then ``<|im_end|>\\n``."""
@@ -465,6 +474,7 @@ class Session:
         if self._next_logits is not None:
             other._next_logits = self._next_logits.clone()
         other._prompt_tokens, other._prefill_seconds = self._prompt_tokens, self._prefill_seconds
+        other._reply_vocab = set(self._reply_vocab)
         return other
 
     def save(self, path: str | Path) -> None:

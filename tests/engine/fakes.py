@@ -105,9 +105,12 @@ class FakeState:
 class FakeModel(torch.nn.Module):
     """Spells ``reply`` after every ``<|im_start|>assistant\\n``; records each forward's length."""
 
-    def __init__(self, reply: bytes | list[int], config: ModelConfig) -> None:
+    def __init__(
+        self, reply: bytes | list[int], config: ModelConfig, runner_up: int | None = None
+    ) -> None:
         super().__init__()
         self.reply = list(reply)
+        self.runner_up = runner_up  # a token with the second-best logit (9 vs 10), if any
         self.config = config
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.calls: list[int] = []  # tokens per forward
@@ -136,6 +139,8 @@ class FakeModel(torch.nn.Module):
         state.history.extend(ids)
         self.calls.append(len(ids))
         logits = torch.zeros(1, 1, VOCAB)
+        if self.runner_up is not None:
+            logits[0, 0, self.runner_up] = 9.0
         logits[0, 0, self.next_token(state.history)] = 10.0
         return logits
 
@@ -148,10 +153,12 @@ class FakeModel(torch.nn.Module):
         return self.reply[k] if k < len(self.reply) else SPECIAL["<|im_end|>"]
 
 
-def fake_engine(reply: bytes | list[int] = b"Hello, world!") -> Engine:
+def fake_engine(
+    reply: bytes | list[int] = b"Hello, world!", runner_up: int | None = None
+) -> Engine:
     """An Engine around FakeModel and ByteTokenizer (image params: Qwen2-VL's defaults)."""
     config = tiny_config(vocab_size=VOCAB)
-    model = FakeModel(reply, config)
+    model = FakeModel(reply, config, runner_up)
     info = ModelInfo("fake", "/fake", "cpu", "float32", 1, 1234, False, None)
     params = ImageParams()
     return Engine(model, config, ByteTokenizer(), params, info, "fake-fingerprint")  # type: ignore[arg-type]

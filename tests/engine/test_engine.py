@@ -355,6 +355,30 @@ def test_generate_never_samples_image_placeholders() -> None:
     assert SPECIAL["<|image_pad|>"] not in reply
 
 
+def test_repetition_penalty_covers_the_conversations_replies() -> None:
+    # GIVEN a model that prefers "a", "b" (logit 10) over "z" (logit 9)
+    engine = fake_engine(b"ab", runner_up=ord("z"))
+    penalty = SamplingParams(repetition_penalty=2.0)
+    session = engine.new_session()
+    session.add_user_message("first")
+    # WHEN the first reply is generated, nothing was said before: "a" and "b" win
+    assert _reply(session, penalty) == "ab"
+    side = session.fork()
+    # THEN in the next reply "a" is penalized (10 / 2 < 9) and "z" wins; then "z" is penalized
+    # too (9 / 2 < 10 / 2) and "b" follows; the same in the session and in its fork
+    for s in (session, side):
+        s.add_user_message("second")
+        assert _reply(s, penalty) == "zb"
+    # a replayed reply counts as the assistant's too; without a penalty nothing changes
+    replayed = engine.new_session()
+    replayed.add_user_message("first")
+    replayed.add_assistant_message("ab")
+    replayed.add_user_message("second")
+    assert _reply(replayed, penalty) == "zb"
+    replayed.add_user_message("third")
+    assert _reply(replayed) == "ab"
+
+
 def test_eos_from_config_also_ends_reply() -> None:
     engine = fake_engine([*b"ab", SPECIAL["<|vision_pad|>"], *b"cd"])
     fields = {f: getattr(engine.config, f) for f in engine.config.__dataclass_fields__}
