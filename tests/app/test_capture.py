@@ -18,7 +18,7 @@ from app.capture.geometry import (
 from app.capture.screenshot import MonitorShot
 from engine.errors import InputError
 from tests.app.fake_portal import FakePortal, private_bus_address
-from tests.app.xvfb_display import xvfb_display
+from tests.app.xvfb_display import grab_by_other_client, press_keys, xvfb_display
 
 OFFSCREEN_SIZE = (800, 800)  # the Qt offscreen platform's one screen
 
@@ -294,9 +294,9 @@ def test_capture_failure_is_a_message(qtbot) -> None:
 def test_hotkey_on_x_starts_the_capture_in_the_app(
     make_window, tiny_factory, qtbot, x_screen_with_content, monkeypatch
 ) -> None:
+    from app.capture.key_combo import parse_key_combo
     from app.capture.main import CaptureFeature
     from app.capture.models import HotkeyBackend
-    from tests.app.test_hotkey import _press
 
     # GIVEN the app started in an X session (the Xvfb screen): build() installs capture
     display, _ = x_screen_with_content
@@ -309,13 +309,19 @@ def test_hotkey_on_x_starts_the_capture_in_the_app(
         assert feature.hotkey_status == "Ctrl+Alt+O reads a screen region."
         # WHEN the user types the hotkey THEN the frozen screen overlay appears
         with qtbot.waitSignal(feature.flow.capture_started, timeout=3000):
-            _press(display, feature.hotkey_combo)
+            press_keys(display, feature.hotkey_combo)
         overlay = feature.flow.picker.overlays[0]
         qtbot.waitExposed(overlay)
         # WHEN Esc is pressed THEN it is cancelled and a new capture may start
         with qtbot.waitSignal(feature.flow.capture_cancelled, timeout=2000):
             qtbot.keyClick(overlay, QtCore.Qt.Key.Key_Escape)
         assert not feature.flow.is_busy
+        # WHEN the hotkey setting changes THEN the new combination is grabbed, the old freed
+        window.settings.set("hotkey", "Ctrl+Shift+F9")
+        window.settings_changed.emit()
+        assert feature.hotkey_status == "Ctrl+Shift+F9 reads a screen region."
+        assert grab_by_other_client(display, parse_key_combo("Ctrl+Alt+O"))
+        assert not grab_by_other_client(display, parse_key_combo("Ctrl+Shift+F9"))
     finally:
         feature.release_hotkey()
 

@@ -8,7 +8,7 @@ from PIL import Image
 from app.capture.key_combo import KeyCombo, parse_key_combo
 from app.capture.models import HotkeyError
 from tests.app.fake_portal import FakePortal, private_bus_address
-from tests.app.xvfb_display import xvfb_display
+from tests.app.xvfb_display import grab_by_other_client, press_keys, xvfb_display
 
 
 @pytest.mark.parametrize(
@@ -58,45 +58,6 @@ def x_display() -> str:
         yield name
 
 
-def _grab_by_other_client(display_name: str, combo: KeyCombo) -> bool:
-    """True when a second X client can grab `combo`, i.e. nobody else holds it."""
-    from Xlib import XK, X, error
-    from Xlib.display import Display
-
-    from app.capture.handlers.x11 import modifier_mask
-
-    other = Display(display_name)
-    try:
-        keycode = other.keysym_to_keycode(XK.string_to_keysym(combo.key))
-        catch = error.CatchError(error.BadAccess)
-        root = other.screen().root
-        root.grab_key(
-            keycode, modifier_mask(combo), True, X.GrabModeAsync, X.GrabModeAsync, onerror=catch
-        )
-        other.sync()
-        return catch.get_error() is None
-    finally:
-        other.close()
-
-
-def _press(display_name: str, combo: KeyCombo) -> None:
-    """Type `combo` through the XTEST extension, as a user's keyboard would."""
-    from Xlib import XK, X
-    from Xlib.display import Display
-    from Xlib.ext import xtest
-
-    names = {"ctrl": "Control_L", "alt": "Alt_L", "shift": "Shift_L", "super": "Super_L"}
-    disp = Display(display_name)
-    codes = [disp.keysym_to_keycode(XK.string_to_keysym(names[m])) for m in sorted(combo.modifiers)]
-    codes.append(disp.keysym_to_keycode(XK.string_to_keysym(combo.key)))
-    for code in codes:
-        xtest.fake_input(disp, X.KeyPress, code)
-    for code in reversed(codes):
-        xtest.fake_input(disp, X.KeyRelease, code)
-    disp.sync()
-    disp.close()
-
-
 @pytest.mark.gui
 def test_x11_grab_holds_only_its_combination(qtbot, x_display: str) -> None:
     from app.capture.handlers.x11 import X11KeyGrab
@@ -109,20 +70,20 @@ def test_x11_grab_holds_only_its_combination(qtbot, x_display: str) -> None:
     grab.register(combo, lambda: presses.append(1))
     try:
         # THEN that exact combination is taken, and its neighbours are not
-        assert not _grab_by_other_client(x_display, combo)
-        assert _grab_by_other_client(x_display, parse_key_combo("Ctrl+O"))
-        assert _grab_by_other_client(x_display, parse_key_combo("Ctrl+Alt+P"))
-        assert _grab_by_other_client(x_display, parse_key_combo("O"))
+        assert not grab_by_other_client(x_display, combo)
+        assert grab_by_other_client(x_display, parse_key_combo("Ctrl+O"))
+        assert grab_by_other_client(x_display, parse_key_combo("Ctrl+Alt+P"))
+        assert grab_by_other_client(x_display, parse_key_combo("O"))
         # WHEN another combination is typed, nothing fires; WHEN ours is typed, it fires once
-        _press(x_display, parse_key_combo("Ctrl+Alt+P"))
+        press_keys(x_display, parse_key_combo("Ctrl+Alt+P"))
         qtbot.wait(150)
         assert presses == []
-        _press(x_display, combo)
+        press_keys(x_display, combo)
         qtbot.waitUntil(lambda: presses == [1], timeout=2000)
     finally:
         grab.unregister()
     # THEN after unregistering, another client can take the combination
-    assert _grab_by_other_client(x_display, combo)
+    assert grab_by_other_client(x_display, combo)
 
 
 @pytest.mark.gui
