@@ -15,6 +15,10 @@ from PySide6 import QtCore, QtGui
 
 log = logging.getLogger(__name__)
 
+# pixels per frame given to the model: ~256 vision tokens on Qwen2.5-VL's 28-pixel merged
+# patches, which keeps a stream of one frame a second affordable on a CPU
+FRAME_MAX_PIXELS = 448 * 448
+
 FrameCallback = Callable[[QtGui.QImage, float], None]  # image, monotonic seconds
 ErrorCallback = Callable[[str], None]
 
@@ -37,6 +41,20 @@ def qimage_to_rgb(image: QtGui.QImage) -> np.ndarray:
     w, h, stride = rgb.width(), rgb.height(), rgb.bytesPerLine()
     buf = np.frombuffer(rgb.constBits(), dtype=np.uint8, count=stride * h).reshape(h, stride)
     return buf[:, : 3 * w].reshape(h, w, 3).copy()
+
+
+def scaled_to_pixels(image: QtGui.QImage, max_pixels: int = FRAME_MAX_PIXELS) -> QtGui.QImage:
+    """`image` shrunk (aspect kept) to at most max_pixels pixels; smaller images are kept."""
+    w, h = image.width(), image.height()
+    if w * h <= max_pixels:
+        return image
+    scale = (max_pixels / (w * h)) ** 0.5
+    size = QtCore.QSize(max(1, int(w * scale)), max(1, int(h * scale)))
+    return image.scaled(
+        size,
+        QtCore.Qt.AspectRatioMode.IgnoreAspectRatio,
+        QtCore.Qt.TransformationMode.SmoothTransformation,
+    )
 
 
 def camera_unavailable_reason() -> str | None:

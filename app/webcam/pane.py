@@ -11,7 +11,13 @@ from collections.abc import Callable
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from app.webcam.camera import FrameSource, QtCameraSource, camera_unavailable_reason, qimage_to_rgb
+from app.webcam.camera import (
+    FrameSource,
+    QtCameraSource,
+    camera_unavailable_reason,
+    qimage_to_rgb,
+    scaled_to_pixels,
+)
 from app.webcam.frame_sampler import MAX_RATE_HZ, MIN_RATE_HZ, FrameSampler
 
 log = logging.getLogger(__name__)
@@ -106,6 +112,7 @@ class WebcamPane(QtWidgets.QWidget):
         if self.source is not None:
             self.source.stop()
             self.source = None
+        self.latest = None
         self.sampler.reset()
         self.view.setText("Camera off.")
         self._update_buttons()
@@ -176,7 +183,7 @@ class WebcamPane(QtWidgets.QWidget):
             return
         frame = None
         if self.with_frame_check.isChecked() and self.latest is not None:
-            frame = qimage_to_rgb(self.latest)
+            frame = qimage_to_rgb(scaled_to_pixels(self.latest))
         self.is_asking = True
         self.answer.clear()
         self._update_buttons()
@@ -185,7 +192,7 @@ class WebcamPane(QtWidgets.QWidget):
     def _send_pending(self) -> None:
         if self.is_feeding or self.sampler.num_pending == 0:
             return
-        frames = [qimage_to_rgb(image) for image in self.sampler.take()]
+        frames = [qimage_to_rgb(scaled_to_pixels(image)) for image in self.sampler.take()]
         self.is_feeding = True
         self.frames_sampled.emit(frames)
 

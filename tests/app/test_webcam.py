@@ -194,3 +194,15 @@ def test_frames_stream_into_the_engine_and_a_question_forks(make_window, tiny_fa
     camera.emit(2.0)
     assert _wait_job(qtbot, client).status.tokens_seen == seen_1 + per_frame
     pane.stop_camera()
+
+
+@pytest.mark.gui
+def test_frames_are_shrunk_for_the_model(qapp) -> None:
+    from app.webcam.camera import scaled_to_pixels
+
+    big = rgb_to_qimage(np.zeros((720, 1280, 3), dtype=np.uint8))
+    small = scaled_to_pixels(big, 448 * 448)
+    assert small.width() * small.height() <= 448 * 448
+    assert abs(small.width() / small.height() - 1280 / 720) < 0.01
+    tiny = rgb_to_qimage(np.zeros((48, 64, 3), dtype=np.uint8))
+    assert scaled_to_pixels(tiny, 448 * 448).size() == tiny.size()
