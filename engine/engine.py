@@ -711,6 +711,6 @@ def slow_warning(name: str, num_parameters: int, device: torch.device) -> str | 
         return None
     return (
         f"{name} has {num_parameters / 1e9:.1f} billion parameters and runs on the CPU here: "
-        "expect each reply to take minutes (a few words per second at best, longer per image). "
-        "A CUDA GPU, or the embedded default model, answers much faster."
+        "expect seconds for each word of a reply and minutes for each image or page it reads. "
+        "A CUDA GPU, or the embedded default model, answers far faster."
     )
