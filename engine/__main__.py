@@ -23,6 +23,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.errors import EngineError, InputError
+from engine.models import add_models_subcommand
 from engine.sampling import SamplingParams
 from engine.state import ModelState
 
@@ -268,6 +269,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_info,
     _add_app,
     _add_ocr,
+    add_models_subcommand,
 )
 
 
