@@ -10,7 +10,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,13 @@ from app.capture.ocr_flow import OCR_PARAMS, OcrEngineBridge, OcrFlow, grab_curr
 from app.capture.result_popup import OcrResultPopup
 from app.capture.screenshot import MonitorShot
 from app.engine_client import EngineClient, load_engine
-from engine import SamplingParams
+from app.main import has_display
+from engine import InputError, SamplingParams
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
+# 2: cannot run as asked (no display, a bad option), as the other infinitevl commands
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
 
 
 @dataclass(slots=True)
@@ -43,6 +45,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--region", action="store_true", required=True, help="drag a screen region")
     p.add_argument("--model", type=Path, help="checkpoint directory (default: the embedded model)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=OCR_PARAMS.max_new_tokens,
+        help=f"longest transcription, in tokens (default {OCR_PARAMS.max_new_tokens})",
+    )
     return p.parse_args(list(argv))
 
 
@@ -95,12 +103,12 @@ def build_ocr_run(
     return run
 
 
-def run_ocr_region(model: Path | None, device: str) -> int:
+def run_ocr_region(model: Path | None, device: str, params: SamplingParams = OCR_PARAMS) -> int:
     """Run one capture in its own event loop; returns the exit code."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["infinitevl-ocr"])
     app.setQuitOnLastWindowClosed(False)
     with tempfile.TemporaryDirectory(prefix="infinitevl-ocr-") as tmp:
-        run = build_ocr_run(model, device, Path(tmp))
+        run = build_ocr_run(model, device, Path(tmp), params=params)
         run.flow.start()
         if run.flow.is_busy:
             app.exec()
@@ -113,4 +121,15 @@ def run_ocr_region(model: Path | None, device: str) -> int:
 def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    return run_ocr_region(args.model, args.device)
+    if not has_display():
+        sys.stderr.write(
+            "infinitevl ocr: no display found (neither DISPLAY nor WAYLAND_DISPLAY is set); "
+            "run it in a desktop session.\n"
+        )
+        return EXIT_USAGE
+    try:
+        params = replace(OCR_PARAMS, max_new_tokens=args.max_new_tokens)
+    except InputError as exc:
+        sys.stderr.write(f"infinitevl ocr: {exc}\n")
+        return EXIT_USAGE
+    return run_ocr_region(args.model, args.device, params)

@@ -88,21 +88,32 @@ def _synthetic_screen(width: int, height: int, seed: int = 7) -> np.ndarray:
 
 
 def _show_on_x(display_name: str, image: np.ndarray) -> object:
-    """Put `image` in a borderless window covering the X screen; returns the open connection."""
-    from PIL import Image
+    """Show `image` in a borderless window covering the X screen; returns the open connection.
+
+    The image is the window's background pixmap, so the server repaints it by itself whenever
+    a window above it goes away.
+    """
     from Xlib import X
     from Xlib.display import Display
 
     disp = Display(display_name)
     screen = disp.screen()
     h, w, _ = image.shape
+    pixmap = screen.root.create_pixmap(w, h, screen.root_depth)
+    pixmap.put_pil_image(pixmap.create_gc(), 0, 0, Image.fromarray(image).convert("RGB"))
     window = screen.root.create_window(
-        0, 0, w, h, 0, screen.root_depth, X.InputOutput, X.CopyFromParent, override_redirect=True
+        0,
+        0,
+        w,
+        h,
+        0,
+        screen.root_depth,
+        X.InputOutput,
+        X.CopyFromParent,
+        override_redirect=True,
+        background_pixmap=pixmap,
     )
     window.map()
-    gc = window.create_gc()
-    disp.sync()
-    window.put_pil_image(gc, 0, 0, Image.fromarray(image).convert("RGB"))
     disp.sync()
     return disp
 
@@ -524,3 +535,66 @@ def test_ocr_cancel_while_reading(make_window, tiny_factory, qtbot) -> None:
         feature.popup.close_button.click()
     assert not feature.flow.is_busy and not feature.popup.isVisible()
     assert QtGui.QGuiApplication.clipboard().text() == "kept"
+
+
+def _wait_for_overlay(display: str, content: np.ndarray, timeout: float = 30.0) -> None:
+    """Until the X screen no longer shows `content` as is: the dimmed overlay is up."""
+    import time
+
+    from app.capture.screenshot import grab_monitors
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not np.array_equal(grab_monitors(display)[0].image, content):
+            return
+        time.sleep(0.1)
+    pytest.fail("the capture overlay did not appear on the X screen")
+
+
+def _x_pointer(display: str, events: list[tuple]) -> None:
+    """Move and click the X pointer through XTEST, as the user's mouse would."""
+    from Xlib import X
+    from Xlib.display import Display
+    from Xlib.ext import xtest
+
+    disp = Display(display)
+    for kind, *args in events:
+        if kind == "move":
+            xtest.fake_input(disp, X.MotionNotify, x=args[0], y=args[1])
+        else:
+            xtest.fake_input(disp, X.ButtonPress if kind == "press" else X.ButtonRelease, 1)
+        disp.sync()
+    disp.close()
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_ocr_command_on_a_real_x_screen(x_screen_with_content, tiny_checkpoint, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    # GIVEN `infinitevl ocr --region --model <tiny>` on Qt's X11 platform, on the Xvfb screen
+    display, content = x_screen_with_content
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb", "OMP_NUM_THREADS": "1"}
+    env.pop("WAYLAND_DISPLAY", None)
+    command = [sys.executable, "-m", "engine", "ocr", "--region", "--model", str(tiny_checkpoint)]
+    command += ["--device", "cpu", "--max-new-tokens", "8"]
+
+    # WHEN the user drags a region with the mouse THEN the model reads it and the command says
+    # what it found (the tiny random model writes only newlines: "no text")
+    errors = tmp_path / "stderr.txt"
+    with errors.open("wb") as err:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err)
+    try:
+        _wait_for_overlay(display, content)
+        _x_pointer(display, [("move", 100, 50), ("press",), ("move", 300, 120), ("release",)])
+        deadline = time.monotonic() + 60
+        while "No text was found" not in errors.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, errors.read_text()
+            time.sleep(0.2)
+        assert "infinitevl ocr: No text was found in the selected region." in errors.read_text()
+    finally:
+        proc.kill()
+        proc.wait(10)
