@@ -9,6 +9,7 @@ graph-captured decode pays per layer, with achieved bandwidth over the bytes eac
 """
 
 import argparse
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -23,10 +24,14 @@ SWA = {"H": 16, "Hkv": 2, "D": 128, "W": 8192, "layers": 9}
 
 
 def median_ms(fn: Callable[[], object], rep_ms: int = 200) -> float:
-    """Median time of ``fn`` in ms (CUDA events through triton's do_bench)."""
+    """Median time of ``fn`` in ms (CUDA events through triton's do_bench); NaN if it fails."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
+    try:
+        return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
+    except Exception:  # CLI boundary: report the row as failed and go on with the table
+        log.exception("timing failed")
+        return float("nan")
 
 
 def graph_ms_per_call(calls: list[Callable[[], object]]) -> float:
@@ -127,7 +132,7 @@ def bench_gdn_step(device: torch.device, sweep: bool) -> list[tuple[str, float, 
     return rows
 
 
-def bench_swa_step(device: torch.device, seen: int) -> list[tuple[str, float, float]]:
+def bench_swa_step(device: torch.device, seen: int, sweep: bool) -> list[tuple[str, float, float]]:
     """Rows (name, µs per layer in a graph, GB/s over the ring's keys and values read)."""
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
@@ -158,7 +163,12 @@ def bench_swa_step(device: torch.device, seen: int) -> list[tuple[str, float, fl
         ms = graph_ms_per_call([make_call(*layer) for layer in layers])
         return name, ms * 1e3, ring_bytes / (ms * 1e-3) / 1e9
 
-    return [
+    def ours(split: int, block_n: int, warps: int) -> Callable:
+        return lambda q, k, v, r: (
+            lambda: step_triton.launch_step(q, k, v, *r, seen_t, D**-0.5, split, block_n, warps)
+        )
+
+    rows = [
         row(
             "reference.step (torch ops, fp32 math)",
             lambda q, k, v, r: lambda: reference.step(q, k, v, *r, seen, scale=D**-0.5),
@@ -173,6 +183,16 @@ def bench_swa_step(device: torch.device, seen: int) -> list[tuple[str, float, fl
         ),
         row("torch SDPA over the ring (no write)", lambda q, k, v, r: lambda: sdpa(q, r)),
     ]
+    if sweep:
+        for split, block_n in ((64, 32), (64, 64), (128, 64), (256, 64), (512, 64), (256, 128)):
+            for warps in (2, 4, 8):
+                rows.append(
+                    row(
+                        f"  ours split={split} BN={block_n} warps={warps}",
+                        ours(split, block_n, warps),
+                    )
+                )
+    return rows
 
 
 def bench_chunk(
@@ -201,10 +221,10 @@ def bench_chunk(
 
 
 def bench_swa_prefill(
-    device: torch.device, lengths: list[int], ref_max: int
+    device: torch.device, lengths: list[int], ref_max: int, sweep: bool
 ) -> list[tuple[str, int, int, float]]:
     """Rows (name, seen, T, ms) for one 4B sliding-window layer's prefill."""
-    from kernels.swa import prefill_sdpa, reference
+    from kernels.swa import prefill_sdpa, prefill_triton, reference
 
     H, Hkv, D, W = SWA["H"], SWA["Hkv"], SWA["D"], SWA["W"]
     rows = []
@@ -219,12 +239,44 @@ def bench_swa_prefill(
         args = (q, k, v, *ring, seen)
         rows.append(
             (
+                "prefill_triton (ours)",
+                seen,
+                length,
+                median_ms(lambda a=args: prefill_triton.prefill(*a, scale=D**-0.5)),
+            )
+        )
+        rows.append(
+            (
                 "prefill_sdpa",
                 seen,
                 length,
                 median_ms(lambda a=args: prefill_sdpa.prefill(*a, scale=D**-0.5)),
             )
         )
+        if sweep and length == 32768:
+            keys, values = (x.contiguous() for x in (k, v))
+            for bm, bn, warps, stages in (
+                (128, 64, 8, 3),
+                (128, 128, 8, 2),
+                (64, 64, 4, 3),
+                (128, 64, 4, 3),
+            ):
+                launch = functools.partial(
+                    prefill_triton.launch_prefill,
+                    q,
+                    keys,
+                    values,
+                    W,
+                    D**-0.5,
+                    bm,
+                    bn,
+                    warps,
+                    stages,
+                )
+                ms = median_ms(launch)
+                rows.append(
+                    (f"  ours BM={bm} BN={bn} warps={warps} stages={stages}", seen, length, ms)
+                )
         if length <= ref_max:
             rows.append(
                 (
@@ -266,7 +318,7 @@ def main() -> None:
             " graph of 9 layers\n"
         )
         print("| path | µs / layer | GB/s (ring K+V read) |\n| --- | ---: | ---: |")
-        for name, us, gbs in bench_swa_step(device, seen):
+        for name, us, gbs in bench_swa_step(device, seen, args.sweep and seen == 8191):
             print(f"| {name} | {us:.2f} | {gbs:.0f} |")
 
     lengths = [1024, 8192] if args.quick else [1024, 8192, 32768, 131072]
@@ -277,7 +329,7 @@ def main() -> None:
 
     print("\n## swa.prefill, one 4B layer, bf16\n")
     print("| path | seen | T | ms |\n| --- | ---: | ---: | ---: |")
-    for name, seen, T, ms in bench_swa_prefill(device, lengths, ref_max=32768):
+    for name, seen, T, ms in bench_swa_prefill(device, lengths, ref_max=32768, sweep=args.sweep):
         print(f"| {name} | {seen} | {T} | {ms:.3f} |")
     print(f"\n(bench took {time.monotonic() - started:.0f} s)")
 

@@ -161,5 +161,6 @@ def step(
     B, HV, V = v.shape
     o = torch.empty(B, HV, V, dtype=v.dtype, device=v.device)
     BV = block_v(B, HV, V, v.device)
-    launch_step(q, k, v, g, beta, state, o, scale, use_qk_l2norm, BV, num_warps=4 if BV >= 32 else 2)
+    # measured on an H100 (benchmarks/RESULTS_kernels.md): one warp is enough for a 128 x 16 tile
+    launch_step(q, k, v, g, beta, state, o, scale, use_qk_l2norm, BV, num_warps=4 if BV >= 32 else 1)
     return o

@@ -2,8 +2,9 @@
 
 ``prefill`` attends T new tokens over the ring and themselves, ``write`` stores them, ``step``
 stores and attends one decode token. Shapes and semantics: ``kernels.swa.reference``. On CUDA,
-``prefill`` runs torch's fused SDPA kernels in the inputs' dtype (``prefill_sdpa``) and ``step`` the
-project's split-K Triton kernel (``step_triton``, imported on first use).
+``prefill`` runs the project's banded flash-attention Triton kernel (``prefill_triton``), or torch's
+fused SDPA (``prefill_sdpa``) when grad is needed or for a first prompt within the window, and
+``step`` the split-K Triton kernel (``step_triton``); Triton modules are imported on first use.
 """
 
 import importlib.util
@@ -56,7 +57,14 @@ def prefill(
         o: [B, H, T, D] in the dtype of q.
     """
     if _resolve(q, use_kernel, "prefill", q.is_cuda):
-        return prefill_sdpa.prefill(q, k, v, ring_k, ring_v, seen, scale=scale)
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        # the Triton kernel has no backward; a first prompt within the window is plain causal
+        # attention, which SDPA's flash kernel does as fast
+        if needs_grad or not has_triton() or (seen == 0 and q.shape[2] <= ring_k.shape[2]):
+            return prefill_sdpa.prefill(q, k, v, ring_k, ring_v, seen, scale=scale)
+        from kernels.swa import prefill_triton
+
+        return prefill_triton.prefill(q, k, v, ring_k, ring_v, seen, scale=scale)
     return reference.prefill(q, k, v, ring_k, ring_v, seen, scale=scale)
 
 

@@ -140,34 +140,27 @@ def num_splits(B: int, Hkv: int, W: int, device: torch.device, block_n: int) -> 
     return split, triton.cdiv(W, split)
 
 
-def step(
+def launch_step(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     ring_k: torch.Tensor,
     ring_v: torch.Tensor,
     seen: int | torch.Tensor,
-    *,
     scale: float,
+    split: int,
+    block_n: int,
+    num_warps: int,
 ) -> torch.Tensor:
-    """One decode token: store k, v at slot seen % W, then attend over min(seen + 1, W) slots.
-
-    Args:
-        q: [B, H, D].  k, v: [B, Hkv, D] (unit stride on D).  ring_k, ring_v: [B, Hkv, W, D]
-        contiguous, modified.  seen: tokens before this one, an int or a 0-d int64 device tensor.
-        scale: multiplies q k^T.
-    Returns:
-        o: [B, H, D] in the dtype of q.
-    """
+    """Launch the split and combine kernels with explicit block sizes (for ``step`` and the bench)."""
     on_device = isinstance(seen, torch.Tensor)
-    check_inputs(q, k, v, ring_k, ring_v, 0 if on_device else seen)
     B, H, D = q.shape
     Hkv, W = ring_k.shape[1], ring_k.shape[2]
     assert ring_k.is_contiguous() and ring_v.is_contiguous(), "ring buffers must be contiguous [B, Hkv, W, D]"
     assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1, "q, k, v need unit stride on D"
     assert not on_device or (seen.numel() == 1 and seen.device == q.device), "seen tensor: one value on q's device"
-    BN = 64 if D <= 128 else 32
-    split, splits = num_splits(B, Hkv, W, q.device, BN)
+    assert split % block_n == 0, f"split {split} must be a multiple of block_n {block_n}"
+    splits = triton.cdiv(W, split)
     o_part = torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
     # Triton's CPU interpreter multiplies bf16 dot operands wrongly: upcast there (tests only)
@@ -195,15 +188,41 @@ def step(
         D=D,
         BD=triton.next_power_of_2(D),
         BG=max(16, triton.next_power_of_2(H // Hkv)),
-        BN=BN,
+        BN=block_n,
         SPLIT=split,
         NUM_SPLITS=splits,
         SEEN_ON_DEVICE=on_device,
         IEEE=ieee,
-        num_warps=4,
+        num_warps=num_warps,
     )
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     swa_step_combine_kernel[(B * H,)](
         o_part, lse_part, o, D=D, BD=triton.next_power_of_2(D), NUM_SPLITS=splits, BS=triton.next_power_of_2(splits)
     )
     return o
+
+
+def step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ring_k: torch.Tensor,
+    ring_v: torch.Tensor,
+    seen: int | torch.Tensor,
+    *,
+    scale: float,
+) -> torch.Tensor:
+    """One decode token: store k, v at slot seen % W, then attend over min(seen + 1, W) slots.
+
+    Args:
+        q: [B, H, D].  k, v: [B, Hkv, D] (unit stride on D).  ring_k, ring_v: [B, Hkv, W, D]
+        contiguous, modified.  seen: tokens before this one, an int or a 0-d int64 device tensor.
+        scale: multiplies q k^T.
+    Returns:
+        o: [B, H, D] in the dtype of q.
+    """
+    check_inputs(q, k, v, ring_k, ring_v, 0 if isinstance(seen, torch.Tensor) else seen)
+    B, Hkv, W, D = ring_k.shape
+    block_n = 64 if D <= 128 else 32
+    split, _ = num_splits(B, Hkv, W, q.device, block_n)
+    return launch_step(q, k, v, ring_k, ring_v, seen, scale, split, block_n, num_warps=4)

@@ -11,7 +11,7 @@ pytest.importorskip("triton")
 
 from kernels import swa  # noqa: E402
 from kernels._testing import assert_close, device_for_kernel_tests, poison_allocator  # noqa: E402
-from kernels.swa import prefill_sdpa, reference, step_triton  # noqa: E402
+from kernels.swa import prefill_sdpa, prefill_triton, reference, step_triton  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -116,24 +116,51 @@ def test_step_in_cuda_graph_across_positions(device: torch.device) -> None:
     assert torch.equal(ring_ref[0], ring[0])
 
 
-@pytest.mark.parametrize("T", [7, 100, 101, 250], ids=["T<W", "T=W", "T=W+1", "T>2W"])
+PREFILLS = {"sdpa": prefill_sdpa.prefill, "triton": prefill_triton.prefill}
+
+
+@pytest.mark.parametrize("T", [1, 7, 100, 101, 250], ids=["T1", "T<W", "T=W", "T=W+1", "T>2W"])
 @pytest.mark.parametrize("seen", [0, 37, 260], ids=["empty-ring", "partial-ring", "wrapped-ring"])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("impl", list(PREFILLS))
 def test_prefill_matches_reference(
-    T: int, seen: int, dtype_name: str, device: torch.device
+    impl: str, T: int, seen: int, dtype_name: str, device: torch.device
 ) -> None:
     dtype = DTYPES[dtype_name]
     shape = SHAPES["small"]
     B, H, Hkv, D, W = shape
     gen = torch.Generator().manual_seed(T + seen)
     ring = filled_ring(shape, dtype, device, gen)
+    ring_copy = [r.clone() for r in ring]
     q = randn(B, H, T, D, dtype=dtype, device=device, gen=gen)
     k, v = (randn(B, Hkv, T, D, dtype=dtype, device=device, gen=gen) for _ in range(2))
     o_ref = reference.prefill(q, k, v, *ring, seen, scale=D**-0.5)
-    o = prefill_sdpa.prefill(q, k, v, *ring, seen, scale=D**-0.5)
+    poison_allocator(device)
+    o = PREFILLS[impl](q, k, v, *ring, seen, scale=D**-0.5)
     assert o.dtype == dtype
     # float32 SDPA on CUDA may multiply in tf32
-    assert_close("prefill", o_ref, o, 2e-3 if dtype == torch.float32 else 1e-2)
+    assert_close(f"{impl} prefill", o_ref, o, 2e-3 if dtype == torch.float32 else 1e-2)
+    assert all(torch.equal(a, b) for a, b in zip(ring, ring_copy, strict=True)), (
+        "prefill changed the ring"
+    )
+
+
+@pytest.mark.parametrize("seen", [0, 20000])
+def test_prefill_published_shape(seen: int, device: torch.device) -> None:
+    if device.type != "cuda":
+        pytest.skip("too slow for Triton's interpreter")
+    shape = SHAPES["4b"]
+    B, H, Hkv, D, W = shape
+    gen = torch.Generator().manual_seed(seen)
+    ring = filled_ring(shape, torch.bfloat16, device, gen)
+    T = W + 809
+    q = randn(B, H, T, D, dtype=torch.bfloat16, device=device, gen=gen)
+    k, v = (randn(B, Hkv, T, D, dtype=torch.bfloat16, device=device, gen=gen) for _ in range(2))
+    o_ref = reference.prefill(q, k, v, *ring, seen, scale=D**-0.5)
+    poison_allocator(device)
+    with torch.no_grad():
+        o = swa.prefill(q, k, v, *ring, seen, scale=D**-0.5)  # the dispatcher picks Triton
+    assert_close("4b prefill", o_ref, o, 1e-2)
 
 
 def test_prefill_blocks_and_gradients(
