@@ -85,7 +85,10 @@ def train(cfg: TrainConfig) -> Path:
     student.train()
     t0 = time.monotonic()
     done = start
+    waited = 0.0  # seconds spent waiting for data since the last log line
+    t_wait = time.monotonic()
     for step, samples in zip(range(start, cfg.steps), loader, strict=False):
+        waited += time.monotonic() - t_wait
         frac = _time_fraction(ctx, cfg, t0)
         if frac >= 1.0:
             log.info("time budget of %.0f s spent after %d steps", cfg.time_budget_s, step)
@@ -125,6 +128,7 @@ def train(cfg: TrainConfig) -> Path:
             )
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             checkpointing.save_trainer_state(ctx, out_dir, student, optim, step + 1, history)
+        t_wait = time.monotonic()
     if bar is not None:
         bar.close()
     checkpointing.save_trainer_state(ctx, out_dir, student, optim, done, history)

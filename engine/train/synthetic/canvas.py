@@ -74,8 +74,21 @@ class Canvas:
     def fits(self, y: int, font: ImageFont.FreeTypeFont) -> bool:
         return y + line_height(font) <= self.size[1]
 
+    def fit(self, text: str, font: ImageFont.FreeTypeFont, max_width: int) -> str:
+        """`text` without the trailing words that would pass `max_width` pixels ("" if none fit)."""
+        words = text.split(" ")
+        while words and self.text_width(" ".join(words), font) > max_width:
+            words.pop()
+        return " ".join(words)
+
     def write(self, xy: tuple[int, int], text: str, font: ImageFont.FreeTypeFont, fill: RGB) -> int:
-        """Draw one line at xy (top-left), record it, and return its right edge."""
+        """Draw one line at xy (top-left) cut to the canvas width, record it, return its right end.
+
+        Text that would run off the picture is dropped, so the ground truth is what is visible.
+        """
+        text = self.fit(text, font, self.size[0] - xy[0] - 1)
+        if not text.strip():
+            return xy[0]
         self.draw.text(xy, text, font=font, fill=fill)
         self.lines.append(text)
         return xy[0] + self.text_width(text, font)

@@ -43,7 +43,7 @@ def render_page(
     if header:
         c.write((margin, y), header, font, fg)
         y += line_height(font)
-    title = src.phrase(rng, rng.randint(2, 5))
+    title = c.fit(src.phrase(rng, rng.randint(2, 5)), title_font, width - margin - 1)
     c.write((margin, y), title, title_font, fg)
     y += line_height(title_font) + 4
     fact_at = rng.randint(0, 3) if fact else -1
@@ -82,16 +82,20 @@ def render_code(
     c = Canvas(width, height, bg)
     font = load_font(rng.choice(mono), rng.randint(12, 17))
     y = margin = rng.randint(6, 14)
-    lines = src.code(rng, 40)
-    indent = min((len(ln) - len(ln.lstrip()) for ln in lines), default=0)
-    for ln in lines:
-        ln = ln[indent:]
-        if not c.fits(y, font):
+    # another run of source lines when none of one run fits the width
+    for _ in range(20):
+        lines = src.code(rng, 40)
+        indent = min((len(ln) - len(ln.lstrip()) for ln in lines), default=0)
+        for ln in lines:
+            ln = ln[indent:]
+            if not c.fits(y, font):
+                break
+            if c.text_width(ln, font) > width - 2 * margin:
+                continue
+            c.write((margin, y), ln, font, fg)
+            y += line_height(font)
+        if c.lines:
             break
-        if c.text_width(ln, font) > width - 2 * margin:
-            continue
-        c.write((margin, y), ln, font, fg)
-        y += line_height(font)
     return c.result()
 
 

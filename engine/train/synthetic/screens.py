@@ -52,7 +52,7 @@ def render_screen(
     font = load_font(rng.choice(fonts), rng.randint(13, 20))
     lh = line_height(font)
     pad = rng.randint(4, 12)
-    title = src.phrase(rng, rng.randint(1, 4))
+    title = c.fit(src.phrase(rng, rng.randint(1, 4)), font, width - pad - 1)
     # title bar in an accent colour with the title in a contrasting shade
     bar_bg, bar_fg = contrasting_colours(rng)
     c.draw.rectangle((0, 0, width, lh + 2 * pad // 2), fill=bar_bg)
@@ -87,11 +87,13 @@ def render_screen(
                 ]
             )
             x_val = pad + c.text_width(label, font) + rng.randint(10, 30)
+            if x_val + c.text_width(value, font) + 8 > width - pad:
+                continue
             c.draw.rectangle(
                 (
                     x_val - 4,
                     y - 2,
-                    min(width - pad, x_val + c.text_width(value, font) + 8),
+                    x_val + c.text_width(value, font) + 8,
                     y + lh - 2,
                 ),
                 outline=fg,
