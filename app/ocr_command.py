@@ -106,7 +106,7 @@ def build_ocr_run(
 def run_ocr_region(model: Path | None, device: str, params: SamplingParams = OCR_PARAMS) -> int:
     """Run one capture in its own event loop; returns the exit code."""
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["infinitevl-ocr"])
-    app.setQuitOnLastWindowClosed(False)
+    QtWidgets.QApplication.setQuitOnLastWindowClosed(False)
     with tempfile.TemporaryDirectory(prefix="infinitevl-ocr-") as tmp:
         run = build_ocr_run(model, device, Path(tmp), params=params)
         run.flow.start()

@@ -107,7 +107,7 @@ class OcrResultPopup(QtWidgets.QFrame):
         super().hideEvent(event)
         self.dismissed.emit()
 
-    def enterEvent(self, event: QtCore.QEvent) -> None:  # noqa: N802
+    def enterEvent(self, event: QtGui.QEnterEvent) -> None:  # noqa: N802
         # keep it while the pointer is over it: the user is reading or about to click
         self._timer.stop()
         super().enterEvent(event)

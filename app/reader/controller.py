@@ -85,5 +85,7 @@ def install(window: MainWindow) -> ReaderPane:
     ReaderController(pane, window.engine_client, lambda: window.current_conversation_id, pane)
     window.add_side_pane("Reader", pane)
     # a docked pane is hidden, not closed, with the window: free the page cache on quit
-    QtCore.QCoreApplication.instance().aboutToQuit.connect(pane.close_document)
+    app = QtCore.QCoreApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(pane.close_document)
     return pane

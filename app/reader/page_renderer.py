@@ -85,7 +85,9 @@ class PageRenderJob(QtCore.QRunnable):
 def thumbnail(image: np.ndarray) -> QtGui.QImage:
     """A QImage thumbnail of an RGB [H, W, 3] page (QImage, unlike QPixmap, works off-thread)."""
     h, w, _ = image.shape
-    small = np.ascontiguousarray(Image.fromarray(image).resize(fit_size(w, h), Image.BILINEAR))
+    small = np.ascontiguousarray(
+        Image.fromarray(image).resize(fit_size(w, h), Image.Resampling.BILINEAR)
+    )
     sh, sw, _ = small.shape
     fmt = QtGui.QImage.Format.Format_RGB888
     return QtGui.QImage(small.data, sw, sh, 3 * sw, fmt).copy()

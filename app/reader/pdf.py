@@ -117,5 +117,7 @@ def _load_image(path: Path, max_pixels: int) -> np.ndarray:
     w, h = rgb.size
     scale = render_scale(w, h, max_pixels)
     if scale < 1:
-        rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+        rgb = rgb.resize(
+            (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS
+        )
     return np.asarray(rgb)

@@ -78,7 +78,7 @@ class QtCameraSource(QtCore.QObject):
         from PySide6.QtMultimedia import QCamera, QMediaCaptureSession, QMediaDevices, QVideoSink
 
         inputs = QMediaDevices.videoInputs()
-        chosen = [d for d in inputs if device_id is None or bytes(d.id()) == device_id]
+        chosen = [d for d in inputs if device_id is None or d.id().data() == device_id]
         device = chosen[0] if chosen else QMediaDevices.defaultVideoInput()
         self.name = device.description() or "camera"
         self._camera = QCamera(device)

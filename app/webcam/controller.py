@@ -109,5 +109,7 @@ def install(
     pane = WebcamPane(source_factory)
     WebcamController(pane, window.engine_client, lambda: window.current_conversation_id, pane)
     window.add_side_pane("Webcam", pane)
-    QtCore.QCoreApplication.instance().aboutToQuit.connect(pane.stop_camera)
+    app = QtCore.QCoreApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(pane.stop_camera)
     return pane

@@ -77,11 +77,13 @@ class WebcamPane(QtWidgets.QWidget):
         self.answer.setReadOnly(True)
 
         controls = QtWidgets.QHBoxLayout()
-        for w in (self.camera_button, self.stream_check, self.rate_spin):
-            controls.addWidget(w)
+        controls.addWidget(self.camera_button)
+        controls.addWidget(self.stream_check)
+        controls.addWidget(self.rate_spin)
         ask = QtWidgets.QHBoxLayout()
-        for w in (self.question, self.with_frame_check, self.ask_button):
-            ask.addWidget(w)
+        ask.addWidget(self.question)
+        ask.addWidget(self.with_frame_check)
+        ask.addWidget(self.ask_button)
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(self.view, 1)
         layout.addLayout(controls)
