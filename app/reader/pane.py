@@ -38,6 +38,7 @@ class ReaderPane(QtWidgets.QWidget):
         self._ready: set[int] = set()
         self._failed: set[int] = set()
         self._reading: list[int] = []  # page indices of the running read, in order
+        self._page = QtGui.QPixmap()  # the page shown, at its rendered size
         self._total = 0
         self._pool = QtCore.QThreadPool(self)
         # one page at a time: PDFium is serialised anyway, and the engine needs the cores
@@ -60,9 +61,9 @@ class ReaderPane(QtWidgets.QWidget):
         self.thumbnails.setMaximumWidth(180)
         self.page_view = QtWidgets.QLabel(EMPTY_TEXT)
         self.page_view.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        scroll = QtWidgets.QScrollArea()
-        scroll.setWidget(self.page_view)
-        scroll.setWidgetResizable(True)
+        self.scroll = QtWidgets.QScrollArea()
+        self.scroll.setWidget(self.page_view)
+        self.scroll.setWidgetResizable(True)
         self.progress = QtWidgets.QProgressBar()
         self.progress.setVisible(False)
         self.status = QtWidgets.QLabel("")
@@ -73,7 +74,7 @@ class ReaderPane(QtWidgets.QWidget):
             bar.addWidget(w)
         split = QtWidgets.QSplitter()
         split.addWidget(self.thumbnails)
-        split.addWidget(scroll)
+        split.addWidget(self.scroll)
         split.setStretchFactor(1, 1)
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(bar)
@@ -123,7 +124,8 @@ class ReaderPane(QtWidgets.QWidget):
             self.rendered.release()
             self.rendered = None
         self.thumbnails.clear()
-        self.page_view.setPixmap(QtGui.QPixmap())
+        self._page = QtGui.QPixmap()
+        self.page_view.setPixmap(self._page)
         self.page_view.setText(EMPTY_TEXT)
         self._ready, self._failed, self._total = set(), set(), 0
         self._update_buttons()
@@ -198,8 +200,22 @@ class ReaderPane(QtWidgets.QWidget):
     def _on_page_chosen(self, row: int) -> None:
         if self.rendered is None or row not in self._ready:
             return
-        pixmap = QtGui.QPixmap(str(self.rendered.page_path(row)))
-        self.page_view.setPixmap(pixmap)
+        self._page = QtGui.QPixmap(str(self.rendered.page_path(row)))
+        self._fit_page()
+
+    def _fit_page(self) -> None:
+        """Show the current page as wide as the view (never enlarged); taller pages scroll."""
+        if self._page.isNull():
+            return
+        width = self.scroll.viewport().width() - 4
+        page = self._page
+        if 0 < width < page.width():
+            page = page.scaledToWidth(width, QtCore.Qt.TransformationMode.SmoothTransformation)
+        self.page_view.setPixmap(page)
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._fit_page()
 
     @QtCore.Slot(int, object)
     def _on_page_rendered(self, index: int, thumb: QtGui.QImage) -> None:

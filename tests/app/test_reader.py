@@ -165,6 +165,13 @@ def test_pane_renders_thumbnails_in_the_background(qtbot, tmp_path: Path) -> Non
     assert all(not pane.thumbnails.item(i).icon().isNull() for i in range(30))
     assert pane.page_view.pixmap() is not None and not pane.page_view.pixmap().isNull()
     assert pane.read_button.isEnabled() and not pane.cancel_button.isEnabled()
+    # WHEN a thumbnail is chosen in a narrow pane THEN its page is shown as wide as the view
+    pane.resize(420, 500)
+    pane.show()
+    qtbot.waitExposed(pane)
+    pane.thumbnails.setCurrentRow(4)
+    shown = pane.page_view.pixmap()
+    assert 0 < shown.width() <= pane.scroll.viewport().width() < 860
     cache = pane.rendered.cache_dir
     assert len(list(cache.glob("page-*.png"))) == 30
     # WHEN the document is closed THEN its cache goes (once the render job has let go too)
