@@ -101,9 +101,15 @@ class RegionOverlay(QtWidgets.QWidget):
             painter.setClipping(False)
             painter.setPen(QtGui.QPen(QtGui.QColor(255, 140, 0), 2))
             painter.drawRect(QtCore.QRectF(sel.x, sel.y, sel.width, sel.height))
+        # the hint on a dark box, readable over any screen content
+        metrics = painter.fontMetrics()
+        text_w, text_h = metrics.horizontalAdvance(self.message) + 24, metrics.height() + 12
+        box = QtCore.QRectF((self.width() - text_w) / 2, 12, text_w, text_h)
+        painter.setPen(QtCore.Qt.PenStyle.NoPen)
+        painter.setBrush(QtGui.QColor(0, 0, 0, 190))
+        painter.drawRoundedRect(box, 6, 6)
         painter.setPen(QtGui.QColor(255, 255, 255))
-        box = QtCore.QRectF(0, 12, self.width(), 40)
-        painter.drawText(box, QtCore.Qt.AlignmentFlag.AlignHCenter, self.message)
+        painter.drawText(box, QtCore.Qt.AlignmentFlag.AlignCenter, self.message)
         painter.end()
 
 

@@ -81,7 +81,7 @@ class WebcamPane(QtWidgets.QWidget):
         controls.addWidget(self.stream_check)
         controls.addWidget(self.rate_spin)
         ask = QtWidgets.QHBoxLayout()
-        ask.addWidget(self.question)
+        ask.addWidget(self.question, 1)
         ask.addWidget(self.with_frame_check)
         ask.addWidget(self.ask_button)
         layout = QtWidgets.QVBoxLayout(self)
