@@ -112,6 +112,8 @@ def _load_image(path: Path, max_pixels: int) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             rgb = im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path.name} is too large to read safely ({exc})") from exc
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"{path.name} is not a readable image ({exc})") from exc
     w, h = rgb.size

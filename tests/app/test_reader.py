@@ -275,3 +275,13 @@ def test_pane_opens_dropped_files(qtbot, tmp_path: Path) -> None:
         pane.dropEvent(drop)
     assert blocker.args == [1] and pane.rendered.document.label == "scan.png"
     pane.close_document()
+
+
+def test_oversized_image_page_is_a_message(tmp_path: Path, monkeypatch) -> None:
+    # GIVEN an image whose pixel count is far over Pillow's decompression-bomb limit
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    doc = open_document([path])
+    with pytest.raises(InputError, match="huge.png is too large to read safely"):
+        doc.render(0)
