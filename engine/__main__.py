@@ -253,10 +253,20 @@ def _add_ocr(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ocr", help="read a screen region into the clipboard", add_help=False)
 
     def run(a: argparse.Namespace) -> int:
+        if "--region" not in a.app_args:  # `infinitevl ocr IMAGE...`: no Qt needed
+            return importlib.import_module("engine.ocr").run_cli(a.app_args)
         # above the app, like `app`: importlib keeps the engine package free of app imports
         return int(importlib.import_module("app.ocr_command").main(a.app_args))
 
     p.set_defaults(run=run, takes_extra_args=True)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    # `infinitevl train CONFIG.toml`: one stage of the training pipeline (engine/train/)
+    p = sub.add_parser("train", help="run a training stage (see engine/train/configs/)")
+    _add_debug_flag(p)
+    importlib.import_module("engine.train.__main__").add_arguments(p)
+    p.set_defaults(run=lambda a: importlib.import_module("engine.train.__main__").run(a))
 
 
 def _add_debug_flag(p: argparse.ArgumentParser) -> None:
@@ -269,6 +279,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_info,
     _add_app,
     _add_ocr,
+    _add_train,
     add_models_subcommand,
 )
 

@@ -55,3 +55,22 @@ def ocr_images(
         out.append(ocr_image(engine, image, cancel=cancel))
         log.debug("ocr: image %d of %d read (%d chars)", i + 1, len(images), len(out[-1]))
     return out
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    """`infinitevl ocr IMAGE...`: print each image's text, one block per image, blank-line apart.
+
+    Returns:
+        the exit code (0).
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(prog="infinitevl ocr", description=run_cli.__doc__)
+    p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
+    p.add_argument("--model", type=Path, help="checkpoint directory (default: the embedded model)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = p.parse_args(list(argv))
+    engine = Engine.load(args.model, device=args.device)
+    for i, text in enumerate(ocr_images(engine, args.images)):
+        print(("\n" if i else "") + text)  # noqa: T201 (the command's output)
+    return 0
