@@ -27,6 +27,8 @@ from engine.config import ModelConfig
 from engine.errors import Cancelled, EngineError, InputError, StateError
 from engine.loader import load_model, weights_fingerprint
 from engine.preprocess import ImageParams, image_token_count, load_image, preprocess_images
+from engine.quant import METHODS as QUANT_METHODS
+from engine.quant import num_quantized_weights
 from engine.sampling import Sampler, SamplingParams
 from engine.state import ModelState
 from engine.tokenizer import (
@@ -98,6 +100,8 @@ class ModelInfo:
     state_nbytes: int
     is_embedded_default: bool
     slow_warning: str | None
+    # "int8", "int4" or "nf4" when the linear layers hold quantized weights (engine.quant)
+    quantization: str | None = None
 
 
 @dataclass(slots=True)
@@ -132,7 +136,12 @@ class Engine:
 
     @classmethod
     def load(
-        cls, path: str | Path | None = None, *, device: str = "auto", dtype: str | None = None
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: str = "auto",
+        dtype: str | None = None,
+        quant: str | None = None,
     ) -> Engine:
         """Load a checkpoint directory (None: the embedded default model).
 
@@ -140,6 +149,8 @@ class Engine:
             path: a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json).
             device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
             dtype: "float32", "bfloat16", "float16", or None for the loader's choice per device.
+            quant: "int8", "int4" or "nf4" quantizes the linear layers as they load ("none" or
+                None: as stored; docs/quantization.md).
 
         Raises:
             EngineError: no embedded default model and no path; a device that is not available;
@@ -153,7 +164,10 @@ class Engine:
         path = Path(path)
         resolved = resolve_device(device)
         torch_dtype = resolve_dtype(dtype)
-        model, config = load_model(path, device=resolved, dtype=torch_dtype)
+        if quant not in (None, "none", *QUANT_METHODS):
+            raise InputError(f"quant must be none, {', '.join(QUANT_METHODS)}, got {quant!r}")
+        quant = None if quant == "none" else quant
+        model, config = load_model(path, device=resolved, dtype=torch_dtype, quant=quant)
         model.eval()
         tokenizer = Tokenizer.from_dir(path)
         image_params = ImageParams.from_dir(path)
@@ -686,7 +700,7 @@ def resolve_dtype(dtype: str | None) -> torch.dtype | None:
 def model_info(model: torch.nn.Module, path: Path, *, is_embedded_default: bool) -> ModelInfo:
     """Describe a loaded model; warn when it is large for its device."""
     param = next(model.parameters())
-    num_parameters = sum(p.numel() for p in model.parameters())
+    num_parameters = sum(p.numel() for p in model.parameters()) + num_quantized_weights(model)
     by_dtype: Counter[torch.dtype] = Counter()
     for p in model.parameters():
         by_dtype[p.dtype] += p.numel()
@@ -702,6 +716,7 @@ def model_info(model: torch.nn.Module, path: Path, *, is_embedded_default: bool)
         state_nbytes=state_nbytes,
         is_embedded_default=is_embedded_default,
         slow_warning=slow_warning(name, num_parameters, param.device),
+        quantization=getattr(getattr(model, "quantization", None), "method", None),
     )
 
 

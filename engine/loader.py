@@ -20,8 +20,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, ConfigError
 from engine.model.infinitevl import FLOAT32_PARAMS, InfiniteVLForConditionalGeneration
+from engine.quant import FLOAT32_BUFFERS, QuantConfig, quantize_, to_bitsandbytes_
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,11 @@ def to_legacy_name(name: str) -> str:
 
 
 def load_model(
-    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    quant: str | None = None,
 ) -> tuple[InfiniteVLForConditionalGeneration, ModelConfig]:
     """Load a checkpoint directory: build on the meta device, then assign the stored tensors.
 
@@ -77,6 +82,9 @@ def load_model(
         device: where the weights go.
         dtype: dtype of every floating tensor but ``A_log`` (always float32); None keeps each
             tensor's stored dtype.
+        quant: "int8", "int4" or "nf4" quantizes a float checkpoint's linear layers as it loads
+            (``engine.quant``); a checkpoint written quantized (config.json's
+            ``quantization_config``) loads as it is stored. On CUDA, NF4/int8 run in bitsandbytes.
     Returns:
         ``(model, config)``, the model in eval mode with a tied ``lm_head`` re-tied.
     Raises:
@@ -88,8 +96,17 @@ def load_model(
     path = Path(path)
     config = _read_config(path)
     files = weight_files(path)
+    target = torch.device(device)
     with torch.device("meta"):
         model = InfiniteVLForConditionalGeneration(config)
+    stored_quant = _stored_quantization(path, config, quant)
+    if stored_quant is not None:
+        q = stored_quant
+        quantize_(model, method=q.method, modules=q.modules, group_size=q.group_size,
+                  block_size=q.block_size)  # fmt: skip
+    if quant is not None and stored_quant is None and target.type != "cpu":
+        # quantize on the host, then move: the float weights never fill the GPU
+        device = "cpu"
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     stored = _read_headers(files)
     _check_names_and_shapes(path, expected, stored, config.text.tie_word_embeddings)
@@ -100,8 +117,30 @@ def load_model(
     model.tie_weights()
     left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not left_on_meta, f"tensors never loaded: {left_on_meta}"
+    if quant is not None and stored_quant is None:
+        quantize_(model, method=quant)
+    method = quant or (stored_quant.method if stored_quant else None)
+    if target.type == "cuda" and method in ("nf4", "int8"):
+        to_bitsandbytes_(model, target)
+    model.to(target)
     log.info("loaded %d tensors from %d file(s) in %s", len(state_dict), len(files), path)
     return model.eval(), config
+
+
+def _stored_quantization(path: Path, config: ModelConfig, quant: str | None) -> QuantConfig | None:
+    raw = config.raw.get("quantization_config")
+    if raw is None:
+        return None
+    try:
+        stored = QuantConfig.from_hf(raw)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}/config.json: {exc}") from exc
+    if quant is not None and quant != stored.method:
+        raise CheckpointError(
+            f"{path} is stored quantized to {stored.method}; it cannot load as {quant} "
+            "(quantize the float checkpoint instead)"
+        )
+    return stored
 
 
 def _read_config(path: Path) -> ModelConfig:
@@ -228,7 +267,7 @@ def _read_tensors(
 def _cast(name: str, t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     if not t.is_floating_point():
         return t
-    if name.rsplit(".", 1)[-1] in FLOAT32_PARAMS:
+    if name.rsplit(".", 1)[-1] in (*FLOAT32_PARAMS, *FLOAT32_BUFFERS):
         return t.float()
     return t if dtype is None else t.to(dtype)
 
@@ -280,6 +319,10 @@ def save_checkpoint(
         (path / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     hf = config.to_hf()
     hf["torch_dtype"] = str(model.model.language_model.embed_tokens.weight.dtype).split(".")[-1]
+    hf.pop("quantization_config", None)
+    quantization = getattr(model, "quantization", None)
+    if quantization is not None:
+        hf["quantization_config"] = quantization.to_hf()
     (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
     if tokenizer_dir is not None:
         _copy_processor_files(Path(tokenizer_dir), path)
