@@ -45,6 +45,23 @@ _KEY_ALIASES = {
 }
 
 
+# punctuation keys by their X keysym names, which the XDG shortcut spec uses too
+_PUNCTUATION = {
+    "+": "plus",
+    "-": "minus",
+    "=": "equal",
+    ",": "comma",
+    ".": "period",
+    "/": "slash",
+    ";": "semicolon",
+    "'": "apostrophe",
+    "[": "bracketleft",
+    "]": "bracketright",
+    "\\": "backslash",
+    "`": "grave",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class KeyCombo:
     """One key with its modifiers. `key` is an X keysym name ("o", "F9", "Print")."""
@@ -57,16 +74,23 @@ class KeyCombo:
         key = self.key.upper() if len(self.key) == 1 else self.key
         return "+".join([*mods, key])
 
+    @property
+    def keysym(self) -> str:
+        """The key's X keysym name ("o", "F9", "Print", "plus")."""
+        return _PUNCTUATION.get(self.key, self.key)
+
     def portal_trigger(self) -> str:
         """The combination in the XDG shortcuts spec's notation ("CTRL+ALT+o")."""
         names = {"ctrl": "CTRL", "alt": "ALT", "shift": "SHIFT", "super": "LOGO"}
-        return "+".join([*(names[m] for m in MODIFIER_ORDER if m in self.modifiers), self.key])
+        return "+".join([*(names[m] for m in MODIFIER_ORDER if m in self.modifiers), self.keysym])
 
 
 def _parse_key(name: str, text: str) -> str:
     low = name.lower()
-    if len(name) == 1 and name.isprintable() and not name.isspace():
-        return low if name.isalpha() else name
+    if len(name) == 1 and name.isascii() and name.isalnum():
+        return low
+    if name in _PUNCTUATION:
+        return name
     if low in _KEY_ALIASES:
         return _KEY_ALIASES[low]
     if low[0] == "f" and low[1:].isdigit() and 1 <= int(low[1:]) <= 35:

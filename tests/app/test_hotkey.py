@@ -37,6 +37,8 @@ def test_parse_key_combo(text: str, modifiers: set[str], key: str) -> None:
         ("Hyper+O", "unknown modifier 'Hyper'"),
         ("Ctrl+Control+O", "twice"),
         ("Ctrl+F99", "unknown key 'F99'"),
+        ("Ctrl+é", "unknown key 'é'"),
+        ("Ctrl+!", "unknown key '!'"),
         ("Ctrl+Banana", "unknown key 'Banana'"),
     ],
 )
@@ -50,6 +52,7 @@ def test_key_combo_round_trips_through_text() -> None:
     assert str(combo) == "Ctrl+Alt+Shift+Super+P"
     assert parse_key_combo(str(combo)) == combo
     assert combo.portal_trigger() == "CTRL+ALT+SHIFT+LOGO+p"
+    assert parse_key_combo("Ctrl++").portal_trigger() == "CTRL+plus"
 
 
 @pytest.fixture
@@ -84,6 +87,22 @@ def test_x11_grab_holds_only_its_combination(qtbot, x_display: str) -> None:
         grab.unregister()
     # THEN after unregistering, another client can take the combination
     assert grab_by_other_client(x_display, combo)
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("text", ["Ctrl++", "Super+Print", "Alt+F12", "Ctrl+Shift+/"])
+def test_x11_grab_of_named_and_punctuation_keys(qtbot, x_display: str, text: str) -> None:
+    from app.capture.handlers.x11 import X11KeyGrab
+
+    grab, presses = X11KeyGrab(x_display), []
+    combo = parse_key_combo(text)
+    grab.register(combo, lambda: presses.append(1))
+    try:
+        assert not grab_by_other_client(x_display, combo)
+        press_keys(x_display, combo)
+        qtbot.waitUntil(lambda: presses == [1], timeout=2000)
+    finally:
+        grab.unregister()
 
 
 @pytest.mark.gui

@@ -57,7 +57,7 @@ def grab_by_other_client(display_name: str, combo: KeyCombo) -> bool:
 
     other = Display(display_name)
     try:
-        keycode = other.keysym_to_keycode(XK.string_to_keysym(combo.key))
+        keycode = other.keysym_to_keycode(XK.string_to_keysym(combo.keysym))
         catch = error.CatchError(error.BadAccess)
         root = other.screen().root
         root.grab_key(
@@ -78,7 +78,7 @@ def press_keys(display_name: str, combo: KeyCombo) -> None:
     names = {"ctrl": "Control_L", "alt": "Alt_L", "shift": "Shift_L", "super": "Super_L"}
     disp = Display(display_name)
     codes = [disp.keysym_to_keycode(XK.string_to_keysym(names[m])) for m in sorted(combo.modifiers)]
-    codes.append(disp.keysym_to_keycode(XK.string_to_keysym(combo.key)))
+    codes.append(disp.keysym_to_keycode(XK.string_to_keysym(combo.keysym)))
     for code in codes:
         xtest.fake_input(disp, X.KeyPress, code)
     for code in reversed(codes):

@@ -68,7 +68,7 @@ class X11KeyGrab(QtCore.QObject):
     def register(self, combo: KeyCombo, on_activated: Callable[[], None]) -> None:
         self.unregister()
         display = Display(self._display_name)
-        keysym = XK.string_to_keysym(combo.key)
+        keysym = XK.string_to_keysym(combo.keysym)
         keycode = display.keysym_to_keycode(keysym) if keysym else 0
         if keycode == 0:
             display.close()
