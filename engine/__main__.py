@@ -48,16 +48,18 @@ def generate(
     dtype: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    quant: str | None = None,
 ) -> int:
     """Answer one prompt (with images) and stream the reply to ``out``; the model to ``err``."""
     out, err = out or sys.stdout, err or sys.stderr
     from engine.engine import Engine
 
-    engine = Engine.load(model, device=device, dtype=dtype)
+    engine = Engine.load(model, device=device, dtype=dtype, quant=quant)
     info = engine.info
     which = "embedded default model" if info.is_embedded_default else "model"
     print(
-        f"{which}: {info.path} ({info.num_parameters:,} parameters, {info.device}, {info.dtype})",
+        f"{which}: {info.path} ({info.num_parameters:,} parameters, {info.device}, {info.dtype})"
+        + (f", {info.quantization} weights" if info.quantization else ""),
         file=err,
     )
     if info.slow_warning:
@@ -76,6 +78,29 @@ def generate(
         f"{stats.generated_tokens} generated in {stats.decode_seconds:.2f} s "
         f"(stopped: {stats.stop_reason})",
         file=err,
+    )
+    return 0
+
+
+def quantize(
+    src: Path, dst: Path, *, method: str, dtype: str | None = None, out: TextIO | None = None
+) -> int:
+    """Write ``src``'s checkpoint with quantized linear layers to ``dst`` (engine.quant)."""
+    out = out or sys.stdout
+    from engine.engine import resolve_dtype
+    from engine.loader import load_model, save_checkpoint, weight_files
+    from engine.quant import quantize_
+
+    if src.resolve() == dst.resolve():
+        raise InputError(f"quantize: output {dst} is the input checkpoint; name a new directory")
+    model, _ = load_model(src, dtype=resolve_dtype(dtype))
+    qconfig = quantize_(model, method=method)
+    save_checkpoint(model, dst, tokenizer_dir=src)
+    before = sum(f.stat().st_size for f in weight_files(src))
+    after = sum(f.stat().st_size for f in weight_files(dst))
+    out.write(
+        f"{len(qconfig.modules)} linear layers quantized to {method}; weights "
+        f"{before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB in {dst}\n"
     )
     return 0
 
@@ -216,6 +241,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--quant",
+        choices=("none", "int8", "int4", "nf4"),
+        default="none",
+        help="quantize the linear layers as they load (docs/quantization.md)",
+    )
 
     def run(a: argparse.Namespace) -> int:
         params = SamplingParams(
@@ -228,10 +259,21 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
             seed=a.seed,
         )
         return generate(
-            a.prompt, model=a.model, images=a.image, params=params, device=a.device, dtype=a.dtype
-        )
+            a.prompt, model=a.model, images=a.image, params=params, device=a.device, dtype=a.dtype,
+            quant=a.quant,
+        )  # fmt: skip
 
     p.set_defaults(run=run)
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="write a checkpoint with quantized linear layers")
+    _add_debug_flag(p)
+    p.add_argument("src", type=Path, help="float checkpoint directory")
+    p.add_argument("dst", type=Path, help="directory to write (loads with --model as it is)")
+    p.add_argument("--quant", choices=("int8", "int4", "nf4"), required=True)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="non-quantized")
+    p.set_defaults(run=lambda a: quantize(a.src, a.dst, method=a.quant, dtype=a.dtype))
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -263,10 +305,12 @@ def _add_ocr(sub: argparse._SubParsersAction) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     # `infinitevl train CONFIG.toml`: one stage of the training pipeline (engine/train/)
+    from engine.train.__main__ import add_arguments, run
+
     p = sub.add_parser("train", help="run a training stage (see engine/train/configs/)")
     _add_debug_flag(p)
-    importlib.import_module("engine.train.__main__").add_arguments(p)
-    p.set_defaults(run=lambda a: importlib.import_module("engine.train.__main__").run(a))
+    add_arguments(p)
+    p.set_defaults(run=run)
 
 
 def _add_debug_flag(p: argparse.ArgumentParser) -> None:
@@ -276,6 +320,7 @@ def _add_debug_flag(p: argparse.ArgumentParser) -> None:
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_generate,
+    _add_quantize,
     _add_info,
     _add_app,
     _add_ocr,
