@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from PIL import Image
 from PySide6 import QtCore, QtGui
 
@@ -598,3 +600,26 @@ def test_ocr_command_on_a_real_x_screen(x_screen_with_content, tiny_checkpoint, 
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@given(
+    size=st.tuples(st.integers(200, 3000), st.integers(200, 2000)),
+    scale=st.sampled_from([1.0, 1.25, 1.5, 2.0, 3.0]),
+    corners=st.tuples(*[st.floats(0, 1, allow_nan=False) for _ in range(4)]),
+)
+def test_logical_to_pixels_covers_the_selection(size, scale: float, corners) -> None:
+    # GIVEN a screen at (100, 50) and its image at `scale`, and a selection inside it
+    w, h = size
+    screen = Rect(100, 50, w, h)
+    image = (round(w * scale), round(h * scale))
+    x0, x1 = sorted((100 + corners[0] * w, 100 + corners[1] * w))
+    y0, y1 = sorted((50 + corners[2] * h, 50 + corners[3] * h))
+    assume(x1 - x0 >= 1 and y1 - y0 >= 1)
+    box = logical_to_pixels(Rect(x0, y0, x1 - x0, y1 - y0), screen, image)
+    # THEN the box lies in the image and covers the selection, less than 2 pixels wider each way
+    sx, sy = image[0] / w, image[1] / h
+    assert box.x >= 0 and box.y >= 0
+    assert box.right <= image[0] and box.bottom <= image[1]
+    assert box.x <= (x0 - 100) * sx + 1e-6 and box.right >= min(image[0], (x1 - 100) * sx) - 1e-6
+    assert box.y <= (y0 - 50) * sy + 1e-6 and box.bottom >= min(image[1], (y1 - 50) * sy) - 1e-6
+    assert box.width <= (x1 - x0) * sx + 2 and box.height <= (y1 - y0) * sy + 2

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PySide6 import QtGui
 
 from app.webcam.camera import camera_unavailable_reason, qimage_to_rgb
@@ -206,3 +208,20 @@ def test_frames_are_shrunk_for_the_model(qapp) -> None:
     assert abs(small.width() / small.height() - 1280 / 720) < 0.01
     tiny = rgb_to_qimage(np.zeros((48, 64, 3), dtype=np.uint8))
     assert scaled_to_pixels(tiny, 448 * 448).size() == tiny.size()
+
+
+@given(
+    rate=st.sampled_from([0.5, 1.0, 2.0, 4.0, 10.0]),
+    gaps=st.lists(st.floats(min_value=0.001, max_value=0.05), min_size=2, max_size=400),
+)
+def test_sampler_rate_holds_for_any_camera_timing(rate: float, gaps: list[float]) -> None:
+    # GIVEN frames arriving with any gaps shorter than half the sampling period
+    times = list(np.cumsum(gaps))
+    sampler: FrameSampler[float] = FrameSampler(rate, max_pending=1000)
+    kept = _run(sampler, times)
+    span = times[-1] - times[0]
+    # THEN the first frame is kept, and the count is the rate times the span, within one frame
+    assert kept[0] == times[0]
+    assert span * rate - 1 <= len(kept) <= span * rate + 1 + 1e-9
+    # THEN the k-th kept frame never comes before k periods after the first
+    assert all(t >= kept[0] + k / rate - 1e-9 for k, t in enumerate(kept))
