@@ -205,6 +205,7 @@ def time_graph_decode(graph: DecodeGraph, first: int, steps: int, device: torch.
     """ms/token of back-to-back replays (each feeds the token the previous one chose)."""
     graph.step(first)  # warm-up steps and the capture happen here
     graph.step()
+    graph.step()
     est = elapsed_ms(graph.step, device)
     steps = capped(steps, est)
     return elapsed_ms(lambda: [graph.advance() for _ in range(steps)], device) / steps

@@ -416,7 +416,9 @@ class FrameGraph:
 
     def _body(self) -> None:
         lm = self.model.model.language_model
-        feats = self.model.model.visual(self.pixels, self.grid_thw)  # [T, hidden]
+        # the vision tower's SDPA calls, without cuDNN's backend (see SDPA_BACKENDS)
+        with _sdpa_context(self.device):
+            feats = self.model.model.visual(self.pixels, self.grid_thw)  # [T, hidden]
         x = feats.to(lm.embed_tokens.weight.dtype).unsqueeze(0)  # [1, T, hidden]
         cos, sin = mrope_cos_sin(self.base_positions + self.position, lm.config, x.dtype)
         for layer, st in zip(lm.layers, self.state.layers, strict=True):
