@@ -5,14 +5,14 @@ wires them into the main window.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from app.capture.handlers.portal import PortalGlobalShortcut
-from app.capture.handlers.x11 import X11KeyGrab
 from app.capture.key_combo import KeyCombo, parse_key_combo
 from app.capture.models import HotkeyBackend, HotkeyError, HotkeyHandler
 from app.capture.ocr_flow import OcrEngineBridge, OcrFlow
@@ -21,21 +21,34 @@ from app.capture.tray import CaptureTray
 from app.chat.window import MainWindow
 from app.engine_client import EngineClient
 
+if TYPE_CHECKING:
+    from app.capture.handlers.portal import PortalGlobalShortcut
+
 log = logging.getLogger(__name__)
 
 OS_SHORTCUT_HINT = (
     "bind the command `infinitevl ocr --region` to a key in your desktop's keyboard settings"
 )
 
-_FACTORIES: dict[HotkeyBackend, Callable[[], HotkeyHandler]] = {
-    HotkeyBackend.X11_GRAB: X11KeyGrab,
-    HotkeyBackend.PORTAL: PortalGlobalShortcut,
+# imported when needed: a platform without a backend's library still gets the others
+_HANDLERS = {
+    HotkeyBackend.X11_GRAB: ("app.capture.handlers.x11", "X11KeyGrab"),
+    HotkeyBackend.PORTAL: ("app.capture.handlers.portal", "PortalGlobalShortcut"),
 }
 
 
 def default_handlers() -> list[HotkeyHandler]:
-    """One handler per backend, in HotkeyBackend's order of preference."""
-    return [_FACTORIES[backend]() for backend in HotkeyBackend]
+    """One handler per backend whose library is installed, in HotkeyBackend's order."""
+    handlers = []
+    for backend in HotkeyBackend:
+        module, name = _HANDLERS[backend]
+        try:
+            factory = getattr(importlib.import_module(module), name)
+        except ImportError as exc:
+            log.info("hotkey backend %s skipped: %s", backend.value, exc)
+            continue
+        handlers.append(factory())
+    return handlers
 
 
 def register_hotkey(
@@ -109,10 +122,11 @@ class CaptureFeature(QtCore.QObject):
         self.hotkey, self.hotkey_status = register_hotkey(text, self._on_hotkey_pressed)
         self.hotkey_combo = parse_key_combo(text) if self.hotkey is not None else None
         self.tray.set_hotkey_text(text if self.hotkey is not None else "")
-        if isinstance(self.hotkey, PortalGlobalShortcut):
+        if self.hotkey is not None and self.hotkey.backend is HotkeyBackend.PORTAL:
             # the desktop answers later, maybe after asking the user
-            self.hotkey.bound.connect(self._on_portal_bound)
-            self.hotkey.bind_failed.connect(self._on_portal_bind_failed)
+            portal = cast("PortalGlobalShortcut", self.hotkey)
+            portal.bound.connect(self._on_portal_bound)
+            portal.bind_failed.connect(self._on_portal_bind_failed)
             self.hotkey_status = f"Asked the desktop to bind {self.hotkey_combo}…"
         return self.hotkey_status
 
