@@ -83,12 +83,12 @@ class QtCameraSource(QtCore.QObject):
         self.name = device.description() or "camera"
         self._camera = QCamera(device)
         self._session = QMediaCaptureSession()
-        self._sink = QVideoSink()
+        self.video_sink = QVideoSink()
         self._session.setCamera(self._camera)
-        self._session.setVideoSink(self._sink)
+        self._session.setVideoSink(self.video_sink)
         self._on_frame: FrameCallback | None = None
         self._on_error: ErrorCallback | None = None
-        self._sink.videoFrameChanged.connect(self._on_video_frame)
+        self.video_sink.videoFrameChanged.connect(self._on_video_frame)
         self._camera.errorOccurred.connect(self._on_camera_error)
 
     def start(self, on_frame: FrameCallback, on_error: ErrorCallback) -> None:

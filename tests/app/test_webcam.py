@@ -225,3 +225,29 @@ def test_sampler_rate_holds_for_any_camera_timing(rate: float, gaps: list[float]
     assert span * rate - 1 <= len(kept) <= span * rate + 1 + 1e-9
     # THEN the k-th kept frame never comes before k periods after the first
     assert all(t >= kept[0] + k / rate - 1e-9 for k, t in enumerate(kept))
+
+
+@pytest.mark.gui
+def test_qt_camera_source_delivers_sink_frames(qtbot) -> None:
+    from PySide6 import QtMultimedia
+
+    from app.webcam.camera import QtCameraSource
+
+    # GIVEN the QtMultimedia source (no real camera here: frames are pushed into its sink)
+    source = QtCameraSource()
+    frames: list[np.ndarray] = []
+    source.start(lambda image, t: frames.append(qimage_to_rgb(image)), lambda message: None)
+    try:
+        # WHEN the capture session delivers a video frame
+        picture = np.zeros((48, 64, 3), dtype=np.uint8)
+        picture[:, :32] = (10, 200, 30)
+        source.video_sink.setVideoFrame(QtMultimedia.QVideoFrame(rgb_to_qimage(picture)))
+        # THEN the pane's callback gets it as an RGB array
+        qtbot.waitUntil(lambda: len(frames) == 1, timeout=2000)
+        np.testing.assert_array_equal(frames[0], picture)
+    finally:
+        source.stop()
+    # THEN a stopped source delivers nothing more
+    source.video_sink.setVideoFrame(QtMultimedia.QVideoFrame(rgb_to_qimage(picture)))
+    qtbot.wait(50)
+    assert len(frames) == 1
