@@ -3,6 +3,8 @@ and the whole flow with the real engine on the tiny model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -23,6 +25,7 @@ from tests.app.fake_portal import FakePortal, private_bus_address
 from tests.app.xvfb_display import grab_by_other_client, press_keys, xvfb_display
 
 OFFSCREEN_SIZE = (800, 800)  # the Qt offscreen platform's one screen
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where `python -m engine` and `tests` import
 
 
 def test_selection_rect_any_drag_direction() -> None:
@@ -492,6 +495,7 @@ def test_region_picker_two_screens_mixed_hidpi(tmp_path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "tests.app.multiscreen_picker"],
         env=env,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -588,7 +592,7 @@ def test_ocr_command_on_a_real_x_screen(x_screen_with_content, tiny_checkpoint, 
     # what it found (the tiny random model writes only newlines: "no text")
     errors = tmp_path / "stderr.txt"
     with errors.open("wb") as err:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err)
     try:
         _wait_for_overlay(display, content)
         _x_pointer(display, [("move", 100, 50), ("press",), ("move", 300, 120), ("release",)])
