@@ -6,6 +6,7 @@ Shapes and semantics are those of ``kernels.gated_delta.reference`` (docs/INTERF
 own Triton kernel (``step_triton``); both are imported on first use, so CPU installs need neither.
 """
 
+import functools
 import importlib.util
 import logging
 import os
@@ -39,6 +40,11 @@ def _resolve(x: torch.Tensor, use_kernel: bool | None, op: str, available: bool)
     return use_kernel
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning("%s", message)
+
+
 def chunk(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -63,7 +69,12 @@ def chunk(
         o: [B, T, HV, V] in the dtype of v.  final_state: [B, HV, K, V] float32.
     """
     if _resolve(q, use_kernel, "chunk", chunk_fla.is_available() and q.is_cuda) and q.shape[1] > 0:
-        if chunk_size in chunk_fla.FLA_CHUNK_SIZES:
+        leaves = (q, k, v, g, beta, initial_state)
+        needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in leaves)
+        if needs_grad and not chunk_fla.backward_is_safe(q.device):
+            # fla's forward would succeed and its backward raise: train through the reference
+            _warn_once("gated_delta.chunk: fla's backward is unsafe on this GPU/Triton: the reference takes grad calls")
+        elif chunk_size in chunk_fla.FLA_CHUNK_SIZES:
             return chunk_fla.chunk(
                 q,
                 k,
@@ -75,11 +86,8 @@ def chunk(
                 use_qk_l2norm=use_qk_l2norm,
                 chunk_size=chunk_size,
             )
-        log.warning(
-            "gated_delta.chunk: chunk_size %d is not one of fla's %s: using the reference",
-            chunk_size,
-            chunk_fla.FLA_CHUNK_SIZES,
-        )
+        else:
+            _warn_once(f"gated_delta.chunk: chunk_size {chunk_size} is not one of fla's {chunk_fla.FLA_CHUNK_SIZES}")
     return reference.chunk(
         q, k, v, g, beta, scale=scale, initial_state=initial_state, use_qk_l2norm=use_qk_l2norm, chunk_size=chunk_size
     )

@@ -7,6 +7,7 @@ installs never need it; callers go through ``kernels.gated_delta.chunk``, never 
 import functools
 import importlib.util
 import logging
+import re
 from collections.abc import Callable
 
 import torch
@@ -21,6 +22,22 @@ FLA_CHUNK_SIZES = (16, 32, 64)
 def is_available() -> bool:
     """True when fla-core and Triton can be imported (fla's kernels still need a CUDA device)."""
     return importlib.util.find_spec("fla") is not None and importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def backward_is_safe(device: torch.device) -> bool:
+    """Whether fla's backward runs on ``device``: fla 0.6 refuses it on Hopper (sm_90) with Triton
+    >= 3.4, < 3.7.1, which computes the gated dq/dk/dw wrongly there (fla issue #640), unless
+    tilelang is installed. Seen on the lent H100 with Triton 3.6.
+    """
+    if device.type != "cuda":
+        return False
+    import triton
+
+    version = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:3])
+    broken_triton = (3, 4, 0) <= version < (3, 7, 1)
+    hopper = torch.cuda.get_device_capability(device)[0] == 9
+    return not (hopper and broken_triton and importlib.util.find_spec("tilelang") is None)
 
 
 @functools.cache

@@ -5,7 +5,7 @@ import torch
 
 from kernels import gated_delta
 from kernels._testing import assert_close
-from kernels.gated_delta import reference
+from kernels.gated_delta import chunk_fla, reference
 
 B, H, HV, K, V = 2, 2, 4, 16, 8
 SCALE = K**-0.5
@@ -162,3 +162,28 @@ def test_bad_shapes_name_the_values() -> None:
         )
     with pytest.raises(ValueError, match="use_kernel=True needs CUDA"):
         gated_delta.chunk(**x, scale=SCALE, use_kernel=True)
+
+
+@pytest.mark.parametrize(
+    ("triton_version", "capability", "is_safe"),
+    [
+        ("3.6.0", (9, 0), False),
+        ("3.7.1", (9, 0), True),
+        ("3.6.0", (8, 0), True),
+        ("3.3.1", (9, 0), True),
+    ],
+    ids=["hopper-triton3.6", "hopper-triton3.7.1", "ampere-triton3.6", "hopper-triton3.3"],
+)
+def test_fla_backward_safety_rule(
+    triton_version: str, capability: tuple[int, int], is_safe: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fla 0.6 raises in its gated backward on Hopper with Triton in [3.4, 3.7.1): the dispatcher
+    # must know before the forward, or training crashes at backward
+    triton = pytest.importorskip("triton")
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    chunk_fla.backward_is_safe.cache_clear()
+    try:
+        assert chunk_fla.backward_is_safe(torch.device("cuda")) is is_safe
+    finally:
+        chunk_fla.backward_is_safe.cache_clear()

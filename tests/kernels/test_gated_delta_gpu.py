@@ -204,17 +204,22 @@ def test_chunk_fla_in_two_calls_matches_one() -> None:
     assert_close("two-call S", S_one, S2, 2e-2)
 
 
+def grads_of(fn, x: dict, K: int, V: int) -> tuple[torch.Tensor, ...]:
+    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+    o, S = fn(**leaves, scale=K**-0.5, use_qk_l2norm=True)
+    loss = (o * torch.linspace(-1, 1, V, device=o.device)).sum() + S.square().sum()
+    return torch.autograd.grad(loss, list(leaves.values()))
+
+
 @needs_fla
-def test_chunk_fla_gradients_match_reference() -> None:
+@pytest.mark.parametrize("path", ["dispatcher", "fla"])
+def test_chunk_gradients_on_cuda_match_reference(path: str) -> None:
     device, shape = torch.device("cuda"), FLA_SHAPES["gva"]
+    if path == "fla" and not chunk_fla.backward_is_safe(device):
+        pytest.skip("fla refuses its gated backward on this GPU and Triton (fla issue #640)")
     x = make_inputs(shape, 130, torch.float32, device, seed=13)
     B, _, HV, K, V = shape
     x["initial_state"] = torch.randn(B, HV, K, V, device=device)
-    grads = {}
-    for name, fn in (("reference", reference.chunk), ("fla", chunk_fla.chunk)):
-        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
-        o, S = fn(**leaves, scale=K**-0.5, use_qk_l2norm=True)
-        loss = (o * torch.linspace(-1, 1, V, device=device)).sum() + S.square().sum()
-        grads[name] = torch.autograd.grad(loss, list(leaves.values()))
-    for n, ga, gb in zip(x, grads["reference"], grads["fla"], strict=True):
+    fn = gated_delta.chunk if path == "dispatcher" else chunk_fla.chunk
+    for n, ga, gb in zip(x, grads_of(reference.chunk, x, K, V), grads_of(fn, x, K, V), strict=True):
         assert_close(f"grad {n}", ga, gb, 1e-2)
