@@ -4,12 +4,14 @@ with progress and Cancel."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from PySide6 import QtCore
 
 from app.reader.chunking import (
     finished_status,
@@ -222,14 +224,27 @@ def test_read_30_page_pdf_with_progress_then_cancel(make_window, tiny_factory, q
     assert "Read 30 pages into memory" in pane.status.text() and not pane.is_reading
     tokens_after_read = result.status.tokens_seen
 
-    # WHEN reading again and Cancel is clicked after page 3 THEN it stops early, keeping pages
+    # WHEN reading again and Cancel is clicked when page 3 is read THEN it stops there, keeping
+    # the 3 pages. The engine thread waits at page 3 until the click has happened, so a busy
+    # machine cannot let it run ahead (a direct connection runs on the engine thread).
     progress.clear()
-    client.job_progress.connect(lambda _id, done, _t: done == 3 and pane.cancel_button.click())
+    clicked = threading.Event()
+
+    def hold_at_page_3(_id: int, done: int, _total: int) -> None:
+        if done == 3:
+            clicked.wait(30)
+
+    def cancel_at_page_3(_id: int, done: int, _total: int) -> None:
+        if done == 3:
+            pane.cancel_button.click()
+            clicked.set()
+
+    client._worker.job_progress.connect(hold_at_page_3, QtCore.Qt.ConnectionType.DirectConnection)
+    client.job_progress.connect(cancel_at_page_3)
     pane.read_button.click()
     result = wait_for_job(qtbot, client)
-    assert result.cancelled
-    assert 3 <= progress[-1] < 30
-    assert f"{progress[-1]} of 30 pages are in memory" in pane.status.text()
+    assert result.cancelled and progress[-1] == 3
+    assert "Cancelled: 3 of 30 pages are in memory" in pane.status.text()
     assert result.status.tokens_seen > tokens_after_read
 
     # THEN the chat answers from the state that holds the document
@@ -254,7 +269,7 @@ def wait_for_job(qtbot, client, timeout: int = 120000):  # noqa: ANN001, ANN201
 
 @pytest.mark.gui
 def test_pane_opens_dropped_files(qtbot, tmp_path: Path) -> None:
-    from PySide6 import QtCore, QtGui
+    from PySide6 import QtGui
 
     from app.reader.pane import ReaderPane
 
