@@ -48,7 +48,12 @@ from app.settings import AppSettings, parse_args
 
 log = logging.getLogger(__name__)
 
-PANE_MODULES = ("app.reader.controller", "app.webcam.controller", "app.capture.main")
+PANE_MODULES = (
+    "app.reader.controller",
+    "app.webcam.controller",
+    "app.capture.main",
+    "app.models_dialog",
+)
 
 _SCHEMES = {
     "light": QtCore.Qt.ColorScheme.Light,

@@ -27,6 +27,15 @@ if TYPE_CHECKING:
         InputError,
         StateError,
     )
+    from engine.models import (
+        DownloadError,
+        DownloadProgress,
+        LocalModel,
+        delete_model,
+        download_model,
+        hub_cache_dir,
+        list_models,
+    )
     from engine.sampling import SamplingParams
 
 _EXPORTS = {
@@ -44,6 +53,13 @@ _EXPORTS = {
     "StateError": "engine.errors",
     "InputError": "engine.errors",
     "Cancelled": "engine.errors",
+    "DownloadError": "engine.models",
+    "DownloadProgress": "engine.models",
+    "LocalModel": "engine.models",
+    "delete_model": "engine.models",
+    "download_model": "engine.models",
+    "hub_cache_dir": "engine.models",
+    "list_models": "engine.models",
 }
 
 __all__ = [
@@ -51,16 +67,23 @@ __all__ = [
     "Cancelled",
     "CheckpointError",
     "ConfigError",
+    "DownloadError",
+    "DownloadProgress",
     "Engine",
     "EngineError",
     "GenerationStats",
     "InputError",
+    "LocalModel",
     "ModelConfig",
     "ModelInfo",
     "SamplingParams",
     "Session",
     "StateError",
     "TextDelta",
+    "delete_model",
+    "download_model",
+    "hub_cache_dir",
+    "list_models",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 
