@@ -1,0 +1,67 @@
+"""One decode step of the depthwise causal convolution + SiLU as one Triton kernel.
+
+Replaces the concatenate / multiply-add / SiLU / shift / copy sequence (about ten launches per
+convolution, three convolutions per Gated DeltaNet layer) with one launch that reads the tail,
+the input and the filter once and writes the output and the shifted tail. Same contract as
+``reference.step``; ``TRITON_INTERPRET=1`` runs it on CPU tensors for tests.
+"""
+
+import logging
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.short_conv.reference import check_inputs
+
+log = logging.getLogger(__name__)
+
+
+@triton.jit
+def short_conv_step_kernel(x, tail, weight, y, stride_x_b, C, KS: tl.constexpr, BKS: tl.constexpr, BC: tl.constexpr):
+    i_b = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BC + tl.arange(0, BC)
+    offs_j = tl.arange(0, BKS)
+    mask_c = offs_c < C
+    b_x = tl.load(x + i_b * stride_x_b + offs_c, mask=mask_c, other=0.0).to(tl.float32)  # [BC]
+    # taps 0 .. KS-2 come from the tail, tap KS-1 from x
+    p_tail = tail + (i_b * C + offs_c[:, None]) * (KS - 1) + offs_j[None, :]
+    mask_tail = mask_c[:, None] & (offs_j[None, :] < KS - 1)
+    b_tail = tl.load(p_tail, mask=mask_tail, other=0.0).to(tl.float32)  # [BC, BKS]
+    is_x = (offs_j == KS - 1)[None, :]
+    b_win = tl.where(is_x, b_x[:, None], b_tail)
+    b_w = tl.load(
+        weight + offs_c[:, None] * KS + offs_j[None, :], mask=mask_c[:, None] & (offs_j[None, :] < KS), other=0.0
+    )
+    b_y = tl.sum(b_win * b_w.to(tl.float32), axis=1)
+    b_y = b_y * tl.sigmoid(b_y)
+    tl.store(y + i_b * C + offs_c, b_y.to(y.dtype.element_ty), mask=mask_c)
+    # shift in registers (new tail tap j = window tap j + 1): reading the old tail back from memory
+    # while other threads overwrite it would race
+    shift = (offs_j[:, None] + 1) == offs_j[None, :]  # [BKS, BKS]: tap j takes window tap j + 1
+    b_next = tl.sum(tl.where(shift[None, :, :], b_win[:, None, :], 0.0), axis=2)  # [BC, BKS]
+    tl.store(p_tail, b_next.to(tail.dtype.element_ty), mask=mask_tail)
+
+
+def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """One token through the causal depthwise convolution and SiLU, shifting ``tail`` in place.
+
+    Args:
+        x: [B, C] (unit stride on C).  tail: [B, C, KS - 1] contiguous, updated in place.
+        weight: [C, KS] contiguous.
+    Returns:
+        y: [B, C] in the dtype of x.
+    """
+    check_inputs(x, tail, weight)
+    B, C = x.shape
+    KS = weight.shape[1]
+    assert KS >= 2, f"conv_size {KS} leaves no tail"
+    assert tail.is_contiguous() and weight.is_contiguous() and x.stride(-1) == 1, (
+        "tail/weight contiguous, x unit stride"
+    )
+    y = torch.empty(B, C, dtype=x.dtype, device=x.device)
+    BC = 256
+    short_conv_step_kernel[(B, triton.cdiv(C, BC))](
+        x, tail, weight, y, x.stride(0), C, KS=KS, BKS=triton.next_power_of_2(KS), BC=BC, num_warps=4
+    )
+    return y

@@ -1,0 +1,55 @@
+"""Conv-tail decode step: reference == the engine's convolution; Triton kernel == reference."""
+
+import pytest
+import torch
+
+from engine.model.gated_deltanet import ShortConvolution
+from kernels import short_conv
+from kernels._testing import assert_close
+from kernels.short_conv import reference
+
+B, C, KS = 2, 300, 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_step_matches_engine_convolution_over_many_tokens(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    conv = ShortConvolution(C, KS).to(dtype)
+    x = torch.randn(B, 9, C).to(dtype)
+    with torch.no_grad():
+        y_all, tail_all = conv(x, torch.zeros(B, C, KS - 1, dtype=dtype))
+    tail = torch.zeros(B, C, KS - 1, dtype=dtype)
+    ys = [short_conv.step(x[:, t], tail, conv.weight[:, 0].detach()) for t in range(9)]
+    assert_close("y", y_all, torch.stack(ys, dim=1), 1e-6)
+    assert torch.equal(tail, tail_all)
+
+
+def test_bad_shapes_name_the_values() -> None:
+    with pytest.raises(ValueError, match=r"tail \(2, 300, 2\), weight \(300, 4\) do not fit"):
+        reference.step(torch.randn(B, C), torch.zeros(B, C, 2), torch.randn(C, KS))
+    with pytest.raises(ValueError, match="use_kernel=True needs CUDA"):
+        short_conv.step(
+            torch.randn(B, C), torch.zeros(B, C, 3), torch.randn(C, KS), use_kernel=True
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("KS", [2, 4, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_step_matches_reference(dtype: torch.dtype, KS: int) -> None:
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+    from kernels.short_conv import step_triton
+
+    device = device_for_kernel_tests()
+    gen = torch.Generator().manual_seed(KS)
+    weight = torch.randn(C, KS, generator=gen).to(dtype).to(device)
+    tail_ref = torch.randn(B, C, KS - 1, generator=gen).to(dtype).to(device)
+    tail = tail_ref.clone()
+    for t in range(KS + 2):
+        x = torch.randn(B, C, generator=gen).to(dtype).to(device)
+        y_ref = reference.step(x, tail_ref, weight)
+        poison_allocator(device)
+        y = step_triton.step(x, tail, weight)
+        assert_close(f"y at step {t}", y_ref, y, 1e-5 if dtype == torch.float32 else 1e-2)
+        assert torch.equal(tail, tail_ref), f"tail at step {t}"
