@@ -132,6 +132,37 @@ def bench_gdn_step(device: torch.device, sweep: bool) -> list[tuple[str, float, 
     return rows
 
 
+def bench_short_conv_step(device: torch.device) -> list[tuple[str, float, float]]:
+    """Rows (name, µs per layer in a graph, GB/s): the three conv tails (q, k, v) of one layer."""
+    from kernels.short_conv import reference, step_triton
+
+    C = {"q": GDN["H"] * GDN["K"], "k": GDN["H"] * GDN["K"], "v": GDN["HV"] * GDN["V"]}
+    gen = torch.Generator(device=device).manual_seed(0)
+    layers = [
+        [
+            (
+                torch.randn(1, c, device=device, generator=gen).bfloat16(),
+                torch.randn(1, c, 3, device=device, generator=gen).bfloat16(),
+                torch.randn(c, 4, device=device, generator=gen).bfloat16(),
+            )
+            for c in C.values()
+        ]
+        for _ in range(GDN["layers"])
+    ]
+    # x read, y written, tail read + written, filter read; all bf16
+    layer_bytes = sum(c * 2 * (1 + 1 + 3 + 3 + 4) for c in C.values())
+
+    def row(name: str, fn: Callable) -> tuple[str, float, float]:
+        calls = [lambda a=args: fn(*a) for layer in layers for args in layer]
+        ms = graph_ms_per_call(calls) * 3
+        return name, ms * 1e3, layer_bytes / (ms * 1e-3) / 1e9
+
+    return [
+        row("reference.step (torch ops)", reference.step),
+        row("step_triton.step (ours)", step_triton.step),
+    ]
+
+
 def bench_swa_step(device: torch.device, seen: int, sweep: bool) -> list[tuple[str, float, float]]:
     """Rows (name, µs per layer in a graph, GB/s over the ring's keys and values read)."""
     import torch.nn.functional as F
@@ -310,6 +341,11 @@ def main() -> None:
     )
     print("| path | µs / layer | GB/s (state read + write) |\n| --- | ---: | ---: |")
     for name, us, gbs in bench_gdn_step(device, args.sweep):
+        print(f"| {name} | {us:.2f} | {gbs:.0f} |")
+
+    print("\n## short_conv.step: q, k, v conv tails of one 4B layer (C=2048, 2048, 4096), bf16\n")
+    print("| path | µs / layer (3 convs) | GB/s |\n| --- | ---: | ---: |")
+    for name, us, gbs in bench_short_conv_step(device):
         print(f"| {name} | {us:.2f} | {gbs:.0f} |")
 
     for seen in (1023, 8191, 100_000):
