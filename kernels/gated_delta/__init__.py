@@ -34,7 +34,7 @@ def _resolve(x: torch.Tensor, use_kernel: bool | None, op: str, available: bool)
         runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
         if not (runnable and available):
             raise ValueError(
-                f"gated_delta.{op}: no fast kernel for device {x.device.type!r} (installed: {available}); "
+                f"gated_delta.{op}: no fast kernel for device {x.device.type!r}; "
                 "use_kernel=True needs CUDA with Triton (and fla-core for chunk)"
             )
     return use_kernel
