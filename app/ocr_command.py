@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PySide6 import QtWidgets
 
 from app.capture.ocr_flow import OCR_PARAMS, OcrEngineBridge, OcrFlow, grab_current_desktop
@@ -72,11 +73,11 @@ def build_ocr_run(
     flow.transcription_requested.connect(run.popup.show_reading)
     run.popup.cancel_requested.connect(bridge.cancel)
 
-    def on_copied(text: str, _crop: object) -> None:
+    def on_copied(text: str, crop: np.ndarray) -> None:
         run.text, run.exit_code = text, EXIT_OK
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
-        run.popup.show_copied(text, None)
+        run.popup.show_copied(text, crop)
 
     def on_failed(message: str) -> None:
         run.exit_code = EXIT_FAILED

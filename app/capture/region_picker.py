@@ -79,6 +79,17 @@ class RegionOverlay(QtWidgets.QWidget):
         self.update()
         self.region_dragged.emit(rect)
 
+    def event(self, event: QtCore.QEvent) -> bool:
+        # Esc is ours while the overlay is up, even if the app has an Esc shortcut (Stop reply)
+        if (
+            event.type() == QtCore.QEvent.Type.ShortcutOverride
+            and isinstance(event, QtGui.QKeyEvent)
+            and event.key() == QtCore.Qt.Key.Key_Escape
+        ):
+            event.accept()
+            return True
+        return super().event(event)
+
     def keyPressEvent(self, event: QtGui.QKeyEvent) -> None:  # noqa: N802
         if event.key() == QtCore.Qt.Key.Key_Escape:
             self.cancel_requested.emit()

@@ -10,6 +10,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 PREVIEW_CHARS = 300
 SHOW_MS = 12000  # how long the popup stays without being touched
+PREVIEW_SIZE = QtCore.QSize(420, 120)  # largest shown size of the captured region
 
 
 class OcrResultPopup(QtWidgets.QFrame):
@@ -34,6 +35,7 @@ class OcrResultPopup(QtWidgets.QFrame):
         self.preview = QtWidgets.QLabel()
         self.preview.setWordWrap(True)
         self.preview.setMaximumWidth(420)
+        self.capture_view = QtWidgets.QLabel()  # the captured region, small
         self.send_button = QtWidgets.QPushButton("Send capture to chat")
         self.send_button.setVisible(can_send)
         self.close_button = QtWidgets.QPushButton("Close")
@@ -43,6 +45,7 @@ class OcrResultPopup(QtWidgets.QFrame):
         buttons.addWidget(self.close_button)
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(self.title)
+        layout.addWidget(self.capture_view)
         layout.addWidget(self.preview)
         layout.addLayout(buttons)
         self._timer = QtCore.QTimer(self)
@@ -61,6 +64,7 @@ class OcrResultPopup(QtWidgets.QFrame):
         self._crop = None
         self.is_reading = True
         h, w = crop.shape[:2]
+        self._show_capture(crop)
         self.title.setText("Reading the selected region…")
         self.preview.setText(f"{w} × {h} pixels")
         self.send_button.setEnabled(False)
@@ -71,6 +75,7 @@ class OcrResultPopup(QtWidgets.QFrame):
     def show_copied(self, text: str, crop: np.ndarray | None) -> None:
         self._crop = crop
         self._end_reading()
+        self._show_capture(crop)
         self.title.setText(f"Copied {len(text)} characters to the clipboard")
         more = "…" if len(text) > PREVIEW_CHARS else ""
         self.preview.setText(text[:PREVIEW_CHARS] + more)
@@ -81,10 +86,25 @@ class OcrResultPopup(QtWidgets.QFrame):
     def show_failure(self, message: str) -> None:
         self._crop = None
         self._end_reading()
+        self._show_capture(None)
         self.title.setText("Nothing copied")
         self.preview.setText(message)
         self.send_button.setEnabled(False)
         self._present()
+
+    def _show_capture(self, crop: np.ndarray | None) -> None:
+        if crop is None:
+            self.capture_view.clear()
+            self.capture_view.setVisible(False)
+            return
+        h, w, _ = crop.shape
+        data = np.ascontiguousarray(crop)
+        image = QtGui.QImage(data.data, w, h, 3 * w, QtGui.QImage.Format.Format_RGB888).copy()
+        pixmap = QtGui.QPixmap.fromImage(image)
+        if w > PREVIEW_SIZE.width() or h > PREVIEW_SIZE.height():
+            pixmap = pixmap.scaled(PREVIEW_SIZE, QtCore.Qt.AspectRatioMode.KeepAspectRatio)
+        self.capture_view.setPixmap(pixmap)
+        self.capture_view.setVisible(True)
 
     def _end_reading(self) -> None:
         self.is_reading = False

@@ -51,9 +51,22 @@ class CaptureTray(QtCore.QObject):
         self.icon.show()
 
     def _connect(self) -> None:
-        self.capture_action.triggered.connect(self.capture_requested)
-        self.show_action.triggered.connect(self.show_window_requested)
-        self.quit_action.triggered.connect(self.quit_requested)
+        # through slots: PySide6 does not relay triggered(bool) into a signal without arguments
+        self.capture_action.triggered.connect(self._on_capture_triggered)
+        self.show_action.triggered.connect(self._on_show_triggered)
+        self.quit_action.triggered.connect(self._on_quit_triggered)
+
+    @QtCore.Slot()
+    def _on_capture_triggered(self) -> None:
+        self.capture_requested.emit()
+
+    @QtCore.Slot()
+    def _on_show_triggered(self) -> None:
+        self.show_window_requested.emit()
+
+    @QtCore.Slot()
+    def _on_quit_triggered(self) -> None:
+        self.quit_requested.emit()
 
     def set_hotkey_text(self, text: str) -> None:
         self.capture_action.setText(f"Read screen region\t{text}" if text else "Read screen region")

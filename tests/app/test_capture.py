@@ -535,6 +535,7 @@ def test_ocr_cancel_while_reading(make_window, tiny_factory, qtbot) -> None:
     _drag(qtbot, overlay, (10, 10), (200, 100))
     assert feature.popup.isVisible() and feature.popup.is_reading
     assert feature.popup.title.text() == "Reading the selected region…"
+    assert feature.popup.capture_view.pixmap().size() == QtCore.QSize(190, 90)
     assert feature.popup.close_button.text() == "Cancel"
     # WHEN Cancel is clicked THEN the capture ends cancelled and the clipboard is untouched
     with qtbot.waitSignal(feature.flow.capture_cancelled, timeout=30000):
@@ -627,3 +628,26 @@ def test_logical_to_pixels_covers_the_selection(size, scale: float, corners) -> 
     assert box.x <= (x0 - 100) * sx + 1e-6 and box.right >= min(image[0], (x1 - 100) * sx) - 1e-6
     assert box.y <= (y0 - 50) * sy + 1e-6 and box.bottom >= min(image[1], (y1 - 50) * sy) - 1e-6
     assert box.width <= (x1 - x0) * sx + 2 and box.height <= (y1 - y0) * sy + 2
+
+
+@pytest.mark.gui
+def test_tray_and_menu_actions_start_a_capture(make_window, tiny_factory, qtbot) -> None:
+    from app.capture.main import CaptureFeature
+
+    # GIVEN the app (no desktop tray here: the tray's menu actions exist all the same)
+    window = make_window(tiny_factory)
+    feature = window.findChild(CaptureFeature)
+    screen = _synthetic_screen(*OFFSCREEN_SIZE)
+    feature.flow.grab = lambda: [MonitorShot(Rect(0, 0, *OFFSCREEN_SIZE), screen)]
+    menu_action = (
+        next(a for a in window.menuBar().actions() if a.text() == "&Capture").menu().actions()[0]
+    )
+    for action in (feature.tray.capture_action, menu_action):
+        # WHEN "Read screen region" is chosen THEN the frozen screen is shown; Esc ends it,
+        # though the window's own Esc shortcut (Stop reply) would take it otherwise
+        with qtbot.waitSignal(feature.flow.capture_started, timeout=2000):
+            action.trigger()
+        overlay = feature.flow.picker.overlays[0]
+        qtbot.waitExposed(overlay)
+        with qtbot.waitSignal(feature.flow.capture_cancelled, timeout=2000):
+            qtbot.keyClick(overlay, QtCore.Qt.Key.Key_Escape)
