@@ -124,7 +124,10 @@ def test_x11_grab_reports_a_taken_combination(qtbot, x_display: str) -> None:
 def test_x11_grab_reports_a_missing_display() -> None:
     from app.capture.handlers.x11 import X11KeyGrab
 
-    assert "cannot open X display" in (X11KeyGrab(":987").unavailable_reason() or "")
+    grab = X11KeyGrab(":987")
+    assert "cannot open X display" in (grab.unavailable_reason() or "")
+    with pytest.raises(HotkeyError, match="cannot open the X display"):
+        grab.register(parse_key_combo("Ctrl+Alt+O"), lambda: None)
 
 
 @pytest.fixture

@@ -67,7 +67,10 @@ class X11KeyGrab(QtCore.QObject):
 
     def register(self, combo: KeyCombo, on_activated: Callable[[], None]) -> None:
         self.unregister()
-        display = Display(self._display_name)
+        try:
+            display = Display(self._display_name)
+        except (error.DisplayError, error.ConnectionClosedError, OSError) as exc:
+            raise HotkeyError(f"cannot open the X display: {exc}") from exc
         keysym = XK.string_to_keysym(combo.keysym)
         keycode = display.keysym_to_keycode(keysym) if keysym else 0
         if keycode == 0:
