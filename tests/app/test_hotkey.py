@@ -136,6 +136,15 @@ def private_bus() -> str:
         yield address
 
 
+def test_portal_without_a_bus_is_a_reason_and_a_hotkey_error(qapp) -> None:
+    from app.capture.handlers.portal import PortalGlobalShortcut
+
+    handler = PortalGlobalShortcut("unix:path=/nonexistent/bus")
+    assert "cannot connect to the D-Bus session bus" in (handler.unavailable_reason() or "")
+    with pytest.raises(HotkeyError, match="cannot connect to the D-Bus session bus"):
+        handler.register(parse_key_combo("Ctrl+Alt+O"), lambda: None)
+
+
 def test_portal_absent_is_a_reason(private_bus: str) -> None:
     from app.capture.handlers.portal import PortalGlobalShortcut
 

@@ -29,7 +29,7 @@ from jeepney.io.threading import DBusRouter, open_dbus_connection, open_dbus_rou
 from PySide6 import QtCore
 
 from app.capture.key_combo import KeyCombo
-from app.capture.models import HotkeyBackend
+from app.capture.models import HotkeyBackend, HotkeyError
 from app.capture.portal_request import (
     CALL_TIMEOUT,
     PORTAL_BUS,
@@ -87,7 +87,10 @@ class PortalGlobalShortcut(QtCore.QObject):
     def register(self, combo: KeyCombo, on_activated: Callable[[], None]) -> None:
         """Start binding `combo`; the outcome comes later as `bound` or `bind_failed`."""
         self.unregister()
-        self._router = DBusRouter(open_dbus_connection(self._bus))
+        try:
+            self._router = DBusRouter(open_dbus_connection(self._bus))
+        except (OSError, KeyError, ValueError) as exc:
+            raise HotkeyError(f"cannot connect to the D-Bus session bus: {exc}") from exc
         self._on_activated = on_activated
         self._stop = threading.Event()
         self._thread = threading.Thread(
