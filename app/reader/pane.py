@@ -38,6 +38,7 @@ class ReaderPane(QtWidgets.QWidget):
         self._ready: set[int] = set()
         self._failed: set[int] = set()
         self._reading: list[int] = []  # page indices of the running read, in order
+        self._queued: list[int] | None = None  # a read waiting for its pages to be rendered
         self._page = QtGui.QPixmap()  # the page shown, at its rendered size
         self._total = 0
         self._pool = QtCore.QThreadPool(self)
@@ -128,6 +129,7 @@ class ReaderPane(QtWidgets.QWidget):
         self.page_view.setPixmap(self._page)
         self.page_view.setText(EMPTY_TEXT)
         self._ready, self._failed, self._total = set(), set(), 0
+        self._queued = None
         self._update_buttons()
 
     # progress of the read, told by the controller
@@ -178,8 +180,16 @@ class ReaderPane(QtWidgets.QWidget):
             return
         waiting = [i + 1 for i in pages if i not in self._ready]
         if waiting:
-            self._show_status(f"Page {waiting[0]} is still being rendered; read again shortly.")
+            # start by itself once the renderer has caught up
+            self._queued = pages
+            self._show_status(f"Reading starts once page {waiting[-1]} is rendered…")
+            self._update_buttons()
             return
+        self._start_read(pages)
+
+    def _start_read(self, pages: list[int]) -> None:
+        assert self.rendered is not None
+        self._queued = None
         self._reading = pages
         self.is_reading = True
         self.progress.setRange(0, len(pages))
@@ -192,6 +202,11 @@ class ReaderPane(QtWidgets.QWidget):
 
     @QtCore.Slot()
     def _on_cancel_clicked(self) -> None:
+        if self._queued is not None:
+            self._queued = None
+            self._show_status("Reading cancelled before it started.")
+            self._update_buttons()
+            return
         self.cancel_button.setEnabled(False)
         self.status.setText(reading_status(self.progress.value(), self.progress.maximum(), True))
         self.cancel_requested.emit()
@@ -226,12 +241,17 @@ class ReaderPane(QtWidgets.QWidget):
         if index == 0 or self.thumbnails.currentRow() == index:
             self.thumbnails.setCurrentRow(index)
             self._on_page_chosen(index)
+        if self._queued is not None and all(i in self._ready for i in self._queued):
+            self._start_read(self._queued)
         self._update_buttons()
 
     @QtCore.Slot(int, str)
     def _on_page_failed(self, index: int, message: str) -> None:
         log.warning("page %d: %s", index + 1, message)
         self._failed.add(index)
+        if self._queued is not None and (index in self._queued or index < 0):
+            self._queued = None
+            message = f"{message} Reading did not start; leave page {index + 1} out to read."
         self._show_status(message)
 
     @QtCore.Slot(int)
@@ -245,8 +265,9 @@ class ReaderPane(QtWidgets.QWidget):
         has_pages = self.rendered is not None and bool(self._ready)
         self.open_button.setEnabled(not self.is_reading)
         self.pages_edit.setEnabled(not self.is_reading)
-        self.read_button.setEnabled(has_pages and not self.is_reading)
-        self.cancel_button.setEnabled(self.is_reading)
+        waiting = self._queued is not None
+        self.read_button.setEnabled(has_pages and not self.is_reading and not waiting)
+        self.cancel_button.setEnabled(self.is_reading or waiting)
 
     def _show_status(self, text: str) -> None:
         log.info("reader: %s", text)

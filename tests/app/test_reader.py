@@ -300,3 +300,28 @@ def test_oversized_image_page_is_a_message(tmp_path: Path, monkeypatch) -> None:
     doc = open_document([path])
     with pytest.raises(InputError, match="huge.png is too large to read safely"):
         doc.render(0)
+
+
+@pytest.mark.gui
+def test_read_clicked_before_rendering_ends_starts_by_itself(qtbot, tmp_path: Path) -> None:
+    from app.reader.pane import ReaderPane
+
+    pane = ReaderPane()
+    qtbot.addWidget(pane)
+    pane.open_paths([write_pdf(tmp_path / "long.pdf", 30)])
+    # GIVEN the first page rendered and the rest still rendering
+    qtbot.waitUntil(pane.read_button.isEnabled, timeout=10000)
+    if pane.rendered is not None and len(list(pane.rendered.cache_dir.glob("*.png"))) == 30:
+        pytest.skip("this machine rendered all 30 pages before the click")
+    # WHEN "Read into memory" is clicked THEN it waits, says so, and can be cancelled
+    pane.read_button.click()
+    assert "Reading starts once page 30 is rendered" in pane.status.text()
+    assert not pane.read_button.isEnabled() and pane.cancel_button.isEnabled()
+    # THEN the read starts by itself with all 30 pages once they are rendered
+    with qtbot.waitSignal(pane.read_requested, timeout=20000) as blocker:
+        pass
+    paths, label = blocker.args
+    assert label == "long.pdf" and len(paths) == 30 and all(p.exists() for p in paths)
+    assert pane.is_reading
+    pane.on_read_finished(False, 30)
+    pane.close_document()
