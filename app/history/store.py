@@ -41,6 +41,8 @@ DB_NAME = "history.sqlite3"
 MIGRATIONS: list[str] = [resources.files("app.history").joinpath("schema.sql").read_text("utf-8")]
 # the newest snapshots kept per conversation; older turns are rebuilt from the history (ADR 001)
 KEEP_SNAPSHOTS = 4
+# search ranks the newest this many matching messages, best first (see search_messages)
+SEARCH_WINDOW = 500
 _MIME_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
@@ -91,19 +93,23 @@ def _fts_query(text: str) -> str:
 
 
 def search_messages(db_path: Path, text: str, limit: int = 50) -> list[SearchHit]:
-    """Messages of every conversation matching all words of ``text``, best first."""
+    """Messages matching all words of ``text``: the best of the newest ``SEARCH_WINDOW``."""
     query = _fts_query(text)
     if not query:
         return []
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
+        # rank only the newest SEARCH_WINDOW matches: bm25 over every match of a common word
+        # takes ~0.5 s at 100,000 messages, the newest ones in FTS5's rowid order ~10 ms
         rows = conn.execute(
-            """SELECT m.conversation_id, c.title, m.id,
-                      snippet(messages_fts, 0, '[', ']', '…', 12)
-               FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
+            """SELECT m.conversation_id, c.title, m.id, f.snippet
+               FROM (SELECT rowid, rank, snippet(messages_fts, 0, '[', ']', '…', 12) AS snippet
+                     FROM messages_fts WHERE messages_fts MATCH ?
+                     ORDER BY rowid DESC LIMIT ?) AS f
+               JOIN messages m ON m.id = f.rowid
                JOIN conversations c ON c.id = m.conversation_id
-               WHERE messages_fts MATCH ? ORDER BY rank LIMIT ?""",
-            (query, limit),
+               ORDER BY f.rank LIMIT ?""",
+            (query, SEARCH_WINDOW, limit),
         ).fetchall()
     finally:
         conn.close()
