@@ -52,9 +52,10 @@ def generate(
 ) -> int:
     """Answer one prompt (with images) and stream the reply to ``out``; the model to ``err``."""
     out, err = out or sys.stdout, err or sys.stderr
-    from engine.engine import Engine
+    from engine.backends import load_engine
 
-    engine = Engine.load(model, device=device, dtype=dtype, quant=quant)
+    # a .gguf model runs on llama.cpp (engine/backends/gguf.py), anything else on the torch engine
+    engine = load_engine(model, device=device, dtype=dtype, quant=quant)
     info = engine.info
     which = "embedded default model" if info.is_embedded_default else "model"
     print(
@@ -230,7 +231,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer a prompt (and images), streaming to stdout")
     _add_debug_flag(p)
     p.add_argument("prompt", help="the user's message")
-    p.add_argument("--model", type=Path, help="checkpoint directory (default: the embedded model)")
+    p.add_argument(
+        "--model", type=Path, help="checkpoint directory or .gguf (default: the embedded model)"
+    )
     p.add_argument("--image", type=Path, action="append", default=[], help="image file, repeatable")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
