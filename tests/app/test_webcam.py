@@ -194,8 +194,16 @@ def test_frames_stream_into_the_engine_and_a_question_forks(make_window, tiny_fa
 
     # THEN the stream continues from its own state: the next frame adds exactly one frame's tokens
     camera.emit(2.0)
-    assert _wait_job(qtbot, client).status.tokens_seen == seen_1 + per_frame
+    seen_2 = _wait_job(qtbot, client).status.tokens_seen
+    assert seen_2 == seen_1 + per_frame
     pane.stop_camera()
+
+    # THEN the chat itself continues from the state holding the frames, in memory
+    window.composer.set_text("What did the camera see?")
+    with qtbot.waitSignal(client.generation_finished, timeout=60000) as blocker:
+        window.composer.send_button.click()
+    assert blocker.args[1].status.how == "memory"
+    assert blocker.args[1].status.tokens_seen > seen_2
 
 
 @pytest.mark.gui
