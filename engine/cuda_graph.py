@@ -11,6 +11,7 @@ The module knows nothing of tokenizers, sessions or the app.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -173,6 +174,13 @@ def reserve_full_attention(state: ModelState, capacity: int) -> None:
                 setattr(st, name, new)
 
 
+@functools.cache
+def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream every graph of ``device`` warms up on."""
+    # cuBLAS keeps a workspace per stream (~64 MiB seen on an H100): one stream per graph leaks
+    return torch.cuda.Stream(device)
+
+
 class _Replayable:
     """Runs ``body`` eagerly for ``warmup`` calls, then captures it once and replays it."""
 
@@ -195,7 +203,7 @@ class _Replayable:
             return
         if warmup:
             # warm-up on a side stream, as torch's graph docs ask (cuBLAS workspaces, autotuning)
-            stream = torch.cuda.Stream(self._device)
+            stream = _warmup_stream(self._device)
             stream.wait_stream(torch.cuda.current_stream(self._device))
             with torch.cuda.stream(stream):
                 self._body()
@@ -273,6 +281,7 @@ class DecodeGraph:
         position_ids = self.position.view(1, 1, 1).expand(3, 1, 1)
         cos, sin = mrope_cos_sin(position_ids, lm.config, x.dtype)
         for layer, st in zip(lm.layers, self.state.layers, strict=True):
+            assert isinstance(layer, DecoderLayer)
             x = _layer(layer, x, self._mixer(layer, st, cos, sin))
         logits = self.model.lm_head(lm.norm(x))[:, -1].float()  # [1, vocab]
         self.logits.copy_(logits)
@@ -422,21 +431,20 @@ class FrameGraph:
         x = feats.to(lm.embed_tokens.weight.dtype).unsqueeze(0)  # [1, T, hidden]
         cos, sin = mrope_cos_sin(self.base_positions + self.position, lm.config, x.dtype)
         for layer, st in zip(lm.layers, self.state.layers, strict=True):
-            mixer = layer.self_attn
-            if isinstance(mixer, GatedDeltaNet):
-                assert isinstance(st, GDNState)
-                x = _layer(layer, x, lambda h, mixer=mixer, st=st: mixer(h, st))
-            else:
-                assert isinstance(st, SWAState)
-                x = _layer(
-                    layer,
-                    x,
-                    lambda h, mixer=mixer, st=st: attention_frame(
-                        mixer, h, cos, sin, st, self.seen
-                    ),
-                )
+            assert isinstance(layer, DecoderLayer)
+            x = _layer(layer, x, self._mixer(layer, st, cos, sin))
         self.position.add_(self.position_step)
         self.seen.add_(self.num_tokens)
+
+    def _mixer(
+        self, layer: DecoderLayer, st: LayerState, cos: torch.Tensor, sin: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        mixer = layer.self_attn
+        if isinstance(mixer, GatedDeltaNet):
+            assert isinstance(st, GDNState)
+            return lambda h: mixer(h, st)
+        assert isinstance(st, SWAState)
+        return lambda h: attention_frame(mixer, h, cos, sin, st, self.seen)
 
     def feed(self, pixel_values: torch.Tensor) -> bool:
         """Feed one frame's patches [t*h*w, C*tp*p*p]; returns True if it took the static step."""

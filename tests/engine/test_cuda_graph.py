@@ -51,11 +51,14 @@ def eager_decode(
 
 
 def prefill(model: InfiniteVLForConditionalGeneration, n: int, seed: int = 1) -> ModelState:
+    """A state after ``n`` random tokens; on CUDA fed one by one (fla's chunk would compile)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 200, (1, n), generator=gen).to(model.device)
     state = model.new_state()
+    piece = 1 if model.device.type == "cuda" else n
     with torch.no_grad():
-        model(ids, state, logits_to_keep=1)
+        for start in range(0, n, piece):
+            model(ids[:, start : start + piece], state, logits_to_keep=1)
     return state
 
 
