@@ -118,9 +118,9 @@ def load_model(
     left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not left_on_meta, f"tensors never loaded: {left_on_meta}"
     if quant is not None and stored_quant is None:
-        quantize_(model, method=quant)
-    method = quant or (stored_quant.method if stored_quant else None)
-    if target.type == "cuda" and method in ("nf4", "int8"):
+        # on CUDA, NF4/int8 layers go straight to bitsandbytes
+        quantize_(model, method=quant, device=target)
+    elif stored_quant is not None and target.type == "cuda" and stored_quant.method != "int4":
         to_bitsandbytes_(model, target)
     model.to(target)
     log.info("loaded %d tensors from %d file(s) in %s", len(state_dict), len(files), path)

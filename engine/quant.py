@@ -46,6 +46,9 @@ dequantize_int4 = reference.dequantize_int4
 dequantize_nf4 = reference.dequantize_nf4
 
 Predicate = Callable[[str, nn.Linear], bool]
+_NO_BITSANDBYTES = (
+    "NF4/int8 on CUDA needs bitsandbytes: .venv/bin/pip install -c constraints.txt -e '.[quant]'"
+)
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,6 +320,7 @@ def quantize_(
     group_size: int = INT4_GROUP_SIZE,
     block_size: int = NF4_BLOCK_SIZE,
     modules: tuple[str, ...] | None = None,
+    device: torch.device | str | None = None,
 ) -> QuantConfig:
     """Swap the model's ``nn.Linear`` layers for quantized ones, in place.
 
@@ -326,12 +330,18 @@ def quantize_(
         method: "int8", "int4" or "nf4".
         group_size, block_size: int4's group of inputs, NF4's block of values.
         modules: exactly these layers (a stored ``QuantConfig``); overrides ``predicate``.
+        device: a CUDA device makes NF4 and int8 layers bitsandbytes layers there, straight from
+            the float weights (the same codes; such a model runs but cannot be saved).
     Returns:
         the ``QuantConfig``, also set as ``model.quantization``.
     """
     if method not in METHODS:
         raise ValueError(f"quantization method must be one of {METHODS}, got {method!r}")
     wanted = set(modules) if modules is not None else None
+    target = None if device is None else torch.device(device)
+    use_bnb = target is not None and target.type == "cuda" and method in ("nf4", "int8")
+    if use_bnb and not qlinear.has_bitsandbytes():
+        raise EngineError(_NO_BITSANDBYTES)
     done: list[str] = []
     for name, linear in list(model.named_modules()):
         if type(linear) is not nn.Linear:
@@ -339,6 +349,11 @@ def quantize_(
         if wanted is not None and name not in wanted:
             continue
         if wanted is None and not predicate(name, linear):
+            continue
+        if use_bnb:
+            assert target is not None and not linear.weight.is_meta
+            _set_module(model, name, _bitsandbytes(method, linear.weight, linear.bias, target))
+            done.append(name)
             continue
         layer = _quantized(linear, method, group_size, block_size)
         if layer is None:
@@ -393,19 +408,23 @@ def to_bitsandbytes_(model: nn.Module, device: torch.device) -> int:
         EngineError: bitsandbytes is not installed.
     """
     if not qlinear.has_bitsandbytes():
-        raise EngineError(
-            "NF4/int8 on CUDA needs bitsandbytes: "
-            ".venv/bin/pip install -c constraints.txt -e '.[quant]'"
-        )
-    from kernels.qlinear import bnb
-
+        raise EngineError(_NO_BITSANDBYTES)
     count = 0
     for name, layer in list(model.named_modules()):
         if isinstance(layer, NF4Linear | Int8Linear):
-            build = bnb.linear_nf4 if isinstance(layer, NF4Linear) else bnb.linear_int8
-            _set_module(model, name, build(layer.dequantize(), layer.bias, device))
+            weight = layer.dequantize()
+            _set_module(model, name, _bitsandbytes(layer.method, weight, layer.bias, device))
             count += 1
     return count
+
+
+def _bitsandbytes(
+    method: str, weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device
+) -> nn.Module:
+    from kernels.qlinear import bnb
+
+    build = bnb.linear_nf4 if method == "nf4" else bnb.linear_int8
+    return build(weight, bias, device)
 
 
 def num_quantized_weights(model: nn.Module) -> int:
