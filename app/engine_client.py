@@ -25,7 +25,7 @@ from PySide6 import QtCore
 
 from app.history.files import write_atomically
 from app.history.models import SessionTarget, SnapshotInfo, Turn
-from engine import Cancelled, CancelToken, EngineError, SamplingParams
+from engine import Cancelled, CancelToken, EngineError, InputError, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,12 @@ _HOW_TEXT = {
 def _replay(session: Any, turn: Turn, cancel: CancelToken) -> None:
     if turn.role == "user":
         images = tuple(_read_image(p) for p in turn.images if p.exists())
-        session.add_user_message(turn.text, images=images, cancel=cancel)
+        try:
+            session.add_user_message(turn.text, images=images, cancel=cancel)
+        except InputError as exc:
+            # a message the engine refused when it was sent (its reply was removed) stays in
+            # the history; skipping it keeps the rest of the conversation usable
+            log.warning("message %d is not replayed: %s", turn.message_id, exc)
     elif turn.role == "assistant":
         session.add_assistant_message(turn.text, cancel=cancel)
     else:

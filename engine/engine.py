@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | Image.Image | str | Path
 PREFILL_CHUNK_TOKENS = 2048
+# one message's text (a 10 MB paste would prefill for minutes on a CPU); documents go as pages
+MAX_TEXT_CHARS = 1_000_000
 SLOW_PARAMETERS = 1_000_000_000
 GREEDY = SamplingParams()
 _IMAGE_BLOCK = f"{VISION_START}{IMAGE_PAD}{VISION_END}"
@@ -648,9 +650,23 @@ def _no_progress(done: int, total: int | None) -> None:
 def _check_text(name: str, text: object) -> None:
     if not isinstance(text, str):
         raise InputError(f"{name} must be a string, got {type(text).__name__}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(
+            f"{name} is {len(text):,} characters long; one message holds at most "
+            f"{MAX_TEXT_CHARS:,}: split it, or read long documents as pages"
+        )
     reserved = [t for t in _RESERVED if t in text]
     if reserved:
         raise InputError(f"{name} contains reserved chat tokens {reserved}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # lone surrogates: bytes that were not UTF-8 (e.g. a command-line argument, decoded
+        # with surrogateescape); the tokenizer would fail with a TypeError
+        raise InputError(
+            f"{name} is not valid Unicode: {exc.reason} at character {exc.start} "
+            "(bytes that are not UTF-8?)"
+        ) from exc
 
 
 def _match_state_dtype(state: ModelState, fresh: ModelState) -> None:
