@@ -55,15 +55,19 @@ def _sync(device: torch.device) -> None:
 
 
 def tensor_bytes(model: nn.Module) -> int:
-    """Bytes of every distinct tensor the model holds (int4's CPU packing included)."""
+    """Bytes of every distinct tensor the model holds, the CPU kernels' packed weights included."""
     seen: dict[int, int] = {}
     tensors = [*model.parameters(), *model.buffers()]
+    packed_int8 = 0
     for m in model.modules():
         if isinstance(m, quant.Int4Linear):
-            tensors += [t for t in (m._packed, *m._scales_zeros.values()) if t is not None]
+            tensors += [t for t in (m._packed, m._scales_zeros) if t is not None]
+        elif isinstance(m, quant.Int8Linear) and m._packed is not None:
+            # fbgemm's packed weight is no tensor: one byte per weight
+            packed_int8 += m.in_features * m.out_features
     for t in tensors:
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sum(seen.values())
+    return sum(seen.values()) + packed_int8
 
 
 def text_ids(vocab: int) -> int:
@@ -217,32 +221,34 @@ def random_checkpoint(config: Path, out: Path, dtype: torch.dtype) -> Path:
     return out
 
 
-def linear_stack_bench(layers: int, prefill_tokens: int, decode_tokens: int) -> None:
-    """Decoder linears of Qwen2.5-3B's shape (no attention, no head): bf16 vs int8 vs int4."""
+def linear_stack_bench(
+    layers: int, prefill_tokens: int, decode_tokens: int, dtype: torch.dtype, methods: list[str]
+) -> None:
+    """Decoder linears of Qwen2.5-3B's shape (no attention, no head): float vs quantized."""
     s = QWEN25_3B
     shapes = [
         (s["q"], s["hidden"]), (s["kv"], s["hidden"]), (s["kv"], s["hidden"]),
         (s["hidden"], s["q"]), (s["intermediate"], s["hidden"]),
         (s["intermediate"], s["hidden"]), (s["hidden"], s["intermediate"]),
     ]  # fmt: skip
-    print(f"\nQwen2.5-3B-shaped linear stack, {layers} layers, bf16 activations, "
+    print(f"\nQwen2.5-3B-shaped linear stack, {layers} layers, {dtype} activations, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     print("| weights | resident GiB | prefill tok/s | decode tok/s |")
     print("| --- | --- | --- | --- |")
-    for method in ("bf16", "int8", "int4"):
+    for method in ["float", *methods]:
         torch.manual_seed(0)
         stack = nn.ModuleList()
         for _ in range(layers):
             for n, k in shapes:
-                lin = nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
-                if method != "bf16":
+                lin = nn.Linear(k, n, bias=False, dtype=dtype)
+                if method != "float":
                     holder = nn.Sequential(lin)
                     quant.quantize_(holder, method=method)
                     lin = holder[0]
                 stack.append(lin)
         run = _stack_runner(stack, s)
-        x = torch.randn(prefill_tokens, s["hidden"], dtype=torch.bfloat16)
-        run(x[:1])  # packs int4 for this CPU
+        x = torch.randn(prefill_tokens, s["hidden"], dtype=dtype)
+        run(x[:1])  # packs the weights for this CPU's kernels
         start = time.perf_counter()
         run(x)
         prefill = prefill_tokens / (time.perf_counter() - start)
@@ -303,7 +309,7 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: embedded)")
     p.add_argument("--config", choices=sorted(CONFIGS), help="random weights at this config")
     p.add_argument(
-        "--methods", default=None, help="comma list (default: int8,nf4 GPU; int8,int4 CPU)"
+        "--methods", help="comma list (default: int8,nf4 on CUDA; int8,int8-dynamic,int4 on CPU)"
     )
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--prompt-length", type=int, default=64)
@@ -314,12 +320,12 @@ def main() -> None:
     p.add_argument("--sensitivity", action="store_true")
     a = p.parse_args()
     device = torch.device(a.device)
-    default = "int8,nf4" if device.type == "cuda" else "int8,int4"
+    default = "int8,nf4" if device.type == "cuda" else "int8,int8-dynamic,int4"
     methods = (a.methods or default).split(",")
-    if a.linear_stack:
-        linear_stack_bench(a.layers, a.prefill_tokens, a.decode_tokens)
-        return
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if a.linear_stack:
+        linear_stack_bench(a.layers, a.prefill_tokens, a.decode_tokens, dtype, methods)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = _model_path(a, Path(tmp), dtype)
         config = ModelConfig.from_file(path / "config.json")

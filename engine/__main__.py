@@ -246,7 +246,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--quant",
-        choices=("none", "int8", "int4", "nf4"),
+        choices=("none", "int8", "int8-dynamic", "int4", "nf4"),
         default="none",
         help="quantize the linear layers as they load (docs/quantization.md)",
     )
@@ -274,7 +274,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     _add_debug_flag(p)
     p.add_argument("src", type=Path, help="float checkpoint directory")
     p.add_argument("dst", type=Path, help="directory to write (loads with --model as it is)")
-    p.add_argument("--quant", choices=("int8", "int4", "nf4"), required=True)
+    p.add_argument("--quant", choices=("int8", "int8-dynamic", "int4", "nf4"), required=True)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="non-quantized")
     p.set_defaults(run=lambda a: quantize(a.src, a.dst, method=a.quant, dtype=a.dtype))
 

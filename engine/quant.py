@@ -26,7 +26,7 @@ from kernels.qlinear import reference
 
 log = logging.getLogger(__name__)
 
-METHODS = ("int8", "int4", "nf4")
+METHODS = ("int8", "int8-dynamic", "int4", "nf4")
 INT4_GROUP_SIZE = 128
 NF4_BLOCK_SIZE = 64
 # buffers that stay float32 whatever dtype the model is loaded in
@@ -131,30 +131,62 @@ class QuantLinear(nn.Module):
 
 
 class Int8Linear(QuantLinear):
-    """int8 codes per output row; torch's weight-only kernel on the CPU."""
+    """int8 codes per output row.
 
-    method = "int8"
+    On the CPU, "int8" runs torch's weight-only kernel (bf16 activations); "int8-dynamic" runs
+    fbgemm's dynamic GEMM, which also quantizes each call's activations (faster, less exact:
+    docs/quantization.md). fbgemm's packing replaces the codes in memory; saving unpacks them.
+    """
 
     def __init__(
-        self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+        self,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        dynamic: bool = False,
     ) -> None:
         super().__init__(weight.shape[1], weight.shape[0], bias)
+        self.method = "int8-dynamic" if dynamic else "int8"
         self.register_buffer("weight", weight)  # int8 [N, K]
         self.register_buffer("weight_scale", scale)  # float32 [N]
+        self._packed: torch.ScriptObject | None = None
 
     @classmethod
-    def empty(cls, n: int, k: int, bias: torch.Tensor | None, device: torch.device) -> Int8Linear:
+    def empty(
+        cls, n: int, k: int, bias: torch.Tensor | None, device: torch.device, *, dynamic: bool
+    ) -> Int8Linear:
         return cls(
             torch.empty(n, k, dtype=torch.int8, device=device),
             torch.empty(n, device=device),
             bias,
+            dynamic=dynamic,
         )
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize_int8(self.weight, self.weight_scale)
+        return dequantize_int8(*self._codes())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "int8-dynamic" and x.device.type == "cpu":
+            if self._packed is None:
+                self._packed = qcpu.pack_int8_dynamic(self.weight, self.weight_scale)
+                if self._packed is not None:
+                    self.weight = torch.empty(0, dtype=torch.int8)
+            if self._packed is not None:
+                return qcpu.int8_linear_dynamic(x, self._packed, self.bias)
         return qlinear.int8_linear(x, self.weight, self.weight_scale, self.bias)
+
+    def _codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._packed is not None:
+            return qcpu.unpack_int8_dynamic(self._packed)
+        return self.weight, self.weight_scale
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._packed is not None:
+            destination[prefix + "weight"] = self._codes()[0]
 
 
 class Int4Linear(QuantLinear):
@@ -180,7 +212,7 @@ class Int4Linear(QuantLinear):
         self.register_buffer("weight_zero", zero)  # float32 [N, K / G]
         self.group_size = self.in_features // scale.shape[1]
         self._packed: torch.Tensor | None = None
-        self._scales_zeros: dict[torch.dtype, torch.Tensor] = {}
+        self._scales_zeros: torch.Tensor | None = None
 
     @classmethod
     def empty(
@@ -203,12 +235,10 @@ class Int4Linear(QuantLinear):
         ):
             if self._packed is None:
                 self._packed = qcpu.pack_int4(self.weight, self.weight_scale, self.weight_zero)
+                self._scales_zeros = qcpu.scales_and_zeros(self.weight_scale, self.weight_zero)
                 self.weight = torch.empty(0, dtype=torch.uint8)
-            sz = self._scales_zeros.get(x.dtype)
-            if sz is None:
-                sz = qcpu.scales_and_zeros(self.weight_scale, self.weight_zero, x.dtype)
-                self._scales_zeros[x.dtype] = sz
-            return qcpu.int4_linear(x, self._packed, sz, self.group_size, self.bias)
+            assert self._scales_zeros is not None
+            return qcpu.int4_linear(x, self._packed, self._scales_zeros, self.group_size, self.bias)
         self._check_portable()
         return reference.int4_linear(x, self.weight, self.weight_scale, self.weight_zero, self.bias)
 
@@ -327,7 +357,7 @@ def quantize_(
     Args:
         model: a model with float weights, or one built on ``meta`` (empty quantized layers).
         predicate: ``(name, linear) -> bool``, which layers to quantize.
-        method: "int8", "int4" or "nf4".
+        method: "int8", "int8-dynamic" (activations quantized too, on the CPU), "int4" or "nf4".
         group_size, block_size: int4's group of inputs, NF4's block of values.
         modules: exactly these layers (a stored ``QuantConfig``); overrides ``predicate``.
         device: a CUDA device makes NF4 and int8 layers bitsandbytes layers there, straight from
@@ -339,7 +369,7 @@ def quantize_(
         raise ValueError(f"quantization method must be one of {METHODS}, got {method!r}")
     wanted = set(modules) if modules is not None else None
     target = None if device is None else torch.device(device)
-    use_bnb = target is not None and target.type == "cuda" and method in ("nf4", "int8")
+    use_bnb = target is not None and target.type == "cuda" and method != "int4"
     if use_bnb and not qlinear.has_bitsandbytes():
         raise EngineError(_NO_BITSANDBYTES)
     done: list[str] = []
@@ -378,15 +408,16 @@ def _quantized(
 ) -> QuantLinear | None:
     w, b = linear.weight, linear.bias
     N, K = w.shape
+    dynamic = method == "int8-dynamic"
     if w.is_meta:
-        if method == "int8":
-            return Int8Linear.empty(N, K, b, w.device)
+        if method.startswith("int8"):
+            return Int8Linear.empty(N, K, b, w.device, dynamic=dynamic)
         if method == "int4":
             g = int4_group_size(K, group_size)
             return None if g is None else Int4Linear.empty(N, K, g, b, w.device)
         return NF4Linear.empty(N, K, block_size, b, w.device)
-    if method == "int8":
-        return Int8Linear(*quantize_int8(w), b)
+    if method.startswith("int8"):
+        return Int8Linear(*quantize_int8(w), b, dynamic=dynamic)
     if method == "int4":
         g = int4_group_size(K, group_size)
         return None if g is None else Int4Linear(*quantize_int4(w, g), b)
@@ -423,6 +454,7 @@ def _bitsandbytes(
 ) -> nn.Module:
     from kernels.qlinear import bnb
 
+    # LLM.int8 quantizes activations already: "int8-dynamic" is the same layer on CUDA
     build = bnb.linear_nf4 if method == "nf4" else bnb.linear_int8
     return build(weight, bias, device)
 

@@ -17,8 +17,8 @@ from kernels._testing import rel_rms
 
 PROMPT_IDS = torch.randint(0, 240, (1, 40), generator=torch.Generator().manual_seed(0))
 # relative RMS error of the tiny model's logits over PROMPT_IDS against float32 (measured
-# 0.003 / 0.05 / 0.07), and the mean next-token KL divergence (nats)
-LOGIT_BOUNDS = {"int8": 0.01, "int4": 0.1, "nf4": 0.12}
+# int8 0.004, int8-dynamic 0.02, int4 0.05, nf4 0.07), and the mean next-token KL divergence (nats)
+LOGIT_BOUNDS = {"int8": 0.01, "int8-dynamic": 0.04, "int4": 0.1, "nf4": 0.12}
 KL_BOUND = 1e-3
 
 
