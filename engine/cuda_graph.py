@@ -62,11 +62,7 @@ def _qkv(
     attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q [B, H, T, D], k, v [B, Hkv, T, D] after RoPE, from ``x`` [B, T, hidden]."""
-    B, T, _ = x.shape
-    D = attn.head_dim
-    q = attn.q_proj(x).view(B, T, -1, D).transpose(1, 2)
-    k = attn.k_proj(x).view(B, T, -1, D).transpose(1, 2)
-    v = attn.v_proj(x).view(B, T, -1, D).transpose(1, 2)
+    q, k, v = attn.project(x)
     q, k = apply_rotary(q, k, cos, sin)
     return q, k, v
 
@@ -274,6 +270,11 @@ class DecodeGraph:
     @property
     def graph(self) -> torch.cuda.CUDAGraph | None:
         return self._runner.graph
+
+    @property
+    def warmup_left(self) -> int:
+        """Eager warm-up steps before the capture (0: the next step captures, or replays)."""
+        return self._warmup_left
 
     def _body(self) -> None:
         lm = self.model.model.language_model

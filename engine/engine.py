@@ -30,7 +30,7 @@ from engine.preprocess import ImageParams, image_token_count, load_image, prepro
 from engine.quant import METHODS as QUANT_METHODS
 from engine.quant import num_quantized_weights
 from engine.sampling import Sampler, SamplingParams
-from engine.state import ModelState
+from engine.state import FullAttnState, ModelState
 from engine.tokenizer import (
     END_OF_TEXT,
     IM_END,
@@ -135,6 +135,9 @@ class Engine:
         self.fingerprint = fingerprint
         self.prefill_chunk_tokens = PREFILL_CHUNK_TOKENS
         self.device = next(model.parameters()).device
+        # how replies decode: "cuda" through a captured CUDA graph on CUDA (eager elsewhere),
+        # "static" also runs the graph's static step eagerly on the CPU (tests), "off" eager
+        self.decode_graph = "cuda"
 
     @classmethod
     def load(
@@ -226,6 +229,9 @@ class Session:
         self._reply_vocab: set[int] = set()
         self.tokens_fed_total = 0
         self.last_stats: GenerationStats | None = None
+        # the CUDA-graph decode step over this state (built on the first reply, kept for greedy)
+        self._graph: Any = None  # engine.cuda_graph.DecodeGraph (imported on CUDA only)
+        self._graph_key: tuple[object, ...] | None = None
 
     @property
     def tokens_seen(self) -> int:
@@ -316,6 +322,9 @@ class Session:
         # a placeholder fed without its pixels has no meaning: only the prompt writes them
         pads = (special.image_pad, special.video_pad)
         sampler = Sampler(params, logits.shape[-1], logits.device, banned_ids=pads)
+        graph = self._decode_graph(params, sampler)
+        if graph is not None:
+            sampler = graph.sampler  # the one captured in the graph (a reused graph's, reset)
         if params.repetition_penalty != 1.0 and self._reply_vocab:
             sampler.observe(sorted(self._reply_vocab))
         # Qwen2.5-VL's generation_config ends a reply on <|im_end|> and on <|endoftext|>
@@ -326,14 +335,19 @@ class Session:
         generated: list[int] = []
         pending_ids: list[int] = []
         unfed: int | None = None  # the last sampled token, not yet fed to the model
+        chosen: int | None = None  # the token the graph's step chose (sampled on the device)
         reason = "cancelled"
         start = time.perf_counter()
         try:
             while True:
                 if cancel is not None and cancel.is_cancelled:
                     break
-                token = sampler(logits)
-                token_id = int(token.item())  # the one host sync per token
+                token: torch.Tensor | None = None
+                if chosen is None:
+                    token = sampler(logits)
+                    token_id = int(token.item())  # the one host sync per token
+                else:
+                    token_id = chosen  # read back by the graph's step: its one host sync
                 if token_id in eos:
                     reason = "eos"
                     break
@@ -341,7 +355,8 @@ class Session:
                 generated.append(token_id)
                 self._reply_vocab.add(token_id)
                 pending_ids.append(token_id)
-                sampler.observe(token)
+                if token is not None:
+                    sampler.observe(token)  # the graph's step observes what it chooses itself
                 text, hit = stops.push(decoder.push(token_id))
                 if text:
                     yield TextDelta(text, tuple(pending_ids))
@@ -354,7 +369,16 @@ class Session:
                     break
                 if cancel is not None and cancel.is_cancelled:
                     break
-                logits = self._forward(token.view(1, 1))
+                if graph is not None:
+                    # feeds the token (None: the graph's own choice, already in place), returns
+                    # the next; None when the capture failed and the rest goes eagerly
+                    chosen = self._graph_step(graph, token_id if chosen is None else None)
+                    if chosen is None:
+                        graph = None
+                if graph is None:
+                    chosen = None
+                    fed = torch.tensor([[token_id]], dtype=torch.long, device=engine.device)
+                    logits = self._forward(fed)
                 unfed = None
             if reason != "stop":
                 text, _ = stops.push(decoder.flush(), final=True)
@@ -371,6 +395,60 @@ class Session:
                 stop_reason=reason,
             )
             log.debug("reply: %s", self.last_stats)
+
+    def _decode_graph(self, params: SamplingParams, sampler: Sampler) -> Any:
+        """The CUDA-graph decode step for this reply (a ``DecodeGraph``), or None to decode eagerly.
+
+        On CUDA (or anywhere with ``decode_graph == "static"``: the same step run eagerly), for
+        the InfiniteVL model in float weights over a fixed-size state (no full-attention cache,
+        which grows). A greedy reply reuses the session's graph while the
+        state is the same object with the same tensors (its sampler's penalty mask is reset); a
+        sampled reply captures its own (its sampler and seeded generator live in the graph).
+        """
+        engine = self._engine
+        on_cuda = engine.device.type == "cuda"
+        if engine.decode_graph == "off" or (engine.decode_graph == "cuda" and not on_cuda):
+            return None
+        from engine import cuda_graph
+        from engine.model.infinitevl import InfiniteVLForConditionalGeneration
+        from kernels import swa
+
+        model = engine.model
+        if not isinstance(model, InfiniteVLForConditionalGeneration):
+            return None
+        if on_cuda and not swa.has_triton():
+            return None
+        if getattr(model, "quantization", None) is not None:
+            return None
+        state = self._state
+        if any(isinstance(st, FullAttnState) for st in state.layers):
+            return None
+        p = params
+        key = (p.temperature, p.top_p, p.top_k, p.repetition_penalty, _state_key(state))
+        graph = self._graph
+        if graph is not None and p.is_greedy and self._graph_key == key and graph.state is state:
+            graph.sampler.seen.zero_()
+            return graph
+        self._graph = self._graph_key = None
+        graph = cuda_graph.DecodeGraph(model, state, sampler=sampler)
+        self._graph, self._graph_key = graph, key
+        return graph
+
+    def _graph_step(self, graph: Any, token: int | None) -> int | None:
+        """``graph.step(token)``; None if capturing the graph failed (then decode eagerly).
+
+        A failed capture runs nothing, so the token is still to be fed.
+        """
+        capturing = graph.graph is None and graph.warmup_left == 0
+        try:
+            return int(graph.step(token))
+        except Exception:
+            if not capturing:
+                raise
+            log.warning("capturing the decode step's CUDA graph failed: eager", exc_info=True)
+            self._engine.decode_graph = "off"
+            self._graph = self._graph_key = None
+            return None
 
     def add_assistant_message(self, text: str, cancel: CancelToken | None = None) -> None:
         """Feed a reply written elsewhere (history replay) as the assistant's turn.
@@ -569,6 +647,11 @@ class Session:
                 logits_to_keep=1,
             )
         return logits[0, -1]
+
+
+def _state_key(state: ModelState) -> tuple[object, ...]:
+    """The identity of ``state``'s tensors: a graph captured over them needs the same ones."""
+    return tuple(t.data_ptr() for st in state.layers for t in st.tensors().values())
 
 
 def _chunks(

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import TextConfig
+from engine.model.fused import FusedLinear
 from engine.model.rope import apply_rotary
 from engine.state import FullAttnState, SWAState
 from kernels import swa
@@ -29,6 +30,9 @@ class Attention(nn.Module):
         layer_type: ``"sliding_attention"`` or ``"full_attention"``.
     """
 
+    # single tokens read q/k/v (and their biases) as one matrix; False keeps them separate
+    fuse_decode: bool = True
+
     def __init__(self, config: TextConfig, layer_type: str) -> None:
         super().__init__()
         assert layer_type in ("sliding_attention", "full_attention"), layer_type
@@ -42,6 +46,21 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, self.num_key_value_heads * D, bias=True)
         self.v_proj = nn.Linear(C, self.num_key_value_heads * D, bias=True)
         self.o_proj = nn.Linear(self.num_heads * D, C, bias=False)
+        self._qkv = FusedLinear(("q_proj", "k_proj", "v_proj"))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, H, T, D], k, v [B, Hkv, T, D] before RoPE; one fused product for a decode token."""
+        B, T, _ = x.shape
+        D = self.head_dim
+        if self.fuse_decode and T == 1 and not torch.is_grad_enabled():
+            q, k, v = self._qkv(self, x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return (
+            q.view(B, T, -1, D).transpose(1, 2),
+            k.view(B, T, -1, D).transpose(1, 2),
+            v.view(B, T, -1, D).transpose(1, 2),
+        )
 
     def forward(
         self,
@@ -60,10 +79,7 @@ class Attention(nn.Module):
             [B, T, hidden] in the dtype of ``x``.
         """
         B, T, _ = x.shape
-        D = self.head_dim
-        q = self.q_proj(x).view(B, T, -1, D).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, -1, D).transpose(1, 2)  # [B, H_kv, T, D]
-        v = self.v_proj(x).view(B, T, -1, D).transpose(1, 2)
+        q, k, v = self.project(x)  # [B, H, T, D], [B, H_kv, T, D]
         q, k = apply_rotary(q, k, cos, sin)
         if isinstance(state, SWAState):
             o = self._forward_sliding(q, k, v, state)

@@ -18,9 +18,10 @@ from torch import nn
 
 from engine.config import TextConfig
 from engine.errors import ConfigError
+from engine.model.fused import FusedLinear
 from engine.model.norm import GatedRMSNorm
 from engine.state import GDNState
-from kernels import gated_delta
+from kernels import gated_delta, short_conv
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class GatedDeltaNet(nn.Module):
             ``linear_value_head_dim`` V, ``conv_size``, ``norm_eps``).
     """
 
+    # single tokens take the fused decode path (``_decode``); False keeps the separate ops
+    fuse_decode: bool = True
+
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         H, K, V = config.num_linear_heads, config.linear_head_dim, config.linear_value_head_dim
@@ -97,6 +101,8 @@ class GatedDeltaNet(nn.Module):
         self.g_proj = nn.Linear(C, H * V, bias=False)
         self.o_norm = GatedRMSNorm(V, eps=config.norm_eps)
         self.o_proj = nn.Linear(H * V, C, bias=False)
+        # decode reads the six input projections as one matrix (their weights become views of it)
+        self._in_proj = FusedLinear(("q_proj", "k_proj", "v_proj", "a_proj", "b_proj", "g_proj"))
         self.reset_decay()
 
     @torch.no_grad()
@@ -119,13 +125,15 @@ class GatedDeltaNet(nn.Module):
         """
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        if T == 1 and not needs_grad and self.fuse_decode:
+            return self._decode(x, state)
         q, tail_q = self.q_conv1d(self.q_proj(x), state.conv_q)
         k, tail_k = self.k_conv1d(self.k_proj(x), state.conv_k)
         v, tail_v = self.v_conv1d(self.v_proj(x), state.conv_v)
         q, k, v = q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
         beta = self.b_proj(x).sigmoid()  # [B, T, HV]
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
-        needs_grad = torch.is_grad_enabled() and x.requires_grad
         if T == 1 and not needs_grad:
             o = gated_delta.step(
                 q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state.S,
@@ -144,3 +152,26 @@ class GatedDeltaNet(nn.Module):
         gate = self.g_proj(x).view(B, T, H, V)
         o = self.o_norm(o, gate)  # [B, T, HV, V]
         return self.o_proj(o.reshape(B, T, H * V))
+
+    def _decode(self, x: torch.Tensor, state: GDNState) -> torch.Tensor:
+        """``forward`` for one token without grad, in few kernels (the CUDA graph's hot path).
+
+        One matrix-vector product for the six input projections; each conv tail stepped by
+        ``short_conv.step`` (one Triton launch on CUDA); the q/k L2 norms, the scale, the decay and
+        the state update inside ``gated_delta.step``; the gated RMSNorm through ``F.rms_norm``.
+        Same math as the separate ops (tests/engine/test_fused_decode.py).
+        """
+        B = x.shape[0]
+        H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
+        q, k, v, a, b, gate = self._in_proj(self, x[:, 0])  # [B, H*K] ... [B, H*V]
+        q = short_conv.step(q, state.conv_q, self.q_conv1d.weight[:, 0])
+        k = short_conv.step(k, state.conv_k, self.k_conv1d.weight[:, 0])
+        v = short_conv.step(v, state.conv_v, self.v_conv1d.weight[:, 0])
+        beta = b.sigmoid()  # [B, HV]
+        g = F.softplus(a.float() + self.dt_bias) * -self.A_log.float().exp()
+        o = gated_delta.step(
+            q.view(B, H, K), k.view(B, H, K), v.view(B, H, V), g, beta, state.S,
+            scale=self.scale, use_qk_l2norm=True,
+        )  # fmt: skip
+        o = self.o_norm(o, gate.view(B, H, V))  # [B, HV, V]
+        return self.o_proj(o.reshape(B, 1, H * V))

@@ -10,6 +10,7 @@ from torch import nn
 
 from engine.config import TextConfig
 from engine.errors import ConfigError
+from engine.model.fused import FusedLinear
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,9 @@ class MLP(nn.Module):
         config: supplies ``hidden_size`` and ``intermediate_size``.
     """
 
+    # single tokens read gate_proj and up_proj as one matrix; False keeps them separate
+    fuse_decode: bool = True
+
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         if config.hidden_act != "silu":
@@ -28,7 +32,11 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self._gate_up = FusedLinear(("gate_proj", "up_proj"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[..., hidden] -> [..., hidden]."""
+        if self.fuse_decode and x.dim() == 3 and x.shape[1] == 1 and not torch.is_grad_enabled():
+            gate, up = self._gate_up(self, x)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,111 @@
+"""Sibling projections of one input read as one matrix, for the single-token decode step.
+
+A decode token reads every weight once, and a batch-1 matrix-vector product pays a fixed cost per
+launch: Gated DeltaNet's q/k/v/a/b/g, attention's q/k/v and the MLP's gate/up are each read as one
+matrix (one launch instead of six, three, two).
+
+The fused matrix is the storage of the original parameters: each ``nn.Linear.weight`` (and bias)
+becomes a row-block view of it. So the published names, shapes and ``state_dict`` stay as they
+are, no memory is duplicated, and in-place updates (``load_state_dict`` copying into the
+parameters, an optimiser step) reach the fused matrix by themselves. A parameter or module
+replaced outright (``load_state_dict(assign=True)``, ``.to()``, a quantized or adapted module) is
+noticed by its storage and the matrix rebuilt on the next call, or the layer falls back to its
+separate projections when they are no longer plain ``nn.Linear`` of one dtype and device.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+class FusedLinear:
+    """One matrix over the ``nn.Linear`` children ``names`` of a module (all with or without bias).
+
+    Args:
+        names: attribute names of the projections, in output order.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.weight: torch.Tensor | None = None  # [sum of out_features, in_features]
+        self.bias: torch.Tensor | None = None  # [sum of out_features] or None
+        self.sizes: tuple[int, ...] = ()
+        self._key: tuple[object, ...] | None = None
+
+    def _linears(self, owner: nn.Module) -> list[nn.Linear] | None:
+        mods = [getattr(owner, n) for n in self.names]
+        # exactly nn.Linear: a quantized or adapted subclass computes something else
+        if not all(type(m) is nn.Linear for m in mods):
+            return None
+        w0 = mods[0].weight
+        has_bias = mods[0].bias is not None
+        for m in mods:
+            if (m.bias is not None) != has_bias or m.weight.dtype != w0.dtype:
+                return None
+            if m.weight.device != w0.device or m.weight.device.type == "meta":
+                return None
+        return mods
+
+    @staticmethod
+    def _key_of(mods: list[nn.Linear]) -> tuple[object, ...]:
+        key: list[object] = []
+        for m in mods:
+            key += [id(m), id(m.weight), _storage(m.weight), m.weight.dtype, m.weight.device]
+            if m.bias is not None:
+                key += [id(m.bias), _storage(m.bias)]
+        return tuple(key)
+
+    def matrices(self, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The fused (weight, bias), rebuilt if the projections were replaced; None if unfusable."""
+        mods = self._linears(owner)
+        if mods is None:
+            self.weight = self.bias = None
+            self._key = None
+            return None
+        if self._key is None or self._key != self._key_of(mods):
+            self._fuse(mods)
+        assert self.weight is not None
+        return self.weight, self.bias
+
+    @torch.no_grad()
+    def _fuse(self, mods: list[nn.Linear]) -> None:
+        self.sizes = tuple(m.out_features for m in mods)
+        # the new storage first, then each parameter repointed at its block: the old storage is
+        # freed as each parameter lets go of it (nothing else holds these weights)
+        weight = torch.cat([m.weight.detach() for m in mods], dim=0)
+        for m, block in zip(mods, weight.split(self.sizes, dim=0), strict=True):
+            m.weight.data = block
+        bias = None
+        if mods[0].bias is not None:
+            bias = torch.cat([m.bias.detach() for m in mods], dim=0)  # type: ignore[union-attr]
+            for m, part in zip(mods, bias.split(self.sizes, dim=0), strict=True):
+                assert m.bias is not None
+                m.bias.data = part
+        self.weight, self.bias = weight, bias
+        self._key = self._key_of(mods)
+        log.debug("fused %s: %s rows", self.names, self.sizes)
+
+    def __call__(self, owner: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each projection of ``x`` [..., in] (a view of one product when fused)."""
+        fused = self.matrices(owner)
+        if fused is None:
+            return tuple(getattr(owner, n)(x) for n in self.names)
+        weight, bias = fused
+        return F.linear(x, weight, bias).split(self.sizes, dim=-1)
+
+
+def set_fused_decode(model: nn.Module, enabled: bool) -> None:
+    """Turn the fused decode path of every layer of ``model`` on or off (tests, comparisons)."""
+    for module in model.modules():
+        if hasattr(module, "fuse_decode"):
+            module.fuse_decode = enabled
