@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from engine.config import ModelConfig
     from engine.engine import (
+        MAX_TEXT_CHARS,
         CancelToken,
         Engine,
         GenerationStats,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from engine.sampling import SamplingParams
 
 _EXPORTS = {
+    "MAX_TEXT_CHARS": "engine.engine",
     "CancelToken": "engine.engine",
     "Engine": "engine.engine",
     "GenerationStats": "engine.engine",
@@ -74,6 +76,7 @@ __all__ = [
     "GenerationStats",
     "InputError",
     "LocalModel",
+    "MAX_TEXT_CHARS",
     "ModelConfig",
     "ModelInfo",
     "SamplingParams",

@@ -23,7 +23,7 @@ from app.history.models import SearchHit, SessionTarget, SnapshotInfo
 from app.history.store import HistoryError, HistoryStore, search_messages
 from app.status import StatusBar
 from app.tasks import run_in_background
-from engine import EngineError, SamplingParams
+from engine import MAX_TEXT_CHARS, EngineError, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,14 @@ class ChatController(QtCore.QObject):
     def send(self, text: str, images: list[np.ndarray]) -> bool:
         """Store the user's message and ask for a reply; False (with a notice) if it cannot."""
         if not self._can_ask():
+            return False
+        if len(text) > MAX_TEXT_CHARS:
+            # refused before it is stored: the engine would refuse it, the transcript would
+            # take minutes to lay it out; the text stays in the composer
+            self.status.notify(
+                f"This message is {len(text):,} characters long; one message holds at most "
+                f"{MAX_TEXT_CHARS:,}. Split it, or open long documents in the reader."
+            )
             return False
         if self.current_id is None:
             self.new_conversation()
