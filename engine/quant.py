@@ -138,6 +138,9 @@ class Int8Linear(QuantLinear):
     docs/quantization.md). fbgemm's packing replaces the codes in memory; saving unpacks them.
     """
 
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+
     def __init__(
         self,
         weight: torch.Tensor,
@@ -196,6 +199,10 @@ class Int4Linear(QuantLinear):
     and then drops the portable codes (one copy of the weights in memory): such a layer can no
     longer be saved, so save right after :func:`quantize_`, before running the model.
     """
+
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero: torch.Tensor
 
     method = "int4"
 
@@ -258,6 +265,9 @@ class Int4Linear(QuantLinear):
 
 class NF4Linear(QuantLinear):
     """NF4 codes per block of 64 values (bitsandbytes' format on CUDA; the reference elsewhere)."""
+
+    weight: torch.Tensor
+    weight_absmax: torch.Tensor
 
     method = "nf4"
 
@@ -398,7 +408,8 @@ def quantize_(
             f"quantization_config names layers the model lacks: {sorted(wanted - set(done))}"
         )
     config = QuantConfig(method, tuple(done), group_size, block_size)
-    model.quantization = config
+    # a plain attribute: save_checkpoint writes it as config.json's quantization_config
+    setattr(model, "quantization", config)  # noqa: B010
     log.info("quantized %d linear layers to %s", len(done), method)
     return config
 
