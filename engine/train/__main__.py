@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="global batch, in samples")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--num-workers", type=int, help="DataLoader processes rendering samples")
+    p.add_argument("--time-budget", type=float, help="seconds of training, then export")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_file(
         args.config, init=args.init, teacher=args.teacher, out_dir=args.out_dir,
         steps=args.steps, batch_size=args.batch_size, device=args.device,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, time_budget_s=args.time_budget,
     )  # fmt: skip
     dest = train(cfg)
     print(dest)

@@ -86,6 +86,7 @@ def train(cfg: TrainConfig) -> Path:
     t0 = time.monotonic()
     done = start
     waited = 0.0  # seconds spent waiting for data since the last log line
+    skipped = 0  # updates skipped for a non-finite gradient
     t_wait = time.monotonic()
     for step, samples in zip(range(start, cfg.steps), loader, strict=False):
         waited += time.monotonic() - t_wait
@@ -109,7 +110,17 @@ def train(cfg: TrainConfig) -> Path:
             loss.backward()
             local += value
         grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        optim.step()
+        if math.isfinite(grad_norm):
+            optim.step()
+        else:
+            # one overflowing batch (bf16) must not turn every weight into NaN: skip its update
+            skipped += 1
+            log.warning(
+                "step %d: gradient norm %s, update skipped (%d so far)",
+                step + 1,
+                grad_norm,
+                skipped,
+            )
         optim.zero_grad(set_to_none=True)
         step_loss = distributed.all_sum(ctx, local) / ctx.world
         history.append({"step": step + 1, "loss": step_loss, "lr": lr})
@@ -119,13 +130,15 @@ def train(cfg: TrainConfig) -> Path:
             bar.set_postfix(loss=f"{step_loss:.4f}", gnorm=f"{grad_norm:.2f}")
         if ctx.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             log.info(
-                "step %d/%d loss %.4f grad_norm %.3f (%.1f s)",
+                "step %d/%d loss %.4f grad_norm %.3f (%.1f s, %.1f s of it waiting for data)",
                 step + 1,
                 cfg.steps,
                 step_loss,
                 grad_norm,
                 time.monotonic() - t0,
+                waited,
             )
+            waited = 0.0
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             checkpointing.save_trainer_state(ctx, out_dir, student, optim, step + 1, history)
         t_wait = time.monotonic()

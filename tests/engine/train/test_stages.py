@@ -115,3 +115,28 @@ def test_sft_and_lora_stages_loss_falls(teacher_dir: Path, tmp_path: Path) -> No
     before, _ = load_model(sft, device="cpu", dtype=torch.float32)
     name = "model.language_model.layers.1.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[name], before.state_dict()[name]), "LoRA merged"
+
+
+def test_non_finite_gradient_skips_the_update(
+    teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an objective whose second micro-batch overflows
+    import engine.train.trainer as trainer_module
+
+    calls = {"n": 0}
+
+    class Overflowing(trainer_module.Objective):
+        def __call__(self, batch, scale):  # noqa: ANN001, ANN204
+            loss, value = super().__call__(batch, scale)
+            calls["n"] += 1
+            return (loss * float("inf"), value) if calls["n"] == 2 else (loss, value)
+
+    monkeypatch.setattr(trainer_module, "Objective", Overflowing)
+    # WHEN a 3-step run meets it (one micro-batch per step)
+    out = train(stage_config("teacher", teacher_dir, tmp_path, steps=3, micro_batch=4))
+    # THEN the weights stay finite and still moved on the other steps
+    model, _ = load_model(out, device="cpu", dtype=torch.float32)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    init, _ = load_model(teacher_dir, device="cpu", dtype=torch.float32)
+    name = "model.language_model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(model.state_dict()[name], init.state_dict()[name])
