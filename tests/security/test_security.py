@@ -17,7 +17,9 @@ import numpy as np
 import psutil
 import pytest
 
+from app.reader.pane import ReaderPane
 from engine.errors import CheckpointError
+from tests.badinput import corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_MS = 20_000
@@ -147,6 +149,13 @@ def test_app_files_private_no_port_no_connection(
             page = np.full((56, 56, 3), 200, np.uint8)
             with qtbot.waitSignal(window.engine_client.job_finished, timeout=WAIT_MS):
                 window.engine_client.read_document(conversation_id, [page], "page.pdf")
+            # a document opened in the reader renders its pages into a private folder
+            pdf = data_dir.parent / "doc.pdf"
+            pdf.write_bytes(corpus.minimal_pdf(pages=2))
+            pane = window.findChild(ReaderPane)
+            assert pane is not None and pane.open_paths([pdf])
+            qtbot.waitUntil(lambda: pane.rendered.page_path(1).exists(), timeout=WAIT_MS)
+            cache_mode = _mode(pane.rendered.cache_dir)
             connections = psutil.Process().net_connections(kind="inet")
     finally:
         os.umask(old_umask)
@@ -160,5 +169,6 @@ def test_app_files_private_no_port_no_connection(
     assert any(p.parent.parent.name == "attachments" for p in files), "no attachment was stored"
     assert any(p.name.endswith("-wal") for p in files)
     assert _mode(data_dir) == 0o700
+    assert cache_mode == 0o700
     loose = {str(p.relative_to(data_dir)): oct(_mode(p)) for p in files if _mode(p) & 0o077}
     assert loose == {}
