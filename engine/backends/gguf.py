@@ -301,10 +301,12 @@ class GGUFSession:
     @property
     def state_nbytes(self) -> int:
         """Bytes of this session's llama.cpp state (KV cells in use plus recurrent states)."""
-        if self._engine._active is self or self._blob is None:
-            self._engine._activate(self)
-            return len(self._engine._snapshot())
-        return len(self._blob)
+        if self._engine._active is self:
+            import llama_cpp
+
+            return int(llama_cpp.llama_state_get_size(self._engine._llm.ctx))
+        # a session that never ran holds the empty state of a fresh context
+        return len(self._blob) if self._blob is not None else self._engine.info.state_nbytes
 
     @property
     def is_awaiting_reply(self) -> bool:

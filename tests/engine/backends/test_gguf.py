@@ -103,6 +103,7 @@ def test_save_restore_continues_identically(engine: GGUFEngine, tmp_path: Path) 
     restored.add_user_message("Again?")
     # THEN the continuation is identical, without re-reading the conversation
     assert _reply(restored) == expected
+    assert other.state_nbytes > 0 and restored.state_nbytes > 0
     assert restored.tokens_fed_total < session.tokens_fed_total
 
 
