@@ -96,12 +96,12 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
 
 
 def eval_ocr(
-    engine: Engine, num: int, use_tesseract: bool
+    engine: Engine, num: int, use_tesseract: bool, max_new_tokens: int
 ) -> list[tuple[str, float, float, float]]:
     rows = []
     for name, items in held_out_sets(num).items():
         truths = [t for _, t in items]
-        preds = [ocr_image(engine, im) for im, _ in items]
+        preds = [ocr_image(engine, im, max_new_tokens=max_new_tokens) for im, _ in items]
         log.info("%s: model sample %r -> %r", name, truths[0][:60], preds[0][:60])
         t3 = t6 = float("nan")
         if use_tesseract:
@@ -149,6 +149,7 @@ def main() -> int:
     p.add_argument("--docs", type=int, default=20, help="30-page documents")
     p.add_argument("--pages", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-new-tokens", type=int, default=512, help="longest OCR reply read")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     if args.verbose:
@@ -156,7 +157,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.model, device="cpu")
     has_tesseract = shutil.which("tesseract") is not None
-    ocr_rows = eval_ocr(engine, args.num, has_tesseract)
+    ocr_rows = eval_ocr(engine, args.num, has_tesseract, args.max_new_tokens)
     accuracy, tokens = eval_long_document(engine, args.docs, args.pages)
     latency, chars = eval_latency(engine)
     print(
