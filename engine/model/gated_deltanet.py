@@ -157,8 +157,9 @@ class GatedDeltaNet(nn.Module):
         """``forward`` for one token without grad, in few kernels (the CUDA graph's hot path).
 
         One matrix-vector product for the six input projections; each conv tail stepped by
-        ``short_conv.step`` (one Triton launch on CUDA); the q/k L2 norms, the scale, the decay and
-        the state update inside ``gated_delta.step``; the gated RMSNorm through ``F.rms_norm``.
+        ``short_conv.step`` (one Triton launch on CUDA); the gates, the q/k L2 norms, the scale,
+        the decay and the state update inside ``gated_delta.step_gates``; the gated RMSNorm
+        through ``F.rms_norm``.
         Same math as the separate ops (tests/engine/test_fused_decode.py).
         """
         B = x.shape[0]
@@ -167,11 +168,9 @@ class GatedDeltaNet(nn.Module):
         q = short_conv.step(q, state.conv_q, self.q_conv1d.weight[:, 0])
         k = short_conv.step(k, state.conv_k, self.k_conv1d.weight[:, 0])
         v = short_conv.step(v, state.conv_v, self.v_conv1d.weight[:, 0])
-        beta = b.sigmoid()  # [B, HV]
-        g = F.softplus(a.float() + self.dt_bias) * -self.A_log.float().exp()
-        o = gated_delta.step(
-            q.view(B, H, K), k.view(B, H, K), v.view(B, H, V), g, beta, state.S,
-            scale=self.scale, use_qk_l2norm=True,
+        o = gated_delta.step_gates(
+            q.view(B, H, K), k.view(B, H, K), v.view(B, H, V), a, b, self.A_log, self.dt_bias,
+            state.S, scale=self.scale, use_qk_l2norm=True,
         )  # fmt: skip
         o = self.o_norm(o, gate.view(B, H, V))  # [B, HV, V]
         return self.o_proj(o.reshape(B, 1, H * V))

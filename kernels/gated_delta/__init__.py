@@ -17,7 +17,7 @@ from kernels.gated_delta import chunk_fla, reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["chunk", "recurrent", "reference", "step"]
+__all__ = ["chunk", "recurrent", "reference", "step", "step_gates"]
 
 
 def has_triton() -> bool:
@@ -139,4 +139,40 @@ def step(
         from kernels.gated_delta import step_triton
 
         return step_triton.step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)
+    return reference.step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)
+
+
+def step_gates(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    state: torch.Tensor,
+    *,
+    scale: float,
+    use_qk_l2norm: bool = False,
+    use_kernel: bool | None = None,
+) -> torch.Tensor:
+    """``step`` from Gated DeltaNet's raw gate projections: ``g, beta = reference.gates(...)``.
+
+    The Triton kernel computes the gates itself (no separate launches for them).
+
+    Args:
+        q, k: [B, H, K].  v: [B, HV, V].  a, b: [B, HV] the a_proj / b_proj outputs.
+        A_log, dt_bias: [HV].  state: [B, HV, K, V] float32, updated in place.
+        scale, use_qk_l2norm, use_kernel: as for ``step``.
+    Returns:
+        o: [B, HV, V] in the dtype of v.
+    """
+    if _resolve(q, use_kernel, "step", has_triton()):
+        from kernels.gated_delta import step_triton
+
+        return step_triton.step(
+            q, k, v, a, b, state, scale=scale, use_qk_l2norm=use_qk_l2norm,
+            A_log=A_log.detach().contiguous(), dt_bias=dt_bias.detach().contiguous(),
+        )  # fmt: skip
+    g, beta = reference.gates(a, b, A_log, dt_bias)
     return reference.step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)

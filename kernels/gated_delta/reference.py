@@ -114,6 +114,21 @@ def recurrent(
     return o.to(v.dtype), S
 
 
+def gates(
+    a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gated DeltaNet's gates from the raw projections (fla's layer, as the engine computes them).
+
+    Args:
+        a, b: [..., HV] the a_proj / b_proj outputs.  A_log, dt_bias: [HV].
+    Returns:
+        g: [..., HV] float32 = -exp(A_log) softplus(a + dt_bias) (log decay).
+        beta: [..., HV] in the dtype of b = sigmoid(b).
+    """
+    g = -A_log.float().exp() * torch.nn.functional.softplus(a.float() + dt_bias)
+    return g, b.sigmoid()
+
+
 @torch.no_grad()
 def step(
     q: torch.Tensor,

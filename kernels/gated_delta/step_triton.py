@@ -27,6 +27,8 @@ def gated_delta_step_kernel(
     beta,
     S,
     o,
+    A_log,
+    dt_bias,
     stride_q_b,
     stride_q_h,
     stride_k_b,
@@ -46,6 +48,7 @@ def gated_delta_step_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     USE_QK_L2NORM: tl.constexpr,
+    RAW_GATES: tl.constexpr,
 ):
     i_bhv = tl.program_id(0).to(tl.int64)
     i_v = tl.program_id(1)
@@ -61,6 +64,13 @@ def gated_delta_step_kernel(
     b_v = tl.load(v + i_b * stride_v_b + i_hv * stride_v_h + offs_v, mask=mask_v, other=0.0).to(tl.float32)
     b_g = tl.load(g + i_b * stride_g_b + i_hv * stride_g_h).to(tl.float32)
     b_beta = tl.load(beta + i_b * stride_beta_b + i_hv * stride_beta_h).to(tl.float32)
+    if RAW_GATES:
+        # g and beta hold the raw a / b projections: g = -exp(A_log) softplus(a + dt_bias)
+        b_x = b_g + tl.load(dt_bias + i_hv).to(tl.float32)
+        b_sp = tl.where(b_x > 20.0, b_x, tl.log(1.0 + tl.exp(tl.minimum(b_x, 20.0))))
+        b_g = -tl.exp(tl.load(A_log + i_hv).to(tl.float32)) * b_sp
+        # rounded to b's dtype, as sigmoid(b_proj x) is in the layer
+        b_beta = tl.sigmoid(b_beta).to(beta.dtype.element_ty).to(tl.float32)
     if USE_QK_L2NORM:
         b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q) + eps)
         b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + eps)
@@ -97,8 +107,19 @@ def launch_step(
     use_qk_l2norm: bool,
     BV: int,
     num_warps: int,
+    A_log: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
 ) -> None:
-    """Launch ``gated_delta_step_kernel`` with an explicit block shape (for ``step`` and the bench)."""
+    """Launch ``gated_delta_step_kernel`` with an explicit block shape (for ``step`` and the bench).
+
+    With ``A_log`` and ``dt_bias`` ([HV], contiguous), ``g`` and ``beta`` are the raw a / b
+    projections and the kernel computes the gates (``reference.gates``).
+    """
+    raw = A_log is not None
+    assert raw == (dt_bias is not None), "A_log and dt_bias go together"
+    if raw:
+        assert A_log.is_contiguous() and dt_bias.is_contiguous(), "A_log, dt_bias contiguous [HV]"
+        assert A_log.shape == dt_bias.shape == (v.shape[1],), "A_log, dt_bias must be [HV]"
     B, HV, V = v.shape
     H, K = q.shape[-2], q.shape[-1]
     assert state.is_contiguous() and o.is_contiguous(), "state and o must be contiguous [B, HV, K, V] / [B, HV, V]"
@@ -113,6 +134,8 @@ def launch_step(
         beta,
         state,
         o,
+        A_log if raw else g,
+        dt_bias if raw else g,
         q.stride(0),
         q.stride(1),
         k.stride(0),
@@ -132,6 +155,7 @@ def launch_step(
         BK=triton.next_power_of_2(K),
         BV=BV,
         USE_QK_L2NORM=use_qk_l2norm,
+        RAW_GATES=raw,
         num_warps=num_warps,
     )
 
@@ -146,6 +170,8 @@ def step(
     *,
     scale: float,
     use_qk_l2norm: bool = False,
+    A_log: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step of the gated delta rule in one Triton launch, updating ``state`` in place.
 
@@ -153,6 +179,8 @@ def step(
         q, k: [B, H, K] (unit stride on K).  v: [B, HV, V] (unit stride on V).  g, beta: [B, HV].
         state: [B, HV, K, V] float32, contiguous, updated in place.
         scale: multiplies q.  use_qk_l2norm: L2-normalise q and k per head first.
+        A_log, dt_bias: [HV]; when given, g and beta are the raw a / b projections and the gates
+            are computed in the kernel (``reference.gates``).
     Returns:
         o: [B, HV, V] in the dtype of v.
     """
@@ -162,5 +190,6 @@ def step(
     o = torch.empty(B, HV, V, dtype=v.dtype, device=v.device)
     BV = block_v(B, HV, V, v.device)
     # measured on an H100 (benchmarks/RESULTS_kernels.md): one warp is enough for a 128 x 16 tile
-    launch_step(q, k, v, g, beta, state, o, scale, use_qk_l2norm, BV, num_warps=4 if BV >= 32 else 1)
+    num_warps = 4 if BV >= 32 else 1
+    launch_step(q, k, v, g, beta, state, o, scale, use_qk_l2norm, BV, num_warps, A_log, dt_bias)
     return o
