@@ -5,13 +5,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from engine.__main__ import main
 from tests.badinput import corpus
 
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE_CASES = [
     "truncated.png", "corrupt.png", "truncated.jpg", "corrupt.jpg", "truncated.webp",
     "corrupt.webp", "bomb.png", "empty.png", "text-named.png", "document.pdf.png",
@@ -92,3 +98,28 @@ def test_info_damaged_config_exit_2(
     path, named = checkpoints[case]
     assert main(["info", str(path)]) == 2
     assert named in _error_line(capsys.readouterr().err, "info")
+
+
+def test_generate_non_utf8_file_names(
+    images: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # file names are bytes on Linux: one that is not UTF-8 works, and an error names it
+    # (a real process: its stderr escapes what is not UTF-8, as Python's stderr does)
+    good, bad = (os.fsencode(tmp_path) + b"/" + n for n in (b"caf\xe9-\xff.png", b"trunc\xe9.png"))
+    Image.fromarray(np.full((40, 50, 3), 100, np.uint8)).save(os.fsdecode(good), format="PNG")
+    Path(os.fsdecode(bad)).write_bytes(images["truncated.png"].read_bytes())
+    argv = [
+        os.fsencode(sys.executable),
+        b"-m",
+        b"engine",
+        b"generate",
+        b"--model",
+        os.fsencode(tiny_checkpoint),
+    ]
+    argv += [b"--max-new-tokens", b"2", b"--image"]
+    ok = subprocess.run([*argv, good, b"what?"], cwd=ROOT, capture_output=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    failed = subprocess.run([*argv, bad, b"what?"], cwd=ROOT, capture_output=True, timeout=120)
+    assert failed.returncode == 2
+    line = _error_line(failed.stderr.decode("utf-8"), "generate")
+    assert "trunc\\udce9.png: cannot decode image" in line
