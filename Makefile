@@ -6,7 +6,9 @@ PIP := $(VENV)/bin/pip
 RUN := $(VENV)/bin/python
 APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 \
 	libxcb-xinerama0 libxcb-randr0 libxcb-shape0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-cursor0 \
-	libegl1 libgl1 libfontconfig1 libdbus-1-3 libpulse0 tesseract-ocr fonts-dejavu-core
+	libegl1 libgl1 libfontconfig1 libdbus-1-3 libpulse0 tesseract-ocr fonts-dejavu-core \
+	fonts-liberation fonts-freefont-ttf \
+	desktop-file-utils appstream
 
 .PHONY: app test test-gpu lint system-deps venv clean
 
