@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from kernels import rms_norm
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,8 @@ class RMSNorm(nn.Module):
         Qwen2 multiplies ``weight`` by ``x`` already cast to the input dtype, so bf16 weights give
         a bf16 result and float32 weights a float32 one, exactly as transformers does.
         """
-        input_dtype = x.dtype
-        # F.rms_norm: x * rsqrt(mean(x^2) + eps), one fused kernel on CUDA (same ops on CPU)
-        x = F.rms_norm(x.to(torch.float32), (x.shape[-1],), eps=self.eps)
-        return self.weight * x.to(input_dtype)
+        # kernels.rms_norm: one Triton launch on CUDA without grad, else these torch ops
+        return rms_norm.rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
@@ -66,10 +65,8 @@ class GatedRMSNorm(nn.Module):
             [..., V] in the dtype of ``o``.
         """
         assert o.shape == gate.shape, f"o {tuple(o.shape)} vs gate {tuple(gate.shape)}"
-        # (o * rsqrt(mean(o^2) + eps) * weight) * SiLU(gate); the norm one kernel on CUDA
-        w32 = self.weight.to(torch.float32)
-        o32 = F.rms_norm(o.to(torch.float32), (o.shape[-1],), w32, self.eps)
-        return (o32 * F.silu(gate.to(torch.float32))).to(o.dtype)
+        # kernels.rms_norm: one Triton launch on CUDA without grad, else the torch ops
+        return rms_norm.gated_rms_norm(o, gate, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"

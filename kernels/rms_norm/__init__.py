@@ -1,0 +1,65 @@
+"""RMS norms of the decoder: dispatchers that pick the Triton kernel or the torch reference.
+
+``rms_norm`` (Qwen2's, residual stream) and ``gated_rms_norm`` (Gated DeltaNet's output norm).
+On CUDA without autograd they take ``norm_triton`` (one launch a call, imported on first use);
+calls that need grad, and every other device, take ``reference``. Shapes and semantics are those
+of ``kernels.rms_norm.reference``. ``INFINITEVL_NORM_KERNEL=0`` keeps the reference everywhere.
+"""
+
+import importlib.util
+import logging
+import os
+
+import torch
+
+from kernels.rms_norm import reference
+
+log = logging.getLogger(__name__)
+
+__all__ = ["gated_rms_norm", "reference", "rms_norm"]
+
+
+def _use_kernel(use_kernel: bool | None, *tensors: torch.Tensor) -> bool:
+    x = tensors[0]
+    runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    available = runnable and importlib.util.find_spec("triton") is not None
+    if use_kernel:
+        if not available:
+            raise ValueError(f"rms_norm: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
+        return True
+    if use_kernel is False or not x.is_cuda or not available:
+        return False
+    if os.environ.get("INFINITEVL_NORM_KERNEL") == "0":
+        return False
+    # the kernel has no backward
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *, use_kernel: bool | None = None) -> torch.Tensor:
+    """Qwen2's RMSNorm over the last dim of ``x`` [..., N]; ``weight`` [N].
+
+    Args:
+        use_kernel: True forces the Triton kernel, False the reference, None picks by device/grad.
+    Returns:
+        [..., N] in the dtype of ``weight * x``.
+    """
+    if _use_kernel(use_kernel, x, weight):
+        from kernels.rms_norm import norm_triton
+
+        return norm_triton.rms_norm(x, weight, eps)
+    return reference.rms_norm(x, weight, eps)
+
+
+def gated_rms_norm(
+    o: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float, *, use_kernel: bool | None = None
+) -> torch.Tensor:
+    """Gated DeltaNet's ``RMSNorm(o) * weight * SiLU(gate)`` over the last dim; o, gate [..., N].
+
+    Returns:
+        [..., N] in the dtype of ``o``.
+    """
+    if _use_kernel(use_kernel, o, gate, weight):
+        from kernels.rms_norm import norm_triton
+
+        return norm_triton.gated_rms_norm(o, gate, weight, eps)
+    return reference.gated_rms_norm(o, gate, weight, eps)

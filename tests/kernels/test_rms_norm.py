@@ -1,0 +1,71 @@
+"""RMS norms: the reference == the engine's modules' former torch math; Triton == reference.
+
+``gpu`` tests run on CUDA, or on the CPU with ``TRITON_INTERPRET=1`` (whose float32 -> bf16 casts
+truncate instead of rounding, hence a looser bf16 bound there).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import rms_norm
+from kernels._testing import assert_close
+from kernels.rms_norm import reference
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_reference_is_the_qwen2_and_gated_norms(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x, gate = torch.randn(3, 5, 300).to(dtype), torch.randn(3, 5, 300).to(dtype)
+    w = (torch.randn(300) * 0.1 + 1).to(dtype)
+    x32 = x.float()
+    qwen2 = w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+    assert torch.equal(rms_norm.rms_norm(x, w, 1e-6), qwen2)
+    o32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)
+    gated = (o32 * w.float() * F.silu(gate.float())).to(dtype)
+    assert torch.equal(rms_norm.gated_rms_norm(x, gate, w, 1e-5), gated)
+
+
+def test_grad_calls_take_the_reference() -> None:
+    x = torch.randn(2, 64, requires_grad=True)
+    w = torch.ones(64, requires_grad=True)
+    rms_norm.rms_norm(x, w, 1e-6).sum().backward()
+    assert x.grad is not None and w.grad is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N", [256, 300, 2048])
+@pytest.mark.parametrize(
+    ("dtype", "wdtype"),
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+    ],
+    ids=["fp32", "bf16", "bf16-fp32weight"],
+)
+def test_triton_norms_match_reference(N: int, dtype: torch.dtype, wdtype: torch.dtype) -> None:
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+    from kernels.rms_norm import norm_triton
+
+    device = device_for_kernel_tests()
+    gen = torch.Generator().manual_seed(N)
+    x = (torch.randn(7, N, generator=gen) * 3).to(dtype).to(device)
+    w = (torch.randn(N, generator=gen) * 0.2 + 1).to(wdtype).to(device)
+    exact = dtype == torch.float32 or device.type == "cuda"
+    ratio = 1e-6 if dtype == torch.float32 else 1e-2 if exact else 2e-2
+    want = reference.rms_norm(x, w, 1e-6)
+    poison_allocator(device)
+    got = norm_triton.rms_norm(x, w, 1e-6)
+    assert got.dtype == want.dtype
+    assert_close("rms_norm", want, got, ratio)
+    # a [B, T, N] view with rows further apart than N (the decode step's strided projections)
+    wide = torch.randn(2, 3, N + 40, generator=gen).to(dtype).to(device)
+    xs, gs = wide[..., :N], wide[..., 40:]
+    w2 = w.to(dtype)
+    want_g = reference.gated_rms_norm(xs, gs, w2, 1e-5)
+    poison_allocator(device)
+    got_g = norm_triton.gated_rms_norm(xs, gs, w2, 1e-5)
+    assert got_g.dtype == dtype and got_g.shape == xs.shape
+    assert_close("gated_rms_norm", want_g, got_g, ratio)
