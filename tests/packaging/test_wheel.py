@@ -24,10 +24,14 @@ TORCH_PIN = "torch==2.13.0"
 
 
 def _tracked_copy(dest: Path) -> Path:
-    """The tracked files of the checkout (as they are on disk) in ``dest``: builds never write
-    build/ or *.egg-info into the shared checkout, and untracked files cannot sneak in."""
+    """The checkout's files that git does not ignore, as they are on disk, in ``dest``: builds
+    never write build/ or *.egg-info into the shared checkout, and ignored files (.venv,
+    checkpoints) cannot sneak in; new files not committed yet come along with their users."""
     names = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
     ).stdout.split(b"\0")
     for raw in filter(None, names):
         src = ROOT / os.fsdecode(raw)
