@@ -2,7 +2,8 @@
 
 As the published recipe (hustvl/InfiniteVL, `convert.py`): layers whose new type is
 `linear_attention` get a Gated DeltaNet whose q/k/v/o start from the teacher's attention, the
-key/value heads repeated to the Gated DeltaNet head count; every other tensor (embeddings, MLPs,
+key/value heads repeated to the Gated DeltaNet head count (in the teacher's grouped-query
+pairing); every other tensor (embeddings, MLPs,
 norms, vision tower, the kept attention layers) is copied unchanged.
 """
 
@@ -25,12 +26,10 @@ def hybrid_layer_types(num_layers: int, every: int = 4) -> tuple[str, ...]:
     )
 
 
-def _repeat_heads(w: torch.Tensor, heads: int, head_dim: int, target_heads: int) -> torch.Tensor:
-    """[heads*head_dim, C] -> [target_heads*head_dim, C], head j taking source head j % heads."""
+def _pick_heads(w: torch.Tensor, heads: int, head_dim: int, idx: torch.Tensor) -> torch.Tensor:
+    """[heads*head_dim, C] -> [len(idx)*head_dim, C], head j taking source head idx[j]."""
     C = w.shape[-1]
-    per = w.view(heads, head_dim, C)
-    idx = torch.arange(target_heads) % heads
-    return per[idx].reshape(target_heads * head_dim, C)
+    return w.view(heads, head_dim, C)[idx].reshape(len(idx) * head_dim, C)
 
 
 @torch.no_grad()
@@ -61,12 +60,17 @@ def gdn_from_attention(
         )
         return None
     expand = V // D
-    q = _repeat_heads(attn["q_proj.weight"], Hq, D, H)
-    k = _repeat_heads(attn["k_proj.weight"], Hkv, D, H)
-    v = _repeat_heads(attn["v_proj.weight"], Hkv, D, H)  # [H*D, C]
+    # GDN head j continues query head j % Hq and the key/value head that query head read in the
+    # teacher (grouped-query attention: query head i reads kv head i // groups). The published
+    # convert.py tiles the kv heads instead, which pairs q and k heads the teacher never paired.
+    q_src = torch.arange(H) % Hq
+    kv_src = q_src // (Hq // Hkv)
+    q = _pick_heads(attn["q_proj.weight"], Hq, D, q_src)
+    k = _pick_heads(attn["k_proj.weight"], Hkv, D, kv_src)
+    v = _pick_heads(attn["v_proj.weight"], Hkv, D, kv_src)  # [H*D, C]
     v = v.view(H, 1, D, -1).expand(H, expand, D, v.shape[-1]).reshape(H * V, -1)
     o = attn["o_proj.weight"]  # [C, Hq*D]
-    o = o.view(o.shape[0], Hq, D)[:, torch.arange(H) % Hq]  # [C, H, D]
+    o = o.view(o.shape[0], Hq, D)[:, q_src]  # [C, H, D]
     # a query head reused r times contributes r times: divide so the sum is the teacher's
     o = o / (H // Hq) / expand
     o = o.unsqueeze(2).expand(o.shape[0], H, expand, D).reshape(o.shape[0], H * V)
