@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import TextConfig
-from engine.model.fused import FusedLinear
+from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear
 from engine.model.rope import apply_rotary
 from engine.state import FullAttnState, SWAState
 from kernels import swa
@@ -31,7 +31,7 @@ class Attention(nn.Module):
     """
 
     # single tokens read q/k/v (and their biases) as one matrix; False keeps them separate
-    fuse_decode: bool = True
+    fuse_decode: bool = FUSED_DECODE_DEFAULT
 
     def __init__(self, config: TextConfig, layer_type: str) -> None:
         super().__init__()

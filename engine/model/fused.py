@@ -16,12 +16,16 @@ separate projections when they are no longer plain ``nn.Linear`` of one dtype an
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+# the layers' default for ``fuse_decode``; INFINITEVL_FUSED_DECODE=0 starts with the separate ops
+FUSED_DECODE_DEFAULT = os.environ.get("INFINITEVL_FUSED_DECODE", "1") != "0"
 
 
 def _storage(t: torch.Tensor) -> int:

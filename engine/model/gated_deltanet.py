@@ -18,7 +18,7 @@ from torch import nn
 
 from engine.config import TextConfig
 from engine.errors import ConfigError
-from engine.model.fused import FusedLinear
+from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear
 from engine.model.norm import GatedRMSNorm
 from engine.state import GDNState
 from kernels import gated_delta, short_conv
@@ -69,7 +69,7 @@ class GatedDeltaNet(nn.Module):
     """
 
     # single tokens take the fused decode path (``_decode``); False keeps the separate ops
-    fuse_decode: bool = True
+    fuse_decode: bool = FUSED_DECODE_DEFAULT
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()

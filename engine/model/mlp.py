@@ -10,7 +10,7 @@ from torch import nn
 
 from engine.config import TextConfig
 from engine.errors import ConfigError
-from engine.model.fused import FusedLinear
+from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class MLP(nn.Module):
     """
 
     # single tokens read gate_proj and up_proj as one matrix; False keeps them separate
-    fuse_decode: bool = True
+    fuse_decode: bool = FUSED_DECODE_DEFAULT
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()

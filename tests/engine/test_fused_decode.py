@@ -275,6 +275,8 @@ def test_session_generate_cuda_graph_matches_eager(checkpoint: Path) -> None:
     eager = Engine.load(checkpoint, device="cuda", dtype="float32")
     eager.decode_graph = "off"
     graphed = Engine.load(checkpoint, device="cuda", dtype="float32")
+    for engine in (eager, graphed):
+        engine.prefill_chunk_tokens = 1  # token by token: fla's chunk kernel would compile
     for params in (
         SamplingParams(max_new_tokens=40),
         SamplingParams(max_new_tokens=40, stop=("a",)),
