@@ -172,3 +172,45 @@ def test_app_files_private_no_port_no_connection(
     assert cache_mode == 0o700
     loose = {str(p.relative_to(data_dir)): oct(_mode(p)) for p in files if _mode(p) & 0o077}
     assert loose == {}
+
+
+@pytest.mark.slow
+def test_infinitevl_app_process_listens_on_no_port(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # the real command in its own process, offscreen, until its model is loaded
+    import subprocess
+    import time
+
+    data = tmp_path / "data"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    argv = [
+        sys.executable,
+        "-m",
+        "engine",
+        "app",
+        "--data-dir",
+        str(data),
+        "--model",
+        str(tiny_checkpoint),
+    ]
+    app = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (data / "history.sqlite3").exists() and time.monotonic() < deadline:
+            assert app.poll() is None, app.stdout.read().decode() if app.stdout else ""
+            time.sleep(0.3)
+        time.sleep(4)  # the model loads behind the window
+        assert app.poll() is None
+        process = psutil.Process(app.pid)
+        sockets = [
+            c
+            for p in (process, *process.children(recursive=True))
+            for c in p.net_connections("inet")
+        ]
+        assert sockets == []
+    finally:
+        app.terminate()  # SIGTERM: the window closes the normal way
+        app.wait(60)
+    assert app.returncode == 0
+    assert _mode(data) == 0o700 and _mode(data / "history.sqlite3") == 0o600
