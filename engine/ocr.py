@@ -47,12 +47,16 @@ def ocr_image(
 
 
 def ocr_images(
-    engine: Engine, images: Sequence[ImageInput], *, cancel: CancelToken | None = None
+    engine: Engine,
+    images: Sequence[ImageInput],
+    *,
+    max_new_tokens: int = MAX_OCR_TOKENS,
+    cancel: CancelToken | None = None,
 ) -> list[str]:
     """One text block per image, in the images' order (see `ocr_image`)."""
     out = []
     for i, image in enumerate(images):
-        out.append(ocr_image(engine, image, cancel=cancel))
+        out.append(ocr_image(engine, image, max_new_tokens=max_new_tokens, cancel=cancel))
         log.debug("ocr: image %d of %d read (%d chars)", i + 1, len(images), len(out[-1]))
     return out
 
@@ -69,8 +73,9 @@ def run_cli(argv: Sequence[str]) -> int:
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", type=Path, help="checkpoint directory (default: the embedded model)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_OCR_TOKENS)
     args = p.parse_args(list(argv))
     engine = Engine.load(args.model, device=args.device)
-    for i, text in enumerate(ocr_images(engine, args.images)):
+    for i, text in enumerate(ocr_images(engine, args.images, max_new_tokens=args.max_new_tokens)):
         print(("\n" if i else "") + text)  # noqa: T201 (the command's output)
     return 0

@@ -1,0 +1,48 @@
+"""engine.ocr: one text block per image, asked with the prompt the training pipeline uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.engine import Engine
+from engine.ocr import OCR_PROMPT, ocr_images, run_cli
+from engine.testing.tiny_checkpoint import write_tiny_checkpoint
+from engine.train.synthetic.tasks import OCR_PROMPT as TRAINING_OCR_PROMPT
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return Engine.load(write_tiny_checkpoint(tmp_path_factory.mktemp("ocr")), device="cpu")
+
+
+def test_ocr_prompt_is_the_training_prompt() -> None:
+    assert OCR_PROMPT == TRAINING_OCR_PROMPT
+
+
+def test_ocr_images_reads_each_image_in_a_fresh_session(engine: Engine) -> None:
+    images = [np.full((56, 84, 3), 255, np.uint8), np.zeros((84, 56, 3), np.uint8)]
+    texts = ocr_images(engine, images, max_new_tokens=4)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    # a fresh session per image: the same image read twice gives the same text
+    again = ocr_images(engine, images[:1], max_new_tokens=4)
+    assert again == texts[:1]
+
+
+def test_cli_prints_one_block_per_image(
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (60, 40), "white").save(paths[-1])
+    model = Path(engine.info.path)
+    args = ["--model", str(model), "--device", "cpu", "--max-new-tokens", "4"]
+    assert run_cli([str(p) for p in paths] + args) == 0
+    out = capsys.readouterr().out
+    expected = ocr_images(engine, paths, max_new_tokens=4)
+    assert out == "\n".join(expected[:1]) + "\n" + "\n" + expected[1] + "\n"
