@@ -272,9 +272,9 @@ class DecodeGraph:
         return self._runner.graph
 
     @property
-    def warmup_left(self) -> int:
-        """Eager warm-up steps before the capture (0: the next step captures, or replays)."""
-        return self._warmup_left
+    def captures_next(self) -> bool:
+        """True when the next step captures the graph (a capture that fails runs nothing)."""
+        return self._runner.use_graph and self.graph is None and self._warmup_left == 0
 
     def _body(self) -> None:
         lm = self.model.model.language_model

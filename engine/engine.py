@@ -377,8 +377,9 @@ class Session:
                         graph = None
                 if graph is None:
                     chosen = None
-                    fed = torch.tensor([[token_id]], dtype=torch.long, device=engine.device)
-                    logits = self._forward(fed)
+                    if token is None:  # the graph chose it, then its capture failed
+                        token = torch.tensor(token_id, dtype=torch.long, device=engine.device)
+                    logits = self._forward(token.view(1, 1))
                 unfed = None
             if reason != "stop":
                 text, _ = stops.push(decoder.flush(), final=True)
@@ -401,9 +402,9 @@ class Session:
 
         On CUDA (or anywhere with ``decode_graph == "static"``: the same step run eagerly), for
         the InfiniteVL model in float weights over a fixed-size state (no full-attention cache,
-        which grows). A greedy reply reuses the session's graph while the
-        state is the same object with the same tensors (its sampler's penalty mask is reset); a
-        sampled reply captures its own (its sampler and seeded generator live in the graph).
+        which grows). A greedy reply reuses the session's graph while the state is the same object
+        with the same tensors (its sampler's penalty mask is reset); a sampled reply captures its
+        own (its sampler and seeded generator live in the graph).
         """
         engine = self._engine
         on_cuda = engine.device.type == "cuda"
@@ -439,7 +440,7 @@ class Session:
 
         A failed capture runs nothing, so the token is still to be fed.
         """
-        capturing = graph.graph is None and graph.warmup_left == 0
+        capturing = graph.captures_next
         try:
             return int(graph.step(token))
         except Exception:

@@ -112,4 +112,4 @@ def set_fused_decode(model: nn.Module, enabled: bool) -> None:
     """Turn the fused decode path of every layer of ``model`` on or off (tests, comparisons)."""
     for module in model.modules():
         if hasattr(module, "fuse_decode"):
-            module.fuse_decode = enabled
+            setattr(module, "fuse_decode", enabled)  # noqa: B010 (an attribute nn.Module types)

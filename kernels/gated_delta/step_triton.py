@@ -117,7 +117,7 @@ def launch_step(
     """
     raw = A_log is not None
     assert raw == (dt_bias is not None), "A_log and dt_bias go together"
-    if raw:
+    if A_log is not None and dt_bias is not None:
         assert A_log.is_contiguous() and dt_bias.is_contiguous(), "A_log, dt_bias contiguous [HV]"
         assert A_log.shape == dt_bias.shape == (v.shape[1],), "A_log, dt_bias must be [HV]"
     B, HV, V = v.shape

@@ -241,6 +241,25 @@ def test_session_generate_static_step_cancel(checkpoint: Path) -> None:
     assert _run(static, params, cancel_after=3) == _run(eager, params, cancel_after=3)
 
 
+def test_failed_capture_falls_back_to_eager(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a decode graph whose capture fails (simulated: the CPU never captures)
+    def fail(self: DecodeGraph, token: object = None) -> int:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(DecodeGraph, "captures_next", property(lambda self: True))
+    monkeypatch.setattr(DecodeGraph, "step", fail)
+    eager = Engine.load(checkpoint, device="cpu")
+    eager.decode_graph = "off"
+    static = Engine.load(checkpoint, device="cpu")
+    static.decode_graph = "static"
+    # THEN the reply goes on eagerly, unchanged, and the engine stops trying graphs
+    params = SamplingParams(max_new_tokens=20)
+    assert _run(static, params) == _run(eager, params)
+    assert static.decode_graph == "off"
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
