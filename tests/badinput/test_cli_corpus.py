@@ -100,6 +100,7 @@ def test_info_damaged_config_exit_2(
     assert named in _error_line(capsys.readouterr().err, "info")
 
 
+@pytest.mark.slow
 def test_generate_non_utf8_file_names(
     images: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -200,6 +200,7 @@ def test_cli_models_download_unknown_model_exit_2(
     assert err.startswith("infinitevl models: no model 'org/absent'") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_cli_models_uses_hf_environment(hub: FakeHub, tmp_path: Path) -> None:
     # a fresh process reads HF_ENDPOINT and HF_HUB_CACHE as huggingface_hub's own tools do
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path)}
