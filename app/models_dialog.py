@@ -44,7 +44,7 @@ class _ProgressRelay(QtCore.QObject):
 class ModelsDialog(QtWidgets.QDialog):
     """Lists the cache's models; emits ``model_selected(path)`` when the user picks one."""
 
-    model_selected = QtCore.Signal(str)  # checkpoint directory
+    model_selected = QtCore.Signal(str)  # checkpoint directory; "" is the embedded default
     models_listed = QtCore.Signal(list)  # list[LocalModel], after each refresh
     download_finished = QtCore.Signal(str)  # snapshot directory
     download_failed = QtCore.Signal(str)  # user-facing message (also shown in the dialog)
@@ -77,6 +77,7 @@ class ModelsDialog(QtWidgets.QDialog):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.use_button = QtWidgets.QPushButton("Use this model")
         self.delete_button = QtWidgets.QPushButton("Delete…")
+        self.default_button = QtWidgets.QPushButton("Use the embedded model")
         self.repo_input = QtWidgets.QLineEdit()
         self.repo_input.setPlaceholderText("org/name[@revision], e.g. hustvl/InfiniteVL")
         self.download_button = QtWidgets.QPushButton("Download")
@@ -91,6 +92,7 @@ class ModelsDialog(QtWidgets.QDialog):
         row.addWidget(self.use_button)
         row.addWidget(self.delete_button)
         row.addStretch(1)
+        row.addWidget(self.default_button)
         fetch = QtWidgets.QHBoxLayout()
         fetch.addWidget(self.repo_input, 1)
         fetch.addWidget(self.download_button)
@@ -112,6 +114,7 @@ class ModelsDialog(QtWidgets.QDialog):
         self.table.itemDoubleClicked.connect(self._on_use_clicked)
         self.use_button.clicked.connect(self._on_use_clicked)
         self.delete_button.clicked.connect(self._on_delete_clicked)
+        self.default_button.clicked.connect(self._on_default_clicked)
         self.download_button.clicked.connect(self._on_download_clicked)
         self.repo_input.returnPressed.connect(self._on_download_clicked)
         self.cancel_button.clicked.connect(self.cancel_download)
@@ -165,6 +168,11 @@ class ModelsDialog(QtWidgets.QDialog):
             return
         self.message.setText(f"Loading {model.repo_id} ({model.revision[:10]})…")
         self.model_selected.emit(str(model.path))
+
+    @QtCore.Slot()
+    def _on_default_clicked(self) -> None:
+        self.message.setText("Loading the embedded default model…")
+        self.model_selected.emit("")
 
     @QtCore.Slot()
     def _on_delete_clicked(self) -> None:

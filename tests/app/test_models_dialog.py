@@ -65,8 +65,15 @@ def test_models_dialog_download_use_delete(qtbot: Any, make_window: Any, hub: Fa
     dialog.table.selectRow(0)
     qtbot.mouseClick(dialog.delete_button, QtCore.Qt.MouseButton.LeftButton)
     assert "in use" in dialog.message.text()
-    # WHEN another model is in use, it can be deleted
-    dialog.set_current_model("")
+    # WHEN the embedded default is chosen instead, the downloaded model can be deleted
+    outcomes: list[str] = []
+    window.engine_client.model_loaded.connect(lambda _info: outcomes.append("loaded"))
+    window.engine_client.model_load_failed.connect(outcomes.append)
+    qtbot.mouseClick(dialog.default_button, QtCore.Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=WAIT_MS)
+    # (until resources/default-model lands, loading it says there is none)
+    assert outcomes[0] == "loaded" or "no embedded default model" in outcomes[0]
+    assert window.settings.get("model_dir") == ""
     dialog.table.selectRow(0)
     with qtbot.waitSignal(dialog.models_listed, timeout=WAIT_MS):
         dialog.delete(dialog.selected_model())
