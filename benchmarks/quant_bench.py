@@ -257,7 +257,7 @@ def linear_stack_bench(
             run(x[i : i + 1])
         decode = decode_tokens / (time.perf_counter() - start)
         print(f"| {method} | {tensor_bytes(stack) / 2**30:.2f} | {prefill:.1f} | {decode:.2f} |")
-        del stack
+        del stack, run
         gc.collect()
 
 
