@@ -57,7 +57,8 @@ def check_after_crash(data_dir: Path, journal: Path, engine: Any) -> int:
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         stored = dict(conn.execute("SELECT id, content FROM messages").fetchall())
-        recorded = [r[0] for r in conn.execute("SELECT file FROM snapshots")]
+        rows = conn.execute("SELECT file, tokens_seen FROM snapshots").fetchall()
+        recorded = [r[0] for r in rows]
     finally:
         conn.close()
     done, maybe = _committed(journal)
@@ -65,9 +66,10 @@ def check_after_crash(data_dir: Path, journal: Path, engine: Any) -> int:
         assert message_id in stored, f"committed message {message_id} lost"
         assert stored[message_id] in {text, *maybe.get(message_id, ())}, message_id
     snapshots = data_dir / "snapshots"
-    for name in recorded:
-        # a recorded state has its file, whole: StateError here is a failure
-        engine.restore_session(snapshots / name)
+    for name, tokens_seen in rows:
+        # a recorded state has its file, whole (StateError here is a failure), and is the one
+        # its row describes
+        assert engine.restore_session(snapshots / name).tokens_seen == tokens_seen, name
     for path in snapshots.iterdir():
         if path.name not in recorded and not path.name.startswith("."):
             engine.restore_session(path)  # written but not yet recorded: still complete
