@@ -54,7 +54,7 @@ def _launch(x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor, ep
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Qwen2's RMSNorm of ``x`` [..., N] (``reference.rms_norm``) in one launch."""
-    dtype = torch.result_type(weight, torch.empty((), dtype=x.dtype))
+    dtype = torch.promote_types(weight.dtype, x.dtype)  # as weight * x.to(x.dtype) in torch
     return _launch(x, None, weight, eps, dtype)
 
 

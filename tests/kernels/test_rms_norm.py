@@ -41,8 +41,9 @@ def test_grad_calls_take_the_reference() -> None:
         (torch.float32, torch.float32),
         (torch.bfloat16, torch.bfloat16),
         (torch.bfloat16, torch.float32),
+        (torch.float32, torch.bfloat16),
     ],
-    ids=["fp32", "bf16", "bf16-fp32weight"],
+    ids=["fp32", "bf16", "bf16-fp32weight", "fp32-bf16weight"],
 )
 def test_triton_norms_match_reference(N: int, dtype: torch.dtype, wdtype: torch.dtype) -> None:
     pytest.importorskip("triton")
