@@ -158,7 +158,8 @@ def step_gates(
 ) -> torch.Tensor:
     """``step`` from Gated DeltaNet's raw gate projections: ``g, beta = reference.gates(...)``.
 
-    The Triton kernel computes the gates itself (no separate launches for them).
+    The Triton kernel computes the gates itself (no separate launches for them);
+    ``INFINITEVL_GATES_KERNEL=0`` computes them in torch and calls ``step``.
 
     Args:
         q, k: [B, H, K].  v: [B, HV, V].  a, b: [B, HV] the a_proj / b_proj outputs.
@@ -167,6 +168,9 @@ def step_gates(
     Returns:
         o: [B, HV, V] in the dtype of v.
     """
+    if use_kernel is None and os.environ.get("INFINITEVL_GATES_KERNEL") == "0":
+        g, beta = reference.gates(a, b, A_log, dt_bias)
+        return step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)
     if _resolve(q, use_kernel, "step", has_triton()):
         from kernels.gated_delta import step_triton
 
