@@ -227,11 +227,19 @@ class GGUFEngine:
         if self._active is not None:
             self._active._blob = self._snapshot()
         if session._blob is None:
-            self._llm.reset()
+            self._clear()
         else:
             self._restore(session._blob)
         self._llm.n_tokens = session._n_past
         self._active = session
+
+    def _clear(self) -> None:
+        """An empty context: every KV cell and recurrent state dropped (``Llama.reset`` keeps
+        attention cells, which its own ``eval`` overwrites but libmtmd's does not)."""
+        import llama_cpp
+
+        self._llm.reset()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._llm.ctx), True)
 
     def _snapshot(self) -> bytes:
         import llama_cpp
@@ -273,6 +281,8 @@ class GGUFEngine:
         """Feed text holding one media marker per image; returns (last logits, tokens fed)."""
         assert self._mtmd is not None
         llm = self._llm
+        # cells past the position may hold a rolled-back turn: libmtmd decodes on top of them
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
         n_past, n_tokens = self._mtmd.eval(llm, text, images)
         llm.n_tokens = n_past
         return self._last_logits(), n_tokens
@@ -549,7 +559,7 @@ class GGUFSession:
                 logits, fed = self._eval(ids, cancel), len(ids)
         except BaseException:
             if backup is None:
-                engine._llm.reset()
+                engine._clear()
             else:
                 engine._restore(backup)
             engine._llm.n_tokens = self._n_past = n_past0

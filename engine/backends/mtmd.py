@@ -8,12 +8,37 @@ current position. Imported by ``engine.backends.gguf`` only when a projector exi
 from __future__ import annotations
 
 import ctypes
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.errors import CheckpointError, EngineError, InputError
+
+log = logging.getLogger(__name__)
+
+
+_GGML_ERROR = 3
+_log_callback: Any = None  # kept alive: libmtmd holds the pointer
+
+
+def _route_logs(mtmd_cpp: Any) -> None:
+    """libmtmd's messages (loader tables, per-image timings) into this module's logger."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        message = text.decode("utf-8", errors="replace").rstrip()
+        if message:
+            log.log(logging.WARNING if level == _GGML_ERROR else logging.DEBUG, "%s", message)
+
+    _log_callback = callback
+    mtmd_cpp.mtmd_log_set(callback, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(callback, ctypes.c_void_p(0))
 
 
 class Projector:
@@ -23,6 +48,7 @@ class Projector:
         from llama_cpp import mtmd_cpp
 
         self._lib = mtmd_cpp
+        _route_logs(mtmd_cpp)
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = use_gpu
         params.n_threads = n_threads

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("llama_cpp", reason="the GGUF backend needs llama-cpp-python (extra 'gguf')")
@@ -16,7 +17,11 @@ from engine.backends.gguf import GGUFEngine  # noqa: E402
 from engine.engine import CancelToken, Engine  # noqa: E402
 from engine.errors import Cancelled, InputError, StateError  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
-from tests.engine.backends.tiny_gguf import write_qwen2_gguf, write_qwen35_gguf  # noqa: E402
+from tests.engine.backends.tiny_gguf import (  # noqa: E402
+    write_qwen2_gguf,
+    write_qwen25vl_mmproj,
+    write_qwen35_gguf,
+)
 
 SYSTEM = "You answer briefly."
 GREEDY_12 = SamplingParams(max_new_tokens=12)
@@ -31,6 +36,19 @@ def qwen2_gguf(tiny_teacher_checkpoint: Path, tmp_path_factory: pytest.TempPathF
 def qwen35_gguf(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gguf35") / "tiny-qwen35.gguf"
     return write_qwen35_gguf(tiny_tokenizer_dir, out)
+
+
+@pytest.fixture(scope="module")
+def vision(qwen2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> GGUFEngine:
+    """The qwen2 model with a tiny Qwen2.5-VL projector beside it."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("gguf_vision")
+    shutil.copy(qwen2_gguf, folder / "tiny.gguf")
+    write_qwen25vl_mmproj(folder / "mmproj-tiny.gguf", text_hidden=64)
+    e = GGUFEngine.load(folder, device="cpu", n_ctx=2048, n_threads=1)
+    yield e
+    e.close()
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +186,6 @@ def test_state_of_another_model_and_damage(
 
 
 def test_text_only_model_refuses_images(engine: GGUFEngine) -> None:
-    import numpy as np
-
     session = engine.new_session()
     with pytest.raises(InputError, match="no vision projector"):
         session.add_user_message("what is this?", [np.zeros((28, 28, 3), np.uint8)])
@@ -216,3 +232,44 @@ def test_cli_generate_runs_a_gguf(qwen2_gguf: Path, capsys: pytest.CaptureFixtur
     assert main([*args, "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "ALL_F32), gguf weights" in err and "3 generated" in err
+
+
+def _image(seed: int, h: int = 56, w: int = 84) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def test_images_go_through_the_projector(vision: GGUFEngine, tmp_path: Path) -> None:
+    # GIVEN a model with its projector: the same question about two different images
+    assert vision.has_vision
+    text_only = vision.new_session()
+    text_only.add_user_message("what is this?")
+    a, b = vision.new_session(), vision.new_session()
+    a.add_user_message("what is this?", [_image(0)])
+    b.add_user_message("what is this?", [_image(1)])
+    # THEN the image's tokens are in the state, and what the model saw differs per image
+    assert a.tokens_seen > text_only.tokens_seen
+    assert not np.allclose(a._next_logits, b._next_logits)
+    first = _reply(a)
+    # WHEN a state holding an image is saved and restored after other work on the context
+    a.save(tmp_path / "img.state")
+    a.add_user_message("and now?")
+    expected = _reply(a)
+    _reply(b)
+    restored = vision.restore_session(tmp_path / "img.state")
+    restored.add_user_message("and now?")
+    # THEN it continues as the uninterrupted session did
+    assert first[1] and _reply(restored) == expected
+
+
+def test_document_pages_and_frames(vision: GGUFEngine) -> None:
+    session = vision.new_session()
+    calls = []
+    fed = session.feed_document(
+        [_image(2), _image(3)], progress=lambda done, total: calls.append((done, total))
+    )
+    assert fed > 0 and calls == [(0, 2), (1, 2), (2, 2)]
+    seen = session.tokens_seen
+    assert session.feed_frames([_image(4), _image(5)]) > 0
+    assert session.tokens_seen > seen
+    session.add_user_message("What was on page 2?")
+    assert _reply(session)[1]

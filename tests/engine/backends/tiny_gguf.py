@@ -5,6 +5,7 @@ a Qwen2.5-VL text model) to llama.cpp's ``qwen2`` architecture: on text, its 3-D
 RoPE, so llama.cpp must compute what the torch engine computes. ``write_qwen35_gguf`` writes a
 random tiny Qwen3.5 (Gated DeltaNet layers with one full-attention layer in four), the hybrid
 family the backend exists for. Both carry the tiny checkpoint's byte-level BPE tokenizer.
+``write_qwen25vl_mmproj`` writes a random tiny Qwen2.5-VL vision projector for libmtmd.
 """
 
 from __future__ import annotations
@@ -168,6 +169,51 @@ def write_qwen35_gguf(tokenizer_dir: Path, out: Path, *, seed: int = 0) -> Path:
         writer.add_tensor(f"{b}.ffn_gate.weight", rand(FF, C))
         writer.add_tensor(f"{b}.ffn_up.weight", rand(FF, C))
         writer.add_tensor(f"{b}.ffn_down.weight", rand(C, FF))
+    _finish(writer)
+    return out
+
+
+def write_qwen25vl_mmproj(out: Path, text_hidden: int, *, seed: int = 0) -> Path:
+    """A random tiny Qwen2.5-VL vision tower + merger (width 32, 2 blocks) as an mmproj GGUF."""
+    import gguf
+
+    g = torch.Generator().manual_seed(seed)
+    W, FF, L, H, P = 32, 64, 2, 2, 14
+
+    def rand(*shape: int) -> np.ndarray:
+        return _np(torch.randn(*shape, generator=g) * 0.05)
+
+    writer = gguf.GGUFWriter(str(out), "clip")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_string("clip.projector_type", "qwen2.5vl_merger")
+    for key, value in {
+        "image_size": 560, "patch_size": P, "embedding_length": W, "feed_forward_length": FF,
+        "projection_dim": text_hidden, "block_count": L, "attention.head_count": H,
+        "n_wa_pattern": 2, "window_size": 112,
+    }.items():  # fmt: skip
+        writer.add_uint32(f"clip.vision.{key}", value)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.48145466, 0.4578275, 0.40821073])
+    writer.add_array("clip.vision.image_std", [0.26862954, 0.26130258, 0.27577711])
+    writer.add_bool("clip.use_silu", True)
+    # the two temporal frames of the patch embedding are two conv kernels
+    writer.add_tensor("v.patch_embd.weight", rand(W, 3, P, P))
+    writer.add_tensor("v.patch_embd.weight.1", rand(W, 3, P, P))
+    for i in range(L):
+        b = f"v.blk.{i}"
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"{b}.{name}.weight", rand(W, W))
+            writer.add_tensor(f"{b}.{name}.bias", rand(W))
+        writer.add_tensor(f"{b}.ln1.weight", np.ones(W, dtype=np.float32))
+        writer.add_tensor(f"{b}.ln2.weight", np.ones(W, dtype=np.float32))
+        for name, (n, k) in {"ffn_up": (FF, W), "ffn_gate": (FF, W), "ffn_down": (W, FF)}.items():
+            writer.add_tensor(f"{b}.{name}.weight", rand(n, k))
+            writer.add_tensor(f"{b}.{name}.bias", rand(n))
+    writer.add_tensor("v.post_ln.weight", np.ones(W, dtype=np.float32))
+    writer.add_tensor("mm.0.weight", rand(4 * W, 4 * W))
+    writer.add_tensor("mm.0.bias", rand(4 * W))
+    writer.add_tensor("mm.2.weight", rand(text_hidden, 4 * W))
+    writer.add_tensor("mm.2.bias", rand(text_hidden))
     _finish(writer)
     return out
 
