@@ -120,6 +120,8 @@ def load_model(
     if quant is not None and stored_quant is None:
         # on CUDA, NF4/int8 layers go straight to bitsandbytes
         quantize_(model, method=quant, device=target)
+    if (quant or (stored_quant and stored_quant.method)) == "int4" and target.type == "cuda":
+        log.warning("int4 has no CUDA kernel here: each call dequantizes (slow); use nf4 on GPUs")
     elif stored_quant is not None and target.type == "cuda" and stored_quant.method != "int4":
         to_bitsandbytes_(model, target)
     model.to(target)
