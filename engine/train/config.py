@@ -40,6 +40,8 @@ class DataConfig:
         max_pixels: images are resized to at most this many pixels.
         page_size, num_pages, screen_width, screen_height: sizes of rendered pages and screens.
         repeat: if > 0, cycle through the first `repeat` samples (overfitting checks, tests).
+        size_multiple: pad rendered images to multiples of this many pixels (112: full vision
+            windows, far fewer attention calls per batch on a GPU).
     """
 
     weights: dict[str, float] = field(default_factory=dict)
@@ -53,6 +55,7 @@ class DataConfig:
     screen_width: tuple[int, int] = (224, 800)
     screen_height: tuple[int, int] = (56, 224)
     repeat: int = 0
+    size_multiple: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,12 @@ class SampleStream:
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
         self.mix = TaskMix(
-            dict(cfg.weights), cfg.screen_width, cfg.screen_height, cfg.page_size, cfg.num_pages
+            dict(cfg.weights),
+            cfg.screen_width,
+            cfg.screen_height,
+            cfg.page_size,
+            cfg.num_pages,
+            cfg.size_multiple,
         )
         self.fonts = find_fonts() if cfg.weights else []
         self.text = TextSource.from_stdlib() if cfg.weights else None

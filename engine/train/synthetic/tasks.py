@@ -52,6 +52,7 @@ class TaskMix:
         screen_width, screen_height: (low, high) pixels of a screen region.
         page_size: side of a square document page, pixels.
         num_pages: (low, high) pages of a long document.
+        size_multiple: if > 1, images are padded to multiples of it (see `pad_to_multiple`).
     """
 
     weights: dict[str, float]
@@ -59,6 +60,7 @@ class TaskMix:
     screen_height: tuple[int, int] = (56, 224)
     page_size: int = 336
     num_pages: tuple[int, int] = (2, 8)
+    size_multiple: int = 0
 
 
 def ocr_sample(rendered: Rendered, kind: str) -> Sample:
@@ -135,8 +137,31 @@ def _screen_size(rng: random.Random, mix: TaskMix) -> tuple[int, int]:
     return rng.randint(*mix.screen_width), rng.randint(*mix.screen_height)
 
 
+def pad_to_multiple(image: Image.Image, multiple: int) -> Image.Image:
+    """Extend right and bottom to multiples of `multiple` px with the bottom-right colour.
+
+    The text and its reading order are unchanged; with `multiple` = the vision window (112 px)
+    every attention window of the vision tower is full, so a batch has few distinct block
+    lengths and the GPU runs a few large attention calls instead of dozens of small ones.
+    """
+    w, h = image.size
+    W, H = -(-w // multiple) * multiple, -(-h // multiple) * multiple
+    if (w, h) == (W, H):
+        return image
+    out = Image.new("RGB", (W, H), image.getpixel((w - 1, h - 1)))
+    out.paste(image, (0, 0))
+    return out
+
+
 def make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskMix) -> Sample:
-    """Draw one task by `mix.weights` and render it."""
+    """Draw one task by `mix.weights`, render it, and pad its images to `mix.size_multiple`."""
+    sample = _make_sample(rng, src, fonts, mix)
+    if mix.size_multiple > 1:
+        sample.images = [pad_to_multiple(im, mix.size_multiple) for im in sample.images]
+    return sample
+
+
+def _make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskMix) -> Sample:
     names = sorted(mix.weights)
     task = rng.choices(names, weights=[mix.weights[n] for n in names])[0]
     side = mix.page_size

@@ -68,3 +68,15 @@ def test_longdoc_answer_sits_on_page_one(src: TextSource, fonts: list) -> None:
 def test_fonts_come_from_packages(fonts: list) -> None:
     assert len(fonts) >= 10
     assert any("Mono" in f.name for f in fonts)
+
+
+def test_size_multiple_pads_without_changing_the_text(src: TextSource, fonts: list) -> None:
+    plain = make_sample(random.Random(4), src, fonts, TaskMix({"ocr_screen": 1.0}))
+    padded = make_sample(
+        random.Random(4), src, fonts, TaskMix({"ocr_screen": 1.0}, size_multiple=112)
+    )
+    assert padded.messages == plain.messages
+    w, h = padded.images[0].size
+    assert w % 112 == 0 and h % 112 == 0
+    pw, ph = plain.images[0].size
+    assert np.array_equal(np.asarray(padded.images[0])[:ph, :pw], np.asarray(plain.images[0]))
