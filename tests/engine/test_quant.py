@@ -17,9 +17,12 @@ from kernels._testing import rel_rms
 
 PROMPT_IDS = torch.randint(0, 240, (1, 40), generator=torch.Generator().manual_seed(0))
 # relative RMS error of the tiny model's logits over PROMPT_IDS against float32 (measured
-# int8 0.004, int8-dynamic 0.02, int4 0.05, nf4 0.07), and the mean next-token KL divergence (nats)
+# int8 0.004, int8-dynamic 0.02, int4 0.05, nf4 0.07)
 LOGIT_BOUNDS = {"int8": 0.01, "int8-dynamic": 0.04, "int4": 0.1, "nf4": 0.12}
-KL_BOUND = 1e-3
+# mean next-token KL (nats) against float32 over a prompt with resources/sample.png, where the tiny
+# model's distributions are not one-hot (measured 1.4e-4, 2.2e-3, 5.0e-2, 3.8e-2)
+KL_BOUNDS = {"int8": 1e-3, "int8-dynamic": 1e-2, "int4": 0.15, "nf4": 0.15}
+SAMPLE = Path(__file__).resolve().parents[2] / "resources" / "sample.png"
 
 
 def _logits(model: nn.Module) -> torch.Tensor:
@@ -47,16 +50,34 @@ def test_quantize_save_load_round_trips(tiny_checkpoint: Path, tmp_path: Path, m
     assert torch.equal(_logits(model), _logits(loaded))
 
 
+def _image_prompt_logits(model: nn.Module) -> torch.Tensor:
+    from PIL import Image
+
+    from engine.preprocess import image_token_count, preprocess_images
+
+    cfg = model.config
+    pixels, grid = preprocess_images([Image.open(SAMPLE).convert("RGB").resize((112, 84))])
+    pads = [cfg.image_token_id] * image_token_count(grid[0], cfg.vision.spatial_merge_size)
+    text = PROMPT_IDS[0].tolist()
+    ids = text[:20] + [cfg.vision_start_token_id, *pads, cfg.vision_end_token_id] + text[20:]
+    with torch.no_grad():
+        return model(
+            torch.tensor([ids]), model.new_state(), pixel_values=pixels, image_grid_thw=grid
+        )
+
+
 @pytest.mark.parametrize("method", quant.METHODS)
 def test_quantized_logits_near_float(tiny_checkpoint: Path, method: str) -> None:
-    ref = _logits(load_model(tiny_checkpoint)[0])
+    float_model, _ = load_model(tiny_checkpoint)
     model, _ = load_model(tiny_checkpoint, quant=method)
-    out = _logits(model)
-    err, kl = rel_rms(ref, out), _kl(ref, out)
-    print(f"{method}: logits relative RMS error {err:.4f}, next-token KL {kl:.2e} nats")
+    ref, out = _logits(float_model), _logits(model)
+    err = rel_rms(ref, out)
     assert 0 < err <= LOGIT_BOUNDS[method]
-    assert kl <= KL_BOUND
     assert torch.equal(out.argmax(-1), ref.argmax(-1))
+    # the vision tower's layers are quantized too: a prompt with an image goes through them
+    kl = _kl(_image_prompt_logits(float_model), _image_prompt_logits(model))
+    print(f"{method}: logits relative RMS error {err:.4f}, next-token KL {kl:.2e} nats")
+    assert 0 < kl <= KL_BOUNDS[method]
 
 
 def test_kept_layers_stay_float(tiny_checkpoint: Path) -> None:
