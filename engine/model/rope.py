@@ -59,6 +59,12 @@ def apply_rotary(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate ``q`` [B, H, T, D] and ``k`` [B, H_kv, T, D] by ``cos``/``sin`` [B, T, D]."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    if q.shape[0] == 1 and q.shape[2] == 1 and q.dtype == k.dtype:
+        # one decode token: q and k rotated together (the same element-wise ops, half the
+        # kernels); the results are contiguous slices of one [1, H + H_kv, 1, D] tensor
+        qk = torch.cat([q, k], dim=1)
+        qk = qk * cos + rotate_half(qk) * sin
+        return qk[:, : q.shape[1]], qk[:, q.shape[1] :]
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
