@@ -10,16 +10,28 @@ APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-re
 	fonts-liberation fonts-freefont-ttf \
 	desktop-file-utils appstream
 
-.PHONY: app test test-gpu lint system-deps venv clean
+.PHONY: app test test-gpu lint system-deps venv venv-test clean
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# the app needs only the `app` extra; the tests also need `train` (peft, matplotlib), `test`
+# (pytest, transformers for cross-checks) and `gguf` (llama-cpp-python, built from source once:
+# several minutes on 2 cores)
+$(VENV)/.base: constraints.txt
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -c constraints.txt -e '.[app,train,test,gguf]'
 	touch $@
 
-venv: $(VENV)/.installed
+$(VENV)/.installed-app: $(VENV)/.base pyproject.toml
+	$(PIP) install -q -c constraints.txt -e '.[app]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.base pyproject.toml
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -c constraints.txt -e '.[app,train,test,gguf]'
+	touch $@ $(VENV)/.installed-app
+
+venv: $(VENV)/.installed-app
+
+venv-test: $(VENV)/.installed-test
 
 # Debian packages for the Qt widgets, the virtual X screen and Tesseract; skipped where present.
 system-deps:
@@ -34,13 +46,13 @@ system-deps:
 app: system-deps venv
 	$(VENV)/bin/infinitevl app $(ARGS)
 
-test: system-deps venv
+test: system-deps venv-test
 	$(RUN) -m pytest -q
 
-test-gpu: venv
+test-gpu: venv-test
 	$(RUN) -m pytest -q -m gpu
 
-lint: venv
+lint: venv-test
 	$(VENV)/bin/ruff check engine kernels app tests benchmarks
 
 clean:
