@@ -49,12 +49,15 @@ def save_trainer_state(
 def load_trainer_state(
     ctx: DistContext, out_dir: Path, model: nn.Module, optim: torch.optim.Optimizer
 ) -> tuple[int, list[dict[str, float]]]:
-    """Restore the trainable tensors and optimiser; (0, []) when there is nothing to resume."""
+    """Restore the trainable tensors and optimiser; (0, []) when there is nothing to resume.
+
+    The file is read with ``weights_only=True``: tensors, numbers and containers, never pickled code.
+    """
     path = out_dir / STATE_FILE
     exists = bool(broadcast_object(ctx, path.is_file()))
     if not exists:
         return 0, []
-    blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     opts = StateDictOptions(full_state_dict=True, strict=False)
     set_state_dict(
         model, optim, model_state_dict=blob["model"], optim_state_dict=blob["optim"], options=opts
