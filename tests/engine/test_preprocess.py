@@ -300,8 +300,9 @@ def test_20000_square_png_fits_in_memory(tmp_path: Path) -> None:
     assert t == 1 and h * w * 14 * 14 <= ImageParams().max_pixels
     assert rows == h * w
     assert corner == 0  # the first line is black
-    # measured ~1.0 GB (0.23 of it importing torch); decoding at full size in RGB takes 4.5 GB
-    assert max_rss_kib < 1_500_000, f"peak RSS {max_rss_kib / 1e6:.2f} GB"
+    # measured 1.0-1.65 GB by environment (0.23 of it importing torch); decoding at full size in
+    # RGB takes 4.5 GB, and the float32 tensor of the reference path another 4.8 GB
+    assert max_rss_kib < 2_500_000, f"peak RSS {max_rss_kib / 1e6:.2f} GB"
 
 
 def test_sample_png_needs_no_resize() -> None:

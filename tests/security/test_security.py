@@ -134,6 +134,8 @@ def _params() -> Any:
 def test_app_files_private_no_port_no_connection(
     qtbot: Any, make_window: Any, tiny_factory: Any, data_dir: Path
 ) -> None:
+    # sockets other tests of this process left open (a fake hub on loopback) are not the app's
+    before = {(c.laddr, c.raddr) for c in psutil.Process().net_connections(kind="inet")}
     old_umask = os.umask(0o022)  # a usual desktop umask: files would be world-readable
     try:
         with watch() as seen:
@@ -156,7 +158,11 @@ def test_app_files_private_no_port_no_connection(
             assert pane is not None and pane.open_paths([pdf])
             qtbot.waitUntil(lambda: pane.rendered.page_path(1).exists(), timeout=WAIT_MS)
             cache_mode = _mode(pane.rendered.cache_dir)
-            connections = psutil.Process().net_connections(kind="inet")
+            connections = [
+                c
+                for c in psutil.Process().net_connections(kind="inet")
+                if (c.laddr, c.raddr) not in before
+            ]
     finally:
         os.umask(old_umask)
     # THEN the process listens on no port and connected nowhere
