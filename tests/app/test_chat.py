@@ -284,8 +284,9 @@ def test_chat_failure_mid_reply_becomes_a_message(qtbot: Any, make_window: Any) 
 def test_chat_window_stays_responsive_while_model_loads(qtbot: Any, make_window: Any) -> None:
     script = FakeScript(load_seconds=1.0)
     window = make_window(FakeEngine.factory(script))
-    qtbot.waitUntil(lambda: window.engine_client.is_loading, timeout=WAIT_MS)
-    assert "Loading" in window.status.model.text()
+    # the status bar says so once the engine thread reports what it is loading (a queued signal)
+    qtbot.waitUntil(lambda: "Loading" in window.status.model.text(), timeout=WAIT_MS)
+    assert window.engine_client.is_loading
     # the GUI thread handles input while the engine thread loads; a message sent now waits
     _type_and_send(qtbot, window, "queued while loading")
     assert window.controller.reply is not None
