@@ -64,6 +64,7 @@ class JobResult:
 class LoadRequest:
     path: str | None
     device: str
+    quant: str = "none"  # engine.quant method applied to the linear layers at load time
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +117,11 @@ class TargetSource(Protocol):
         """Reword the event line once its job ended; None: the job failed, remove it."""
 
 
-def load_engine(path: str | None, device: str) -> Any:
+def load_engine(path: str | None, device: str, quant: str = "none") -> Any:
     """Default engine factory; imports the engine (and torch) on the engine thread."""
     from engine import Engine
 
-    return Engine.load(path, device=device)
+    return Engine.load(path, device=device, quant=quant)
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -147,7 +148,7 @@ class EngineWorker(QtCore.QObject):
     session_opened = QtCore.Signal(object)  # SessionStatus of a conversation made live
 
     def __init__(
-        self, snapshots_dir: Path, engine_factory: Callable[[str | None, str], Any]
+        self, snapshots_dir: Path, engine_factory: Callable[[str | None, str, str], Any]
     ) -> None:
         super().__init__()
         self._snapshots_dir = snapshots_dir
@@ -164,7 +165,7 @@ class EngineWorker(QtCore.QObject):
         self._save_if_dirty()
         self._engine = self._session = self._key = None
         try:
-            self._engine = self._engine_factory(request.path, request.device)
+            self._engine = self._engine_factory(request.path, request.device, request.quant)
         except Exception as exc:  # worker boundary: a bad checkpoint is a message, not a crash
             log.exception("loading %s failed", request.path)
             self.model_load_failed.emit(str(exc) or type(exc).__name__)
@@ -413,7 +414,7 @@ class EngineClient(QtCore.QObject):
     def __init__(
         self,
         snapshots_dir: Path,
-        engine_factory: Callable[[str | None, str], Any] = load_engine,
+        engine_factory: Callable[[str | None, str, str], Any] = load_engine,
         parent: QtCore.QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -469,10 +470,10 @@ class EngineClient(QtCore.QObject):
 
     # requests
 
-    def load_model(self, path: str | None, device: str = "auto") -> None:
+    def load_model(self, path: str | None, device: str = "auto", quant: str = "none") -> None:
         """Load a checkpoint directory (None: the embedded default) on the engine thread."""
         self.is_loading = True
-        self._load_requested.emit(LoadRequest(path, device))
+        self._load_requested.emit(LoadRequest(path, device, quant))
 
     def open_conversation(self, target: SessionTarget) -> None:
         """Restore the conversation's state ahead of its next message.

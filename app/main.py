@@ -123,7 +123,7 @@ def install_panes(window: MainWindow, modules: Sequence[str] = PANE_MODULES) -> 
 
 def build(
     argv: Sequence[str] = (),
-    engine_factory: Callable[[str | None, str], Any] = load_engine,
+    engine_factory: Callable[[str | None, str, str], Any] = load_engine,
 ) -> MainWindow:
     """Create (or reuse) the QApplication and the wired, shown main window; no event loop."""
     options = parse_args(argv)

@@ -59,7 +59,7 @@ def build_ocr_run(
     model: Path | None,
     device: str,
     snapshots_dir: Path,
-    engine_factory: Callable[[str | None, str], Any] = load_engine,
+    engine_factory: Callable[[str | None, str, str], Any] = load_engine,
     grab: Callable[[], list[MonitorShot]] = grab_current_desktop,
     params: SamplingParams = OCR_PARAMS,
 ) -> OcrRun:

@@ -44,6 +44,14 @@ SETTINGS: tuple[Setting, ...] = (
         "--model",
     ),
     Setting("device", str, "auto", "where the model runs", "--device", ("auto", "cpu", "cuda")),
+    Setting(
+        "quant",
+        str,
+        "none",
+        "weights: none (as stored), int8 or int4 (CPU and CUDA), nf4 (CUDA, bitsandbytes)",
+        "--quant",
+        ("none", "int8", "int4", "nf4"),
+    ),
     Setting("hotkey", str, "Ctrl+Alt+O", "shortcut that reads a screen region (OCR)"),
     Setting("theme", str, "system", "colour scheme", "--theme", ("system", "light", "dark")),
 )

@@ -53,7 +53,9 @@ class StatusBar(QtWidgets.QStatusBar):
             self.model.setText("No model")
             self.model.setToolTip("")
             return
-        self.model.setText(f"{info.name} · {info.device} · {info.dtype}")
+        quant = getattr(info, "quantization", None)
+        precision = f"{info.dtype} + {quant} weights" if quant else info.dtype
+        self.model.setText(f"{info.name} · {info.device} · {precision}")
         self.model.setToolTip(f"{info.path}\n{info.num_parameters:,} parameters")
 
     def set_session(self, tokens_seen: int, state_nbytes: int) -> None:

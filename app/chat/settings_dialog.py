@@ -1,4 +1,4 @@
-"""The settings dialog: model directory, device, OCR hotkey and theme (the SETTINGS table)."""
+"""The settings dialog: model directory, device, weight precision, OCR hotkey and theme."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ class SettingsDialog(QtWidgets.QDialog):
         self.device = QtWidgets.QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.device.setCurrentText(str(settings.get("device")))
+        self.quant = QtWidgets.QComboBox()
+        self.quant.addItems(["none", "int8", "int4", "nf4"])
+        self.quant.setCurrentText(str(settings.get("quant")))
+        self.quant.setToolTip(
+            "Smaller, faster weights: int8 and int4 on CPU or CUDA, nf4 on CUDA only. "
+            "'none' runs the weights as stored."
+        )
         self.hotkey = QtWidgets.QKeySequenceEdit(QtGui.QKeySequence(str(settings.get("hotkey"))))
         self.theme = QtWidgets.QComboBox()
         self.theme.addItems(["system", "light", "dark"])
@@ -52,6 +59,7 @@ class SettingsDialog(QtWidgets.QDialog):
             )
         )
         form.addRow("Device", self.device)
+        form.addRow("Weight precision", self.quant)
         form.addRow("Screen OCR shortcut", self.hotkey)
         form.addRow("Theme", self.theme)
         form.addRow(self.problem)
@@ -81,6 +89,7 @@ class SettingsDialog(QtWidgets.QDialog):
         hotkey = self.hotkey.keySequence().toString()
         self._settings.set("model_dir", model_dir)
         self._settings.set("device", self.device.currentText())
+        self._settings.set("quant", self.quant.currentText())
         if hotkey:
             self._settings.set("hotkey", hotkey)
         self._settings.set("theme", self.theme.currentText())

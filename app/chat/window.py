@@ -243,17 +243,19 @@ class MainWindow(QtWidgets.QMainWindow):
             self.controller.set_options(conversation_id, prompt, sampling)
 
     def open_settings(self) -> None:
-        before = (self.settings.get("model_dir"), self.settings.get("device"))
+        before = [self.settings.get(key) for key in ("model_dir", "device", "quant")]
         if SettingsDialog(self.settings, self).exec() != QtWidgets.QDialog.DialogCode.Accepted:
             return
         self.settings_changed.emit()
-        if (self.settings.get("model_dir"), self.settings.get("device")) != before:
+        if [self.settings.get(key) for key in ("model_dir", "device", "quant")] != before:
             self.controller.stop()
             self.load_model()
 
     def load_model(self) -> None:
         model_dir = str(self.settings.get("model_dir")) or None
-        self.engine_client.load_model(model_dir, str(self.settings.get("device")))
+        self.engine_client.load_model(
+            model_dir, str(self.settings.get("device")), str(self.settings.get("quant"))
+        )
 
     def dragEnterEvent(self, event: QtGui.QDragEnterEvent) -> None:  # noqa: N802 (Qt override)
         # an image dropped anywhere on the window goes to the composer

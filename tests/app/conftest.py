@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from app.chat.window import MainWindow  # noqa: E402
 from app.main import build  # noqa: E402
 
-EngineFactory = Callable[[str | None, str], Any]
+EngineFactory = Callable[[str | None, str, str], Any]
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def tiny_engine(tiny_checkpoint: Path) -> Any:
 def tiny_factory(tiny_engine: Any) -> EngineFactory:
     """An engine factory for ``build`` that hands out the shared tiny engine."""
 
-    def load(path: str | None, device: str) -> Any:
+    def load(path: str | None, device: str, quant: str = "none") -> Any:
         return tiny_engine
 
     return load

@@ -134,7 +134,7 @@ class FakeEngine:
 
     @classmethod
     def factory(cls, script: FakeScript) -> Any:
-        def load(path: str | None, device: str) -> FakeEngine:
+        def load(path: str | None, device: str, quant: str = "none") -> FakeEngine:
             time.sleep(script.load_seconds)
             return cls(script)
 

@@ -250,7 +250,7 @@ def test_ocr_region_real_engine_clipboard_and_send_to_chat(
 
     # GIVEN the app on the real tiny engine, and known content on a real X screen
     display, content = x_screen_with_content
-    window = make_window(lambda path, device: spy_engine)
+    window = make_window(lambda path, device, quant: spy_engine)
     client = window.engine_client
     qtbot.waitUntil(lambda: client.model_info is not None, timeout=30000)
     flow = OcrFlow(grab=lambda: grab_monitors(display))

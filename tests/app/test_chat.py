@@ -242,7 +242,7 @@ def test_chat_regenerate_and_edit_start_from_the_state_before(
 
 
 def test_chat_without_model_says_how_to_get_one(qtbot: Any, make_window: Any) -> None:
-    def no_model(path: str | None, device: str) -> Any:
+    def no_model(path: str | None, device: str, quant: str = "none") -> Any:
         raise EngineError("no embedded default model")
 
     window = make_window(no_model)
@@ -259,7 +259,7 @@ def test_chat_without_model_says_how_to_get_one(qtbot: Any, make_window: Any) ->
 def test_chat_slow_model_warning_is_shown(qtbot: Any, make_window: Any) -> None:
     script = FakeScript()
 
-    def slow(path: str | None, device: str) -> FakeEngine:
+    def slow(path: str | None, device: str, quant: str = "none") -> FakeEngine:
         engine = FakeEngine(script)
         engine.info = type(engine.info)(
             "big", "/big", "cpu", "float32", 4_000_000_000, 1, False, "expect minutes per reply"
@@ -358,6 +358,28 @@ def test_chat_settings_refuse_a_non_checkpoint_and_save_a_good_one(
     assert (window.store.data_dir / "settings.ini").stat().st_mode & 0o077 == 0
 
 
+def test_chat_quantized_weights_from_the_settings(
+    qtbot: Any, make_window: Any, tiny_checkpoint: Path
+) -> None:
+    from app.engine_client import load_engine
+
+    # GIVEN the app started on a checkpoint with int8 weights chosen
+    window = _loaded(
+        qtbot,
+        make_window(
+            load_engine, "--model", str(tiny_checkpoint), "--device", "cpu", "--quant", "int8"
+        ),
+    )
+    # THEN the engine quantized the model at load time and the status bar says so
+    assert window.engine_client.model_info.quantization == "int8"
+    assert "int8" in window.status.model.text()
+    # WHEN a message is sent THEN the quantized model answers it
+    _set_sampling(window, max_new_tokens=4)
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
+        _type_and_send(qtbot, window, "hello")
+    assert finished.args[1].stats.generated_tokens > 0
+
+
 def test_engine_client_frames_fork_and_document_jobs(
     qtbot: Any, make_window: Any, tiny_factory: Any
 ) -> None:
@@ -413,7 +435,7 @@ def test_engine_client_frames_fork_and_document_jobs(
 
 
 def test_engine_client_failed_document_leaves_no_event(qtbot: Any, make_window: Any) -> None:
-    def no_model(path: str | None, device: str) -> Any:
+    def no_model(path: str | None, device: str, quant: str = "none") -> Any:
         raise EngineError("no model here")
 
     window = make_window(no_model)

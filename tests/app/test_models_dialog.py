@@ -26,7 +26,7 @@ def hub(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         yield server
 
 
-def _real_engine(path: str | None, device: str) -> Any:
+def _real_engine(path: str | None, device: str, quant: str = "none") -> Any:
     return Engine.load(path, device="cpu")
 
 
