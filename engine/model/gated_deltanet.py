@@ -125,7 +125,10 @@ class GatedDeltaNet(nn.Module):
         """
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
-        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        # a frozen input still makes a graph when this layer's own parameters train (stage 1, LoRA)
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
         if T == 1 and not needs_grad and self.fuse_decode:
             return self._decode(x, state)
         q, tail_q = self.q_conv1d(self.q_proj(x), state.conv_q)
