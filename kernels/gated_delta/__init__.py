@@ -158,8 +158,9 @@ def step_gates(
 ) -> torch.Tensor:
     """``step`` from Gated DeltaNet's raw gate projections: ``g, beta = reference.gates(...)``.
 
-    The Triton kernel computes the gates itself (no separate launches for them);
-    ``INFINITEVL_GATES_KERNEL=0`` computes them in torch and calls ``step``.
+    With ``INFINITEVL_GATES_KERNEL=1`` the Triton kernel computes the gates itself (no separate
+    launches for them). It has run only under Triton's interpreter so far, never on a GPU, so by
+    default the gates are computed in torch and ``step`` (GPU-tested) takes them.
 
     Args:
         q, k: [B, H, K].  v: [B, HV, V].  a, b: [B, HV] the a_proj / b_proj outputs.
@@ -168,7 +169,7 @@ def step_gates(
     Returns:
         o: [B, HV, V] in the dtype of v.
     """
-    if use_kernel is None and os.environ.get("INFINITEVL_GATES_KERNEL") == "0":
+    if use_kernel is None and os.environ.get("INFINITEVL_GATES_KERNEL") != "1":
         g, beta = reference.gates(a, b, A_log, dt_bias)
         return step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)
     if _resolve(q, use_kernel, "step", has_triton()):

@@ -3,7 +3,8 @@
 ``rms_norm`` (Qwen2's, residual stream) and ``gated_rms_norm`` (Gated DeltaNet's output norm).
 On CUDA without autograd they take ``norm_triton`` (one launch a call, imported on first use);
 calls that need grad, and every other device, take ``reference``. Shapes and semantics are those
-of ``kernels.rms_norm.reference``. ``INFINITEVL_NORM_KERNEL=0`` keeps the reference everywhere.
+of ``kernels.rms_norm.reference``. The kernel has run only under Triton's interpreter, never on a
+GPU: it is taken only with ``INFINITEVL_NORM_KERNEL=1`` (or ``use_kernel=True``) until it has.
 """
 
 import importlib.util
@@ -29,7 +30,7 @@ def _use_kernel(use_kernel: bool | None, *tensors: torch.Tensor) -> bool:
         return True
     if use_kernel is False or not x.is_cuda or not available:
         return False
-    if os.environ.get("INFINITEVL_NORM_KERNEL") == "0":
+    if os.environ.get("INFINITEVL_NORM_KERNEL") != "1":
         return False
     # the kernel has no backward
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))

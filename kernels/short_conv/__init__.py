@@ -31,8 +31,9 @@ def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, *, use_kerne
     available = runnable and importlib.util.find_spec("triton") is not None
     if use_kernel and not available:
         raise ValueError(f"short_conv.step: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
-    if use_kernel is None and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") == "0":
-        use_kernel = False  # a switch for a GPU the kernel has not been run on yet
+    if use_kernel is None and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") != "1":
+        # opt-in: the kernel has run only under Triton's interpreter, never on a GPU
+        use_kernel = False
     if use_kernel or (use_kernel is None and x.is_cuda and available):
         from kernels.short_conv import step_triton
 
