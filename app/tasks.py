@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import shiboken6
 from PySide6 import QtCore
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,14 @@ class _Relay(QtCore.QObject):
     @QtCore.Slot(object)
     def _on_job_done(self, result: object) -> None:
         _pending.discard(self)
-        self._on_done(result)
+        if _receiver_alive(self._on_done):
+            self._on_done(result)
 
     @QtCore.Slot(str)
     def _on_job_failed(self, message: str) -> None:
         _pending.discard(self)
+        if self._on_failed is not None and not _receiver_alive(self._on_failed):
+            return
         if self._on_failed is None:
             log.error("background job failed: %s", message)
         else:
@@ -64,6 +68,15 @@ class _Relay(QtCore.QObject):
 
 
 _pending: set[_Relay] = set()
+
+
+def _receiver_alive(callback: Callable[..., None]) -> bool:
+    """False when ``callback`` is a method of a widget Qt has deleted (its window closed)."""
+    receiver = getattr(callback, "__self__", None)
+    if isinstance(receiver, QtCore.QObject) and not shiboken6.isValid(receiver):
+        log.debug("background job finished after %r was deleted: result dropped", receiver)
+        return False
+    return True
 
 
 def run_in_background(

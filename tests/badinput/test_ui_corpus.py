@@ -152,7 +152,7 @@ def test_damaged_checkpoint_is_a_message_in_the_window(
 ) -> None:
     path, named = corpus.damaged_checkpoints(tmp_path / "ckpt")[case]
 
-    def load(_path: str | None, device: str) -> Any:
+    def load(_path: str | None, device: str, quant: str = "none") -> Any:
         return Engine.load(path, device="cpu")
 
     window = make_window(load)

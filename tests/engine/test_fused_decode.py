@@ -82,9 +82,9 @@ def test_fused_decode_matches_separate_ops() -> None:
     got = decode(model, state, 5, 130)
     set_fused_decode(model, False)
     want = decode(model, ref_state, 5, 130)
-    # THEN tokens, logits (fp32, 1e-5) and the final states agree
+    # THEN tokens, logits (fp32 rounding: 1e-4 on logits up to ~50) and the final states agree
     assert got[0] == want[0]
-    assert torch.allclose(got[1], want[1], atol=1e-5, rtol=0), (got[1] - want[1]).abs().max()
+    assert torch.allclose(got[1], want[1], atol=1e-4, rtol=0), (got[1] - want[1]).abs().max()
     assert_states_close(state, ref_state, atol=1e-5)
 
 
@@ -102,7 +102,7 @@ def test_static_graph_step_matches_separate_ops() -> None:
     set_fused_decode(model, False)
     want = decode(model, ref_state, 5, 110)
     assert tokens == want[0]
-    assert torch.allclose(torch.stack(logits), want[1], atol=1e-5, rtol=0)
+    assert torch.allclose(torch.stack(logits), want[1], atol=1e-4, rtol=0)
     assert_states_close(state, ref_state, atol=1e-5)
 
 
@@ -172,7 +172,8 @@ def test_swapped_projection_falls_back_to_separate_ops() -> None:
     got = decode(model, state, 5, 20)
     set_fused_decode(model, False)
     want = decode(model, ref_state, 5, 20)
-    assert torch.allclose(got[1], want[1], atol=1e-5, rtol=0)
+    # a stale matrix would be off by O(1); fp32 rounding of the other fused layers stays < 1e-4
+    assert torch.allclose(got[1], want[1], atol=1e-4, rtol=0), (got[1] - want[1]).abs().max()
     assert gdn._in_proj.weight is None
 
 
