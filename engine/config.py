@@ -32,7 +32,9 @@ def _get(raw: dict[str, Any], key: str, kind: type | tuple[type, ...], default: 
         return float(value)
     if not isinstance(value, kind):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ConfigError(f"config.json: {key!r} must be {name}, got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"config.json: {key!r} must be {name}, got {type(value).__name__} {value!r}"
+        )
     return value
 
 
@@ -103,7 +105,7 @@ class VisionConfig:
 
 @dataclass(frozen=True, slots=True)
 class TextConfig:
-    """The decoder: ``layer_types`` decides each layer (Gated DeltaNet, sliding or full attention)."""
+    """The decoder: ``layer_types`` picks each layer (Gated DeltaNet, sliding or full attention)."""
 
     vocab_size: int
     hidden_size: int
@@ -142,8 +144,12 @@ class TextConfig:
             hidden_size=_positive("hidden_size", _get(raw, "hidden_size", int)),
             intermediate_size=_positive("intermediate_size", _get(raw, "intermediate_size", int)),
             num_hidden_layers=num_layers,
-            num_attention_heads=_positive("num_attention_heads", _get(raw, "num_attention_heads", int)),
-            num_key_value_heads=_get(raw, "num_key_value_heads", int, raw.get("num_attention_heads")),
+            num_attention_heads=_positive(
+                "num_attention_heads", _get(raw, "num_attention_heads", int)
+            ),
+            num_key_value_heads=_get(
+                raw, "num_key_value_heads", int, raw.get("num_attention_heads")
+            ),
             rms_norm_eps=_get(raw, "rms_norm_eps", float, 1e-6),
             rope_theta=_get(raw, "rope_theta", float, 1e6),
             mrope_section=section,  # type: ignore[arg-type]
@@ -188,7 +194,9 @@ class TextConfig:
                 f"num_linear_key_value_heads {self.num_linear_key_value_heads}"
             )
         if self.sliding_window <= 0:
-            raise ConfigError(f"config.json: sliding_window must be positive, got {self.sliding_window}")
+            raise ConfigError(
+                f"config.json: sliding_window must be positive, got {self.sliding_window}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -212,7 +220,11 @@ class TextConfig:
         d = asdict(self)
         d["layer_types"] = list(self.layer_types)
         section = d.pop("mrope_section")
-        d["rope_scaling"] = {"mrope_section": list(section), "rope_type": "default", "type": "default"}
+        d["rope_scaling"] = {
+            "mrope_section": list(section),
+            "rope_type": "default",
+            "type": "default",
+        }
         d["use_sliding_window"] = "sliding_attention" in self.layer_types
         return d
 
@@ -284,7 +296,12 @@ class ModelConfig:
             eos_token_id=eos_ids,
             raw=raw,
         )
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        for name in (
+            "image_token_id",
+            "video_token_id",
+            "vision_start_token_id",
+            "vision_end_token_id",
+        ):
             if not 0 <= getattr(cfg, name) < text.vocab_size:
                 raise ConfigError(
                     f"config.json: {name} {getattr(cfg, name)} outside vocab_size {text.vocab_size}"
@@ -318,7 +335,9 @@ class ModelConfig:
             vision_start_token_id=self.vision_start_token_id,
             vision_end_token_id=self.vision_end_token_id,
             bos_token_id=self.bos_token_id,
-            eos_token_id=list(self.eos_token_id) if len(self.eos_token_id) > 1 else self.eos_token_id[0],
+            eos_token_id=list(self.eos_token_id)
+            if len(self.eos_token_id) > 1
+            else self.eos_token_id[0],
         )
         return out
 

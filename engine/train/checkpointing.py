@@ -51,7 +51,7 @@ def load_trainer_state(
 ) -> tuple[int, list[dict[str, float]]]:
     """Restore the trainable tensors and optimiser; (0, []) when there is nothing to resume.
 
-    The file is read with ``weights_only=True``: tensors, numbers and containers, never pickled code.
+    Read with ``weights_only=True``: tensors, numbers and containers, never pickled code.
     """
     path = out_dir / STATE_FILE
     exists = bool(broadcast_object(ctx, path.is_file()))
