@@ -1,0 +1,70 @@
+"""config.json parsing: the published InfiniteVL and Qwen2.5-VL configs, defaults, bad types."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.config import ModelConfig, tiny_config
+from engine.errors import ConfigError
+
+REFERENCE = Path(__file__).resolve().parents[1] / "reference"
+QWEN = Path(__file__).resolve().parent / "qwen2.5-vl-3b.config.json"
+
+
+def test_config_infinitevl_4b_defaults_the_published_file_leaves_out() -> None:
+    config = ModelConfig.from_file(REFERENCE / "infinitevl-4b.config.json")
+    text = config.text
+    # one sliding-window layer, then three Gated DeltaNet layers, nine times
+    assert text.layer_types == tuple(
+        "sliding_attention" if i % 4 == 0 else "linear_attention" for i in range(36)
+    )
+    assert (text.num_linear_heads, text.linear_head_dim, text.linear_value_head_dim) == (
+        16,
+        128,
+        256,
+    )
+    assert (text.conv_size, text.norm_eps, text.sliding_window) == (4, 1e-5, 8192)
+    assert text.mrope_section == (16, 24, 24) and text.tie_word_embeddings
+    assert config.vision.fullatt_block_indexes == (7, 15, 23, 31)
+
+
+def test_config_qwen25_vl_is_full_attention() -> None:
+    config = ModelConfig.from_file(QWEN)
+    assert set(config.text.layer_types) == {"full_attention"}
+    assert len(config.text.layer_types) == 36
+
+
+def test_config_nested_text_config_and_round_trip() -> None:
+    raw = json.loads((REFERENCE / "infinitevl-4b.config.json").read_text())
+    nested = {k: v for k, v in raw.items() if k not in ("hidden_size", "num_hidden_layers")}
+    nested["text_config"] = {"hidden_size": 2048, "num_hidden_layers": 36}
+    assert ModelConfig.from_hf(nested).text == ModelConfig.from_hf(raw).text
+    tiny = tiny_config()
+    assert ModelConfig.from_hf(tiny.to_hf()) == tiny
+    assert ModelConfig.from_hf(tiny.to_hf()).fingerprint() == tiny.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("hidden_size", "2048", "hidden_size"),
+        ("num_hidden_layers", True, "num_hidden_layers"),
+        ("layer_types", ["linear_attention", "mamba"], "mamba"),
+        ("sliding_window", -1, "sliding_window"),
+        ("image_token_id", 10**9, "image_token_id"),
+    ],
+)
+def test_config_bad_values_name_the_field(field: str, value: object, named: str) -> None:
+    raw = json.loads((REFERENCE / "infinitevl-4b.config.json").read_text())
+    raw[field] = value
+    with pytest.raises(ConfigError, match=named):
+        ModelConfig.from_hf(raw)
+
+
+def test_config_missing_or_not_json(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no config.json"):
+        ModelConfig.from_file(tmp_path)
+    (tmp_path / "config.json").write_bytes(b"\xff{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        ModelConfig.from_file(tmp_path)
