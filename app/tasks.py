@@ -2,12 +2,19 @@
 
 ``run_in_background(fn, on_done, on_failed)`` runs ``fn()`` on Qt's thread pool and calls back
 on the GUI thread. The engine never goes through here: it has its own thread (engine_client).
+
+Results travel through one ``_Dispatcher`` that lives on the GUI thread for the whole process.
+A relay object per job, released by its own slot, used to be destroyed inside that slot's call
+(PySide then read the freed object: a segfault now and then at start-up, when the Models list
+and the first search finish).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import shiboken6
@@ -16,58 +23,59 @@ from PySide6 import QtCore
 log = logging.getLogger(__name__)
 
 
-class _Signals(QtCore.QObject):
-    done = QtCore.Signal(object)
-    failed = QtCore.Signal(str)
+@dataclass(frozen=True, slots=True)
+class _Callbacks:
+    on_done: Callable[[Any], None]
+    on_failed: Callable[[str], None] | None
+
+
+class _Dispatcher(QtCore.QObject):
+    """Hands each finished job's outcome to its callbacks, on the thread this object lives on."""
+
+    finished = QtCore.Signal(int, bool, object)  # job id, succeeded, result or error message
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: dict[int, _Callbacks] = {}
+        self._ids = itertools.count()
+        # emitted from pool threads; queued so the callbacks always run on the GUI thread
+        self.finished.connect(self._deliver, QtCore.Qt.ConnectionType.QueuedConnection)
+
+    def register(self, callbacks: _Callbacks) -> int:
+        job_id = next(self._ids)
+        self._callbacks[job_id] = callbacks
+        return job_id
+
+    @QtCore.Slot(int, bool, object)
+    def _deliver(self, job_id: int, succeeded: bool, payload: object) -> None:
+        callbacks = self._callbacks.pop(job_id)
+        if succeeded:
+            if _receiver_alive(callbacks.on_done):
+                callbacks.on_done(payload)
+        elif callbacks.on_failed is None:
+            log.error("background job failed: %s", payload)
+        elif _receiver_alive(callbacks.on_failed):
+            callbacks.on_failed(str(payload))
 
 
 class _Job(QtCore.QRunnable):
-    def __init__(self, fn: Callable[[], Any], signals: _Signals) -> None:
+    def __init__(self, fn: Callable[[], Any], dispatcher: _Dispatcher, job_id: int) -> None:
         super().__init__()
         self._fn = fn
-        self._signals = signals
+        self._dispatcher = dispatcher
+        self._job_id = job_id
 
     def run(self) -> None:
         try:
             result = self._fn()
         except Exception as exc:  # pool boundary: report, never lose it in the thread pool
             log.exception("background job %r failed", self._fn)
-            self._signals.failed.emit(str(exc) or type(exc).__name__)
+            self._dispatcher.finished.emit(self._job_id, False, str(exc) or type(exc).__name__)
             return
-        self._signals.done.emit(result)
+        self._dispatcher.finished.emit(self._job_id, True, result)
 
 
-class _Relay(QtCore.QObject):
-    """Lives on the GUI thread, so the queued signals land there before calling back."""
-
-    def __init__(
-        self, on_done: Callable[[Any], None], on_failed: Callable[[str], None] | None
-    ) -> None:
-        super().__init__()
-        self._on_done = on_done
-        self._on_failed = on_failed
-        self.signals = _Signals()
-        self.signals.done.connect(self._on_job_done)
-        self.signals.failed.connect(self._on_job_failed)
-
-    @QtCore.Slot(object)
-    def _on_job_done(self, result: object) -> None:
-        _pending.discard(self)
-        if _receiver_alive(self._on_done):
-            self._on_done(result)
-
-    @QtCore.Slot(str)
-    def _on_job_failed(self, message: str) -> None:
-        _pending.discard(self)
-        if self._on_failed is not None and not _receiver_alive(self._on_failed):
-            return
-        if self._on_failed is None:
-            log.error("background job failed: %s", message)
-        else:
-            self._on_failed(message)
-
-
-_pending: set[_Relay] = set()
+_dispatcher: _Dispatcher | None = None
 
 
 def _receiver_alive(callback: Callable[..., None]) -> bool:
@@ -88,6 +96,8 @@ def run_in_background(
 
     Call from the GUI thread.
     """
-    relay = _Relay(on_done, on_failed)
-    _pending.add(relay)
-    QtCore.QThreadPool.globalInstance().start(_Job(fn, relay.signals))
+    global _dispatcher
+    if _dispatcher is None or not shiboken6.isValid(_dispatcher):
+        _dispatcher = _Dispatcher()
+    job_id = _dispatcher.register(_Callbacks(on_done, on_failed))
+    QtCore.QThreadPool.globalInstance().start(_Job(fn, _dispatcher, job_id))

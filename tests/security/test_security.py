@@ -8,6 +8,7 @@ import ast
 import os
 import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,13 +187,18 @@ def test_app_files_private_no_port_no_connection(
 
 
 @pytest.mark.slow
+def _output(process: subprocess.Popen[bytes]) -> str:
+    """What a finished child printed (its exit code first), for the assertion message."""
+    out = process.stdout.read().decode(errors="replace") if process.stdout else ""
+    return f"exit code {process.returncode}\n{out[-8000:]}"
+
+
 def test_infinitevl_app_process_listens_on_no_port(tiny_checkpoint: Path, tmp_path: Path) -> None:
     # the real command in its own process, offscreen, until its model is loaded
-    import subprocess
     import time
 
     data = tmp_path / "data"
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONFAULTHANDLER": "1"}
     argv = [
         sys.executable,
         "-m",
@@ -209,10 +215,10 @@ def test_infinitevl_app_process_listens_on_no_port(tiny_checkpoint: Path, tmp_pa
     try:
         deadline = time.monotonic() + 120
         while not (data / "history.sqlite3").exists() and time.monotonic() < deadline:
-            assert app.poll() is None, app.stdout.read().decode() if app.stdout else ""
+            assert app.poll() is None, _output(app)
             time.sleep(0.3)
         time.sleep(4)  # the model loads behind the window
-        assert app.poll() is None
+        assert app.poll() is None, _output(app)
         process = psutil.Process(app.pid)
         sockets = [
             c
@@ -223,5 +229,5 @@ def test_infinitevl_app_process_listens_on_no_port(tiny_checkpoint: Path, tmp_pa
     finally:
         app.terminate()  # SIGTERM: the window closes the normal way
         app.wait(60)
-    assert app.returncode == 0
+    assert app.returncode == 0, _output(app)
     assert _mode(data) == 0o700 and _mode(data / "history.sqlite3") == 0o600
