@@ -37,7 +37,9 @@ SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDP
 FULL_ATTENTION_KERNELS = ("sdpa", "split_k")
 
 
-def _sdpa_context(device: torch.device) -> AbstractContextManager[None]:
+def sdpa_context(device: torch.device) -> AbstractContextManager[None]:
+    """SDPA without cuDNN on CUDA: every call with a new key length (training batches, images of
+    new sizes) would pay cuDNN's re-planning."""
     return sdpa_kernel(SDPA_BACKENDS) if device.type == "cuda" else nullcontext()
 
 
@@ -104,7 +106,7 @@ def attention_step(
         # the G query heads of a kv group become G queries of one head: no repeated keys
         qg = q1.reshape(B, Hkv, -1, D)
         valid = torch.arange(cap, device=x.device) <= seen  # [cap]
-        with _sdpa_context(x.device):
+        with sdpa_context(x.device):
             o = F.scaled_dot_product_attention(
                 qg, state.k, state.v, attn_mask=valid[None, None, None, :], scale=attn.scale
             )
@@ -427,7 +429,7 @@ class FrameGraph:
     def _body(self) -> None:
         lm = self.model.model.language_model
         # the vision tower's SDPA calls, without cuDNN's backend (see SDPA_BACKENDS)
-        with _sdpa_context(self.device):
+        with sdpa_context(self.device):
             feats = self.model.model.visual(self.pixels, self.grid_thw)  # [T, hidden]
         x = feats.to(lm.embed_tokens.weight.dtype).unsqueeze(0)  # [1, T, hidden]
         cos, sin = mrope_cos_sin(self.base_positions + self.position, lm.config, x.dtype)

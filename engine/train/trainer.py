@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.cuda_graph import sdpa_context
 from engine.preprocess import ImageParams
 from engine.tokenizer import Tokenizer
 from engine.train import build, checkpointing, distributed
@@ -81,6 +82,8 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.dtype == "bfloat16" and ctx.device.type == "cuda"
         else contextlib.nullcontext()
     )
+    # every batch brings new image and sequence lengths: keep SDPA off cuDNN's per-shape plans
+    attention = sdpa_context(ctx.device)
     bar = _progress(ctx, start, cfg)
     student.train()
     t0 = time.monotonic()
@@ -105,7 +108,7 @@ def train(cfg: TrainConfig) -> Path:
         scale = ctx.world / max(norm, 1.0)
         local = 0.0
         for b in micro:
-            with autocast:
+            with autocast, attention:
                 loss, value = objective(b, scale)
             loss.backward()
             local += value
