@@ -118,10 +118,17 @@ class TargetSource(Protocol):
 
 
 def load_engine(path: str | None, device: str, quant: str = "none") -> Any:
-    """Default engine factory; imports the engine (and torch) on the engine thread."""
-    from engine import Engine
+    """Default engine factory; imports the engine (and torch) on the engine thread.
 
-    return Engine.load(path, device=device, quant=quant)
+    A GGUF model (``engine.backends``) runs as its file stores it: ``quant`` applies to
+    safetensors checkpoints only.
+    """
+    from engine.backends import is_gguf
+    from engine.backends import load_engine as open_model
+
+    if path is not None and is_gguf(path):
+        return open_model(path, device=device)
+    return open_model(path, device=device, quant=quant)
 
 
 def _read_image(path: Path) -> np.ndarray:

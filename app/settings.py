@@ -39,8 +39,8 @@ SETTINGS: tuple[Setting, ...] = (
         "model_dir",
         str,
         "",
-        "checkpoint directory (config.json, *.safetensors, tokenizer.json); "
-        "empty: the embedded default model",
+        "checkpoint directory (config.json, *.safetensors, tokenizer.json) or a GGUF model "
+        "(a .gguf file, or a directory of them with its mmproj); empty: the embedded default model",
         "--model",
     ),
     Setting("device", str, "auto", "where the model runs", "--device", ("auto", "cpu", "cuda")),

@@ -1,4 +1,5 @@
-"""The settings dialog: model directory, device, weight precision, OCR hotkey and theme."""
+"""The settings dialog: model (checkpoint directory or GGUF), device, weight precision, OCR
+hotkey and theme."""
 
 from __future__ import annotations
 
@@ -12,10 +13,34 @@ from app.settings import AppSettings
 log = logging.getLogger(__name__)
 
 
-def missing_checkpoint_files(directory: Path) -> list[str]:
-    """What a checkpoint directory lacks, as file names; empty when it looks loadable."""
-    if not directory.is_dir():
-        return [f"{directory} is not a directory"]
+GGUF_MAGIC = b"GGUF"
+
+
+def is_gguf_model(path: Path) -> bool:
+    """A .gguf file, or a directory of them without config.json (``engine.backends.is_gguf``)."""
+    from engine.backends import is_gguf
+
+    return is_gguf(path)
+
+
+def missing_checkpoint_files(path: Path) -> list[str]:
+    """What a model path lacks to load, in words; empty when it looks loadable.
+
+    A checkpoint directory needs config.json, tokenizer.json and safetensors weights; a GGUF
+    model is a .gguf file that starts with the GGUF magic, or a directory of such files.
+    """
+    if path.is_file():
+        if path.suffix != ".gguf":
+            return [f"{path.name} is neither a checkpoint directory nor a .gguf file"]
+        with open(path, "rb") as f:
+            if f.read(4) != GGUF_MAGIC:
+                return [f"{path.name} is not a GGUF file (it lacks the GGUF header)"]
+        return []
+    if not path.is_dir():
+        return [f"{path} does not exist"]
+    if is_gguf_model(path):
+        return []
+    directory = path
     missing = [n for n in ("config.json", "tokenizer.json") if not (directory / n).is_file()]
     if not list(directory.glob("*.safetensors")):
         missing.append("*.safetensors weights")
@@ -29,21 +54,23 @@ class SettingsDialog(QtWidgets.QDialog):
         self._settings = settings
         self.model_dir = QtWidgets.QLineEdit(str(settings.get("model_dir")))
         self.model_dir.setPlaceholderText("Empty: the embedded default model")
-        browse = QtWidgets.QPushButton("Browse…")
+        self.model_dir.textChanged.connect(self._on_model_changed)
+        browse = QtWidgets.QPushButton("Folder…")
+        browse.setToolTip("A Hugging Face checkpoint directory")
         browse.clicked.connect(self._on_browse_clicked)
+        browse_gguf = QtWidgets.QPushButton("GGUF file…")
+        browse_gguf.setToolTip("A GGUF model for llama.cpp (its mmproj beside it for images)")
+        browse_gguf.clicked.connect(self._on_browse_gguf_clicked)
         model_row = QtWidgets.QHBoxLayout()
         model_row.addWidget(self.model_dir, 1)
         model_row.addWidget(browse)
+        model_row.addWidget(browse_gguf)
         self.device = QtWidgets.QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.device.setCurrentText(str(settings.get("device")))
         self.quant = QtWidgets.QComboBox()
         self.quant.addItems(["none", "int8", "int4", "nf4"])
         self.quant.setCurrentText(str(settings.get("quant")))
-        self.quant.setToolTip(
-            "Smaller, faster weights: int8 and int4 on CPU or CUDA, nf4 on CUDA only. "
-            "'none' runs the weights as stored."
-        )
         self.hotkey = QtWidgets.QKeySequenceEdit(QtGui.QKeySequence(str(settings.get("hotkey"))))
         self.theme = QtWidgets.QComboBox()
         self.theme.addItems(["system", "light", "dark"])
@@ -51,11 +78,12 @@ class SettingsDialog(QtWidgets.QDialog):
         self.problem = QtWidgets.QLabel("")
         self.problem.setWordWrap(True)
         form = QtWidgets.QFormLayout()
-        form.addRow("Model directory", model_row)
+        form.addRow("Model", model_row)
         form.addRow(
             QtWidgets.QLabel(
                 "A Hugging Face checkpoint directory: config.json, *.safetensors, "
-                "tokenizer.json (e.g. a download of hustvl/InfiniteVL)."
+                "tokenizer.json (e.g. a download of hustvl/InfiniteVL), or a GGUF model "
+                "(llama.cpp; images need its mmproj-*.gguf in the same folder)."
             )
         )
         form.addRow("Device", self.device)
@@ -72,19 +100,39 @@ class SettingsDialog(QtWidgets.QDialog):
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(buttons)
+        self._on_model_changed(self.model_dir.text())
 
     def _on_browse_clicked(self) -> None:
         chosen = QtWidgets.QFileDialog.getExistingDirectory(self, "Model directory")
         if chosen:
             self.model_dir.setText(chosen)
 
+    def _on_browse_gguf_clicked(self) -> None:
+        chosen, _ = QtWidgets.QFileDialog.getOpenFileName(
+            self, "GGUF model", "", "GGUF models (*.gguf)"
+        )
+        if chosen:
+            self.model_dir.setText(chosen)
+
+    def _on_model_changed(self, text: str) -> None:
+        # a GGUF file is quantized as stored: the precision choice applies to checkpoints only
+        path = Path(text.strip()).expanduser()
+        gguf = bool(text.strip()) and path.exists() and is_gguf_model(path)
+        self.quant.setEnabled(not gguf)
+        self.quant.setToolTip(
+            "A GGUF model runs at the precision its file stores."
+            if gguf
+            else "Smaller, faster weights: int8 and int4 on CPU or CUDA, nf4 on CUDA only. "
+            "'none' runs the weights as stored."
+        )
+
     def accept(self) -> None:
-        """Save, unless the model directory is clearly no checkpoint: then say what it lacks."""
+        """Save, unless the model path clearly cannot load: then say what it lacks."""
         model_dir = self.model_dir.text().strip()
         if model_dir:
             missing = missing_checkpoint_files(Path(model_dir).expanduser())
             if missing:
-                self.problem.setText("Not a checkpoint directory, missing: " + ", ".join(missing))
+                self.problem.setText("Not a model this app can load: " + "; ".join(missing))
                 return
         hotkey = self.hotkey.keySequence().toString()
         self._settings.set("model_dir", model_dir)

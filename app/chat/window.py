@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 NO_MODEL_TEXT = (
     "**No model is loaded.**\n\n{reason}\n\nOpen **Settings** (Ctrl+,) and choose a checkpoint "
-    "directory: a folder with `config.json`, `*.safetensors` and `tokenizer.json`, for example "
-    "a download of `hustvl/InfiniteVL`. Your conversations are kept meanwhile."
+    "directory (a folder with `config.json`, `*.safetensors` and `tokenizer.json`, for example "
+    "a download of `hustvl/InfiniteVL`) or a GGUF model file. Your conversations are kept "
+    "meanwhile."
 )
 
 
