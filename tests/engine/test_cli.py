@@ -17,7 +17,6 @@ WEIGHTS_4B = REFERENCE / "infinitevl-4b.weights.tsv"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
 def _tsv_parameters(path: Path) -> int:
     """Values of every tensor listed, the tied lm_head left out (it is embed_tokens)."""
     total = 0
@@ -94,6 +93,7 @@ def test_generate_without_default_model_says_how(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tmp_path / "default-model")
+    monkeypatch.setattr(default_model, "installed_dirs", lambda: [tmp_path / "share"])
     assert main(["generate", "hello"]) == 2
     err = capsys.readouterr().err
     assert "no embedded default model" in err and "--model" in err and "hustvl/InfiniteVL" in err

@@ -561,10 +561,16 @@ def test_load_embedded_default(tiny_checkpoint: Path, monkeypatch: pytest.Monkey
     from engine import default_model
     from engine.errors import EngineError
 
-    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tiny_checkpoint.parent / "absent")
+    absent = tiny_checkpoint.parent / "absent"
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", absent)
+    monkeypatch.setattr(default_model, "installed_dirs", lambda: [absent / "share"])
     with pytest.raises(EngineError, match="no embedded default model"):
         Engine.load()
+    # a wheel's copy (under <prefix>/share) is found when none is beside the packages
+    monkeypatch.setattr(default_model, "installed_dirs", lambda: [absent, tiny_checkpoint])
+    assert Engine.load().info.is_embedded_default
     monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tiny_checkpoint)
+    monkeypatch.setattr(default_model, "installed_dirs", lambda: [])
     assert Engine.load().info.is_embedded_default
 
 

@@ -58,8 +58,12 @@ def _build(source: Path, out: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def built(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> tuple[Path, Path]:
     source = _tracked_copy(tmp_path_factory.mktemp("source"))
+    # the embedded model's place holds the tiny checkpoint: the wheel must carry what is there
+    embedded = source / "resources" / "default-model"
+    shutil.rmtree(embedded, ignore_errors=True)
+    shutil.copytree(tiny_checkpoint, embedded)
     return _build(source, tmp_path_factory.mktemp("dist"))
 
 
@@ -95,6 +99,10 @@ def test_wheel_and_sdist_contents(built: tuple[Path, Path]) -> None:
         assert needed in names, needed
     assert any(n.startswith("kernels/gated_delta/") for n in names)
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", ".venv"))]
+    # the embedded default model, as data the installer puts under <prefix>/share
+    data = {n.split(".data/data/", 1)[1] for n in names if ".data/data/" in n}
+    for needed in ("config.json", "tokenizer.json", "model.safetensors"):
+        assert f"share/infinitevl-desktop/default-model/{needed}" in data, needed
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "infinitevl = engine.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     with tarfile.open(sdist) as tar:
@@ -161,6 +169,18 @@ def test_wheel_installs_in_fresh_venv_and_generates(
     )
     assert done.returncode == 0, done.stderr
     assert "model: " in done.stderr and "generated" in done.stderr
+    # without --model the installed command answers with the embedded model the wheel carries
+    embedded = subprocess.run(
+        [str(command), "generate", "--max-new-tokens", "3", "hello"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert embedded.returncode == 0, embedded.stderr
+    where = str(venv / "share" / "infinitevl-desktop" / "default-model")
+    assert where in embedded.stderr and "generated" in embedded.stderr
     # the app extra is not installed: one clear line, exit 2
     app = subprocess.run(
         [str(command), "app"], cwd=tmp_path, env=env, capture_output=True, text=True
