@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.faults import crash_worker
+from tests.faults.checks import check_store_whole
 
 TRIALS = int(os.environ.get("INFINITEVL_KILL_TRIALS", "60"))
 # how long after a phase starts the kill may land (seconds): about each phase's length here
@@ -51,35 +52,11 @@ def _committed(journal: Path) -> tuple[dict[int, str], dict[int, set[str]]]:
 
 def check_after_crash(data_dir: Path, journal: Path, engine: Any) -> int:
     """Everything the issue asks of a restart after kill -9; returns the number of messages."""
-    from app.history.store import HistoryStore
-
-    conn = sqlite3.connect(data_dir / "history.sqlite3")
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        stored = dict(conn.execute("SELECT id, content FROM messages").fetchall())
-        rows = conn.execute("SELECT file, tokens_seen FROM snapshots").fetchall()
-        recorded = [r[0] for r in rows]
-    finally:
-        conn.close()
+    stored = check_store_whole(data_dir, engine)
     done, maybe = _committed(journal)
     for message_id, text in done.items():
         assert message_id in stored, f"committed message {message_id} lost"
         assert stored[message_id] in {text, *maybe.get(message_id, ())}, message_id
-    snapshots = data_dir / "snapshots"
-    for name, tokens_seen in rows:
-        # a recorded state has its file, whole (StateError here is a failure), and is the one
-        # its row describes
-        assert engine.restore_session(snapshots / name).tokens_seen == tokens_seen, name
-    for path in snapshots.iterdir():
-        if path.name not in recorded and not path.name.startswith("."):
-            engine.restore_session(path)  # written but not yet recorded: still complete
-    store = HistoryStore(data_dir)
-    try:
-        leftovers = {p.name for p in snapshots.iterdir()} - set(recorded)
-        assert not leftovers, f"unrecorded files survive a restart: {leftovers}"
-        assert len(store.messages(store.conversations()[0].id)) >= 0
-    finally:
-        store.close()
     return len(stored)
 
 
