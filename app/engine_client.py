@@ -460,6 +460,15 @@ class EngineClient(QtCore.QObject):
         w.notice.connect(self._on_notice)
         w.session_opened.connect(self._on_session_opened)
 
+    def not_ready_reason(self, conversation_id: int | None) -> str | None:
+        """Why a request into ``conversation_id`` cannot start now (for the pane to show), or
+        None when it can: a conversation is open and a model is loaded."""
+        if conversation_id is None:
+            return "open or start a conversation first"
+        if self.model_info is None:
+            return "no model is loaded yet"
+        return None
+
     def set_target_source(self, source: TargetSource) -> None:
         """Who turns a conversation id into a SessionTarget (the chat controller)."""
         self._targets = source

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -639,7 +640,7 @@ class Session:
         """One model call on ``input_ids`` [1, T]; returns the last position's logits [vocab]."""
         device = self._engine.device
         # no_grad, not inference_mode: states outlive the call and are cloned and saved outside it
-        with torch.no_grad():
+        with torch.no_grad(), _sdpa_backends(device):
             logits = self._engine.model(
                 input_ids,
                 self._state,
@@ -648,6 +649,16 @@ class Session:
                 logits_to_keep=1,
             )
         return logits[0, -1]
+
+
+def _sdpa_backends(device: torch.device) -> AbstractContextManager[None]:
+    """On CUDA, SDPA without cuDNN: every image of a new size would re-plan it in each vision
+    block (engine.cuda_graph.sdpa_context); elsewhere nothing changes."""
+    if device.type != "cuda":
+        return nullcontext()
+    from engine.cuda_graph import sdpa_context
+
+    return sdpa_context(device)
 
 
 def _state_key(state: ModelState) -> tuple[object, ...]:

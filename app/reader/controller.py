@@ -45,11 +45,9 @@ class ReaderController(QtCore.QObject):
     @QtCore.Slot(object, str)
     def _on_read_requested(self, pages: list[Path], label: str) -> None:
         conversation = self._conversation_id()
-        if conversation is None:
-            self._pane.on_read_failed("open or start a conversation to read the document into")
-            return
-        if self._client.model_info is None:
-            self._pane.on_read_failed("no model is loaded yet")
+        problem = self._client.not_ready_reason(conversation)
+        if problem is not None or conversation is None:
+            self._pane.on_read_failed(problem or "")
             return
         self._done = 0
         self._request = self._client.read_document(conversation, pages, label)

@@ -46,27 +46,21 @@ class WebcamController(QtCore.QObject):
         self._client.generation_finished.connect(self._on_generation_finished)
         self._client.generation_failed.connect(self._on_generation_failed)
 
-    def _ready_conversation(self) -> int | str:
-        conversation = self._conversation_id()
-        if conversation is None:
-            return "open or start a conversation first"
-        if self._client.model_info is None:
-            return "no model is loaded yet"
-        return conversation
-
     @QtCore.Slot(object)
     def _on_frames_sampled(self, frames: list[np.ndarray]) -> None:
-        conversation = self._ready_conversation()
-        if isinstance(conversation, str):
-            self._pane.on_feed_failed(conversation)
+        conversation = self._conversation_id()
+        problem = self._client.not_ready_reason(conversation)
+        if problem is not None or conversation is None:
+            self._pane.on_feed_failed(problem or "")
             return
         self._feed = (self._client.feed_frames(conversation, frames), len(frames))
 
     @QtCore.Slot(str, object)
     def _on_question_asked(self, text: str, frame: np.ndarray | None) -> None:
-        conversation = self._ready_conversation()
-        if isinstance(conversation, str):
-            self._pane.on_answer_failed(conversation)
+        conversation = self._conversation_id()
+        problem = self._client.not_ready_reason(conversation)
+        if problem is not None or conversation is None:
+            self._pane.on_answer_failed(problem or "")
             return
         images = () if frame is None else (frame,)
         self._question = self._client.ask_forked(conversation, text, images)

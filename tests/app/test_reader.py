@@ -328,3 +328,30 @@ def test_read_clicked_before_rendering_ends_starts_by_itself(qtbot, tmp_path: Pa
     assert pane.is_reading
     pane.on_read_finished(False, 30)
     pane.close_document()
+
+
+@pytest.mark.gui
+def test_panes_without_a_model_say_so_and_send_nothing(make_window, qtbot, tmp_path):
+    from app.reader.pane import ReaderPane
+    from app.webcam.pane import WebcamPane
+    from engine.errors import EngineError
+
+    def no_model(path, device, quant="none"):
+        raise EngineError("no embedded default model")
+
+    # GIVEN the app with no model loaded, a document rendered in the reader
+    window = make_window(no_model)
+    qtbot.waitUntil(lambda: "No model" in window.transcript.placeholder.text(), timeout=20000)
+    reader, webcam = window.findChild(ReaderPane), window.findChild(WebcamPane)
+    with qtbot.waitSignal(reader.pages_rendered, timeout=20000):
+        reader.open_paths([write_pdf(tmp_path / "two.pdf", 2)])
+    requests: list[object] = []
+    window.engine_client.job_finished.connect(lambda *a: requests.append(a))
+    # WHEN the user reads it, and asks the webcam pane a question
+    reader.read_button.click()
+    webcam.question_asked.emit("what is this?", None)
+    # THEN both panes say no model is loaded, and no request went to the engine
+    assert "no model is loaded yet" in reader.status.text() and not reader.is_reading
+    assert "no model is loaded yet" in webcam.answer.toPlainText()
+    qtbot.wait(100)
+    assert requests == [] and window.store.messages(window.current_conversation_id) == []

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The embedded model's whole recipe on a lent GPU machine, in one machine hold of several calls
+# (each call of the device tool is limited to 10 minutes; the machine stays while calls follow).
+#
+#   engine/train/gpu_run.sh start            start the pipeline detached (setsid), return at once
+#   engine/train/gpu_run.sh follow SECONDS   print its log until it ends or SECONDS pass, then pack
+#                                            the newest stage checkpoint and the logs into $OUT
+#
+# Needs: fonts in .train_carry/fonts (copies of Debian's fonts-dejavu, -liberation and -freefont,
+# see engine/train/fonts.py) and, optionally, .train_carry/start (a write_start folder; made here
+# when absent). Budgets in seconds: T_TEACHER, T_L, T_KL, T_SFT, T_LORA. Work folder: $W.
+set -uo pipefail
+W=${W:-/tmp/infinitevl-train}
+case "${1:-}" in
+start)
+  mkdir -p "$W"
+  if [ -d .train_carry/start ]; then rm -rf "$W/start"; cp -r .train_carry/start "$W/start"; fi
+  [ -f "$W/start/config.json" ] || python3 -c "from pathlib import Path; from engine.train.recipe import write_start; write_start(Path('$W/start'))"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  setsid nohup env PYTHONUNBUFFERED=1 python3 -m engine.train.pipeline --work "$W" \
+    --budget teacher="${T_TEACHER:-720}" --budget distill_layerwise="${T_L:-100}" \
+    --budget distill_kl="${T_KL:-140}" --budget sft="${T_SFT:-240}" --budget lora="${T_LORA:-100}" \
+    --device "${DEVICE:-cuda}" --num-workers "${NUM_WORKERS:-14}" > "$W/log" 2>&1 < /dev/null &
+  echo $! > "$W/pid"
+  echo "pipeline started (pid $(cat "$W/pid")), work folder $W"
+  ;;
+follow)
+  limit=${2:-560}; t0=$(date +%s); seen=0
+  show() {
+    # the log without progress-bar redraws and warnings
+    tr '\r' '\n' < "$W/log" | grep -v -e 'it/s' -e 's/it' -e '^\s*$' -e Warning > "$W/log.clean"
+    n=$(wc -l < "$W/log.clean")
+    [ "$n" -gt "$seen" ] && sed -n "$((seen + 1)),${n}p" "$W/log.clean" | cut -c1-220
+    seen=$n
+  }
+  while true; do
+    show
+    kill -0 "$(cat "$W/pid")" 2>/dev/null || { echo "pipeline ended"; break; }
+    [ $(($(date +%s) - t0)) -ge "$limit" ] && { echo "still running after ${limit} s"; break; }
+    sleep 10
+  done
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  last=""
+  for s in teacher distill_layerwise distill_kl sft lora; do [ -d "$W/$s/checkpoint" ] && last=$s; done
+  echo "newest checkpoint: ${last:-none}"
+  # the device tool returns files of at most 16 MiB: the checkpoint travels as 15 MB parts
+  # (cat ckpt_STAGE.tar.* | tar xf - gives STAGE's checkpoint/ folder back)
+  [ -n "$last" ] && tar cf - -C "$W/$last" checkpoint | split -b 15M - "$OUT/ckpt_${last}.tar."
+  (cd "$W" && tar czf "$OUT/logs.tgz" log.clean $(ls ./*/loss.png ./*/losses.jsonl 2>/dev/null))
+  ls -la "$OUT"
+  ;;
+*)
+  echo "usage: $0 start | follow SECONDS" >&2
+  exit 2
+  ;;
+esac
