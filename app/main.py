@@ -22,7 +22,9 @@ API for other panes (capture, reader, webcam), all on the GUI thread:
     conversation's state (None: a fresh session, as for OCR); ``token_streamed(id, text)``,
     ``generation_finished(id, ChatResult)`` (``.text``, ``.stats``) or
     ``generation_failed(id, message)``.
-  - ``cancel(id)`` stops any of them; ``model_info`` is None until a model is loaded.
+  - ``cancel(id)`` stops any of them; ``model_info`` is None until a model is loaded;
+    ``not_ready_reason(conversation_id)`` says why a request cannot start now (no conversation
+    open, no model loaded), None when it can.
 - ``window.settings.get("hotkey")`` and the ``window.settings_changed`` signal.
 A pane module exposes ``install(window)`` and is listed in ``PANE_MODULES``; one that fails to
 install is logged and reported in the status bar, and the chat still opens.

@@ -93,7 +93,7 @@ def take(out: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix="infinitevl-shots-"))
     model = write_tiny_checkpoint(work / "tiny-model")
 
-    def no_model(path: str | None, device: str) -> object:
+    def no_model(path: str | None, device: str, quant: str = "none") -> object:
         raise EngineError("no embedded default model yet (resources/default-model is empty)")
 
     empty = build(["--data-dir", str(work / "empty")], no_model)

@@ -29,6 +29,15 @@ from app.status import StatusBar
 
 log = logging.getLogger(__name__)
 
+
+def markdown_escape(text: str) -> str:
+    """``text`` shown as it is inside Markdown: each ASCII punctuation mark backslash-escaped (an
+    error naming ``my_models/x_y`` or ``<locals>`` would turn italic or vanish as HTML)."""
+    return "".join("\\" + c if c in _MARKDOWN_PUNCTUATION else c for c in text)
+
+
+_MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
 NO_MODEL_TEXT = (
     "**No model is loaded.**\n\n{reason}\n\nOpen **Settings** (Ctrl+,) and choose a checkpoint "
     "directory (a folder with `config.json`, `*.safetensors` and `tokenizer.json`, for example "
@@ -156,7 +165,7 @@ class MainWindow(QtWidgets.QMainWindow):
     # actions
 
     def show_placeholder(self, reason: str) -> None:
-        self.transcript.set_placeholder(NO_MODEL_TEXT.format(reason=reason))
+        self.transcript.set_placeholder(NO_MODEL_TEXT.format(reason=markdown_escape(reason)))
 
     @QtCore.Slot(str)
     def _on_model_loading(self, what: str) -> None:

@@ -256,6 +256,24 @@ def test_chat_without_model_says_how_to_get_one(qtbot: Any, make_window: Any) ->
     assert "No model" in window.status.currentMessage()
 
 
+def test_chat_load_error_is_shown_as_written(qtbot: Any, make_window: Any) -> None:
+    from PySide6 import QtGui
+
+    reason = "/home/me/my_models/x_y/config.json: bad <locals> *value* [1] `q`"
+
+    def broken(path: str | None, device: str, quant: str = "none") -> Any:
+        raise EngineError(reason)
+
+    # GIVEN a model whose load error names paths and symbols Markdown would reformat
+    window = make_window(broken)
+    qtbot.waitUntil(lambda: "No model" in window.transcript.placeholder.text(), timeout=WAIT_MS)
+    # THEN the placeholder shows the error exactly as written, and the advice after it
+    shown = QtGui.QTextDocument()
+    shown.setMarkdown(window.transcript.placeholder.text())
+    assert reason in shown.toPlainText()
+    assert "choose a checkpoint directory" in shown.toPlainText()
+
+
 def test_chat_slow_model_warning_is_shown(qtbot: Any, make_window: Any) -> None:
     script = FakeScript()
 
