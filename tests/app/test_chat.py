@@ -16,17 +16,11 @@ from app.chat.window import MainWindow
 from app.engine_client import ChatResult
 from engine import EngineError
 from tests.app.fakes import FakeEngine, FakeScript
+from tests.app.flows import loaded, type_and_send
 
 pytestmark = pytest.mark.gui
 
 WAIT_MS = 20_000
-
-
-def _loaded(qtbot: Any, window: MainWindow) -> MainWindow:
-    if window.engine_client.model_info is None:
-        with qtbot.waitSignal(window.engine_client.model_loaded, timeout=WAIT_MS):
-            pass
-    return window
 
 
 def _drop(widget: QtWidgets.QWidget, mime: QtCore.QMimeData) -> None:
@@ -39,11 +33,6 @@ def _drop(widget: QtWidgets.QWidget, mime: QtCore.QMimeData) -> None:
     QtWidgets.QApplication.sendEvent(widget, QtGui.QDropEvent(pos, actions, mime, buttons, mods))
 
 
-def _type_and_send(qtbot: Any, window: MainWindow, text: str) -> None:
-    qtbot.keyClicks(window.composer.input, text)
-    qtbot.keyClick(window.composer.input, QtCore.Qt.Key.Key_Return)
-
-
 def _set_sampling(window: MainWindow, **sampling: object) -> None:
     conversation_id = window.current_conversation_id
     assert conversation_id is not None
@@ -54,7 +43,7 @@ def test_chat_message_with_dropped_image_streams_reply(
     qtbot: Any, make_window: Any, tiny_factory: Any, tmp_path: Path
 ) -> None:
     # GIVEN the app with the tiny model loaded and an image file on disk
-    window = _loaded(qtbot, make_window(tiny_factory))
+    window = loaded(qtbot, make_window(tiny_factory))
     _set_sampling(window, max_new_tokens=24)
     picture = tmp_path / "dropped.png"
     Image.fromarray(np.full((40, 56, 3), 200, np.uint8)).save(picture)
@@ -67,7 +56,7 @@ def test_chat_message_with_dropped_image_streams_reply(
     streamed: list[str] = []
     window.engine_client.token_streamed.connect(lambda _id, text: streamed.append(text))
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
-        _type_and_send(qtbot, window, "What is in this picture?")
+        type_and_send(qtbot, window, "What is in this picture?")
         assert window.composer.stop_button.isVisibleTo(window)
 
     # THEN the reply streamed in pieces, is shown and stored, and the state was saved
@@ -126,10 +115,10 @@ def test_chat_stop_mid_reply_keeps_partial_reply(
     qtbot: Any, make_window: Any, tiny_factory: Any
 ) -> None:
     # GIVEN a long reply streaming from the real engine
-    window = _loaded(qtbot, make_window(tiny_factory))
+    window = loaded(qtbot, make_window(tiny_factory))
     _set_sampling(window, max_new_tokens=100_000)
     with qtbot.waitSignal(window.engine_client.token_streamed, timeout=WAIT_MS):
-        _type_and_send(qtbot, window, "Tell me a very long story")
+        type_and_send(qtbot, window, "Tell me a very long story")
     # WHEN the user presses Esc
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
         qtbot.keyClick(window, QtCore.Qt.Key.Key_Escape)
@@ -147,15 +136,15 @@ def test_chat_history_search_opens_the_conversation(
     qtbot: Any, make_window: Any, tiny_factory: Any
 ) -> None:
     # GIVEN two conversations, one mentioning "pelican"
-    window = _loaded(qtbot, make_window(tiny_factory))
+    window = loaded(qtbot, make_window(tiny_factory))
     _set_sampling(window, max_new_tokens=4)
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS):
-        _type_and_send(qtbot, window, "Where do pelicans nest?")
+        type_and_send(qtbot, window, "Where do pelicans nest?")
     pelican_id = window.current_conversation_id
     window.controller.new_conversation()
     _set_sampling(window, max_new_tokens=4)
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS):
-        _type_and_send(qtbot, window, "Tell me about owls")
+        type_and_send(qtbot, window, "Tell me about owls")
     assert window.current_conversation_id != pelican_id
     # WHEN the user searches (Ctrl+F) for a prefix of the word
     qtbot.keyClick(window, QtCore.Qt.Key.Key_F, QtCore.Qt.KeyboardModifier.ControlModifier)
@@ -177,10 +166,10 @@ def test_chat_history_search_opens_the_conversation(
 def test_chat_rename_delete_and_export(
     qtbot: Any, make_window: Any, tiny_factory: Any, tmp_path: Path
 ) -> None:
-    window = _loaded(qtbot, make_window(tiny_factory))
+    window = loaded(qtbot, make_window(tiny_factory))
     _set_sampling(window, max_new_tokens=4)
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS):
-        _type_and_send(qtbot, window, "Write `code`")
+        type_and_send(qtbot, window, "Write `code`")
     conversation_id = window.current_conversation_id
     assert window.store.conversation(conversation_id).title == "Write `code`"
     # Copy: per message, and the last reply with Ctrl+Shift+C
@@ -211,11 +200,11 @@ def test_chat_regenerate_and_edit_start_from_the_state_before(
     qtbot: Any, make_window: Any, tiny_factory: Any
 ) -> None:
     # GIVEN two turns
-    window = _loaded(qtbot, make_window(tiny_factory))
+    window = loaded(qtbot, make_window(tiny_factory))
     _set_sampling(window, max_new_tokens=4)
     for text in ("first question", "second question"):
         with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as done:
-            _type_and_send(qtbot, window, text)
+            type_and_send(qtbot, window, text)
     second = done.args[1]
     # WHEN the user regenerates (Ctrl+R)
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as again:
@@ -250,7 +239,7 @@ def test_chat_without_model_says_how_to_get_one(qtbot: Any, make_window: Any) ->
     text = window.transcript.placeholder.text()
     assert "No model is loaded" in text and "Settings" in text and "config.json" in text
     # a message typed now is kept in the composer, not lost
-    _type_and_send(qtbot, window, "hello?")
+    type_and_send(qtbot, window, "hello?")
     assert window.composer.text() == "hello?"
     assert window.store.messages(window.current_conversation_id) == []
     assert "No model" in window.status.currentMessage()
@@ -284,16 +273,16 @@ def test_chat_slow_model_warning_is_shown(qtbot: Any, make_window: Any) -> None:
         )
         return engine
 
-    window = _loaded(qtbot, make_window(slow))
+    window = loaded(qtbot, make_window(slow))
     assert window.banner.isVisibleTo(window)
     assert "expect minutes per reply" in window.banner.text()
 
 
 def test_chat_failure_mid_reply_becomes_a_message(qtbot: Any, make_window: Any) -> None:
     script = FakeScript(fail_with="the device ran out of memory")
-    window = _loaded(qtbot, make_window(FakeEngine.factory(script)))
+    window = loaded(qtbot, make_window(FakeEngine.factory(script)))
     with qtbot.waitSignal(window.engine_client.generation_failed, timeout=WAIT_MS):
-        _type_and_send(qtbot, window, "hi")
+        type_and_send(qtbot, window, "hi")
     assert "ran out of memory" in window.status.currentMessage()
     assert [m.role for m in window.store.messages(window.current_conversation_id)] == ["user"]
     assert window.controller.reply is None and window.composer.send_button.isVisibleTo(window)
@@ -306,7 +295,7 @@ def test_chat_window_stays_responsive_while_model_loads(qtbot: Any, make_window:
     qtbot.waitUntil(lambda: "Loading" in window.status.model.text(), timeout=WAIT_MS)
     assert window.engine_client.is_loading
     # the GUI thread handles input while the engine thread loads; a message sent now waits
-    _type_and_send(qtbot, window, "queued while loading")
+    type_and_send(qtbot, window, "queued while loading")
     assert window.controller.reply is not None
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
         pass
@@ -317,8 +306,8 @@ def test_chat_quit_during_reply_cancels_and_saves(
     qtbot: Any, make_window: Any, data_dir: Path
 ) -> None:
     script = FakeScript(words=("word ",) * 10_000, seconds_per_token=0.005)
-    window = _loaded(qtbot, make_window(FakeEngine.factory(script)))
-    _type_and_send(qtbot, window, "go on forever")
+    window = loaded(qtbot, make_window(FakeEngine.factory(script)))
+    type_and_send(qtbot, window, "go on forever")
     assert script.started.wait(5)
     conversation_id = window.current_conversation_id
     window.close()  # cancels, joins the engine thread, records the final state
@@ -360,7 +349,7 @@ def test_chat_settings_refuse_a_non_checkpoint_and_save_a_good_one(
 ) -> None:
     from app.chat.settings_dialog import SettingsDialog
 
-    window = _loaded(qtbot, make_window(tiny_factory))
+    window = loaded(qtbot, make_window(tiny_factory))
     dialog = SettingsDialog(window.settings, window)
     dialog.model_dir.setText(str(tmp_path))  # an empty directory
     dialog.accept()
@@ -382,7 +371,7 @@ def test_chat_quantized_weights_from_the_settings(
     from app.engine_client import load_engine
 
     # GIVEN the app started on a checkpoint with int8 weights chosen
-    window = _loaded(
+    window = loaded(
         qtbot,
         make_window(
             load_engine, "--model", str(tiny_checkpoint), "--device", "cpu", "--quant", "int8"
@@ -394,7 +383,7 @@ def test_chat_quantized_weights_from_the_settings(
     # WHEN a message is sent THEN the quantized model answers it
     _set_sampling(window, max_new_tokens=4)
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
-        _type_and_send(qtbot, window, "hello")
+        type_and_send(qtbot, window, "hello")
     assert finished.args[1].stats.generated_tokens > 0
 
 
@@ -404,10 +393,10 @@ def test_engine_client_frames_fork_and_document_jobs(
     from engine import SamplingParams
 
     # GIVEN a conversation with one turn
-    window = _loaded(qtbot, make_window(tiny_factory))
+    window = loaded(qtbot, make_window(tiny_factory))
     _set_sampling(window, max_new_tokens=3)
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as first:
-        _type_and_send(qtbot, window, "hello")
+        type_and_send(qtbot, window, "hello")
     client, conversation_id = window.engine_client, window.current_conversation_id
     base = first.args[1].status.tokens_seen
 
@@ -470,8 +459,8 @@ def test_chat_switching_conversation_mid_reply_keeps_the_reply_in_its_own(
 ) -> None:
     # GIVEN a slow reply streaming in conversation A
     script = FakeScript(words=("tick ",) * 40, seconds_per_token=0.01)
-    window = _loaded(qtbot, make_window(FakeEngine.factory(script)))
-    _type_and_send(qtbot, window, "count")
+    window = loaded(qtbot, make_window(FakeEngine.factory(script)))
+    type_and_send(qtbot, window, "count")
     first = window.current_conversation_id
     assert script.started.wait(5)
     # WHEN the user opens a new conversation before it ends
@@ -494,10 +483,10 @@ def test_chat_conversation_options_system_prompt_and_sampling(
     from app.chat.options_dialog import ConversationOptionsDialog
 
     # GIVEN a conversation with one reply
-    window = _loaded(qtbot, make_window(tiny_factory))
+    window = loaded(qtbot, make_window(tiny_factory))
     _set_sampling(window, max_new_tokens=2)
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as first:
-        _type_and_send(qtbot, window, "hi")
+        type_and_send(qtbot, window, "hi")
     assert first.args[1].stats.generated_tokens <= 2
     # WHEN the user sets a system prompt and a longer reply in the options dialog
     conversation = window.store.conversation(window.current_conversation_id)
@@ -511,7 +500,7 @@ def test_chat_conversation_options_system_prompt_and_sampling(
     window.controller.set_options(conversation.id, prompt, sampling)
     # THEN the next reply follows them, re-reading the history under the new prompt
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as second:
-        _type_and_send(qtbot, window, "again")
+        type_and_send(qtbot, window, "again")
     assert second.args[1].stats.generated_tokens <= 5
     assert second.args[1].status.how == "history"
     assert "re-read" in window.status.currentMessage() or "stored messages" in (
@@ -553,10 +542,10 @@ def test_chat_unexpected_error_in_a_slot_becomes_a_status_message(
 def test_chat_failed_state_save_keeps_the_reply_and_says_so(qtbot: Any, make_window: Any) -> None:
     # GIVEN a disk that refuses the state file
     script = FakeScript(save_error="No space left on device")
-    window = _loaded(qtbot, make_window(FakeEngine.factory(script)))
+    window = loaded(qtbot, make_window(FakeEngine.factory(script)))
     # WHEN a reply ends
     with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
-        _type_and_send(qtbot, window, "hi")
+        type_and_send(qtbot, window, "hi")
     # THEN the reply is kept, no snapshot is recorded or left behind, and the user is told
     assert finished.args[1].snapshot is None
     assert window.store.messages(window.current_conversation_id)[-1].content == "".join(

@@ -7,18 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtWidgets
 
 pytest.importorskip("llama_cpp", reason="the GGUF backend needs llama-cpp-python (extra 'gguf')")
 pytest.importorskip("gguf", reason="writing test GGUF files needs the gguf package (extra 'gguf')")
 
 from app.chat.settings_dialog import SettingsDialog  # noqa: E402
-from app.engine_client import ChatResult, load_engine  # noqa: E402
+from app.engine_client import load_engine  # noqa: E402
+from tests.app.flows import ask, loaded, opened_status  # noqa: E402
 from tests.engine.backends.tiny_gguf import write_qwen2_gguf  # noqa: E402
 
 pytestmark = pytest.mark.gui
-
-WAIT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +25,10 @@ def tiny_gguf(tiny_teacher_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
     return write_qwen2_gguf(tiny_teacher_checkpoint, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
 
 
-def _loaded(qtbot: Any, window: Any) -> Any:
-    if window.engine_client.model_info is None:
-        with qtbot.waitSignal(window.engine_client.model_loaded, timeout=WAIT_MS):
-            pass
-    return window
-
-
-def _ask(qtbot: Any, window: Any, text: str) -> ChatResult:
-    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
-        qtbot.keyClicks(window.composer.input, text)
-        qtbot.keyClick(window.composer.input, QtCore.Qt.Key.Key_Return)
-    return finished.args[1]
-
-
 def test_settings_accept_a_gguf_file_and_refuse_fakes(
     qtbot: Any, make_window: Any, tiny_factory: Any, tiny_gguf: Path, tmp_path: Path
 ) -> None:
-    window = _loaded(qtbot, make_window(tiny_factory))
+    window = loaded(qtbot, make_window(tiny_factory))
     dialog = SettingsDialog(window.settings, window)
     # GIVEN a file named .gguf that is no GGUF, and a file of another kind
     fake = tmp_path / "model.gguf"
@@ -70,24 +55,23 @@ def test_app_answers_with_a_gguf_model_and_resumes_from_its_state(
     qtbot: Any, make_window: Any, tiny_gguf: Path
 ) -> None:
     # GIVEN the app started on a GGUF model (the weight precision setting does not apply to it)
-    window = _loaded(qtbot, make_window(load_engine, "--model", str(tiny_gguf), "--quant", "int8"))
+    window = loaded(qtbot, make_window(load_engine, "--model", str(tiny_gguf), "--quant", "int8"))
     assert window.engine_client.model_info is not None
     assert "tiny" in window.status.model.text()
     window.store.set_options(window.current_conversation_id, "", {"max_new_tokens": 4})
     # WHEN a message is sent THEN llama.cpp answers it and the state is saved
-    first = _ask(qtbot, window, "the river delta has many birds and a long history of floods")
+    first = ask(qtbot, window, "the river delta has many birds and a long history of floods")
     assert first.stats.generated_tokens > 0 and first.snapshot is not None
     conversation_id = window.current_conversation_id
     window.close()
 
     # WHEN the app starts again on the same data directory
     window = make_window(load_engine, "--model", str(tiny_gguf))
-    qtbot.waitUntil(lambda: window.controller.session_status is not None, timeout=WAIT_MS)
-    opened = window.controller.session_status
+    status = opened_status(qtbot, window)
     # THEN the conversation reopens from llama.cpp's saved state, history not re-read
     assert window.current_conversation_id == conversation_id
-    assert opened.how == "snapshot" and opened.tokens_fed_total == 0
-    assert opened.tokens_seen == first.status.tokens_seen
-    second = _ask(qtbot, window, "and then?")
+    assert status.how == "snapshot" and status.tokens_fed_total == 0
+    assert status.tokens_seen == first.status.tokens_seen
+    second = ask(qtbot, window, "and then?")
     assert second.stats.generated_tokens > 0
     assert second.status.tokens_fed_total <= second.stats.prompt_tokens + 4

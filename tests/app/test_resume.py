@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PySide6 import QtCore
 
-from app.chat.window import MainWindow
 from app.engine_client import ChatResult
+from tests.app.flows import ask, loaded, opened_status
 
 pytestmark = pytest.mark.gui
 
@@ -20,31 +19,11 @@ WAIT_MS = 20_000
 LONG_FIRST_TURN = " ".join(f"fact{i} is about the river delta and its birds" for i in range(12))
 
 
-def _loaded(qtbot: Any, window: MainWindow) -> MainWindow:
-    if window.engine_client.model_info is None:
-        with qtbot.waitSignal(window.engine_client.model_loaded, timeout=WAIT_MS):
-            pass
-    return window
-
-
-def _ask(qtbot: Any, window: MainWindow, text: str) -> ChatResult:
-    with qtbot.waitSignal(window.controller.reply_finished, timeout=WAIT_MS) as finished:
-        qtbot.keyClicks(window.composer.input, text)
-        qtbot.keyClick(window.composer.input, QtCore.Qt.Key.Key_Return)
-    return finished.args[1]
-
-
-def _opened(qtbot: Any, window: MainWindow) -> Any:
-    """The SessionStatus of the conversation the restarted app opened on its engine thread."""
-    qtbot.waitUntil(lambda: window.controller.session_status is not None, timeout=WAIT_MS)
-    return window.controller.session_status
-
-
 def _first_session(qtbot: Any, make_window: Any, factory: Any) -> tuple[int, ChatResult]:
-    window = _loaded(qtbot, make_window(factory))
+    window = loaded(qtbot, make_window(factory))
     window.store.set_options(window.current_conversation_id, "", {"max_new_tokens": 4})
     window.attach_image(np.full((30, 40, 3), 90, np.uint8))
-    first = _ask(qtbot, window, LONG_FIRST_TURN)
+    first = ask(qtbot, window, LONG_FIRST_TURN)
     conversation_id = window.current_conversation_id
     window.close()
     return conversation_id, first
@@ -59,7 +38,7 @@ def test_resume_after_restart_feeds_only_the_new_turn(
 
     # WHEN the app starts again on the same data directory
     window = make_window(tiny_factory)
-    opened = _opened(qtbot, window)
+    opened = opened_status(qtbot, window)
     # THEN the conversation reopens from its snapshot, with its messages shown
     assert window.current_conversation_id == conversation_id
     assert opened.how == "snapshot"
@@ -69,7 +48,7 @@ def test_resume_after_restart_feeds_only_the_new_turn(
     assert [w.text for w in window.transcript.message_widgets()][0] == LONG_FIRST_TURN
 
     # WHEN the user asks a follow-up
-    second = _ask(qtbot, window, "and then?")
+    second = ask(qtbot, window, "and then?")
     # THEN only the new turn was fed: the first turn was not read again
     assert second.stats.prompt_tokens < 30
     assert second.status.tokens_fed_total <= second.stats.prompt_tokens + 4
@@ -86,7 +65,7 @@ def test_resume_without_usable_snapshot_rereads_history_and_says_so(
 
     # WHEN the app restarts and the conversation is opened
     window = make_window(tiny_factory)
-    opened = _opened(qtbot, window)
+    opened = opened_status(qtbot, window)
     # THEN the state is rebuilt from the stored messages, and the user is told
     assert window.current_conversation_id == conversation_id
     assert opened.how == "history"
@@ -94,5 +73,5 @@ def test_resume_without_usable_snapshot_rereads_history_and_says_so(
     assert opened.tokens_fed_total >= first.stats.prompt_tokens
     assert "re-read" in window.status.currentMessage()
     # and the conversation goes on
-    second = _ask(qtbot, window, "still there?")
+    second = ask(qtbot, window, "still there?")
     assert second.status.tokens_seen > first.status.tokens_seen

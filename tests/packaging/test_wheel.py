@@ -151,42 +151,27 @@ def test_wheel_installs_in_fresh_venv_and_generates(
     assert version == "2.13.0+cpu" and str(venv) in where
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["HF_HUB_CACHE"] = str(tmp_path / "hub")
-    done = subprocess.run(
-        [
-            str(command),
-            "generate",
-            "--model",
-            str(tiny_checkpoint),
-            "--max-new-tokens",
-            "5",
-            "hello",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def infinitevl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(command), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = infinitevl("generate", "--model", str(tiny_checkpoint), "--max-new-tokens", "5", "hi")
     assert done.returncode == 0, done.stderr
     assert "model: " in done.stderr and "generated" in done.stderr
     # without --model the installed command answers with the embedded model the wheel carries
-    embedded = subprocess.run(
-        [str(command), "generate", "--max-new-tokens", "3", "hello"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    embedded = infinitevl("generate", "--max-new-tokens", "3", "hello")
     assert embedded.returncode == 0, embedded.stderr
     where = str(venv / "share" / "infinitevl-desktop" / "default-model")
     assert where in embedded.stderr and "generated" in embedded.stderr
     # the app extra is not installed: one clear line, exit 2
-    app = subprocess.run(
-        [str(command), "app"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    app = infinitevl("app")
     assert app.returncode == 2 and "PySide6" in app.stderr and app.stderr.count("\n") == 1
-    listed = subprocess.run(
-        [str(command), "models", "list"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    listed = infinitevl("models", "list")
     assert listed.returncode == 0 and "no models" in listed.stdout
