@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import default_model
+from engine import default_model, picture_turn
 from engine.config import ModelConfig
 from engine.errors import Cancelled, EngineError, InputError, StateError
 from engine.loader import load_model, weights_fingerprint
@@ -490,11 +490,9 @@ class Session:
         Returns:
             tokens fed.
         """
-        if isinstance(frames, np.ndarray) and frames.ndim == 3:
-            frames = [frames]
-        if len(frames) == 0:
-            raise InputError("feed_frames needs at least one frame")
-        return self._feed_pictures((self._image_segment(f) for f in frames), None, None, cancel)
+        frames = picture_turn.frames_list(frames)
+        pictures = (self._image_segment(f) for f in frames)
+        return self._feed_pictures(pictures, None, None, cancel)
 
     def feed_document(
         self,
@@ -511,11 +509,10 @@ class Session:
         Returns:
             tokens fed.
         """
-        total = len(pages) if hasattr(pages, "__len__") else None  # type: ignore[arg-type]
-        if total == 0:
-            raise InputError("feed_document needs at least one page")
+        total = picture_turn.pages_total(pages)
         pictures = (self._image_segment(page) for page in pages)
-        return self._feed_pictures(pictures, "Page {}: ", progress or _no_progress, cancel, total)
+        label = picture_turn.PAGE_LABEL
+        return self._feed_pictures(pictures, label, progress or _no_progress, cancel, total)
 
     def _feed_pictures(
         self,
@@ -529,28 +526,24 @@ class Session:
         if self._next_logits is not None:
             raise InputError("a user message is waiting for its reply: call generate first")
         tok = self._engine.tokenizer
-        opening = self._turn_opening()
-        fed, done = 0, 0
-        if progress is not None:
-            progress(0, total)
-        try:
-            for picture in pictures:
-                if cancel is not None and cancel.is_cancelled:
-                    break
-                prefix = opening + (label.format(done + 1) if label else "")
-                suffix = "\n" if label else ""
-                ids = tok.encode(prefix) + picture.ids + (tok.encode(suffix) if suffix else [])
-                n, _ = self._prefill([_Segment(ids, picture.pixel_values, picture.grid_thw)], None)
-                fed, done, opening = fed + n, done + 1, ""
-                if progress is not None:
-                    progress(done, total)
-        finally:
-            if done:
-                fed += self._prefill([_Segment(tok.encode(f"{IM_END}\n"))], None)[0]
-        if done == 0 and not (cancel is not None and cancel.is_cancelled):
-            raise InputError("no pages or frames to feed")
-        log.debug("fed %d images (%d tokens)", done, fed)
-        return fed
+
+        def feed_one(before: str, picture: _Segment, after: str) -> int:
+            ids = tok.encode(before) + picture.ids + (tok.encode(after) if after else [])
+            return self._prefill([_Segment(ids, picture.pixel_values, picture.grid_thw)], None)[0]
+
+        def close(text: str) -> int:
+            return self._prefill([_Segment(tok.encode(text))], None)[0]
+
+        return picture_turn.feed_picture_turn(
+            pictures,
+            opening=self._turn_opening(),
+            label=label,
+            feed_one=feed_one,
+            close=close,
+            progress=progress,
+            cancel=cancel,
+            total=total,
+        )
 
     def _turn_opening(self) -> str:
         """The text that opens a user turn: on a fresh session, the system block before it."""

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine import picture_turn
 from engine.backends.mtmd import Projector
 from engine.engine import (
     GREEDY,
@@ -434,11 +435,7 @@ class GGUFSession:
 
     def feed_frames(self, frames: Sequence[np.ndarray], cancel: CancelToken | None = None) -> int:
         """Feed video/webcam frames (uint8 [H, W, 3]) as one user turn of images."""
-        if isinstance(frames, np.ndarray) and frames.ndim == 3:
-            frames = [frames]
-        if len(frames) == 0:
-            raise InputError("feed_frames needs at least one frame")
-        return self._feed_pictures(frames, None, None, cancel)
+        return self._feed_pictures(picture_turn.frames_list(frames), None, None, cancel)
 
     def feed_document(
         self,
@@ -448,10 +445,8 @@ class GGUFSession:
         cancel: CancelToken | None = None,
     ) -> int:
         """Read pages into the state, one ``Page i: <image>`` line each, as one user turn."""
-        total = len(pages) if hasattr(pages, "__len__") else None  # type: ignore[arg-type]
-        if total == 0:
-            raise InputError("feed_document needs at least one page")
-        return self._feed_pictures(pages, "Page {}: ", progress, cancel, total)
+        total = picture_turn.pages_total(pages)
+        return self._feed_pictures(pages, picture_turn.PAGE_LABEL, progress, cancel, total)
 
     def _feed_pictures(
         self,
@@ -463,25 +458,20 @@ class GGUFSession:
     ) -> int:
         if self._next_logits is not None:
             raise InputError("a user message is waiting for its reply: call generate first")
-        opening, fed, done = self._turn_opening(), 0, 0
-        if progress is not None:
-            progress(0, total)
-        try:
-            for picture in pictures:
-                if cancel is not None and cancel.is_cancelled:
-                    break
-                prefix = opening + (label.format(done + 1) if label else "")
-                text = prefix + "{media}" + ("\n" if label else "")
-                fed += self._feed(text, [self._picture(picture)], None)[0]
-                done, opening = done + 1, ""
-                if progress is not None:
-                    progress(done, total)
-        finally:
-            if done:
-                fed += self._feed(f"{IM_END}\n", [], None)[0]
-        if done == 0 and not (cancel is not None and cancel.is_cancelled):
-            raise InputError("no pages or frames to feed")
-        return fed
+
+        def feed_one(before: str, picture: ImageInput, after: str) -> int:
+            return self._feed(before + "{media}" + after, [self._picture(picture)], None)[0]
+
+        return picture_turn.feed_picture_turn(
+            pictures,
+            opening=self._turn_opening(),
+            label=label,
+            feed_one=feed_one,
+            close=lambda text: self._feed(text, [], None)[0],
+            progress=progress,
+            cancel=cancel,
+            total=total,
+        )
 
     def fork(self) -> GGUFSession:
         """An independent copy: feeding or generating on either leaves the other untouched."""
