@@ -25,8 +25,8 @@ from PIL import Image
 
 from engine import default_model, picture_turn
 from engine.config import ModelConfig
-from engine.errors import Cancelled, EngineError, InputError, StateError
-from engine.loader import load_model, weights_fingerprint
+from engine.errors import Cancelled, CheckpointError, EngineError, InputError, StateError
+from engine.loader import load_model, weight_files, weights_fingerprint
 from engine.preprocess import ImageParams, image_token_count, load_image, preprocess_images
 from engine.quant import METHODS as QUANT_METHODS
 from engine.quant import num_quantized_weights
@@ -154,7 +154,8 @@ class Engine:
         Args:
             path: a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json).
             device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
-            dtype: "float32", "bfloat16", "float16", or None for the loader's choice per device.
+            dtype: "float32", "bfloat16", "float16", or None: as stored, except on CPU where a
+                checkpoint of at most 256 MiB of weights runs in float32 (``cpu_default_dtype``).
             quant: "int8", "int4" or "nf4" quantizes the linear layers as they load ("none" or
                 None: as stored; docs/quantization.md).
 
@@ -173,6 +174,8 @@ class Engine:
         if quant not in (None, "none", *QUANT_METHODS):
             raise InputError(f"quant must be none, {', '.join(QUANT_METHODS)}, got {quant!r}")
         quant = None if quant == "none" else quant
+        if torch_dtype is None and quant is None and resolved.type == "cpu":
+            torch_dtype = cpu_default_dtype(path)
         model, config = load_model(path, device=resolved, dtype=torch_dtype, quant=quant)
         model.eval()
         tokenizer = Tokenizer.from_dir(path)
@@ -799,6 +802,21 @@ def resolve_dtype(dtype: str | None) -> torch.dtype | None:
     if dtype not in _DTYPES:
         raise InputError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     return _DTYPES[dtype]
+
+
+# on CPU a model this small (stored bytes) runs in float32: decoding the embedded model there is
+# ~27% faster than in bfloat16 (measured on 2 cores), and float32 costs it little memory
+CPU_FLOAT32_MAX_STORED_BYTES = 256 * 2**20
+
+
+def cpu_default_dtype(path: Path) -> torch.dtype | None:
+    """float32 for a checkpoint of at most ``CPU_FLOAT32_MAX_STORED_BYTES`` of weights (bfloat16
+    matmuls are slower than float32 ones on most CPUs); None (as stored) for larger ones."""
+    try:
+        stored = sum(f.stat().st_size for f in weight_files(path))
+    except (CheckpointError, OSError):
+        return None  # the loader names what is wrong
+    return torch.float32 if stored <= CPU_FLOAT32_MAX_STORED_BYTES else None
 
 
 def model_info(model: torch.nn.Module, path: Path, *, is_embedded_default: bool) -> ModelInfo:

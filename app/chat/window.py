@@ -41,8 +41,8 @@ _MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 NO_MODEL_TEXT = (
     "**No model is loaded.**\n\n{reason}\n\nOpen **Settings** (Ctrl+,) and choose a checkpoint "
     "directory (a folder with `config.json`, `*.safetensors` and `tokenizer.json`, for example "
-    "a download of `hustvl/InfiniteVL`) or a GGUF model file. Your conversations are kept "
-    "meanwhile."
+    "a download of `hustvl/InfiniteVL`) or a GGUF model file, or download one from the Hugging "
+    "Face hub in **File > Models…**. Your conversations are kept meanwhile."
 )
 
 

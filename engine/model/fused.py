@@ -45,6 +45,11 @@ class FusedLinear:
         self.bias: torch.Tensor | None = None  # [sum of out_features] or None
         self.sizes: tuple[int, ...] = ()
         self._key: tuple[object, ...] | None = None
+        # what the last fuse saw, for the per-call check: the ids of the modules and of their
+        # weight and bias Parameters, and where each points (a replaced Parameter or ``.data``
+        # moves it); ``_held`` keeps those objects alive so that no id can be reused meanwhile
+        self._seen: tuple[int, ...] = ()
+        self._held: tuple[object, ...] = ()
 
     def _linears(self, owner: nn.Module) -> list[nn.Linear] | None:
         mods = [getattr(owner, n) for n in self.names]
@@ -69,12 +74,31 @@ class FusedLinear:
                 key += [id(m.bias), _storage(m.bias)]
         return tuple(key)
 
+    @staticmethod
+    def _seen_of(mods: list[nn.Module]) -> tuple[int, ...]:
+        seen: list[int] = []
+        for m in mods:
+            seen.append(id(m))
+            for name in ("weight", "bias"):
+                p = m._parameters.get(name)
+                seen += [id(p), 0 if p is None else p.data_ptr()]
+        return tuple(seen)
+
     def matrices(self, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The fused (weight, bias), rebuilt if the projections were replaced; None if unfusable."""
+        if self._key is not None:
+            # the decode step's check, kept cheap (it runs for every layer and token): the same
+            # modules holding the same Parameters at the same addresses as when fused
+            children = owner._modules
+            mods = [children[n] for n in self.names]
+            if self._seen_of(mods) == self._seen:
+                assert self.weight is not None
+                return self.weight, self.bias
         mods = self._linears(owner)
         if mods is None:
+            # let go of the old projections too: nothing here may keep replaced weights alive
             self.weight = self.bias = None
-            self._key = None
+            self._key, self._seen, self._held = None, (), ()
             return None
         if self._key is None or self._key != self._key_of(mods):
             self._fuse(mods)
@@ -97,6 +121,8 @@ class FusedLinear:
                 m.bias.data = part
         self.weight, self.bias = weight, bias
         self._key = self._key_of(mods)
+        self._seen = self._seen_of(list(mods))
+        self._held = tuple(mods) + tuple(p for m in mods for p in m._parameters.values())
         log.debug("fused %s: %s rows", self.names, self.sizes)
 
     def __call__(self, owner: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

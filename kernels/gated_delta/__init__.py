@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 __all__ = ["chunk", "recurrent", "reference", "step", "step_gates"]
 
 
+@functools.cache
 def has_triton() -> bool:
-    """True when Triton can be imported."""
+    """True when Triton can be imported (looked up once: every decode step dispatches here)."""
     return importlib.util.find_spec("triton") is not None
 
 

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 FLA_CHUNK_SIZES = (16, 32, 64)
 
 
+@functools.cache
 def is_available() -> bool:
     """True when fla-core and Triton can be imported (fla's kernels still need a CUDA device)."""
     return importlib.util.find_spec("fla") is not None and importlib.util.find_spec("triton") is not None

@@ -4,6 +4,7 @@ reference (``reference.py``: dequantize, then one float32 matmul).
 Formats and conventions are in ``reference.py``; ``engine.quant`` quantizes models with them.
 """
 
+import functools
 import importlib.util
 
 import torch
@@ -13,6 +14,7 @@ from kernels.qlinear import cpu, reference
 __all__ = ["cpu", "has_bitsandbytes", "int8_linear", "reference"]
 
 
+@functools.cache
 def has_bitsandbytes() -> bool:
     """True when bitsandbytes can be imported (its CUDA modules run NF4 and int8 on GPUs)."""
     return importlib.util.find_spec("bitsandbytes") is not None

@@ -685,3 +685,20 @@ def test_tiny_first_turn_equals_transformers_processing(
     assert torch.allclose(
         torch.cat([p for _, p, _ in fed if p is not None]), pixels["pixel_values"]
     )
+
+
+def test_small_bfloat16_checkpoint_runs_in_float32_on_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import engine as engine_module
+    from engine.testing import write_tiny_checkpoint
+
+    # GIVEN a small checkpoint stored in bfloat16 (as the embedded model is)
+    ckpt = write_tiny_checkpoint(tmp_path / "bf16", dtype=torch.bfloat16)
+    # WHEN it loads on the CPU with no dtype asked THEN it runs in float32 (faster there)
+    assert Engine.load(ckpt, device="cpu").info.dtype == "float32"
+    # an explicit dtype is kept
+    assert Engine.load(ckpt, device="cpu", dtype="bfloat16").info.dtype == "bfloat16"
+    # a checkpoint above the limit runs as stored
+    monkeypatch.setattr(engine_module, "CPU_FLOAT32_MAX_STORED_BYTES", 1024)
+    assert Engine.load(ckpt, device="cpu").info.dtype == "bfloat16"

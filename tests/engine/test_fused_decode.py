@@ -9,6 +9,8 @@ the CUDA graph, run eagerly) gives the eager loop's replies, greedy and seeded s
 strings and cancellation. ``gpu`` tests repeat the comparisons on CUDA with the Triton kernels.
 """
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -175,6 +177,26 @@ def test_swapped_projection_falls_back_to_separate_ops() -> None:
     # a stale matrix would be off by O(1); fp32 rounding of the other fused layers stays < 1e-4
     assert torch.allclose(got[1], want[1], atol=1e-4, rtol=0), (got[1] - want[1]).abs().max()
     assert gdn._in_proj.weight is None
+    # and nothing of the layer keeps the replaced projection alive
+    gone = weakref.ref(old)
+    del old
+    gc.collect()
+    assert gone() is None
+
+
+def test_projections_follow_a_dtype_change() -> None:
+    # GIVEN a fused float32 model WHEN it is moved to bfloat16 (every .data replaced)
+    model = make_model()
+    decode(model, prefill(model, 4), 5, 1)
+    model.to(torch.bfloat16)
+    reference = make_model().to(torch.bfloat16)
+    set_fused_decode(reference, False)
+    # THEN the fused decode computes in bfloat16 with the moved weights, as the separate ops do
+    got = decode(model, prefill(model, 10), 5, 1)[1]
+    want = decode(reference, prefill(reference, 10), 5, 1)[1]
+    assert _gdn(model)._in_proj.weight.dtype == torch.bfloat16
+    # bf16 rounding of one fused vs separate product; a stale float32 matrix would not even run
+    assert (got - want).abs().max() < 0.05 * want.abs().max(), (got - want).abs().max()
 
 
 def test_fused_weights_save_and_reload(tmp_path: Path) -> None:

@@ -1,0 +1,106 @@
+"""How fast the embedded model's architecture answers on this machine's CPU.
+
+Prints a table, per dtype: prefill of an 800x200 screen region with the OCR prompt, decode
+ms/token, and the time an OCR of 40 and of 80 output tokens would take (prefill + decode).
+Without ``--model`` it writes the default model's architecture (engine/train/recipe.py: decoder
+8 x 320 hybrid, vision 6 x 256, 4,096-entry tokenizer) with random N(0, 0.02) weights stored in
+bfloat16: speed does not depend on what the weights learnt, only on how many tokens come out.
+
+    .venv/bin/python benchmarks/cpu_speed.py [--model DIR] [--threads 2] [--tokens 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.engine import Engine  # noqa: E402
+from engine.ocr import OCR_PROMPT  # noqa: E402
+from engine.sampling import SamplingParams  # noqa: E402
+
+
+def default_architecture(out: Path) -> Path:
+    """The embedded model's student architecture with random weights, as a checkpoint."""
+    import json
+
+    from engine.loader import save_checkpoint
+    from engine.train.build import fresh_model
+    from engine.train.recipe import (
+        VOCAB_SIZE,
+        architecture,
+        preprocessor_config,
+        student_layer_types,
+    )
+    from engine.train.tokenizer_train import train_tokenizer
+
+    start = out / "start"
+    start.mkdir(parents=True)
+    special = train_tokenizer(start, VOCAB_SIZE, 0)
+    raw = architecture(special, student_layer_types())
+    (start / "config.json").write_text(json.dumps(raw), encoding="utf-8")
+    (start / "preprocessor_config.json").write_text(json.dumps(preprocessor_config()), "utf-8")
+    model = fresh_model(start / "config.json", seed=0, device=torch.device("cpu"))
+    return save_checkpoint(model.to(torch.bfloat16), out / "model", tokenizer_dir=start)
+
+
+def measure(engine: Engine, image: np.ndarray, tokens: int, repeats: int) -> tuple[float, float]:
+    """(median prefill seconds, median decode seconds per token) over ``repeats`` runs."""
+    prefills, per_token = [], []
+    params = SamplingParams(max_new_tokens=tokens)
+    for _ in range(repeats + 1):  # the first run warms up
+        session = engine.new_session()
+        t = time.perf_counter()
+        session.add_user_message(OCR_PROMPT, images=[image])
+        t1 = time.perf_counter()
+        n = sum(len(delta.token_ids) for delta in session.generate(params))
+        t2 = time.perf_counter()
+        prefills.append(t1 - t)
+        per_token.append((t2 - t1) / max(n, 1))
+    return statistics.median(prefills[1:]), statistics.median(per_token[1:])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, help="checkpoint directory (default: see above)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=100, help="tokens decoded per run")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or default_architecture(Path(tmp))
+        image = np.random.default_rng(0).integers(0, 256, (200, 800, 3), dtype=np.uint8)
+        rows = []
+        for dtype in ("float32", "bfloat16"):
+            engine = Engine.load(model, device="cpu", dtype=dtype)
+            prefill, per_token = measure(engine, image, args.tokens, args.repeats)
+            rows.append((dtype, prefill, per_token))
+        default = Engine.load(model, device="cpu").info.dtype
+    label = "random weights, default-model architecture" if args.model is None else str(model)
+    print(f"CPU speed ({label}; {args.threads} threads, torch {torch.__version__})\n")
+    print(
+        "| dtype | prefill 800x200 region + prompt | decode ms/token "
+        "| OCR of 40 tokens | OCR of 80 tokens |"
+    )
+    print("|---|---|---|---|---|")
+    for dtype, prefill, per_token in rows:
+        mark = " (default on CPU)" if dtype == default else ""
+        print(
+            f"| {dtype}{mark} | {prefill * 1000:.0f} ms | {per_token * 1000:.2f} | "
+            f"{prefill + 40 * per_token:.2f} s | {prefill + 80 * per_token:.2f} s |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
