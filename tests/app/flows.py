@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6 import QtCore
+from PySide6 import QtCore, QtGui
 
 from app.chat.window import MainWindow
 from app.engine_client import ChatResult
@@ -37,3 +37,10 @@ def opened_status(qtbot: Any, window: MainWindow) -> Any:
     """The SessionStatus of the conversation the app opened on its engine thread."""
     qtbot.waitUntil(lambda: window.controller.session_status is not None, timeout=WAIT_MS)
     return window.controller.session_status
+
+
+def placeholder_shown(window: MainWindow) -> str:
+    """The transcript's placeholder as the user reads it (its Markdown rendered to plain text)."""
+    document = QtGui.QTextDocument()
+    document.setMarkdown(window.transcript.placeholder.text())
+    return document.toPlainText()

@@ -13,6 +13,7 @@ import pytest
 from app.chat.window import MainWindow
 from app.reader.pane import ReaderPane
 from engine import Engine, StateError
+from tests.app.flows import placeholder_shown
 from tests.badinput import corpus
 from tests.badinput.test_cli_corpus import IMAGE_CASES
 
@@ -156,5 +157,5 @@ def test_damaged_checkpoint_is_a_message_in_the_window(
         return Engine.load(path, device="cpu")
 
     window = make_window(load)
-    qtbot.waitUntil(lambda: named in window.transcript.placeholder.text(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: named in placeholder_shown(window), timeout=WAIT_MS)
     assert "could not be loaded" in window.status.currentMessage()
