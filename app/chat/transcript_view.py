@@ -45,7 +45,11 @@ class MessageWidget(QtWidgets.QFrame):
         self.note = QtWidgets.QLabel(stats_note(message.stats) if message.stats else "")
         self.note.setObjectName("message-note")
         self.body = QtWidgets.QLabel()
-        self.body.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        # replies are Markdown; what the user typed and event lines (file names) show as written
+        self._markdown = message.role == "assistant"
+        self.body.setTextFormat(
+            QtCore.Qt.TextFormat.RichText if self._markdown else QtCore.Qt.TextFormat.PlainText
+        )
         self.body.setWordWrap(True)
         self.body.setTextInteractionFlags(
             QtCore.Qt.TextInteractionFlag.TextSelectableByMouse
@@ -102,8 +106,13 @@ class MessageWidget(QtWidgets.QFrame):
         self.note.setText(note)
 
     def _render(self) -> None:
-        shade = self.palette().color(QtGui.QPalette.ColorRole.AlternateBase)
-        self.body.setText(markdown_html(self.text, shade) if self.text else "…")
+        if not self.text:
+            self.body.setText("…")
+        elif self._markdown:
+            shade = self.palette().color(QtGui.QPalette.ColorRole.AlternateBase)
+            self.body.setText(markdown_html(self.text, shade))
+        else:
+            self.body.setText(self.text)
 
     @QtCore.Slot()
     def _on_copy_clicked(self) -> None:

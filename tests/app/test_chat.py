@@ -323,6 +323,28 @@ def test_chat_markdown_code_blocks_are_shaded(qtbot: Any) -> None:
     assert "#123456" not in markdown_html("no code here", shade)
 
 
+def test_chat_user_text_shows_as_typed_and_replies_as_markdown(qtbot: Any) -> None:
+    from app.chat.transcript_view import MessageWidget
+    from app.history.models import Message
+
+    typed = "my_var = other_var * 2  # see <https://x>, <b>not bold</b>"
+    widgets = {
+        role: MessageWidget(Message(i, 1, role, text, created_at=0.0))
+        for i, (role, text) in enumerate(
+            (("user", typed), ("event", "Read my_scan_2.pdf (3 pages)"), ("assistant", "**b**"))
+        )
+    }
+    for widget in widgets.values():
+        qtbot.addWidget(widget)
+    # the user's own text and event lines are plain text, exactly as written
+    assert widgets["user"].body.textFormat() == QtCore.Qt.TextFormat.PlainText
+    assert widgets["user"].body.text() == typed
+    assert widgets["event"].body.text() == "Read my_scan_2.pdf (3 pages)"
+    # a reply renders its Markdown
+    assert widgets["assistant"].body.textFormat() == QtCore.Qt.TextFormat.RichText
+    assert "font-weight" in widgets["assistant"].body.text()
+
+
 def test_chat_pane_api_docks_a_pane_and_attaches_an_image(
     qtbot: Any, make_window: Any, tiny_factory: Any
 ) -> None:
