@@ -171,10 +171,15 @@ class EngineWorker(QtCore.QObject):
         self.model_loading.emit(request.path or "the embedded default model")
         self._save_if_dirty()
         self._engine = self._session = self._key = None
+        what = request.path or "the embedded default model"
         try:
             self._engine = self._engine_factory(request.path, request.device, request.quant)
-        except Exception as exc:  # worker boundary: a bad checkpoint is a message, not a crash
-            log.exception("loading %s failed", request.path)
+        except EngineError as exc:  # no model, a bad checkpoint: the window says what to do
+            log.warning("loading %s failed: %s", what, exc)
+            self.model_load_failed.emit(str(exc) or type(exc).__name__)
+            return
+        except Exception as exc:  # worker boundary: a bug is a message and a traceback, not a crash
+            log.exception("loading %s failed", what)
             self.model_load_failed.emit(str(exc) or type(exc).__name__)
             return
         self.model_loaded.emit(self._engine.info)
