@@ -54,6 +54,7 @@ test-gpu: venv-test
 
 lint: venv-test
 	$(VENV)/bin/ruff check engine kernels app tests benchmarks
+	$(VENV)/bin/mypy app engine
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -196,7 +196,7 @@ class Engine:
         """A fresh conversation; ``system_prompt`` None uses the chat template's default."""
         if system_prompt is not None:
             _check_text("system_prompt", system_prompt)
-        return Session(self, self.model.new_state(device=self.device), system_prompt)
+        return Session(self, self.model.new_state(device=self.device), system_prompt)  # type: ignore[operator]  # model is typed nn.Module (__getattr__)
 
     def restore_session(self, path: str | Path) -> Session:
         """A session continuing from a state written by :meth:`Session.save`.
@@ -205,7 +205,7 @@ class Engine:
             StateError: a missing or damaged file, or a state of another model.
         """
         state = ModelState.load(path, self.fingerprint, self.config.text, device=self.device)
-        _match_state_dtype(state, self.model.new_state(device="meta"))
+        _match_state_dtype(state, self.model.new_state(device="meta"))  # type: ignore[operator]  # model is typed nn.Module (__getattr__)
         return Session(self, state, None)
 
 
@@ -827,7 +827,7 @@ def model_info(model: torch.nn.Module, path: Path, *, is_embedded_default: bool)
     for p in model.parameters():
         by_dtype[p.dtype] += p.numel()
     dtype = by_dtype.most_common(1)[0][0]
-    state_nbytes = model.new_state(device="meta").nbytes()
+    state_nbytes = model.new_state(device="meta").nbytes()  # type: ignore[operator]  # model is typed nn.Module (__getattr__)
     name = path.resolve().name or str(path)
     return ModelInfo(
         name=name,

@@ -13,6 +13,7 @@ import logging
 import shutil
 import struct
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -384,7 +385,7 @@ def weights_fingerprint(source: str | Path | nn.Module, config: ModelConfig | No
     """
     h = hashlib.sha256()
     if isinstance(source, nn.Module):
-        config = config or source.config
+        config = config or cast(ModelConfig, source.config)
         h.update(b"module")
         for name, t in sorted(source.state_dict().items()):
             h.update(f"{name}:{list(t.shape)}:{t.dtype}".encode())

@@ -31,6 +31,9 @@ class ReaderPane(QtWidgets.QWidget):
     document_opened = QtCore.Signal(str)  # label
     pages_rendered = QtCore.Signal(int)  # pages ready to read
 
+    # the page's scroll area; the name shadows QWidget.scroll(dx, dy), which nothing here calls
+    scroll: QtWidgets.QScrollArea  # type: ignore[assignment]
+
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.rendered: RenderedDocument | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -90,8 +91,9 @@ class FusedLinear:
             # the decode step's check, kept cheap (it runs for every layer and token): the same
             # modules holding the same Parameters at the same addresses as when fused
             children = owner._modules
-            mods = [children[n] for n in self.names]
-            if self._seen_of(mods) == self._seen:
+            # the projections are registered modules, never None entries of _modules
+            current = cast("list[nn.Module]", [children[n] for n in self.names])
+            if self._seen_of(current) == self._seen:
                 assert self.weight is not None
                 return self.weight, self.bias
         mods = self._linears(owner)

@@ -179,7 +179,8 @@ class InfiniteVLForConditionalGeneration(nn.Module):
             sec_all = torch.as_tensor(second_per_grid_ts).flatten()
         used_vid = 0
         for b in range(input_ids.shape[0]):
-            n_vid = 0 if vid[b] is None else vid[b].shape[0]
+            vid_b = vid[b]
+            n_vid = 0 if vid_b is None else vid_b.shape[0]
             sec = sec_all[used_vid : used_vid + n_vid] if sec_all is not None else None
             used_vid += n_vid
             pos, nxt = rope_index(input_ids[b], img[b], vid[b], sec, start, cfg)

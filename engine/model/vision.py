@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,7 @@ class PatchEmbed(nn.Module):
         return self.proj(x.to(self.proj.weight.dtype)).reshape(x.shape[0], -1)
 
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "gelu": F.gelu,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -218,7 +219,7 @@ def vision_layout(
     m = config.spatial_merge_size
     unit = m * m
     side = config.window_size // m // config.patch_size
-    index, window_lens, frame_lens, positions = [], [], [], []
+    index, window_lens, frame_lens, parts = [], [], [], []
     offset = 0
     for t, h, w in grid:
         gh, gw = h // m, w // m
@@ -236,10 +237,10 @@ def vision_layout(
         rows = torch.arange(h).reshape(gh, m, 1, 1).expand(gh, m, gw, m).permute(0, 2, 1, 3)
         cols = torch.arange(w).reshape(1, 1, gw, m).expand(gh, m, gw, m).permute(0, 2, 1, 3)
         pos = torch.stack([rows.reshape(-1, unit), cols.reshape(-1, unit)], dim=-1)
-        positions.append(pos.repeat(t, 1, 1))  # [t*gh*gw, unit, 2]
+        parts.append(pos.repeat(t, 1, 1))  # [t*gh*gw, unit, 2]
         offset += t * gh * gw
     window_index = torch.cat(index)
-    positions = torch.cat(positions)[window_index].reshape(-1, 2)
+    positions = torch.cat(parts)[window_index].reshape(-1, 2)
     return VisionLayout(
         window_index=window_index.to(device),
         unit_restore=torch.argsort(window_index).to(device),

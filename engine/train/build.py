@@ -33,7 +33,9 @@ def load_float32(path: str | Path, device: torch.device) -> InfiniteVLForConditi
     return model
 
 
-def fresh_model(config_path: str | Path, seed: int, device: torch.device) -> nn.Module:
+def fresh_model(
+    config_path: str | Path, seed: int, device: torch.device
+) -> InfiniteVLForConditionalGeneration:
     """A randomly initialised model of a config.json (file or directory), seeded.
 
     Linear, convolution and embedding weights are drawn from N(0, 0.02) and biases zeroed, as
@@ -47,8 +49,9 @@ def fresh_model(config_path: str | Path, seed: int, device: torch.device) -> nn.
         for module in model.modules():
             if isinstance(module, nn.Linear | nn.Embedding | nn.Conv3d):
                 module.weight.normal_(0.0, 0.02)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
+                bias = getattr(module, "bias", None)
+                if bias is not None:
+                    bias.zero_()
     model.tie_weights()
     return model.to(device)
 
@@ -75,7 +78,9 @@ def build_student(cfg: TrainConfig, device: torch.device) -> InfiniteVLForCondit
     return load_float32(cfg.init, device)
 
 
-def build_teacher(cfg: TrainConfig, device: torch.device) -> nn.Module | None:
+def build_teacher(
+    cfg: TrainConfig, device: torch.device
+) -> InfiniteVLForConditionalGeneration | None:
     """The frozen teacher of the distillation stages, in eval mode; None otherwise."""
     if not cfg.stage.startswith("distill"):
         return None
@@ -140,6 +145,6 @@ def merge_lora(weights: dict[str, torch.Tensor], scaling: float) -> dict[str, to
     return out
 
 
-def shardable_blocks(model: nn.Module) -> list[nn.Module]:
+def shardable_blocks(model: InfiniteVLForConditionalGeneration) -> list[nn.Module]:
     """Units FSDP shards one by one: each decoder layer and each vision block."""
     return [*model.model.visual.blocks, *model.model.language_model.layers]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from engine.train.distributed import DistContext, barrier, broadcast_object
+
+if TYPE_CHECKING:
+    from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +74,13 @@ def full_model_state(ctx: DistContext, model: nn.Module) -> dict[str, torch.Tens
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=opts)
+    # a full state dict offloaded to the CPU holds plain tensors only
+    return cast("dict[str, torch.Tensor]", get_model_state_dict(model, options=opts))
 
 
 def export_checkpoint(
-    model: nn.Module, out_dir: Path, source_dir: str | Path, max_shard_bytes: int,
-    dtype: torch.dtype = torch.bfloat16,
+    model: InfiniteVLForConditionalGeneration, out_dir: Path, source_dir: str | Path,
+    max_shard_bytes: int, dtype: torch.dtype = torch.bfloat16,
 ) -> Path:  # fmt: skip
     """Save `model` (a plain, unsharded model on rank 0) as an engine checkpoint.
 

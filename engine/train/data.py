@@ -129,11 +129,11 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(
-            move(self.input_ids),
-            move(self.labels),
+            self.input_ids.to(device, non_blocking=True),
+            self.labels.to(device, non_blocking=True),
             move(self.pixel_values),
             move(self.image_grid_thw),
-            move(self.mask),
+            self.mask.to(device, non_blocking=True),
         )
 
     @property

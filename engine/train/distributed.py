@@ -8,12 +8,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +80,7 @@ def shard(root: nn.Module, blocks: list[nn.Module], ctx: DistContext) -> nn.Modu
     return root
 
 
-def broadcast_object(ctx: DistContext, obj: object) -> object:
+def broadcast_object(ctx: DistContext, obj: T) -> T:
     """Rank 0's `obj` on every rank."""
     if not ctx.is_distributed:
         return obj

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from engine.train.data import Batch
 from engine.train.losses import distill_kl, layer_mse, next_token_loss
+
+if TYPE_CHECKING:
+    from engine.train.forward import TrainingForward
 
 
 @contextmanager
@@ -103,4 +107,5 @@ class Objective:
 
 
 def _decoder_layers(forward: nn.Module) -> nn.ModuleList:
-    return forward.model.model.language_model.layers
+    # `forward` is the student's TrainingForward (maybe FSDP-sharded, which keeps its class)
+    return cast("TrainingForward", forward).model.model.language_model.layers

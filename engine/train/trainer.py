@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -156,7 +157,7 @@ def train(cfg: TrainConfig) -> Path:
 def _finish(
     ctx: distributed.DistContext,
     cfg: TrainConfig,
-    student: nn.Module,
+    student: TrainingForward,
     history: list[dict[str, float]],
     out_dir: Path,
 ) -> Path:
@@ -192,7 +193,7 @@ def _time_fraction(ctx: distributed.DistContext, cfg: TrainConfig, t0: float) ->
     return elapsed / cfg.time_budget_s
 
 
-def _fields(params: ImageParams) -> dict[str, object]:
+def _fields(params: ImageParams) -> dict[str, Any]:
     return {name: getattr(params, name) for name in params.__dataclass_fields__}
 
 

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -47,13 +48,13 @@ def contrasting_colours(rng: random.Random, dark_mode: bool | None = None) -> tu
         dark_mode = rng.random() < 0.3
     while True:
         if dark_mode:
-            bg = tuple(rng.randint(0, 70) for _ in range(3))
-            fg = tuple(rng.randint(170, 255) for _ in range(3))
+            bg = cast(RGB, tuple(rng.randint(0, 70) for _ in range(3)))
+            fg = cast(RGB, tuple(rng.randint(170, 255) for _ in range(3)))
         else:
-            bg = tuple(rng.randint(200, 255) for _ in range(3))
-            fg = tuple(rng.randint(0, 90) for _ in range(3))
+            bg = cast(RGB, tuple(rng.randint(200, 255) for _ in range(3)))
+            fg = cast(RGB, tuple(rng.randint(0, 90) for _ in range(3)))
         if abs(luminance(bg) - luminance(fg)) >= 110:
-            return bg, fg  # type: ignore[return-value]
+            return bg, fg
 
 
 class Canvas:
@@ -123,4 +124,5 @@ class Canvas:
 def line_height(font: ImageFont.FreeTypeFont) -> int:
     """Pixels from one baseline to the next at single spacing."""
     ascent, descent = font.getmetrics()
-    return ascent + descent + max(2, font.size // 5)
+    # load_font opens faces at an int size; Pillow's stubs type FreeTypeFont.size as float
+    return ascent + descent + max(2, cast(int, font.size) // 5)
