@@ -27,6 +27,7 @@ from engine import default_model, picture_turn
 from engine.config import ModelConfig
 from engine.errors import Cancelled, CheckpointError, EngineError, InputError, StateError
 from engine.loader import load_model, weight_files, weights_fingerprint
+from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 from engine.preprocess import ImageParams, image_token_count, load_image, preprocess_images
 from engine.quant import METHODS as QUANT_METHODS
 from engine.quant import num_quantized_weights
@@ -121,7 +122,7 @@ class Engine:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: InfiniteVLForConditionalGeneration,
         config: ModelConfig,
         tokenizer: Tokenizer,
         image_params: ImageParams,
@@ -196,7 +197,7 @@ class Engine:
         """A fresh conversation; ``system_prompt`` None uses the chat template's default."""
         if system_prompt is not None:
             _check_text("system_prompt", system_prompt)
-        return Session(self, self.model.new_state(device=self.device), system_prompt)  # type: ignore[operator]  # model is typed nn.Module (__getattr__)
+        return Session(self, self.model.new_state(device=self.device), system_prompt)
 
     def restore_session(self, path: str | Path) -> Session:
         """A session continuing from a state written by :meth:`Session.save`.
@@ -205,7 +206,7 @@ class Engine:
             StateError: a missing or damaged file, or a state of another model.
         """
         state = ModelState.load(path, self.fingerprint, self.config.text, device=self.device)
-        _match_state_dtype(state, self.model.new_state(device="meta"))  # type: ignore[operator]  # model is typed nn.Module (__getattr__)
+        _match_state_dtype(state, self.model.new_state(device="meta"))
         return Session(self, state, None)
 
 
@@ -415,11 +416,10 @@ class Session:
         if engine.decode_graph == "off" or (engine.decode_graph == "cuda" and not on_cuda):
             return None
         from engine import cuda_graph
-        from engine.model.infinitevl import InfiniteVLForConditionalGeneration
         from kernels import swa
 
         model = engine.model
-        if not isinstance(model, InfiniteVLForConditionalGeneration):
+        if not isinstance(model, InfiniteVLForConditionalGeneration):  # a test's fake model
             return None
         if on_cuda and not swa.has_triton():
             return None
@@ -819,7 +819,9 @@ def cpu_default_dtype(path: Path) -> torch.dtype | None:
     return torch.float32 if stored <= CPU_FLOAT32_MAX_STORED_BYTES else None
 
 
-def model_info(model: torch.nn.Module, path: Path, *, is_embedded_default: bool) -> ModelInfo:
+def model_info(
+    model: InfiniteVLForConditionalGeneration, path: Path, *, is_embedded_default: bool
+) -> ModelInfo:
     """Describe a loaded model; warn when it is large for its device."""
     param = next(model.parameters())
     num_parameters = sum(p.numel() for p in model.parameters()) + num_quantized_weights(model)
@@ -827,7 +829,7 @@ def model_info(model: torch.nn.Module, path: Path, *, is_embedded_default: bool)
     for p in model.parameters():
         by_dtype[p.dtype] += p.numel()
     dtype = by_dtype.most_common(1)[0][0]
-    state_nbytes = model.new_state(device="meta").nbytes()  # type: ignore[operator]  # model is typed nn.Module (__getattr__)
+    state_nbytes = model.new_state(device="meta").nbytes()
     name = path.resolve().name or str(path)
     return ModelInfo(
         name=name,
