@@ -31,9 +31,6 @@ class ReaderPane(QtWidgets.QWidget):
     document_opened = QtCore.Signal(str)  # label
     pages_rendered = QtCore.Signal(int)  # pages ready to read
 
-    # the page's scroll area; the name shadows QWidget.scroll(dx, dy), which nothing here calls
-    scroll: QtWidgets.QScrollArea  # type: ignore[assignment]
-
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.rendered: RenderedDocument | None = None
@@ -65,9 +62,9 @@ class ReaderPane(QtWidgets.QWidget):
         self.thumbnails.setMaximumWidth(180)
         self.page_view = QtWidgets.QLabel(EMPTY_TEXT)
         self.page_view.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.scroll = QtWidgets.QScrollArea()
-        self.scroll.setWidget(self.page_view)
-        self.scroll.setWidgetResizable(True)
+        self.page_scroll = QtWidgets.QScrollArea()
+        self.page_scroll.setWidget(self.page_view)
+        self.page_scroll.setWidgetResizable(True)
         self.progress = QtWidgets.QProgressBar()
         self.progress.setVisible(False)
         self.status = QtWidgets.QLabel("")
@@ -78,7 +75,7 @@ class ReaderPane(QtWidgets.QWidget):
             bar.addWidget(w)
         split = QtWidgets.QSplitter()
         split.addWidget(self.thumbnails)
-        split.addWidget(self.scroll)
+        split.addWidget(self.page_scroll)
         split.setStretchFactor(1, 1)
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(bar)
@@ -225,7 +222,7 @@ class ReaderPane(QtWidgets.QWidget):
         """Show the current page as wide as the view (never enlarged); taller pages scroll."""
         if self._page.isNull():
             return
-        width = self.scroll.viewport().width() - 4
+        width = self.page_scroll.viewport().width() - 4
         page = self._page
         if 0 < width < page.width():
             page = page.scaledToWidth(width, QtCore.Qt.TransformationMode.SmoothTransformation)

@@ -173,7 +173,7 @@ def test_pane_renders_thumbnails_in_the_background(qtbot, tmp_path: Path) -> Non
     qtbot.waitExposed(pane)
     pane.thumbnails.setCurrentRow(4)
     shown = pane.page_view.pixmap()
-    assert 0 < shown.width() <= pane.scroll.viewport().width() < 860
+    assert 0 < shown.width() <= pane.page_scroll.viewport().width() < 860
     cache = pane.rendered.cache_dir
     assert len(list(cache.glob("page-*.png"))) == 30
     # WHEN the document is closed THEN its cache goes (once the render job has let go too)
