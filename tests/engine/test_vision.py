@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,18 @@ def test_cuda_matches_cpu() -> None:
 def test_window_smaller_than_a_merge_unit_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="window_size 14"):
         VisionTransformer(dataclasses.replace(tiny_config().vision, window_size=14))
+
+
+def test_patch_embed_is_the_published_conv3d() -> None:
+    from engine.config import ModelConfig
+    from engine.model.vision import PatchEmbed
+
+    # GIVEN the 4B vision tower's patch embedding (Conv3d, kernel = stride = one 2x14x14 patch)
+    reference = Path(__file__).resolve().parents[1] / "reference"
+    config = ModelConfig.from_file(reference / "infinitevl-4b.config.json").vision
+    torch.manual_seed(0)
+    embed = PatchEmbed(config)
+    patches = torch.randn(37, embed.proj.weight[0].numel())
+    # WHEN patches are embedded THEN the product equals the convolution of the published weight
+    conv = embed.proj(patches.reshape(-1, config.in_channels, *embed.kernel)).reshape(37, -1)
+    torch.testing.assert_close(embed(patches), conv, rtol=1e-5, atol=1e-5)

@@ -50,8 +50,10 @@ def test_two_gloo_processes_match_one(teacher_dir: Path, tmp_path: Path) -> None
     wa, wb = _weights(a), _weights(tmp_path / "two" / "checkpoint")
     moved = [k for k in wa if not torch.equal(wa[k], _weights_init(teacher_dir)[k])]
     assert moved, "training changed the weights"
+    # float32 summation order differs between 1 and 2 ranks, and Adam scales a small gradient
+    # difference up to ~2e-5 after 3 steps; a wrong gradient average would be ~lr (3e-3)
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=5e-5, msg=k)
 
 
 _INIT: dict[str, dict[str, torch.Tensor]] = {}
