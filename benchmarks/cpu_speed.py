@@ -27,30 +27,7 @@ sys.path.insert(0, str(ROOT))
 from engine.engine import Engine  # noqa: E402
 from engine.ocr import OCR_PROMPT  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
-
-
-def default_architecture(out: Path) -> Path:
-    """The embedded model's student architecture with random weights, as a checkpoint."""
-    import json
-
-    from engine.loader import save_checkpoint
-    from engine.train.build import fresh_model
-    from engine.train.recipe import (
-        VOCAB_SIZE,
-        architecture,
-        preprocessor_config,
-        student_layer_types,
-    )
-    from engine.train.tokenizer_train import train_tokenizer
-
-    start = out / "start"
-    start.mkdir(parents=True)
-    special = train_tokenizer(start, VOCAB_SIZE, 0)
-    raw = architecture(special, student_layer_types())
-    (start / "config.json").write_text(json.dumps(raw), encoding="utf-8")
-    (start / "preprocessor_config.json").write_text(json.dumps(preprocessor_config()), "utf-8")
-    model = fresh_model(start / "config.json", seed=0, device=torch.device("cpu"))
-    return save_checkpoint(model.to(torch.bfloat16), out / "model", tokenizer_dir=start)
+from engine.train.recipe import write_untrained  # noqa: E402
 
 
 def measure(engine: Engine, image: np.ndarray, tokens: int, repeats: int) -> tuple[float, float]:
@@ -78,7 +55,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or default_architecture(Path(tmp))
+        model = args.model or write_untrained(Path(tmp))
         image = np.random.default_rng(0).integers(0, 256, (200, 800, 3), dtype=np.uint8)
         rows = []
         for dtype in ("float32", "bfloat16"):

@@ -2,7 +2,8 @@
 
 Feeds long text through ``Session.add_user_message`` (the engine's chunked prefill, 2048-token
 chunks) in turns of ``--turn-tokens`` tokens, each answered with one token, on the embedded
-default model or, without it, on the tiny test checkpoint. Prints one row per checkpoint:
+default model or, without it, on the tiny test checkpoint (``--untrained``: the embedded model's
+architecture with random weights, engine/train/recipe.py). Prints one row per checkpoint:
 tokens seen, process RSS, state bytes, prefill speed. The state is constant in size, so RSS
 should stay flat after the first turns.
 
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", type=Path, default=None, help="checkpoint (default: embedded, else tiny)"
     )
+    parser.add_argument(
+        "--untrained",
+        action="store_true",
+        help="the embedded model's architecture, random weights (memory does not depend on them)",
+    )
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--turn-tokens", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=2)
@@ -69,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = args.model or find_default_model()
     with tempfile.TemporaryDirectory() as tmp:
-        if model is None:
+        if args.untrained and args.model is None:
+            from engine.train.recipe import write_untrained
+
+            model = write_untrained(Path(tmp) / "untrained")
+        elif model is None:
             model = write_tiny_checkpoint(Path(tmp) / "tiny")
             print("no embedded default model: using the tiny test checkpoint", file=sys.stderr)
         marks = [

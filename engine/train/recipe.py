@@ -111,3 +111,24 @@ def write_start(out_dir: Path, seed: int = 0) -> Path:
 
 def student_layer_types(num_layers: int = 8) -> tuple[str, ...]:
     return hybrid_layer_types(num_layers)
+
+
+def write_untrained(out_dir: Path, seed: int = 0) -> Path:
+    """The embedded model's architecture (the hybrid student) with random N(0, 0.02) weights,
+    stored in bfloat16 as the trained model will be: for speed and memory measurements, which do
+    not depend on what the weights learnt. Returns the checkpoint directory."""
+    import torch
+
+    from engine.loader import save_checkpoint
+    from engine.train.build import fresh_model
+
+    start = out_dir / "start"
+    start.mkdir(parents=True, exist_ok=True)
+    special = train_tokenizer(start, VOCAB_SIZE, seed)
+    raw = architecture(special, student_layer_types())
+    (start / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    (start / "preprocessor_config.json").write_text(
+        json.dumps(preprocessor_config(), indent=2) + "\n", encoding="utf-8"
+    )
+    model = fresh_model(start / "config.json", seed=seed, device=torch.device("cpu"))
+    return save_checkpoint(model.to(torch.bfloat16), out_dir / "model", tokenizer_dir=start)
