@@ -4,6 +4,7 @@ divergence of next-token distributions over a fixed prompt set.
     python -m benchmarks.quant_bench --device cuda --config 4b          # bf16 / int8 / nf4, GPU
     python -m benchmarks.quant_bench --device cpu --checkpoint DIR      # a real checkpoint on CPU
     python -m benchmarks.quant_bench --device cpu                       # embedded model, else tiny
+    python -m benchmarks.quant_bench --device cpu --untrained           # its architecture, random
     python -m benchmarks.quant_bench --device cpu --linear-stack        # Qwen2.5-3B-shaped linears
     python -m benchmarks.quant_bench --device cpu --sensitivity         # one layer kind at a time
 
@@ -311,6 +312,11 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: embedded)")
     p.add_argument("--config", choices=sorted(CONFIGS), help="random weights at this config")
     p.add_argument(
+        "--untrained",
+        action="store_true",
+        help="the embedded model's architecture with random weights (speed and memory only)",
+    )
+    p.add_argument(
         "--methods", help="comma list (default: int8,nf4 on CUDA; int8,int8-dynamic,int4 on CPU)"
     )
     p.add_argument("--prompts", type=int, default=4)
@@ -354,6 +360,10 @@ def main() -> None:
 def _model_path(a: argparse.Namespace, tmp: Path, dtype: torch.dtype) -> Path:
     if a.config:
         return random_checkpoint(CONFIGS[a.config], tmp / a.config, dtype)
+    if a.untrained:
+        from engine.train.recipe import write_untrained
+
+        return write_untrained(tmp / "untrained")
     if a.checkpoint:
         return a.checkpoint
     from engine.default_model import find_default_model
