@@ -71,11 +71,17 @@ def run_cli(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(prog="infinitevl ocr", description=run_cli.__doc__)
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
-    p.add_argument("--model", type=Path, help="checkpoint directory (default: the embedded model)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint directory or GGUF model with its mmproj (default: the embedded model)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--max-new-tokens", type=int, default=MAX_OCR_TOKENS)
     args = p.parse_args(list(argv))
-    engine = Engine.load(args.model, device=args.device)
+    from engine.backends import load_engine
+
+    engine = load_engine(args.model, device=args.device)
     for i, text in enumerate(ocr_images(engine, args.images, max_new_tokens=args.max_new_tokens)):
         print(("\n" if i else "") + text)  # noqa: T201 (the command's output)
     return 0

@@ -39,14 +39,19 @@ def qwen35_gguf(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="module")
-def vision(qwen2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> GGUFEngine:
-    """The qwen2 model with a tiny Qwen2.5-VL projector beside it."""
+def vision_dir(qwen2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder: the qwen2 model with a tiny Qwen2.5-VL projector beside it."""
     import shutil
 
     folder = tmp_path_factory.mktemp("gguf_vision")
     shutil.copy(qwen2_gguf, folder / "tiny.gguf")
     write_qwen25vl_mmproj(folder / "mmproj-tiny.gguf", text_hidden=64)
-    e = GGUFEngine.load(folder, device="cpu", n_ctx=2048, n_threads=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vision(vision_dir: Path) -> GGUFEngine:
+    e = GGUFEngine.load(vision_dir, device="cpu", n_ctx=2048, n_threads=1)
     yield e
     e.close()
 
@@ -273,3 +278,25 @@ def test_document_pages_and_frames(vision: GGUFEngine) -> None:
     assert session.tokens_seen > seen
     session.add_user_message("What was on page 2?")
     assert _reply(session)[1]
+
+
+def test_cli_ocr_reads_with_a_gguf_model(
+    vision_dir: Path, vision: GGUFEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from engine.ocr import ocr_images, run_cli
+
+    # GIVEN two screenshots WHEN `infinitevl ocr` reads them with a GGUF model and its projector
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"shot{i}.png")
+        Image.fromarray(_image(i)).save(paths[-1])
+    code = run_cli([*map(str, paths), "--model", str(vision_dir), "--max-new-tokens", "4"])
+    # THEN it succeeds with one block per image: what the GGUF engine reads from each (greedy)
+    expected = ocr_images(vision, paths, max_new_tokens=4)
+    assert code == 0
+    assert (
+        capsys.readouterr().out
+        == "\n".join(("\n" if i else "") + t for i, t in enumerate(expected)) + "\n"
+    )
