@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from engine.engine import CancelToken, Engine
 from engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from engine.backends.gguf import GGUFEngine
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ ImageInput = str | Path | np.ndarray | Image.Image
 
 
 def ocr_image(
-    engine: Engine, image: ImageInput, *, max_new_tokens: int = MAX_OCR_TOKENS,
+    engine: Engine | GGUFEngine, image: ImageInput, *, max_new_tokens: int = MAX_OCR_TOKENS,
     cancel: CancelToken | None = None,
 ) -> str:  # fmt: skip
     """The text in one image, lines separated by newlines.
@@ -47,7 +51,7 @@ def ocr_image(
 
 
 def ocr_images(
-    engine: Engine,
+    engine: Engine | GGUFEngine,
     images: Sequence[ImageInput],
     *,
     max_new_tokens: int = MAX_OCR_TOKENS,
