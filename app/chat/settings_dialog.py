@@ -32,9 +32,13 @@ def missing_checkpoint_files(path: Path) -> list[str]:
     if path.is_file():
         if path.suffix != ".gguf":
             return [f"{path.name} is neither a checkpoint directory nor a .gguf file"]
-        with open(path, "rb") as f:
-            if f.read(4) != GGUF_MAGIC:
-                return [f"{path.name} is not a GGUF file (it lacks the GGUF header)"]
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            return [f"{path.name} cannot be read: {exc.strerror or exc}"]
+        if magic != GGUF_MAGIC:
+            return [f"{path.name} is not a GGUF file (it lacks the GGUF header)"]
         return []
     if not path.is_dir():
         return [f"{path} does not exist"]

@@ -3,6 +3,7 @@ loads it through llama.cpp, answers, and resumes the conversation from llama.cpp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,13 @@ def test_settings_accept_a_gguf_file_and_refuse_fakes(
     fake.write_bytes(b"PK\x03\x04 not a gguf")
     other = tmp_path / "weights.bin"
     other.write_bytes(b"\0" * 16)
-    for path, says in ((fake, "GGUF header"), (other, "neither a checkpoint")):
+    locked = tmp_path / "locked.gguf"
+    locked.write_bytes(b"GGUF")
+    locked.chmod(0)
+    cases = [(fake, "GGUF header"), (other, "neither a checkpoint")]
+    if os.geteuid() != 0:  # root reads any file
+        cases.append((locked, "cannot be read"))
+    for path, says in cases:
         dialog.model_dir.setText(str(path))
         dialog.accept()
         # THEN each is refused with what is wrong, and nothing is saved
