@@ -26,9 +26,10 @@ import torch
 from torch.nn.attention import sdpa_kernel
 
 from engine.config import ModelConfig, tiny_config
-from engine.cuda_graph import SDPA_BACKENDS, DecodeGraph, FrameGraph, reserve_full_attention
+from engine.cuda_graph import DecodeGraph, FrameGraph, reserve_full_attention
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 from engine.state import GDNState, ModelState, SWAState
+from kernels.sdpa import SDPA_BACKENDS
 
 log = logging.getLogger(__name__)
 

@@ -168,7 +168,8 @@ def bench_swa_step(device: torch.device, seen: int, sweep: bool) -> list[tuple[s
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
 
-    from kernels.swa import prefill_sdpa, reference, step_triton
+    from kernels.sdpa import SDPA_BACKENDS
+    from kernels.swa import reference, step_triton
 
     H, Hkv, D, W = SWA["H"], SWA["Hkv"], SWA["D"], SWA["W"]
     gen = torch.Generator(device=device).manual_seed(0)
@@ -185,7 +186,7 @@ def bench_swa_step(device: torch.device, seen: int, sweep: bool) -> list[tuple[s
     seen_t = torch.tensor(seen, device=device)
 
     def sdpa(q: torch.Tensor, ring: list[torch.Tensor]) -> torch.Tensor:
-        with sdpa_kernel(prefill_sdpa.BACKENDS):
+        with sdpa_kernel(SDPA_BACKENDS):
             return F.scaled_dot_product_attention(
                 q[:, :, None], ring[0][:, :, :n], ring[1][:, :, :n], scale=D**-0.5, enable_gqa=True
             )

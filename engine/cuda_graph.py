@@ -14,11 +14,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.errors import InputError, StateError
 from engine.model.attention import Attention
@@ -29,18 +27,11 @@ from engine.model.rope import apply_rotary, mrope_cos_sin, rope_index
 from engine.sampling import Sampler
 from engine.state import FullAttnState, GDNState, LayerState, ModelState, SWAState
 from kernels import swa
+from kernels.sdpa import sdpa_context
 
 log = logging.getLogger(__name__)
 
-# cuDNN's SDPA backend re-plans for every new key length (~44 ms a call on an H100)
-SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 FULL_ATTENTION_KERNELS = ("sdpa", "split_k")
-
-
-def sdpa_context(device: torch.device) -> AbstractContextManager[None]:
-    """SDPA without cuDNN on CUDA: every call with a new key length (training batches, images of
-    new sizes) would pay cuDNN's re-planning."""
-    return sdpa_kernel(SDPA_BACKENDS) if device.type == "cuda" else nullcontext()
 
 
 def _attention_seen(state: ModelState) -> int:
@@ -428,7 +419,7 @@ class FrameGraph:
 
     def _body(self) -> None:
         lm = self.model.model.language_model
-        # the vision tower's SDPA calls, without cuDNN's backend (see SDPA_BACKENDS)
+        # the vision tower's SDPA calls, without cuDNN's backend (kernels.sdpa)
         with sdpa_context(self.device):
             feats = self.model.model.visual(self.pixels, self.grid_thw)  # [T, hidden]
         x = feats.to(lm.embed_tokens.weight.dtype).unsqueeze(0)  # [1, T, hidden]

@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from engine.tokenizer import (
     Tokenizer,
     chat_prompt,
 )
+from kernels.sdpa import sdpa_context
 
 log = logging.getLogger(__name__)
 
@@ -636,7 +636,7 @@ class Session:
         """One model call on ``input_ids`` [1, T]; returns the last position's logits [vocab]."""
         device = self._engine.device
         # no_grad, not inference_mode: states outlive the call and are cloned and saved outside it
-        with torch.no_grad(), _sdpa_backends(device):
+        with torch.no_grad(), sdpa_context(device):
             logits = self._engine.model(
                 input_ids,
                 self._state,
@@ -645,16 +645,6 @@ class Session:
                 logits_to_keep=1,
             )
         return logits[0, -1]
-
-
-def _sdpa_backends(device: torch.device) -> AbstractContextManager[None]:
-    """On CUDA, SDPA without cuDNN: every image of a new size would re-plan it in each vision
-    block (engine.cuda_graph.sdpa_context); elsewhere nothing changes."""
-    if device.type != "cuda":
-        return nullcontext()
-    from engine.cuda_graph import sdpa_context
-
-    return sdpa_context(device)
 
 
 def _state_key(state: ModelState) -> tuple[object, ...]:

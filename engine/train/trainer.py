@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.cuda_graph import sdpa_context
 from engine.preprocess import ImageParams
 from engine.tokenizer import Tokenizer
 from engine.train import build, checkpointing, distributed
@@ -27,6 +26,7 @@ from engine.train.curves import plot_losses
 from engine.train.data import EncodedStream, Shard, batch_loader, collate
 from engine.train.forward import TrainingForward
 from engine.train.objectives import Objective
+from kernels.sdpa import sdpa_context
 
 log = logging.getLogger(__name__)
 

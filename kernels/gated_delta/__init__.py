@@ -7,23 +7,17 @@ own Triton kernel (``step_triton``); both are imported on first use, so CPU inst
 """
 
 import functools
-import importlib.util
 import logging
 import os
 
 import torch
 
+from kernels import has_triton
 from kernels.gated_delta import chunk_fla, reference
 
 log = logging.getLogger(__name__)
 
 __all__ = ["chunk", "recurrent", "reference", "step", "step_gates"]
-
-
-@functools.cache
-def has_triton() -> bool:
-    """True when Triton can be imported (looked up once: every decode step dispatches here)."""
-    return importlib.util.find_spec("triton") is not None
 
 
 def _resolve(x: torch.Tensor, use_kernel: bool | None, op: str, available: bool) -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from kernels import has_triton
 from kernels.gated_delta.reference import check_shapes, check_state
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ FLA_CHUNK_SIZES = (16, 32, 64)
 @functools.cache
 def is_available() -> bool:
     """True when fla-core and Triton can be imported (fla's kernels still need a CUDA device)."""
-    return importlib.util.find_spec("fla") is not None and importlib.util.find_spec("triton") is not None
+    return importlib.util.find_spec("fla") is not None and has_triton()
 
 
 @functools.cache

@@ -7,13 +7,12 @@ of ``kernels.rms_norm.reference``. The kernel has run only under Triton's interp
 GPU: it is taken only with ``INFINITEVL_NORM_KERNEL=1`` (or ``use_kernel=True``) until it has.
 """
 
-import functools
-import importlib.util
 import logging
 import os
 
 import torch
 
+from kernels import has_triton
 from kernels.rms_norm import reference
 
 log = logging.getLogger(__name__)
@@ -21,15 +20,10 @@ log = logging.getLogger(__name__)
 __all__ = ["gated_rms_norm", "reference", "rms_norm"]
 
 
-@functools.cache
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 def _use_kernel(use_kernel: bool | None, *tensors: torch.Tensor) -> bool:
     x = tensors[0]
     runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    available = runnable and _has_triton()
+    available = runnable and has_triton()
     if use_kernel:
         if not available:
             raise ValueError(f"rms_norm: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")

@@ -4,12 +4,12 @@
 torch reference elsewhere. Prefill keeps the engine's own convolution over T tokens.
 """
 
-import importlib.util
 import logging
 import os
 
 import torch
 
+from kernels import has_triton
 from kernels.short_conv import reference
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, *, use_kerne
         y: [B, C] in the dtype of x.
     """
     runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    available = runnable and importlib.util.find_spec("triton") is not None
+    available = runnable and has_triton()
     if use_kernel and not available:
         raise ValueError(f"short_conv.step: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
     if use_kernel is None and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") != "1":

@@ -7,24 +7,17 @@ fused SDPA (``prefill_sdpa``) when grad is needed or for a first prompt within t
 ``step`` the split-K Triton kernel (``step_triton``); Triton modules are imported on first use.
 """
 
-import functools
-import importlib.util
 import logging
 import os
 
 import torch
 
+from kernels import has_triton
 from kernels.swa import prefill_sdpa, reference
 
 log = logging.getLogger(__name__)
 
 __all__ = ["prefill", "reference", "step", "write"]
-
-
-@functools.cache
-def has_triton() -> bool:
-    """True when Triton can be imported (looked up once: every decode step dispatches here)."""
-    return importlib.util.find_spec("triton") is not None
 
 
 def _resolve(x: torch.Tensor, use_kernel: bool | None, op: str, available: bool) -> bool:

@@ -10,14 +10,14 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
+from kernels.sdpa import SDPA_BACKENDS
 from kernels.swa.reference import banded_attention, check_inputs, ring_in_order
 
 log = logging.getLogger(__name__)
 
 QUERY_BLOCK = 2048  # scores per block: [B, H, 2048, 2048 + W]
-BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def prefill(
@@ -40,7 +40,7 @@ def prefill(
     """
     check_inputs(q, k, v, ring_k, ring_v, seen)
     T, W = q.shape[2], ring_k.shape[2]
-    with sdpa_kernel(BACKENDS):
+    with sdpa_kernel(SDPA_BACKENDS):
         if seen == 0 and T <= W:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         keys = torch.cat([ring_in_order(ring_k, seen).to(k.dtype), k], dim=2)
