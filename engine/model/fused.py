@@ -9,8 +9,9 @@ becomes a row-block view of it. So the published names, shapes and ``state_dict`
 are, no memory is duplicated, and in-place updates (``load_state_dict`` copying into the
 parameters, an optimiser step) reach the fused matrix by themselves. A parameter or module
 replaced outright (``load_state_dict(assign=True)``, ``.to()``, a quantized or adapted module) is
-noticed by its storage and the matrix rebuilt on the next call, or the layer falls back to its
-separate projections when they are no longer plain ``nn.Linear`` of one dtype and device.
+noticed by its identity or address and the matrix rebuilt on the next call, or the layer falls
+back to its separate projections when they are no longer plain ``nn.Linear`` of one dtype and
+device.
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ log = logging.getLogger(__name__)
 FUSED_DECODE_DEFAULT = os.environ.get("INFINITEVL_FUSED_DECODE", "1") != "0"
 
 
-def _storage(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
-
-
 class FusedLinear:
     """One matrix over the ``nn.Linear`` children ``names`` of a module (all with or without bias).
 
@@ -45,10 +42,10 @@ class FusedLinear:
         self.weight: torch.Tensor | None = None  # [sum of out_features, in_features]
         self.bias: torch.Tensor | None = None  # [sum of out_features] or None
         self.sizes: tuple[int, ...] = ()
-        self._key: tuple[object, ...] | None = None
         # what the last fuse saw, for the per-call check: the ids of the modules and of their
-        # weight and bias Parameters, and where each points (a replaced Parameter or ``.data``
-        # moves it); ``_held`` keeps those objects alive so that no id can be reused meanwhile
+        # weight and bias Parameters, and where each points (a replaced Parameter, or a ``.data``
+        # moved by ``.to()``, changes it; the fused storage stays alive, so no address is reused);
+        # ``_held`` keeps those objects alive so that no id can be reused meanwhile
         self._seen: tuple[int, ...] = ()
         self._held: tuple[object, ...] = ()
 
@@ -67,15 +64,6 @@ class FusedLinear:
         return mods
 
     @staticmethod
-    def _key_of(mods: list[nn.Linear]) -> tuple[object, ...]:
-        key: list[object] = []
-        for m in mods:
-            key += [id(m), id(m.weight), _storage(m.weight), m.weight.dtype, m.weight.device]
-            if m.bias is not None:
-                key += [id(m.bias), _storage(m.bias)]
-        return tuple(key)
-
-    @staticmethod
     def _seen_of(mods: list[nn.Module]) -> tuple[int, ...]:
         seen: list[int] = []
         for m in mods:
@@ -87,7 +75,7 @@ class FusedLinear:
 
     def matrices(self, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The fused (weight, bias), rebuilt if the projections were replaced; None if unfusable."""
-        if self._key is not None:
+        if self.weight is not None:
             # the decode step's check, kept cheap (it runs for every layer and token): the same
             # modules holding the same Parameters at the same addresses as when fused
             children = owner._modules
@@ -100,10 +88,9 @@ class FusedLinear:
         if mods is None:
             # let go of the old projections too: nothing here may keep replaced weights alive
             self.weight = self.bias = None
-            self._key, self._seen, self._held = None, (), ()
+            self._seen, self._held = (), ()
             return None
-        if self._key is None or self._key != self._key_of(mods):
-            self._fuse(mods)
+        self._fuse(mods)
         assert self.weight is not None
         return self.weight, self.bias
 
@@ -122,7 +109,6 @@ class FusedLinear:
                 assert m.bias is not None
                 m.bias.data = part
         self.weight, self.bias = weight, bias
-        self._key = self._key_of(mods)
         self._seen = self._seen_of(list(mods))
         self._held = tuple(mods) + tuple(p for m in mods for p in m._parameters.values())
         log.debug("fused %s: %s rows", self.names, self.sizes)
