@@ -168,18 +168,17 @@ class EngineWorker(QtCore.QObject):
 
     @QtCore.Slot(object)
     def load(self, request: LoadRequest) -> None:
-        self.model_loading.emit(request.path or "the embedded default model")
+        what = request.path or "the embedded default model"
+        self.model_loading.emit(what)
         self._save_if_dirty()
         self._engine = self._session = self._key = None
-        what = request.path or "the embedded default model"
         try:
             self._engine = self._engine_factory(request.path, request.device, request.quant)
-        except EngineError as exc:  # no model, a bad checkpoint: the window says what to do
-            log.warning("loading %s failed: %s", what, exc)
-            self.model_load_failed.emit(str(exc) or type(exc).__name__)
-            return
-        except Exception as exc:  # worker boundary: a bug is a message and a traceback, not a crash
-            log.exception("loading %s failed", what)
+        except Exception as exc:  # worker boundary: a bad checkpoint is a message, not a crash
+            if isinstance(exc, EngineError):  # no model, a bad checkpoint: the window says why
+                log.warning("loading %s failed: %s", what, exc)
+            else:  # a bug: keep its traceback
+                log.exception("loading %s failed", what)
             self.model_load_failed.emit(str(exc) or type(exc).__name__)
             return
         self.model_loaded.emit(self._engine.info)

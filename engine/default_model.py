@@ -55,10 +55,11 @@ def find_default_model(directory: Path | None = None) -> Path | None:
             complete checkpoint.
     """
     if directory is None:
-        for candidate in candidate_dirs():
+        candidates = candidate_dirs()
+        for candidate in candidates:
             if candidate.is_dir():
                 return find_default_model(candidate)
-        log.info("no embedded default model in %s", [str(d) for d in candidate_dirs()])
+        log.info("no embedded default model in %s", [str(d) for d in candidates])
         return None
     if not directory.is_dir():
         log.info("no embedded default model at %s", directory)

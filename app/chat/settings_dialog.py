@@ -9,18 +9,12 @@ from pathlib import Path
 from PySide6 import QtGui, QtWidgets
 
 from app.settings import AppSettings
+from engine.backends import is_gguf
 
 log = logging.getLogger(__name__)
 
 
 GGUF_MAGIC = b"GGUF"
-
-
-def is_gguf_model(path: Path) -> bool:
-    """A .gguf file, or a directory of them without config.json (``engine.backends.is_gguf``)."""
-    from engine.backends import is_gguf
-
-    return is_gguf(path)
 
 
 def missing_checkpoint_files(path: Path) -> list[str]:
@@ -42,7 +36,7 @@ def missing_checkpoint_files(path: Path) -> list[str]:
         return []
     if not path.is_dir():
         return [f"{path} does not exist"]
-    if is_gguf_model(path):
+    if is_gguf(path):
         return []
     directory = path
     missing = [n for n in ("config.json", "tokenizer.json") if not (directory / n).is_file()]
@@ -120,8 +114,7 @@ class SettingsDialog(QtWidgets.QDialog):
 
     def _on_model_changed(self, text: str) -> None:
         # a GGUF file is quantized as stored: the precision choice applies to checkpoints only
-        path = Path(text.strip()).expanduser()
-        gguf = bool(text.strip()) and path.exists() and is_gguf_model(path)
+        gguf = bool(text.strip()) and is_gguf(Path(text.strip()).expanduser())
         self.quant.setEnabled(not gguf)
         self.quant.setToolTip(
             "A GGUF model runs at the precision its file stores."

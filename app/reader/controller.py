@@ -46,9 +46,10 @@ class ReaderController(QtCore.QObject):
     def _on_read_requested(self, pages: list[Path], label: str) -> None:
         conversation = self._conversation_id()
         problem = self._client.not_ready_reason(conversation)
-        if problem is not None or conversation is None:
-            self._pane.on_read_failed(problem or "")
+        if problem is not None:
+            self._pane.on_read_failed(problem)
             return
+        assert conversation is not None
         self._done = 0
         self._request = self._client.read_document(conversation, pages, label)
         log.info("reading %s (%d pages) as request %d", label, len(pages), self._request)

@@ -50,18 +50,20 @@ class WebcamController(QtCore.QObject):
     def _on_frames_sampled(self, frames: list[np.ndarray]) -> None:
         conversation = self._conversation_id()
         problem = self._client.not_ready_reason(conversation)
-        if problem is not None or conversation is None:
-            self._pane.on_feed_failed(problem or "")
+        if problem is not None:
+            self._pane.on_feed_failed(problem)
             return
+        assert conversation is not None
         self._feed = (self._client.feed_frames(conversation, frames), len(frames))
 
     @QtCore.Slot(str, object)
     def _on_question_asked(self, text: str, frame: np.ndarray | None) -> None:
         conversation = self._conversation_id()
         problem = self._client.not_ready_reason(conversation)
-        if problem is not None or conversation is None:
-            self._pane.on_answer_failed(problem or "")
+        if problem is not None:
+            self._pane.on_answer_failed(problem)
             return
+        assert conversation is not None
         images = () if frame is None else (frame,)
         self._question = self._client.ask_forked(conversation, text, images)
 
