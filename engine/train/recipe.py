@@ -95,11 +95,12 @@ def preprocessor_config() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def write_start(out_dir: Path, seed: int = 0) -> Path:
-    """Write the teacher's config.json, the tokenizer and preprocessor_config.json."""
+def write_start(out_dir: Path, seed: int = 0, layer_types: tuple[str, ...] | None = None) -> Path:
+    """Write the teacher's config.json (or, with ``layer_types``, that architecture's), the
+    tokenizer and preprocessor_config.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     special = train_tokenizer(out_dir, VOCAB_SIZE, seed)
-    raw = architecture(special)
+    raw = architecture(special, layer_types)
     ModelConfig.from_hf(raw)  # fail here, not three stages later
     (out_dir / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     (out_dir / "preprocessor_config.json").write_text(
@@ -122,13 +123,6 @@ def write_untrained(out_dir: Path, seed: int = 0) -> Path:
     from engine.loader import save_checkpoint
     from engine.train.build import fresh_model
 
-    start = out_dir / "start"
-    start.mkdir(parents=True, exist_ok=True)
-    special = train_tokenizer(start, VOCAB_SIZE, seed)
-    raw = architecture(special, student_layer_types())
-    (start / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
-    (start / "preprocessor_config.json").write_text(
-        json.dumps(preprocessor_config(), indent=2) + "\n", encoding="utf-8"
-    )
+    start = write_start(out_dir / "start", seed, student_layer_types())
     model = fresh_model(start / "config.json", seed=seed, device=torch.device("cpu"))
     return save_checkpoint(model.to(torch.bfloat16), out_dir / "model", tokenizer_dir=start)
