@@ -8,9 +8,9 @@ for the killer in tests/faults/test_kill9_app.py:
 
   ready <how the conversation opened>   the model is loaded
   reply <n>                             a message was sent; the reply streams, then its state saves
-  replied <n>                           the reply and its state are stored
+  replied                               the reply and its state are stored
   document <n>                          a document read started (pages fed, then the state saved)
-  read <n>                              the read and its state are stored
+  read                                  the read and its state are stored
   failed <message>                      a reply or read failed (the parent fails the trial)
 
 Args (argv): data directory, checkpoint directory, folder of page images, seed.
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     def on_loaded(_info: object) -> None:
         conversation = window.current_conversation_id
         window.store.set_options(conversation, "", {"max_new_tokens": rng.randint(100, 300)})
-        QtCore.QTimer.singleShot(200, lambda: opened())
+        QtCore.QTimer.singleShot(200, opened)
 
     def opened() -> None:
         status = window.controller.session_status
