@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -122,7 +123,8 @@ class TextConfig:
     num_linear_heads: int = 16
     num_linear_key_value_heads: int = 16
     linear_head_dim: int = 128
-    expand_v: int = 2
+    # InfiniteVL's config class types it float: 1.5 is valid where head size x 1.5 is whole
+    expand_v: int | float = 2
     use_gate: bool = True
     use_short_conv: bool = True
     conv_size: int = 4
@@ -154,13 +156,13 @@ class TextConfig:
             rope_theta=_get(raw, "rope_theta", float, 1e6),
             mrope_section=section,  # type: ignore[arg-type]
             layer_types=layer_types,
-            sliding_window=_get(raw, "sliding_window", int, 8192) or 8192,
+            sliding_window=_sliding_window(raw, model_type),
             num_linear_heads=_get(raw, "num_linear_heads", int, 16),
             num_linear_key_value_heads=_get(
                 raw, "num_linear_key_value_heads", int, _get(raw, "num_linear_heads", int, 16)
             ),
             linear_head_dim=_get(raw, "linear_head_dim", int, 128),
-            expand_v=_get(raw, "expand_v", int, 2),
+            expand_v=_get(raw, "expand_v", (int, float), 2),
             use_gate=_get(raw, "use_gate", bool, True),
             use_short_conv=_get(raw, "use_short_conv", bool, True),
             conv_size=_get(raw, "conv_size", int, 4),
@@ -193,6 +195,12 @@ class TextConfig:
                 f"config.json: num_linear_heads {self.num_linear_heads} not divisible by "
                 f"num_linear_key_value_heads {self.num_linear_key_value_heads}"
             )
+        value_head = self.linear_head_dim * self.expand_v
+        if self.expand_v <= 0 or not math.isclose(value_head, round(value_head), rel_tol=1e-5):
+            raise ConfigError(
+                f"config.json: expand_v {self.expand_v} x linear_head_dim {self.linear_head_dim} "
+                f"= {value_head} is no whole, positive value head size"
+            )
         if self.sliding_window <= 0:
             raise ConfigError(
                 f"config.json: sliding_window must be positive, got {self.sliding_window}"
@@ -204,7 +212,7 @@ class TextConfig:
 
     @property
     def linear_value_head_dim(self) -> int:
-        return self.linear_head_dim * self.expand_v
+        return round(self.linear_head_dim * self.expand_v)
 
     @property
     def linear_key_dim(self) -> int:
@@ -227,6 +235,19 @@ class TextConfig:
         }
         d["use_sliding_window"] = "sliding_attention" in self.layer_types
         return d
+
+
+def _sliding_window(raw: dict[str, Any], model_type: str) -> int:
+    """The window of the ``sliding_attention`` layers, read as InfiniteVL's config class reads it:
+    written with ``use_sliding_window: false`` (its class default, so a checkpoint saved from a
+    default config has it), the window is off and those layers attend over
+    ``max_position_embeddings`` tokens; otherwise ``sliding_window`` (8192 when absent).
+    (Qwen2.5-VL configs say where sliding layers are through ``_layer_types``.)"""
+    if model_type == "infinite_vl" and raw.get("use_sliding_window") is False:
+        return _positive(
+            "max_position_embeddings", _get(raw, "max_position_embeddings", int, 128000)
+        )
+    return _get(raw, "sliding_window", int, 8192) or 8192
 
 
 def _layer_types(raw: dict[str, Any], model_type: str, num_layers: int) -> tuple[str, ...]:

@@ -68,3 +68,26 @@ def test_config_missing_or_not_json(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_bytes(b"\xff{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         ModelConfig.from_file(tmp_path)
+
+
+def test_config_window_off_when_use_sliding_window_is_false() -> None:
+    # InfiniteVL's config class drops the window unless use_sliding_window is true (its default
+    # is false): the sliding_attention layers then see max_position_embeddings tokens
+    raw = json.loads((REFERENCE / "infinitevl-4b.config.json").read_text())
+    raw.update(use_sliding_window=False, sliding_window=None, max_position_embeddings=32768)
+    text = ModelConfig.from_hf(raw).text
+    assert text.sliding_window == 32768
+    assert text.layer_types[0] == "sliding_attention"
+    raw.update(use_sliding_window=True, sliding_window=4096)
+    assert ModelConfig.from_hf(raw).text.sliding_window == 4096
+
+
+def test_config_expand_v_written_as_a_float() -> None:
+    raw = json.loads((REFERENCE / "infinitevl-4b.config.json").read_text())
+    raw["expand_v"] = 2.0
+    assert ModelConfig.from_hf(raw).text.linear_value_head_dim == 256
+    raw["expand_v"] = 1.5  # valid for the reference too: value heads of 192
+    assert ModelConfig.from_hf(raw).text.linear_value_head_dim == 192
+    raw["expand_v"] = 1.3  # 166.4
+    with pytest.raises(ConfigError, match="expand_v"):
+        ModelConfig.from_hf(raw)

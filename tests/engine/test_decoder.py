@@ -175,11 +175,15 @@ def _gated_deltanet_formula(layer, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("pieces", [(23,), (1, 1, 5, 16)], ids=["one-piece", "pieces-and-steps"])
-def test_gated_deltanet_matches_published_formula(pieces):
+@pytest.mark.parametrize("expand_v", [2, 1.5])  # InfiniteVL's config types it float
+def test_gated_deltanet_matches_published_formula(pieces, expand_v):
     from engine.model.gated_deltanet import GatedDeltaNet
     from engine.state import ModelState
 
-    config = tiny_config(("linear_attention",))
+    config = ModelConfig.from_hf(
+        {**tiny_config(("linear_attention",)).to_hf(), "expand_v": expand_v}
+    )
+    assert config.text.linear_value_head_dim == 16 * expand_v
     torch.manual_seed(0)
     layer = GatedDeltaNet(config.text).eval()
     with torch.no_grad():
