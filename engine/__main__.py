@@ -114,10 +114,12 @@ def describe(config: ModelConfig) -> dict[str, Any]:
         model = InfiniteVLForConditionalGeneration(config)
     num_parameters = sum(p.numel() for p in model.parameters())
     num_vision = sum(p.numel() for p in model.model.visual.parameters())
-    state_dtype = str(config.raw.get("torch_dtype", "float32"))
+    # transformers >= 4.56 writes "dtype" where older versions wrote "torch_dtype"
+    key = "torch_dtype" if "torch_dtype" in config.raw else "dtype"
+    state_dtype = str(config.raw.get(key, "float32"))
     dtype = getattr(torch, state_dtype, None)
     if not isinstance(dtype, torch.dtype):
-        raise InputError(f"config.json: torch_dtype {state_dtype!r} is not a torch dtype")
+        raise InputError(f"config.json: {key} {state_dtype!r} is not a torch dtype")
     state = ModelState.new(config.text, batch=1, device="meta", dtype=dtype)
     text, vision = config.text, config.vision
     return {

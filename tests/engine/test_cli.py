@@ -60,6 +60,17 @@ def test_info_json_on_checkpoint_dir(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert facts["num_parameters_vision"] + facts["num_parameters_text"] == facts["num_parameters"]
 
 
+def test_info_reads_dtype_as_newer_transformers_write_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = json.loads(CONFIG_4B.read_text())
+    raw["dtype"] = raw.pop("torch_dtype")  # transformers >= 4.56 saves "dtype"
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert main(["info", str(tmp_path), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert (facts["state_dtype"], facts["state_nbytes"]) == ("bfloat16", _state_bytes_4b())
+
+
 @pytest.mark.parametrize(
     ("types", "pattern"),
     [
