@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# the prompt of the training pipeline's OCR samples (engine/train/synthetic/tasks.py)
+# the one OCR prompt: the training pipeline's OCR samples, `infinitevl ocr` and the app's OCR
 OCR_PROMPT = "Read the text in the image."
 MAX_OCR_TOKENS = 512
 

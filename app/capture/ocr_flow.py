@@ -16,13 +16,12 @@ from app.capture.region_picker import RegionPicker
 from app.capture.screenshot import MonitorShot, grab_desktop
 from app.engine_client import ChatResult, EngineClient
 from engine import SamplingParams
+from engine.ocr import MAX_OCR_TOKENS, OCR_PROMPT
 
 log = logging.getLogger(__name__)
 
-# the prompt the embedded model was trained on for OCR (engine/ocr.py, engine/train/synthetic)
-OCR_PROMPT = "Read the text in the image."
 # greedy: a transcription has one right answer; the cap keeps a runaway reply bounded
-OCR_PARAMS = SamplingParams(temperature=0.0, max_new_tokens=512)
+OCR_PARAMS = SamplingParams(temperature=0.0, max_new_tokens=MAX_OCR_TOKENS)
 
 
 def grab_current_desktop() -> list[MonitorShot]:

@@ -8,18 +8,13 @@ import numpy as np
 import pytest
 
 from engine.engine import Engine
-from engine.ocr import OCR_PROMPT, ocr_images, run_cli
+from engine.ocr import ocr_images, run_cli
 from engine.testing.tiny_checkpoint import write_tiny_checkpoint
-from engine.train.synthetic.tasks import OCR_PROMPT as TRAINING_OCR_PROMPT
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return Engine.load(write_tiny_checkpoint(tmp_path_factory.mktemp("ocr")), device="cpu")
-
-
-def test_ocr_prompt_is_the_training_prompt() -> None:
-    assert OCR_PROMPT == TRAINING_OCR_PROMPT
 
 
 def test_ocr_images_reads_each_image_in_a_fresh_session(engine: Engine) -> None:

@@ -12,14 +12,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from engine.ocr import OCR_PROMPT  # the prompt `infinitevl ocr` and the app send
 from engine.train.synthetic.canvas import Rendered
 from engine.train.synthetic.charts import render_bar_chart
 from engine.train.synthetic.documents import render_code, render_page, render_receipt, render_table
 from engine.train.synthetic.screens import render_screen
 from engine.train.text_sources import TextSource
 
-# the prompt `engine.ocr` sends; training uses the same words so the model answers it
-OCR_PROMPT = "Read the text in the image."
 IMAGE_TAG = "<image>"
 REFERENCE_QUESTION = "What is the reference number on page 1?"
 
