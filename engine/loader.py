@@ -121,8 +121,12 @@ def load_model(
     if quant is not None and stored_quant is None:
         # on CUDA, NF4/int8 layers go straight to bitsandbytes
         quantize_(model, method=quant, device=target)
-    if (quant or (stored_quant and stored_quant.method)) == "int4" and target.type == "cuda":
+    method = quant or (stored_quant and stored_quant.method)
+    if method == "int4" and target.type == "cuda":
         log.warning("int4 has no CUDA kernel here: each call dequantizes (slow); use nf4 on GPUs")
+    elif method == "nf4" and target.type == "cpu":
+        # benchmarks/cpu_linear.py: ~100x a bfloat16 layer's time per decode step
+        log.warning("nf4 has no CPU kernel here: each call dequantizes (slow); use int4 on CPUs")
     elif stored_quant is not None and target.type == "cuda" and stored_quant.method != "int4":
         to_bitsandbytes_(model, target)
     model.to(target)

@@ -1,6 +1,7 @@
 """engine.quant on the tiny checkpoint: quantize -> save -> load gives identical logits, quantized
 models generate through the session API, and their next-token distributions stay near float."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,23 @@ def test_int4_packed_for_cpu_cannot_be_saved(tiny_checkpoint: Path, tmp_path: Pa
     _logits(model)  # packs the layers for this CPU's kernel
     with pytest.raises(EngineError, match="quantize the float checkpoint"):
         save_checkpoint(model, tmp_path / "q")
+
+
+def test_nf4_on_cpu_says_it_is_slow(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # NF4 has no CPU kernel: a user who picked it (or loads an NF4 checkpoint made for a GPU)
+    # learns why it is slow and what to pick instead
+    assert main(["quantize", str(tiny_checkpoint), str(tmp_path / "q"), "--quant", "nf4"]) == 0
+    for path, method in ((tiny_checkpoint, "nf4"), (tmp_path / "q", None)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="engine.loader"):
+            load_model(path, quant=method)
+        assert "use int4 on CPUs" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="engine.loader"):
+        load_model(tiny_checkpoint, quant="int4")
+    assert "on CPUs" not in caplog.text
 
 
 def test_quantized_checkpoint_refuses_another_method(tiny_checkpoint: Path, tmp_path: Path) -> None:
