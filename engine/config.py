@@ -156,7 +156,7 @@ class TextConfig:
             rope_theta=_get(raw, "rope_theta", float, 1e6),
             mrope_section=section,  # type: ignore[arg-type]
             layer_types=layer_types,
-            sliding_window=_sliding_window(raw, model_type),
+            sliding_window=_sliding_window(raw, model_type, layer_types),
             num_linear_heads=_get(raw, "num_linear_heads", int, 16),
             num_linear_key_value_heads=_get(
                 raw, "num_linear_key_value_heads", int, _get(raw, "num_linear_heads", int, 16)
@@ -237,13 +237,16 @@ class TextConfig:
         return d
 
 
-def _sliding_window(raw: dict[str, Any], model_type: str) -> int:
+def _sliding_window(raw: dict[str, Any], model_type: str, layer_types: tuple[str, ...]) -> int:
     """The window of the ``sliding_attention`` layers, read as InfiniteVL's config class reads it:
     written with ``use_sliding_window: false`` (its class default, so a checkpoint saved from a
     default config has it), the window is off and those layers attend over
     ``max_position_embeddings`` tokens; otherwise ``sliding_window`` (8192 when absent).
+    A model without sliding layers keeps the number written: a full-attention teacher's window
+    is the one its hybrid student gets (``with_layer_types``).
     (Qwen2.5-VL configs say where sliding layers are through ``_layer_types``.)"""
-    if model_type == "infinite_vl" and raw.get("use_sliding_window") is False:
+    off = model_type == "infinite_vl" and raw.get("use_sliding_window") is False
+    if off and "sliding_attention" in layer_types:
         return _positive(
             "max_position_embeddings", _get(raw, "max_position_embeddings", int, 128000)
         )

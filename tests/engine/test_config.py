@@ -80,6 +80,13 @@ def test_config_window_off_when_use_sliding_window_is_false() -> None:
     assert text.layer_types[0] == "sliding_attention"
     raw.update(use_sliding_window=True, sliding_window=4096)
     assert ModelConfig.from_hf(raw).text.sliding_window == 4096
+    # a full-attention teacher (saved with use_sliding_window false) keeps its window for the
+    # hybrid student built from it
+    raw.update(use_sliding_window=False, sliding_window=512, layer_types=["full_attention"] * 36)
+    teacher = ModelConfig.from_hf(raw)
+    student = teacher.with_layer_types(tuple(text.layer_types))
+    assert student.text.sliding_window == 512
+    assert ModelConfig.from_hf(student.to_hf()).text.sliding_window == 512
 
 
 def test_config_expand_v_written_as_a_float() -> None:
