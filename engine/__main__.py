@@ -255,7 +255,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--quant",
         choices=("none", "int8", "int8-dynamic", "int4", "nf4"),
         default="none",
-        help="quantize the linear layers as they load (docs/quantization.md)",
+        help="quantize the linear layers as they load: int8, int8-dynamic or int4 on a CPU, "
+        "nf4 or int8 on CUDA (docs/quantization.md)",
     )
 
     def run(a: argparse.Namespace) -> int:
