@@ -19,8 +19,8 @@ start)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   setsid nohup env PYTHONUNBUFFERED=1 python3 -m engine.train.pipeline --work "$W" \
-    --budget teacher="${T_TEACHER:-720}" --budget distill_layerwise="${T_L:-100}" \
-    --budget distill_kl="${T_KL:-140}" --budget sft="${T_SFT:-240}" --budget lora="${T_LORA:-100}" \
+    --budget teacher="${T_TEACHER:-1000}" --budget distill_layerwise="${T_L:-80}" \
+    --budget distill_kl="${T_KL:-100}" --budget sft="${T_SFT:-200}" --budget lora="${T_LORA:-100}" \
     --device "${DEVICE:-cuda}" --num-workers "${NUM_WORKERS:-14}" > "$W/log" 2>&1 < /dev/null &
   echo $! > "$W/pid"
   echo "pipeline started (pid $(cat "$W/pid")), work folder $W"
