@@ -98,3 +98,29 @@ def test_config_expand_v_written_as_a_float() -> None:
     raw["expand_v"] = 1.3  # 166.4
     with pytest.raises(ConfigError, match="expand_v"):
         ModelConfig.from_hf(raw)
+
+
+def test_config_as_the_reference_config_class_saves_it() -> None:
+    # InfiniteVLConfig(...).save_pretrained() under transformers >= 4.56: decoder fields nested in
+    # text_config (with its own model_type and the class defaults written out), "dtype"
+    flat = json.loads((REFERENCE / "infinitevl-4b.config.json").read_text())
+    text_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "rope_theta",
+                 "rope_scaling", "max_position_embeddings", "tie_word_embeddings")  # fmt: skip
+    text = {k: flat[k] for k in text_keys}
+    text.update(model_type="infinite_vl_text", head_dim=128, expand_v=2, use_sliding_window=True,
+                sliding_window=8192, max_window_layers=80, norm_eps=1e-5, conv_bias=False,
+                mode="chunk", layer_types=["sliding_attention", "linear_attention",
+                "linear_attention", "linear_attention"] * 9, dtype="bfloat16")  # fmt: skip
+    saved = {
+        "architectures": flat["architectures"],
+        "model_type": "infinite_vl",
+        "text_config": text,
+        "vision_config": flat["vision_config"],
+        **{k: flat[k] for k in flat if k.endswith("token_id")},
+        "dtype": "bfloat16",
+    }
+    assert ModelConfig.from_hf(saved).text == ModelConfig.from_hf(flat).text
+    # saved from the class default (use_sliding_window false): no window in the sliding layers
+    text.update(use_sliding_window=False, sliding_window=None)
+    assert ModelConfig.from_hf(saved).text.sliding_window == flat["max_position_embeddings"]
