@@ -58,18 +58,15 @@ def engine_layers(weight: torch.Tensor) -> dict[str, tuple[Layer, torch.dtype]]:
 
 
 def bitsandbytes_layers(weight: torch.Tensor) -> dict[str, tuple[Layer, torch.dtype]] | str:
+    """The layers the engine builds for CUDA (kernels/qlinear/bnb.py), here on the CPU."""
     if not qlinear.has_bitsandbytes():
         return "bitsandbytes is not installed"
-    import bitsandbytes as bnb
+    from kernels.qlinear import bnb
 
-    N, K = weight.shape
-    int8 = bnb.nn.Linear8bitLt(K, N, bias=False, has_fp16_weights=False, threshold=6.0)
-    int8.weight = bnb.nn.Int8Params(weight.clone(), requires_grad=False, has_fp16_weights=False)
-    nf4 = bnb.nn.Linear4bit(K, N, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
-    nf4.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type="nf4")
+    cpu = torch.device("cpu")
     return {
-        "bitsandbytes LLM.int8": (int8.to("cpu"), torch.bfloat16),
-        "bitsandbytes NF4": (nf4.to("cpu"), torch.bfloat16),
+        "bitsandbytes LLM.int8": (bnb.linear_int8(weight, None, cpu), torch.bfloat16),
+        "bitsandbytes NF4": (bnb.linear_nf4(weight, None, cpu), torch.bfloat16),
     }
 
 
