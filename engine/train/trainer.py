@@ -84,7 +84,8 @@ def train(cfg: TrainConfig) -> Path:
         else contextlib.nullcontext()
     )
     # every batch brings new image and sequence lengths: keep SDPA off cuDNN's per-shape plans
-    attention = sdpa_context(ctx.device)
+    def attention() -> contextlib.AbstractContextManager[None]:
+        return sdpa_context(ctx.device)  # a fresh one per step: a generator context enters once
     bar = _progress(ctx, start, cfg)
     student.train()
     t0 = time.monotonic()
@@ -109,7 +110,7 @@ def train(cfg: TrainConfig) -> Path:
         scale = ctx.world / max(norm, 1.0)
         local = 0.0
         for b in micro:
-            with autocast, attention:
+            with autocast, attention():
                 loss, value = objective(b, scale)
             loss.backward()
             local += value
