@@ -111,7 +111,9 @@ class Sampler:
         """Mark tokens as generated, for the repetition penalty (no host sync for a tensor)."""
         ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device).reshape(-1)
         if ids.numel():
-            self.seen[ids] = True
+            # index_fill_ takes the value as a kernel argument; `seen[ids] = True` copies a CPU
+            # tensor, which a CUDA graph capture refuses (the graphed decode observes each token)
+            self.seen.index_fill_(0, ids, True)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Choose one token per row.

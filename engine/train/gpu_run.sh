@@ -28,8 +28,11 @@ start)
 follow)
   limit=${2:-560}; t0=$(date +%s); seen=0
   show() {
-    # the log without progress-bar redraws and warnings
-    tr '\r' '\n' < "$W/log" | grep -v -e 'it/s' -e 's/it' -e '^\s*$' -e Warning > "$W/log.clean"
+    # the log without progress-bar redraws and warnings; a log line written after a bar's last
+    # redraw shares its line, so everything before the line's timestamp goes first
+    tr '\r' '\n' < "$W/log" \
+      | sed -E 's/^.*([0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2},[0-9]{3} )/\1/' \
+      | grep -v -e 'it/s' -e 's/it' -e '^\s*$' -e Warning > "$W/log.clean"
     n=$(wc -l < "$W/log.clean")
     [ "$n" -gt "$seen" ] && sed -n "$((seen + 1)),${n}p" "$W/log.clean" | cut -c1-220
     seen=$n

@@ -292,7 +292,13 @@ def test_load_model_to_cuda_bf16(tiny_checkpoint: Path) -> None:
     assert {p.device.type for p in params.values()} == {"cuda"}
     assert all(p.dtype == torch.float32 for n, p in params.items() if n.endswith("A_log"))
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
-    cpu, _ = load_model(tiny_checkpoint, dtype=torch.bfloat16)
     with torch.no_grad():
-        got = model(IDS.cuda(), model.new_state()).cpu()
-    torch.testing.assert_close(got, _logits(cpu), rtol=0.05, atol=0.05)
+        got = model(IDS.cuda(), model.new_state()).cpu().float()
+    # bf16 rounds differently on each device (CUDA runs the Triton and fla kernels, the CPU the
+    # torch reference; the H100 run differed from the CPU's bf16 by up to 0.16 on 1% of logits):
+    # both are held to the float32 logits, CUDA no further off than twice the CPU's bf16 error
+    want = _logits(load_model(tiny_checkpoint)[0])
+    cpu_bf16 = _logits(load_model(tiny_checkpoint, dtype=torch.bfloat16)[0]).float()
+    err_cuda = (got - want).abs().max().item()
+    err_cpu = (cpu_bf16 - want).abs().max().item()
+    assert err_cuda <= 2 * err_cpu + 0.02, (err_cuda, err_cpu)

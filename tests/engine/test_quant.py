@@ -27,8 +27,9 @@ SAMPLE = Path(__file__).resolve().parents[2] / "resources" / "sample.png"
 
 
 def _logits(model: nn.Module) -> torch.Tensor:
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return model(PROMPT_IDS, model.new_state())
+        return model(PROMPT_IDS.to(device), model.new_state()).cpu()
 
 
 def _kl(ref: torch.Tensor, out: torch.Tensor) -> float:

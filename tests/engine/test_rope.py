@@ -4,11 +4,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-    Qwen2_5_VLModel,
-    Qwen2_5_VLRotaryEmbedding,
-    apply_multimodal_rotary_pos_emb,
-)
+
+try:
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+        Qwen2_5_VLModel,
+        Qwen2_5_VLRotaryEmbedding,
+        apply_multimodal_rotary_pos_emb,
+    )
+except ImportError as e:  # transformers 5 moved these; the test extra pins transformers < 5
+    pytest.skip(f"the reference RoPE of transformers < 5 is needed: {e}", allow_module_level=True)
 
 from engine.config import tiny_config
 from engine.errors import InputError

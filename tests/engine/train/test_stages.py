@@ -142,3 +142,26 @@ def test_non_finite_gradient_skips_the_update(
     init, _ = load_model(teacher_dir, device="cpu", dtype=torch.float32)
     name = "model.language_model.layers.0.mlp.up_proj.weight"
     assert not torch.equal(model.state_dict()[name], init.state_dict()[name])
+
+
+def test_attention_context_entered_afresh_each_micro_batch(
+    teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the SDPA context as CUDA builds it: a generator context manager, which enters once
+    # (the CPU's nullcontext enters any number of times and hid a GPU-only failure)
+    import contextlib
+
+    import engine.train.trainer as trainer_module
+
+    entered = {"n": 0}
+
+    @contextlib.contextmanager
+    def once_only_context(device: torch.device):  # noqa: ANN202
+        entered["n"] += 1
+        yield
+
+    monkeypatch.setattr(trainer_module, "sdpa_context", once_only_context)
+    # WHEN a run takes 3 steps of 2 micro-batches
+    train(stage_config("teacher", teacher_dir, tmp_path, steps=3))
+    # THEN every micro-batch ran under its own context
+    assert entered["n"] == 6
