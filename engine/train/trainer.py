@@ -23,7 +23,7 @@ from engine.tokenizer import Tokenizer
 from engine.train import build, checkpointing, distributed
 from engine.train.config import TrainConfig
 from engine.train.curves import plot_losses
-from engine.train.data import EncodedStream, Shard, batch_loader, collate
+from engine.train.data import EncodedStream, Shard, batch_loader
 from engine.train.forward import TrainingForward
 from engine.train.objectives import Objective
 from kernels.sdpa import sdpa_context
@@ -76,16 +76,26 @@ def train(cfg: TrainConfig) -> Path:
     image_params = ImageParams(**{**_fields(image_params), "max_pixels": cfg.data.max_pixels})
     dataset = EncodedStream(cfg.data, tokenizer, image_params)
     shard = Shard(ctx.rank, ctx.world, cfg.batch_size)
-    loader = batch_loader(dataset, shard, start, cfg.steps, cfg.num_workers)
-    pad = tokenizer.special.pad
+    loader = batch_loader(
+        dataset,
+        shard,
+        start,
+        cfg.steps,
+        cfg.num_workers,
+        tokenizer.special.pad,
+        cfg.micro_batch,
+        pin_memory=ctx.device.type == "cuda" and cfg.num_workers > 0,
+    )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if cfg.dtype == "bfloat16" and ctx.device.type == "cuda"
         else contextlib.nullcontext()
     )
+
     # every batch brings new image and sequence lengths: keep SDPA off cuDNN's per-shape plans
     def attention() -> contextlib.AbstractContextManager[None]:
         return sdpa_context(ctx.device)  # a fresh one per step: a generator context enters once
+
     bar = _progress(ctx, start, cfg)
     student.train()
     t0 = time.monotonic()
@@ -93,7 +103,7 @@ def train(cfg: TrainConfig) -> Path:
     waited = 0.0  # seconds spent waiting for data since the last log line
     skipped = 0  # updates skipped for a non-finite gradient
     t_wait = time.monotonic()
-    for step, samples in zip(range(start, cfg.steps), loader, strict=False):
+    for step, batches in zip(range(start, cfg.steps), loader, strict=False):
         waited += time.monotonic() - t_wait
         frac = _time_fraction(ctx, cfg, t0)
         if frac >= 1.0:
@@ -102,10 +112,7 @@ def train(cfg: TrainConfig) -> Path:
         lr = lr_at(step, cfg, frac)
         for group in optim.param_groups:
             group["lr"] = lr
-        micro = [
-            collate(samples[i : i + cfg.micro_batch], pad).to(ctx.device)
-            for i in range(0, len(samples), cfg.micro_batch)
-        ]
+        micro = [b.to(ctx.device) for b in batches]
         norm = distributed.all_sum(ctx, sum(objective.normaliser(b) for b in micro))
         scale = ctx.world / max(norm, 1.0)
         local = 0.0

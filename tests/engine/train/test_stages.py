@@ -165,3 +165,29 @@ def test_attention_context_entered_afresh_each_micro_batch(
     train(stage_config("teacher", teacher_dir, tmp_path, steps=3))
     # THEN every micro-batch ran under its own context
     assert entered["n"] == 6
+
+
+def test_loader_workers_collate_the_same_micro_batches(teacher_dir: Path) -> None:
+    # GIVEN the tiny data and a step of 6 samples in micro-batches of 4
+    from engine.train.data import Shard, batch_loader
+
+    tokenizer = Tokenizer.from_dir(teacher_dir)
+    dataset = EncodedStream(TINY_DATA, tokenizer, ImageParams.from_dir(teacher_dir))
+    pad = tokenizer.special.pad
+
+    def steps(workers: int) -> list:
+        return list(batch_loader(dataset, Shard(0, 1, 6), 1, 3, workers, pad, micro_batch=4))
+
+    # WHEN two steps are loaded in the loop's process and by 2 worker processes
+    inline, workers = steps(0), steps(2)
+    # THEN both give the same 4 + 2 sample micro-batches, padded alike, images included
+    assert [[b.input_ids.shape[0] for b in s] for s in workers] == [[4, 2], [4, 2]]
+    direct = collate([dataset[i] for i in range(6, 10)], pad)
+    for got in (inline[0][0], workers[0][0]):
+        for name in ("input_ids", "labels", "mask", "pixel_values", "image_grid_thw"):
+            assert torch.equal(getattr(got, name), getattr(direct, name)), name
+    for a, b in zip(inline, workers, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x.input_ids, y.input_ids) and torch.equal(
+                x.pixel_values, y.pixel_values
+            )
