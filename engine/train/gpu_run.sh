@@ -8,20 +8,27 @@
 #
 # Needs: fonts in .train_carry/fonts (copies of Debian's fonts-dejavu, -liberation and -freefont,
 # see engine/train/fonts.py) and, optionally, .train_carry/start (a write_start folder; made here
-# when absent). Budgets in seconds: T_TEACHER, T_L, T_KL, T_SFT, T_LORA. Work folder: $W.
+# when absent) and .train_carry/teacher (a teacher checkpoint of an earlier run: the teacher stage
+# continues from it). Budgets in seconds: T_TEACHER, T_L, T_KL, T_SFT, T_LORA. Work folder: $W.
 set -uo pipefail
 W=${W:-/tmp/infinitevl-train}
 case "${1:-}" in
 start)
   mkdir -p "$W"
   if [ -d .train_carry/start ]; then rm -rf "$W/start"; cp -r .train_carry/start "$W/start"; fi
+  again=""
+  if [ -d .train_carry/teacher ]; then
+    rm -rf "$W/teacher"; mkdir -p "$W/teacher"; cp -r .train_carry/teacher "$W/teacher/checkpoint"
+    again=teacher
+  fi
   [ -f "$W/start/config.json" ] || python3 -c "from pathlib import Path; from engine.train.recipe import write_start; write_start(Path('$W/start'))"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   setsid nohup env PYTHONUNBUFFERED=1 python3 -m engine.train.pipeline --work "$W" \
     --budget teacher="${T_TEACHER:-1000}" --budget distill_layerwise="${T_L:-80}" \
     --budget distill_kl="${T_KL:-100}" --budget sft="${T_SFT:-200}" --budget lora="${T_LORA:-100}" \
-    --device "${DEVICE:-cuda}" --num-workers "${NUM_WORKERS:-14}" > "$W/log" 2>&1 < /dev/null &
+    --device "${DEVICE:-cuda}" --num-workers "${NUM_WORKERS:-14}" --again "$again" \
+    > "$W/log" 2>&1 < /dev/null &
   echo $! > "$W/pid"
   echo "pipeline started (pid $(cat "$W/pid")), work folder $W"
   ;;
