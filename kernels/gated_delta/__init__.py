@@ -154,8 +154,8 @@ def step_gates(
     """``step`` from Gated DeltaNet's raw gate projections: ``g, beta = reference.gates(...)``.
 
     With ``INFINITEVL_GATES_KERNEL=1`` the Triton kernel computes the gates itself (no separate
-    launches for them). It has run only under Triton's interpreter so far, never on a GPU, so by
-    default the gates are computed in torch and ``step`` (GPU-tested) takes them.
+    launches for them). Its tests passed on an H100, but no graph decode has run with it nor been
+    timed, so by default the gates are computed in torch and ``step`` takes them.
 
     Args:
         q, k: [B, H, K].  v: [B, HV, V].  a, b: [B, HV] the a_proj / b_proj outputs.

@@ -3,8 +3,9 @@
 ``rms_norm`` (Qwen2's, residual stream) and ``gated_rms_norm`` (Gated DeltaNet's output norm).
 On CUDA without autograd they take ``norm_triton`` (one launch a call, imported on first use);
 calls that need grad, and every other device, take ``reference``. Shapes and semantics are those
-of ``kernels.rms_norm.reference``. The kernel has run only under Triton's interpreter, never on a
-GPU: it is taken only with ``INFINITEVL_NORM_KERNEL=1`` (or ``use_kernel=True``) until it has.
+of ``kernels.rms_norm.reference``. Its tests against the reference passed on an H100
+(2026-12-05), but no graph decode has run with it nor been timed: it is taken only with
+``INFINITEVL_NORM_KERNEL=1`` (or ``use_kernel=True``) until a decode benchmark shows it pays.
 """
 
 import logging
