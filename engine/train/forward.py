@@ -48,10 +48,15 @@ class TrainingForward(nn.Module):
         cfg = m.config
         lm = m.model.language_model
         B = input_ids.shape[0]
-        grids = _grids_per_row(input_ids, cfg.image_token_id, image_grid_thw)
+        # the positions are integer bookkeeping of a few ops per row: on the CPU, then one copy,
+        # instead of a stream of tiny kernels and host syncs per row on a GPU
+        ids = input_ids.cpu()
+        grid_rows = _grids_per_row(
+            ids, cfg.image_token_id, None if image_grid_thw is None else image_grid_thw.cpu()
+        )
         position_ids = torch.stack(
-            [rope_index(input_ids[b], grids[b], None, None, 0, cfg)[0] for b in range(B)], dim=1
-        )  # [3, B, T]
+            [rope_index(ids[b], grid_rows[b], None, None, 0, cfg)[0] for b in range(B)], dim=1
+        ).to(input_ids.device)  # [3, B, T]
         embeds = lm.embed_tokens(input_ids)
         if pixel_values is not None:
             assert image_grid_thw is not None
