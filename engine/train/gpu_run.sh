@@ -9,12 +9,18 @@
 # Needs: fonts in .train_carry/fonts (copies of Debian's fonts-dejavu, -liberation and -freefont,
 # see engine/train/fonts.py) and, optionally, .train_carry/start (a write_start folder; made here
 # when absent) and .train_carry/teacher (a teacher checkpoint of an earlier run: the teacher stage
-# continues from it). Budgets in seconds: T_TEACHER, T_L, T_KL, T_SFT, T_LORA. Work folder: $W.
+# continues from it) and .train_carry/wheels (packages the device lacks: fla-core, peft, tqdm;
+# installed to /tmp/site). Budgets in seconds: T_TEACHER, T_L, T_KL, T_SFT, T_LORA. Work folder: $W.
 set -uo pipefail
 W=${W:-/tmp/infinitevl-train}
 case "${1:-}" in
 start)
   mkdir -p "$W"
+  if ls .train_carry/wheels/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .train_carry/wheels/*.whl || exit 1
+    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  fi
   if [ -d .train_carry/start ]; then rm -rf "$W/start"; cp -r .train_carry/start "$W/start"; fi
   again=""
   if [ -d .train_carry/teacher ]; then
