@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -99,7 +99,7 @@ def batch_loader(
     pad_id: int,
     micro_batch: int,
     pin_memory: bool = False,
-) -> Iterator[list[Batch]]:
+) -> Generator[list[Batch], None, None]:
     """This rank's samples of steps start_step..steps-1: per step, its micro-batches, collated.
 
     The workers collate (right-padding and one tensor of patches per micro-batch), so the
@@ -120,7 +120,27 @@ def batch_loader(
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
     )
-    yield from loader
+    batches = iter(loader)
+    try:
+        yield from batches
+    finally:
+        _stop_workers(batches)
+
+
+def _stop_workers(batches: Iterator[list[Batch]]) -> None:
+    """End the loader's worker processes now, without waiting for what they still render.
+
+    DataLoader's own shutdown joins each worker with a 5 s timeout, and a worker holding
+    prefetched batches nobody reads waits out that timeout: 20 s for 4 workers on this CPU, and
+    ~140 s between two stages of the H100 run (14 workers), spent whenever the garbage collector
+    got to the last stage's loader. Nothing they make is wanted once the loop stops.
+    """
+    for worker in getattr(batches, "_workers", []):  # private: absent with num_workers=0
+        if worker.is_alive():
+            worker.terminate()
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def collate_micro(items: list[Encoded], pad_id: int, micro_batch: int) -> list[Batch]:

@@ -154,6 +154,7 @@ def train(cfg: TrainConfig) -> Path:
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             checkpointing.save_trainer_state(ctx, out_dir, student, optim, step + 1, history)
         t_wait = time.monotonic()
+    loader.close()  # stops the data workers now, not when the garbage collector finds them
     if bar is not None:
         bar.close()
     checkpointing.save_trainer_state(ctx, out_dir, student, optim, done, history)

@@ -191,3 +191,34 @@ def test_loader_workers_collate_the_same_micro_batches(teacher_dir: Path) -> Non
             assert torch.equal(x.input_ids, y.input_ids) and torch.equal(
                 x.pixel_values, y.pixel_values
             )
+
+
+class _SlowAfterFirst(EncodedStream):
+    """Sample 0 at once, every later one after a minute (a worker busy rendering)."""
+
+    def __getitem__(self, index: int):  # noqa: ANN204
+        if index:
+            import time
+
+            time.sleep(60)
+        return super().__getitem__(index)
+
+
+def test_closing_the_loader_does_not_wait_for_busy_workers(teacher_dir: Path) -> None:
+    # GIVEN a loader whose 2 workers are busy with samples nobody will read
+    import multiprocessing
+    import time
+
+    from engine.train.data import Shard, batch_loader
+
+    tokenizer = Tokenizer.from_dir(teacher_dir)
+    dataset = _SlowAfterFirst(TINY_DATA, tokenizer, ImageParams.from_dir(teacher_dir))
+    loader = batch_loader(dataset, Shard(0, 1, 1), 0, 100, 2, tokenizer.special.pad, 1)
+    assert next(loader)[0].input_ids.shape[0] == 1
+    # WHEN the loop stops
+    t = time.monotonic()
+    loader.close()
+    # THEN close returns at once (DataLoader's own shutdown waits 5 s for each busy worker)
+    # and no worker is left
+    assert time.monotonic() - t < 4.0
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
