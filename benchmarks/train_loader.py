@@ -11,7 +11,6 @@ and collating; bounded by this machine's cores) and the loop's own milliseconds 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -22,8 +21,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.preprocess import ImageParams  # noqa: E402
-from engine.tokenizer import Tokenizer  # noqa: E402
 from engine.train.config import TrainConfig  # noqa: E402
 from engine.train.data import EncodedStream, Shard, batch_loader  # noqa: E402
 from engine.train.pipeline import CONFIGS  # noqa: E402
@@ -32,14 +29,10 @@ from engine.train.recipe import write_start  # noqa: E402
 
 def measure(cfg: TrainConfig, start: Path, workers: int, steps: int) -> tuple[float, float]:
     """(seconds per step delivered, loop-side seconds per step), after 2 warm-up steps."""
-    tokenizer = Tokenizer.from_dir(start)
-    params = ImageParams.from_dir(start)
-    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    params = ImageParams(**{**fields, "max_pixels": cfg.data.max_pixels})
-    dataset = EncodedStream(cfg.data, tokenizer, params)
-    shard = Shard(0, 1, cfg.batch_size)
+    dataset = EncodedStream.from_dir(cfg.data, start)
+    pad = dataset.tokenizer.special.pad
     loader = batch_loader(
-        dataset, shard, 0, steps + 2, workers, tokenizer.special.pad, cfg.micro_batch
+        dataset, Shard(0, 1, cfg.batch_size), 0, steps + 2, workers, pad, cfg.micro_batch
     )
     loop = 0.0
     t0 = time.perf_counter()

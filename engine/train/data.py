@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -67,6 +68,13 @@ class EncodedStream(Dataset[Encoded]):
         self.tokenizer = tokenizer
         self.image_params = image_params
         self.max_tokens = cfg.max_tokens
+
+    @classmethod
+    def from_dir(cls, cfg: DataConfig, src: Path) -> EncodedStream:
+        """The stream with the tokenizer and image processor saved in `src`, images capped at
+        ``cfg.max_pixels``."""
+        params = replace(ImageParams.from_dir(src), max_pixels=cfg.max_pixels)
+        return cls(cfg, Tokenizer.from_dir(src), params)
 
     def __len__(self) -> int:
         return 2**62

@@ -13,13 +13,10 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from engine.preprocess import ImageParams
-from engine.tokenizer import Tokenizer
 from engine.train import build, checkpointing, distributed
 from engine.train.config import TrainConfig
 from engine.train.curves import plot_losses
@@ -71,10 +68,7 @@ def train(cfg: TrainConfig) -> Path:
     start, history = checkpointing.load_trainer_state(ctx, out_dir, student, optim)
     objective = Objective(cfg.stage, student, teacher, linear, cfg.temperature, cfg.mse_factor)
     src = _source_dir(cfg)
-    tokenizer = Tokenizer.from_dir(src)
-    image_params = ImageParams.from_dir(src)
-    image_params = ImageParams(**{**_fields(image_params), "max_pixels": cfg.data.max_pixels})
-    dataset = EncodedStream(cfg.data, tokenizer, image_params)
+    dataset = EncodedStream.from_dir(cfg.data, src)
     shard = Shard(ctx.rank, ctx.world, cfg.batch_size)
     loader = batch_loader(
         dataset,
@@ -82,7 +76,7 @@ def train(cfg: TrainConfig) -> Path:
         start,
         cfg.steps,
         cfg.num_workers,
-        tokenizer.special.pad,
+        dataset.tokenizer.special.pad,
         cfg.micro_batch,
         pin_memory=ctx.device.type == "cuda" and cfg.num_workers > 0,
     )
@@ -200,10 +194,6 @@ def _time_fraction(ctx: distributed.DistContext, cfg: TrainConfig, t0: float) ->
     if ctx.is_distributed:
         elapsed = float(distributed.broadcast_object(ctx, elapsed))
     return elapsed / cfg.time_budget_s
-
-
-def _fields(params: ImageParams) -> dict[str, Any]:
-    return {name: getattr(params, name) for name in params.__dataclass_fields__}
 
 
 def _progress(ctx: distributed.DistContext, start: int, cfg: TrainConfig):  # noqa: ANN202
