@@ -1,0 +1,282 @@
+"""Where one decode token's time goes: kernels of the graphed step, and each weight's GEMV speed.
+
+    python -m benchmarks.decode_profile [--context 1024] [--steps 20] [--top 25]
+    python -m benchmarks.decode_profile --tiny --device cpu     # the same flow on a tiny config
+
+Random weights at the published InfiniteVL-4B config, bf16, batch 1 (as ``bench_engine``).
+After a prefill of ``--context`` tokens it prints, for the fused decode path and the separate
+ops:
+- ms/token of back-to-back ``DecodeGraph`` replays;
+- the kernels of ``--steps`` replays under ``torch.profiler``: per token, each kernel's time and
+  launches, the sum of kernel time, and what is left of the replay (gaps between kernels);
+- every decoder weight matrix as one batch-1 ``F.linear`` (the fused shapes too): microseconds
+  and the bandwidth it reaches against the measured copy bandwidth;
+- the kernels of one prefill of ``--prefill`` tokens, and of the captured 448x448 frame step.
+Each section is printed as soon as it is measured; a failing section prints its error and the
+rest go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import traceback
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.bench_engine import (
+    CONFIG_4B,
+    copy_bandwidth,
+    elapsed_ms,
+    fmt,
+    prefill,
+    random_ids,
+    weight_bytes,
+)
+from engine.config import ModelConfig, tiny_config
+from engine.cuda_graph import DecodeGraph, FrameGraph
+from engine.model.fused import set_fused_decode
+from engine.model.infinitevl import InfiniteVLForConditionalGeneration
+
+log = logging.getLogger(__name__)
+
+
+def out(*lines: str) -> None:
+    print("\n".join(lines), flush=True)  # noqa: T201 (CLI output)
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    lines = ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out(*lines, *["| " + " | ".join(r) + " |" for r in rows])
+
+
+def build(config: ModelConfig, device: torch.device, dtype: torch.dtype):  # noqa: ANN201
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            model = InfiniteVLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+def kernel_times(run: Callable[[], None], steps: int, device: torch.device) -> dict[str, list]:
+    """{kernel name: [total us, launches]} of ``run`` under the profiler, per call of ``run``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(ProfilerActivity.CUDA)
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    per: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    for ev in prof.events():
+        if device.type == "cuda":
+            if ev.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = getattr(ev, "device_time", None)
+            if us is None:
+                us = ev.cuda_time
+        else:
+            # CPU: top-level ATen ops stand in for kernels
+            if ev.cpu_parent is not None or not ev.name.startswith("aten::"):
+                continue
+            us = ev.cpu_time_total
+        per[ev.name][0] += us / steps
+        per[ev.name][1] += 1 / steps
+    return dict(per)
+
+
+def short(name: str, width: int = 90) -> str:
+    name = name.replace("|", "/")
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def profile_decode(
+    model: InfiniteVLForConditionalGeneration, context: int, steps: int, top: int
+) -> None:
+    dev = model.device
+    vocab = model.config.text.vocab_size
+    ids = random_ids(context, vocab, dev, 1)
+    for fused in (True, False):
+        label = "fused" if fused else "separate ops"
+        try:
+            set_fused_decode(model, fused)
+            state = model.new_state()
+            logits = prefill(model, state, ids, context)
+            graph = DecodeGraph(model, state)
+            graph.step(int(logits[0].argmax()))
+            for _ in range(3):
+                graph.step()
+            n = 100 if dev.type == "cuda" else 3
+            ms = elapsed_ms(lambda g=graph, n=n: [g.advance() for _ in range(n)], dev) / n
+            per = kernel_times(graph.advance, steps, dev)
+            total_us = sum(v[0] for v in per.values())
+            launches = sum(v[1] for v in per.values())
+            rows = sorted(per.items(), key=lambda kv: -kv[1][0])[:top]
+            table(
+                f"Decode step, {label}, context {context:,}: {fmt(ms, 3)} ms/token replayed; "
+                f"kernels {fmt(total_us / 1e3, 3)} ms in {launches:,.0f} launches, "
+                f"{fmt(ms - total_us / 1e3, 3)} ms between them",
+                ["kernel", "us/token", "launches/token", "share"],
+                [
+                    [short(k), fmt(v[0], 1), fmt(v[1], 0), f"{100 * v[0] / total_us:.1f}%"]
+                    for k, v in rows
+                ],
+            )
+            del graph, state
+        except Exception:  # profile boundary: print and go on
+            out(f"decode profile ({label}) failed:", traceback.format_exc())
+    set_fused_decode(model, True)
+
+
+def profile_prefill(model: InfiniteVLForConditionalGeneration, context: int, top: int) -> None:
+    """Kernels of one prefill of ``context`` tokens (after one untimed run that compiles)."""
+    dev = model.device
+    try:
+        ids = random_ids(context, model.config.text.vocab_size, dev, 2)
+        prefill(model, model.new_state(), ids, context)
+        state = model.new_state()
+        ms = elapsed_ms(lambda: prefill(model, state, ids, context), dev)
+        per = kernel_times(lambda: prefill(model, model.new_state(), ids, context), 1, dev)
+        total_us = sum(v[0] for v in per.values())
+        rows = sorted(per.items(), key=lambda kv: -kv[1][0])[:top]
+        table(
+            f"Prefill of {context:,} tokens: {fmt(ms, 1)} ms; kernels {fmt(total_us / 1e3, 1)} ms",
+            ["kernel", "ms", "launches", "share"],
+            [
+                [short(k), fmt(v[0] / 1e3, 2), fmt(v[1], 0), f"{100 * v[0] / total_us:.1f}%"]
+                for k, v in rows
+            ],
+        )
+    except Exception:  # profile boundary
+        out(f"prefill profile ({context}) failed:", traceback.format_exc())
+
+
+def profile_frames(model: InfiniteVLForConditionalGeneration, steps: int, top: int) -> None:
+    """Kernels of the captured 448x448 frame step (vision tower + decoder over 256 tokens)."""
+    dev = model.device
+    try:
+        grid = (1, 32, 32)
+        state = model.new_state()
+        stream = FrameGraph(model, state, torch.tensor([grid]))
+        gen = torch.Generator().manual_seed(0)
+        dim = model.model.visual.patch_dim
+        frame = torch.randn(32 * 32, dim, generator=gen).to(dev, model.dtype)
+        while not stream.is_static:
+            stream.feed(frame)
+        for _ in range(3):
+            stream.feed(frame)
+        n = 50 if dev.type == "cuda" else 2
+        ms = elapsed_ms(lambda: [stream.feed(frame) for _ in range(n)], dev) / n
+        per = kernel_times(lambda: stream.feed(frame), steps, dev)
+        total_us = sum(v[0] for v in per.values())
+        launches = sum(v[1] for v in per.values())
+        rows = sorted(per.items(), key=lambda kv: -kv[1][0])[:top]
+        table(
+            f"Frame step (448x448, {stream.num_tokens} tokens): {fmt(ms, 2)} ms/frame; kernels "
+            f"{fmt(total_us / 1e3, 2)} ms in {launches:,.0f} launches",
+            ["kernel", "us/frame", "launches/frame", "share"],
+            [
+                [short(k), fmt(v[0], 1), fmt(v[1], 0), f"{100 * v[0] / total_us:.1f}%"]
+                for k, v in rows
+            ],
+        )
+    except Exception:  # profile boundary
+        out("frame profile failed:", traceback.format_exc())
+
+
+def linear_shapes(model: InfiniteVLForConditionalGeneration) -> dict[str, tuple[int, int, int]]:
+    """{name: (out, in, count per token)} of the decoder's weight matrices and fused blocks."""
+    t = model.config.text
+    C, inter = t.hidden_size, t.intermediate_size
+    H, K, V = t.num_linear_heads, t.linear_head_dim, t.linear_value_head_dim
+    Ha, Hkv, D = t.num_attention_heads, t.num_key_value_heads, C // t.num_attention_heads
+    kinds = [type(layer.self_attn).__name__ for layer in model.model.language_model.layers]
+    n_gdn = sum(k == "GatedDeltaNet" for k in kinds)
+    n_att = len(kinds) - n_gdn
+    L = len(kinds)
+    return {
+        f"GDN in (q,k,v,a,b,g) x{n_gdn}": (2 * H * K + 2 * H * V + 2 * H, C, n_gdn),
+        f"GDN o_proj x{n_gdn}": (C, H * V, n_gdn),
+        f"attn qkv x{n_att}": ((Ha + 2 * Hkv) * D, C, n_att),
+        f"attn o_proj x{n_att}": (C, Ha * D, n_att),
+        f"MLP gate+up x{L}": (2 * inter, C, L),
+        f"MLP down x{L}": (C, inter, L),
+        "lm_head x1": (t.vocab_size, C, 1),
+    }
+
+
+def profile_linears(model: InfiniteVLForConditionalGeneration, bandwidth: float) -> None:
+    dev, dtype = model.device, model.dtype
+    rows = []
+    token_us = 0.0
+    for name, (n_out, n_in, count) in linear_shapes(model).items():
+        try:
+            w = torch.randn(n_out, n_in, device=dev, dtype=dtype) * 0.02
+            x = torch.randn(1, 1, n_in, device=dev, dtype=dtype)
+            reps = 200 if dev.type == "cuda" else 3
+            F.linear(x, w)
+            # several weights so each call reads from memory, not from L2 (50 MB on an H100)
+            ws = [w] + [w.clone() for _ in range(max(0, min(7, int(2e8 // w.nbytes))))]
+
+            def run(x: torch.Tensor = x, ws: list[torch.Tensor] = ws, reps: int = reps) -> None:
+                for i in range(reps):
+                    F.linear(x, ws[i % len(ws)])
+
+            ms = elapsed_ms(run, dev)
+            us = ms * 1e3 / reps
+            gbs = w.nbytes / (us * 1e-6) / 1e9
+            token_us += us * count
+            rows.append([
+                name, f"{n_out:,} x {n_in:,}", fmt(w.nbytes / 1e6, 1), fmt(us, 1),
+                fmt(gbs, 0), f"{100 * gbs * 1e9 / (bandwidth / 2):.0f}%", fmt(us * count / 1e3, 3),
+            ])  # fmt: skip
+            del w, ws, x
+        except Exception:  # profile boundary
+            out(f"linear {name} failed:", traceback.format_exc())
+    table(
+        f"Batch-1 F.linear per weight ({dtype}); all of them: {fmt(token_us / 1e3, 3)} ms a token "
+        f"(read floor of the decoder + head: {fmt(weight_bytes(model) / bandwidth * 1e3, 3)} ms)",
+        ["weight", "shape", "MB", "us", "GB/s read", "of copy read BW", "ms/token (x count)"],
+        rows,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="a tiny config: checks the flow on CPU")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--context", type=int, default=1024, help="prefilled tokens before decoding")
+    ap.add_argument("--steps", type=int, default=20, help="profiled decode steps")
+    ap.add_argument("--top", type=int, default=25, help="kernels listed per table")
+    ap.add_argument("--prefill", type=int, default=32768, help="prefill profiled (0: none)")
+    ap.add_argument("--no-frames", action="store_true", help="skip the frame step")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    config = tiny_config() if args.tiny else ModelConfig.from_file(CONFIG_4B)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    out(f"# Decode profile on {name}, torch {torch.__version__}, {dtype}, batch 1")
+    bandwidth = copy_bandwidth(dev)
+    out(f"copy bandwidth {fmt(bandwidth / 1e12, 2)} TB/s (read + written)")
+    model = build(config, dev, dtype)
+    profile_decode(model, args.context, args.steps, args.top)
+    profile_linears(model, bandwidth)
+    if args.prefill:
+        profile_prefill(model, args.prefill, args.top)
+    if not args.no_frames:
+        profile_frames(model, args.steps, args.top)
+
+
+if __name__ == "__main__":
+    main()
