@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
@@ -101,12 +102,16 @@ def short(name: str, width: int = 90) -> str:
 
 
 def profile_decode(
-    model: InfiniteVLForConditionalGeneration, context: int, steps: int, top: int
+    model: InfiniteVLForConditionalGeneration,
+    context: int,
+    steps: int,
+    top: int,
+    paths: tuple[str, ...] = ("fused", "separate"),
 ) -> None:
     dev = model.device
     vocab = model.config.text.vocab_size
     ids = random_ids(context, vocab, dev, 1)
-    for fused in (True, False):
+    for fused in [p == "fused" for p in paths]:
         label = "fused" if fused else "separate ops"
         try:
             set_fused_decode(model, fused)
@@ -215,10 +220,25 @@ def linear_shapes(model: InfiniteVLForConditionalGeneration) -> dict[str, tuple[
     }
 
 
+def triton_gemv_us(x: torch.Tensor, ws: list[torch.Tensor], reps: int) -> float:
+    """us per call of kernels.gemv's Triton kernel over ``ws`` in turn (nan where it can't run)."""
+    if not x.is_cuda:
+        return float("nan")
+    from kernels.gemv import gemv_triton
+
+    gemv_triton.linear(x, ws[0])  # autotunes
+
+    def run() -> None:
+        for i in range(reps):
+            gemv_triton.linear(x, ws[i % len(ws)])
+
+    return elapsed_ms(run, x.device) * 1e3 / reps
+
+
 def profile_linears(model: InfiniteVLForConditionalGeneration, bandwidth: float) -> None:
     dev, dtype = model.device, model.dtype
     rows = []
-    token_us = 0.0
+    token_us = kernel_us = 0.0
     for name, (n_out, n_in, count) in linear_shapes(model).items():
         try:
             w = torch.randn(n_out, n_in, device=dev, dtype=dtype) * 0.02
@@ -236,19 +256,43 @@ def profile_linears(model: InfiniteVLForConditionalGeneration, bandwidth: float)
             us = ms * 1e3 / reps
             gbs = w.nbytes / (us * 1e-6) / 1e9
             token_us += us * count
+            k_us = triton_gemv_us(x, ws, reps)
+            k_gbs = w.nbytes / (k_us * 1e-6) / 1e9 if k_us == k_us else float("nan")
+            kernel_us += min(us, k_us if k_us == k_us else us) * count
             rows.append([
                 name, f"{n_out:,} x {n_in:,}", fmt(w.nbytes / 1e6, 1), fmt(us, 1),
                 fmt(gbs, 0), f"{100 * gbs * 1e9 / (bandwidth / 2):.0f}%", fmt(us * count / 1e3, 3),
+                fmt(k_us, 1), fmt(k_gbs, 0),
             ])  # fmt: skip
             del w, ws, x
         except Exception:  # profile boundary
             out(f"linear {name} failed:", traceback.format_exc())
     table(
         f"Batch-1 F.linear per weight ({dtype}); all of them: {fmt(token_us / 1e3, 3)} ms a token "
-        f"(read floor of the decoder + head: {fmt(weight_bytes(model) / bandwidth * 1e3, 3)} ms)",
-        ["weight", "shape", "MB", "us", "GB/s read", "of copy read BW", "ms/token (x count)"],
+        f"(read floor of the decoder + head: {fmt(weight_bytes(model) / bandwidth * 1e3, 3)} ms); "
+        f"the faster of cuBLAS and the Triton GEMV for each: {fmt(kernel_us / 1e3, 3)} ms",
+        [
+            "weight",
+            "shape",
+            "MB",
+            "cuBLAS us",
+            "GB/s read",
+            "of copy read BW",
+            "ms/token (x count)",
+            "Triton GEMV us",
+            "GB/s read",
+        ],  # fmt: skip
         rows,
     )
+
+
+def switches() -> dict[str, str]:
+    """The environment switches of the decode kernels, as this run has them."""
+    names = (
+        "INFINITEVL_GEMV_KERNEL", "INFINITEVL_GATES_KERNEL", "INFINITEVL_NORM_KERNEL",
+        "INFINITEVL_SHORT_CONV_KERNEL", "INFINITEVL_FUSED_DECODE",
+    )  # fmt: skip
+    return {n: os.environ.get(n, "unset") for n in names}
 
 
 def main() -> None:
@@ -260,6 +304,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25, help="kernels listed per table")
     ap.add_argument("--prefill", type=int, default=32768, help="prefill profiled (0: none)")
     ap.add_argument("--no-frames", action="store_true", help="skip the frame step")
+    ap.add_argument("--paths", default="fused,separate", help="decode paths profiled")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     dev = torch.device(args.device)
@@ -270,12 +315,20 @@ def main() -> None:
     bandwidth = copy_bandwidth(dev)
     out(f"copy bandwidth {fmt(bandwidth / 1e12, 2)} TB/s (read + written)")
     model = build(config, dev, dtype)
-    profile_decode(model, args.context, args.steps, args.top)
+    paths = tuple(p for p in args.paths.split(",") if p)
+    if unknown := set(paths) - {"fused", "separate"}:
+        ap.error(f"--paths: unknown {sorted(unknown)} (fused, separate)")
+    out("kernel switches: " + ", ".join(f"{k}={v}" for k, v in switches().items()))
+    profile_decode(model, args.context, args.steps, args.top, paths)
     profile_linears(model, bandwidth)
     if args.prefill:
         profile_prefill(model, args.prefill, args.top)
     if not args.no_frames:
         profile_frames(model, args.steps, args.top)
+    from kernels import gemv
+
+    picks = [f"{n}x{k}: {'Triton' if v else 'cuBLAS'}" for (n, k, *_), v in gemv.choices().items()]
+    out("", "kernels.gemv's measured choices: " + ("; ".join(picks) or "none made"))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from engine.errors import InputError, StateError
 from engine.model.attention import Attention
+from engine.model.fused import decode_linear
 from engine.model.gated_deltanet import GatedDeltaNet
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 from engine.model.lm import DecoderLayer
@@ -102,7 +103,7 @@ def attention_step(
                 qg, state.k, state.v, attn_mask=valid[None, None, None, :], scale=attn.scale
             )
         o = o.reshape(B, -1, D)
-    return attn.o_proj(o.reshape(B, 1, -1))
+    return decode_linear(attn.o_proj, o.reshape(B, 1, -1))
 
 
 def attention_frame(
@@ -277,7 +278,7 @@ class DecodeGraph:
         for layer, st in zip(lm.layers, self.state.layers, strict=True):
             assert isinstance(layer, DecoderLayer)
             x = _layer(layer, x, self._mixer(layer, st, cos, sin))
-        logits = self.model.lm_head(lm.norm(x))[:, -1].float()  # [1, vocab]
+        logits = decode_linear(self.model.lm_head, lm.norm(x))[:, -1].float()  # [1, vocab]
         self.logits.copy_(logits)
         if self.sampler is None:
             nxt = logits.argmax(dim=-1)

@@ -21,8 +21,9 @@ import os
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from kernels import gemv
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,16 @@ class FusedLinear:
         if fused is None:
             return tuple(getattr(owner, n)(x) for n in self.names)
         weight, bias = fused
-        return F.linear(x, weight, bias).split(self.sizes, dim=-1)
+        return gemv.linear(x, weight, bias).split(self.sizes, dim=-1)
+
+
+def decode_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for the decode step: a plain ``nn.Linear`` goes through ``kernels.gemv``
+    (the Triton GEMV for one row on CUDA where it measures faster); a quantized or adapted
+    layer computes itself."""
+    if type(module) is nn.Linear:
+        return gemv.linear(x, module.weight, module.bias)
+    return module(x)
 
 
 def set_fused_decode(model: nn.Module, enabled: bool) -> None:

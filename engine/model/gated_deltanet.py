@@ -18,7 +18,7 @@ from torch import nn
 
 from engine.config import TextConfig
 from engine.errors import ConfigError
-from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear
+from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear, decode_linear
 from engine.model.norm import GatedRMSNorm
 from engine.state import GDNState
 from kernels import gated_delta, short_conv
@@ -176,4 +176,4 @@ class GatedDeltaNet(nn.Module):
             state.S, scale=self.scale, use_qk_l2norm=True,
         )  # fmt: skip
         o = self.o_norm(o, gate.view(B, H, V))  # [B, HV, V]
-        return self.o_proj(o.reshape(B, 1, H * V))
+        return decode_linear(self.o_proj, o.reshape(B, 1, H * V))

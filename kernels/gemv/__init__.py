@@ -1,0 +1,111 @@
+"""Batch-1 linear layers of the decode step: the Triton GEMV where it measures faster than cuBLAS.
+
+``linear`` takes ``gemv_triton`` (imported on first use) for one activation row of a half-precision
+CUDA weight without autograd, and ``F.linear`` (``reference``) everywhere else. Which of the two
+runs is decided per weight shape by timing both the first time the shape is seen outside a CUDA
+graph capture, so the kernel can only make a decode step faster: a shape first met during a
+capture keeps cuBLAS. ``INFINITEVL_GEMV_KERNEL=0`` keeps cuBLAS everywhere, ``=1`` takes the
+kernel for every eligible call without timing (both for comparisons).
+"""
+
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+
+from kernels import has_triton
+from kernels.gemv import reference
+
+log = logging.getLogger(__name__)
+
+__all__ = ["choices", "linear", "reference"]
+
+# (N, K, dtype, device, has bias) -> True when the kernel measured faster than cuBLAS
+_choice: dict[tuple, bool] = {}
+
+
+def choices() -> dict[tuple, bool]:
+    """A copy of the per-shape decisions made so far (benchmarks print them)."""
+    return dict(_choice)
+
+
+def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (
+        x.is_cuda
+        and weight.is_cuda
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and weight.dtype == x.dtype
+        and x.numel() == weight.shape[-1]
+        and x.stride(-1) == 1
+        and weight.dim() == 2
+        and weight.stride(1) == 1
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and has_triton()
+    )
+
+
+def _time_ms(fn, reps: int = 20) -> float:  # noqa: ANN001 (a no-argument callable)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _measured_choice(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    key = (*weight.shape, x.dtype, x.device, bias is not None)
+    known = _choice.get(key)
+    if known is not None:
+        return known
+    if torch.cuda.is_current_stream_capturing():
+        return False  # no timing inside a capture: cuBLAS, decided again outside
+    from kernels.gemv import gemv_triton
+
+    gemv_triton.linear(x, weight, bias)  # compiles and autotunes
+    # a fresh copy of the weight for each timed call would be truer to decode (weights come from
+    # memory, not L2); two copies larger than L2 between them come close enough for a choice
+    ws = [weight, weight.clone()] if weight.nbytes < 64 * 2**20 else [weight]
+    box = [0]
+
+    def nxt() -> torch.Tensor:
+        box[0] += 1
+        return ws[box[0] % len(ws)]
+
+    t_kernel = _time_ms(lambda: gemv_triton.linear(x, nxt(), bias))
+    t_cublas = _time_ms(lambda: F.linear(x, nxt(), bias))
+    _choice[key] = t_kernel < t_cublas
+    log.info("gemv %s: kernel %.1f us, cuBLAS %.1f us", key[:2], t_kernel * 1e3, t_cublas * 1e3)
+    return _choice[key]
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, use_kernel: bool | None = None
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; one row of ``x`` on CUDA may take the Triton GEMV.
+
+    Args:
+        x: [..., K].  weight: [N, K].  bias: [N] or None.
+        use_kernel: True forces the kernel (CUDA or ``TRITON_INTERPRET=1``), False cuBLAS / torch,
+            None decides per shape by timing (see the module docstring).
+    Returns:
+        [..., N] in the dtype of ``x``.
+    """
+    if use_kernel:
+        runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        if not (runnable and has_triton()):
+            raise ValueError(f"gemv: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
+        from kernels.gemv import gemv_triton
+
+        return gemv_triton.linear(x, weight, bias)
+    if use_kernel is None and _eligible(x, weight, bias):
+        env = os.environ.get("INFINITEVL_GEMV_KERNEL")
+        if env != "0" and (env == "1" or _measured_choice(x, weight, bias)):
+            from kernels.gemv import gemv_triton
+
+            return gemv_triton.linear(x, weight, bias)
+    return F.linear(x, weight, bias)

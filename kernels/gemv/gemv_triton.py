@@ -1,0 +1,72 @@
+"""Batch-1 linear layer as one Triton kernel: every weight byte streamed once, fp32 accumulation.
+
+A decode token multiplies one activation row by each weight matrix, so the product is a pure
+read of the weights: each program takes ``BLOCK_N`` rows of ``weight`` [N, K] and walks along K
+in tiles of ``BLOCK_K``, multiply-adding in float32 registers and reducing once at the end. The
+tile shape is autotuned per (N, K) on first use (outside any CUDA graph capture: the decode
+graph's eager warm-up steps run it first). Same contract as ``reference.linear``;
+``TRITON_INTERPRET=1`` runs it on CPU tensors for tests.
+"""
+
+import logging
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.gemv.reference import check_inputs
+
+log = logging.getLogger(__name__)
+
+# (BLOCK_N, BLOCK_K, num_warps): from 2 to 32 rows a program, 8 to 32 KiB of bf16 weights a tile
+_CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=nw)
+    for bn, bk, nw in [
+        (2, 2048, 4),
+        (4, 1024, 4),
+        (4, 2048, 8),
+        (8, 512, 4),
+        (8, 1024, 8),
+        (16, 256, 4),
+        (16, 512, 8),
+        (32, 256, 8),
+    ]
+]
+
+
+@triton.autotune(configs=_CONFIGS, key=["N", "K"])
+@triton.jit
+def gemv_kernel(x, w, b, y, N, K, stride_w, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    p_w = w + offs_n.to(tl.int64)[:, None] * stride_w + offs_k[None, :]
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        mask_k = (k0 + offs_k) < K
+        b_x = tl.load(x + k0 + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        # weights are read exactly once: keep them from evicting what the next kernels reuse
+        b_w = tl.load(p_w + k0, mask=mask_n[:, None] & mask_k[None, :], other=0.0, eviction_policy="evict_first")
+        acc += b_w.to(tl.float32) * b_x[None, :]
+    out = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        out += tl.load(b + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(y + offs_n, out.to(y.dtype.element_ty), mask=mask_n)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for ``x`` [..., K] holding one row (unit stride on K).
+
+    Args:
+        weight: [N, K] with unit stride on K (rows may be a view into a larger matrix).
+        bias: [N] or None.
+    Returns:
+        [..., N] in the dtype of ``x``.
+    """
+    check_inputs(x, weight, bias)
+    N, K = weight.shape
+    assert x.numel() == K and x.stride(-1) == 1 and weight.stride(1) == 1, "one row of x, unit stride on K"
+    y = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731 (Triton's grid idiom)
+    gemv_kernel[grid](x, weight, weight if bias is None else bias, y, N, K, weight.stride(0), HAS_BIAS=bias is not None)
+    return y
