@@ -2,10 +2,10 @@
 
 A decode token multiplies one activation row by each weight matrix, so the product is a pure
 read of the weights: each program takes ``BLOCK_N`` rows of ``weight`` [N, K] and walks along K
-in tiles of ``BLOCK_K``, multiply-adding in float32 registers and reducing once at the end. The
-tile shape is autotuned per (N, K) on first use (K is a compile-time constant: one build per width) (outside any CUDA graph capture: the decode
-graph's eager warm-up steps run it first). Same contract as ``reference.linear``;
-``TRITON_INTERPRET=1`` runs it on CPU tensors for tests.
+in tiles of ``BLOCK_K``, multiply-adding in float32 registers and reducing once at the end. K is
+a compile-time constant (one build per width). The tile shape is autotuned per (N, K) on first
+use, outside any CUDA graph capture (the decode graph's eager warm-up steps run it first). Same
+contract as ``reference.linear``; ``TRITON_INTERPRET=1`` runs it on CPU tensors for tests.
 """
 
 import logging
