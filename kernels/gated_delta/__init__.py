@@ -153,9 +153,8 @@ def step_gates(
 ) -> torch.Tensor:
     """``step`` from Gated DeltaNet's raw gate projections: ``g, beta = reference.gates(...)``.
 
-    With ``INFINITEVL_GATES_KERNEL=1`` the Triton kernel computes the gates itself (no separate
-    launches for them). Its tests passed on an H100, but no graph decode has run with it nor been
-    timed, so by default the gates are computed in torch and ``step`` takes them.
+    On CUDA the Triton kernel computes the gates itself (no separate launches for them);
+    ``INFINITEVL_GATES_KERNEL=0`` computes them in torch and hands them to ``step`` instead.
 
     Args:
         q, k: [B, H, K].  v: [B, HV, V].  a, b: [B, HV] the a_proj / b_proj outputs.
@@ -164,7 +163,7 @@ def step_gates(
     Returns:
         o: [B, HV, V] in the dtype of v.
     """
-    if use_kernel is None and os.environ.get("INFINITEVL_GATES_KERNEL") != "1":
+    if use_kernel is None and os.environ.get("INFINITEVL_GATES_KERNEL") == "0":
         g, beta = reference.gates(a, b, A_log, dt_bias)
         return step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)
     if _resolve(q, use_kernel, "step", has_triton()):

@@ -3,9 +3,7 @@
 ``rms_norm`` (Qwen2's, residual stream) and ``gated_rms_norm`` (Gated DeltaNet's output norm).
 On CUDA without autograd they take ``norm_triton`` (one launch a call, imported on first use);
 calls that need grad, and every other device, take ``reference``. Shapes and semantics are those
-of ``kernels.rms_norm.reference``. Its tests against the reference passed on an H100
-(2026-12-05), but no graph decode has run with it nor been timed: it is taken only with
-``INFINITEVL_NORM_KERNEL=1`` (or ``use_kernel=True``) until a decode benchmark shows it pays.
+of ``kernels.rms_norm.reference``. ``INFINITEVL_NORM_KERNEL=0`` keeps the reference on CUDA too.
 """
 
 import logging
@@ -31,7 +29,7 @@ def _use_kernel(use_kernel: bool | None, *tensors: torch.Tensor) -> bool:
         return True
     if use_kernel is False or not x.is_cuda or not available:
         return False
-    if os.environ.get("INFINITEVL_NORM_KERNEL") != "1":
+    if os.environ.get("INFINITEVL_NORM_KERNEL") == "0":
         return False
     # the kernel has no backward
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))

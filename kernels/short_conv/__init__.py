@@ -1,7 +1,8 @@
 """Depthwise causal convolution + SiLU for one decode token (Gated DeltaNet's q/k/v conv tails).
 
 ``step`` picks the fused Triton kernel on CUDA (``step_triton``, imported on first use) and the
-torch reference elsewhere. Prefill keeps the engine's own convolution over T tokens.
+torch reference elsewhere (``INFINITEVL_SHORT_CONV_KERNEL=0``: the reference on CUDA too). Prefill
+keeps the engine's own convolution over T tokens.
 """
 
 import logging
@@ -31,8 +32,7 @@ def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, *, use_kerne
     available = runnable and has_triton()
     if use_kernel and not available:
         raise ValueError(f"short_conv.step: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
-    if use_kernel is None and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") != "1":
-        # opt-in: its tests passed on an H100, but no graph decode has run with it nor been timed
+    if use_kernel is None and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") == "0":
         use_kernel = False
     if use_kernel or (use_kernel is None and x.is_cuda and available):
         from kernels.short_conv import step_triton
