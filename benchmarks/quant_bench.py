@@ -46,6 +46,7 @@ class Row:
     peak_mib: float
     prefill_s: float
     decode_tok_s: float
+    graph_tok_s: float  # CUDA-graph decode (Session.generate's path on CUDA); nan where none
     kl: float
     top1: float
 
@@ -161,6 +162,37 @@ def time_model(
     return prefill[-1], decode_tokens / (time.perf_counter() - start)
 
 
+def time_graph_decode(
+    model: nn.Module, prefill_tokens: int, decode_tokens: int, device: torch.device
+) -> float:
+    """Decode tokens/s through ``DecodeGraph`` (what ``Session.generate`` runs on CUDA).
+
+    nan off CUDA, or where the step cannot be captured (the session then decodes eagerly: the
+    eager column is what it gets)."""
+    if device.type != "cuda":
+        return float("nan")
+    from engine.cuda_graph import DecodeGraph
+
+    ids = prompt_set(model.config.text.vocab_size, 1, prefill_tokens, seed=1)[0].to(device)
+    state = model.new_state()
+    try:
+        with torch.no_grad():
+            first = int(model(ids, state, logits_to_keep=1)[0, -1].argmax())
+        graph = DecodeGraph(model, state)
+        graph.step(first)  # warm-up steps and the capture happen in the first few
+        for _ in range(3):
+            graph.step()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(decode_tokens):
+            graph.advance()
+        _sync(device)
+    except Exception as exc:  # bench boundary: report the row without a graph figure
+        print(f"graph decode failed ({type(exc).__name__}: {exc}); eager only", flush=True)
+        return float("nan")
+    return decode_tokens / (time.perf_counter() - start)
+
+
 def bench_checkpoint(
     path: Path,
     methods: list[str],
@@ -186,11 +218,15 @@ def bench_checkpoint(
             peak = torch.cuda.max_memory_allocated(device)
         else:
             weights = peak = tensor_bytes(model)
+        # after the memory readings: the graph's pool is not the model's
+        graph_tok_s = time_graph_decode(model, prefill_tokens, decode_tokens, device)
         if base is None:
             base = logits
         kl, top1 = kl_and_top1(base, logits)
         name = str(dtype).removeprefix("torch.") if method == "none" else method
-        rows.append(Row(name, weights / 2**20, peak / 2**20, prefill_s, tok_s, kl, top1))
+        rows.append(
+            Row(name, weights / 2**20, peak / 2**20, prefill_s, tok_s, graph_tok_s, kl, top1)
+        )
         print_rows(rows[-1:], header=len(rows) == 1)
         del model, logits
     return rows
@@ -200,13 +236,13 @@ def print_rows(rows: list[Row], *, header: bool = True) -> None:
     if header:
         print(
             "| weights | memory MiB (weights) | peak MiB | prefill s | decode tok/s "
-            "| KL vs baseline (nats) | top-1 agreement |"
+            "| graph decode tok/s | KL vs baseline (nats) | top-1 agreement |"
         )
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
             f"| {r.method} | {r.weights_mib:.1f} | {r.peak_mib:.1f} | {r.prefill_s:.3f} "
-            f"| {r.decode_tok_s:.1f} | {r.kl:.2e} | {r.top1:.3f} |",
+            f"| {r.decode_tok_s:.1f} | {r.graph_tok_s:.1f} | {r.kl:.2e} | {r.top1:.3f} |",
             flush=True,
         )
 
