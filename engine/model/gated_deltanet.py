@@ -48,16 +48,8 @@ class ShortConvolution(nn.Module):
             y: [B, T, C] = SiLU(conv(x)) in the dtype of ``x``.
             tail: [B, C, kernel - 1] the last inputs (detached), to carry to the next call.
         """
-        T = x.shape[1]
-        xt = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=2)  # [B, C, kernel - 1 + T]
-        # kernel_size shifted multiply-adds, accumulated in float32 as fla's kernel does; on CPU
-        # this beats a grouped conv1d, most of all for single-token decode
-        w = self.weight[:, 0].float()  # [C, kernel]
-        y = xt[:, :, 0:T].float() * w[:, 0:1]
-        for j in range(1, self.kernel_size):
-            y = y + xt[:, :, j : j + T].float() * w[:, j : j + 1]
-        keep = self.kernel_size - 1
-        return F.silu(y).to(x.dtype).transpose(1, 2), xt[:, :, xt.shape[2] - keep :].detach()
+        # kernels.short_conv: one Triton launch on CUDA without grad, else shifted multiply-adds
+        return short_conv.prefill(x, tail, self.weight[:, 0])
 
 
 class GatedDeltaNet(nn.Module):

@@ -1,8 +1,8 @@
-"""Depthwise causal convolution + SiLU for one decode token (Gated DeltaNet's q/k/v conv tails).
+"""Depthwise causal convolution + SiLU of Gated DeltaNet's q/k/v: prompts and decode tokens.
 
-``step`` picks the fused Triton kernel on CUDA (``step_triton``, imported on first use) and the
-torch reference elsewhere (``INFINITEVL_SHORT_CONV_KERNEL=0``: the reference on CUDA too). Prefill
-keeps the engine's own convolution over T tokens.
+``prefill`` (T tokens) and ``step`` (one token) pick their Triton kernel on CUDA
+(``prefill_triton``, ``step_triton``, imported on first use) and the
+torch reference elsewhere (``INFINITEVL_SHORT_CONV_KERNEL=0``: the reference on CUDA too).
 """
 
 import logging
@@ -15,7 +15,35 @@ from kernels.short_conv import reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["reference", "step"]
+__all__ = ["prefill", "reference", "step"]
+
+
+def prefill(
+    x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, *, use_kernel: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T tokens through the causal depthwise convolution and SiLU, continuing from ``tail``.
+
+    Args:
+        x: [B, T, C].  tail: [B, C, KS - 1], not modified.  weight: [C, KS].
+        use_kernel: True forces the Triton kernel, False the reference, None picks: the kernel on
+            CUDA when no grad is needed (it has no backward) unless ``INFINITEVL_SHORT_CONV_KERNEL=0``.
+    Returns:
+        y: [B, T, C] in the dtype of x.  tail: [B, C, KS - 1] the last inputs, to carry on.
+    """
+    runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    available = runnable and has_triton()
+    if use_kernel and not available:
+        raise ValueError(f"short_conv.prefill: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
+    if use_kernel is None:
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        use_kernel = (
+            x.is_cuda and available and not needs_grad and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") != "0"
+        )
+    if use_kernel:
+        from kernels.short_conv import prefill_triton
+
+        return prefill_triton.prefill(x, tail.contiguous(), weight.contiguous())
+    return reference.prefill(x, tail, weight)
 
 
 def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, *, use_kernel: bool | None = None) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""Torch reference of one decode step of the depthwise causal convolution + SiLU (the conv tails).
+"""Torch reference of the depthwise causal convolution + SiLU of Gated DeltaNet (q, k, v).
 
-Gated DeltaNet convolves q, k and v over time with ``conv_size`` taps per channel; decode keeps
-the last ``conv_size - 1`` inputs per channel (the tail) in the session state. Math in float32,
-as fla's kernel and ``engine.model.gated_deltanet.ShortConvolution`` do.
+Gated DeltaNet convolves q, k and v over time with ``conv_size`` taps per channel; a session keeps
+the last ``conv_size - 1`` inputs per channel (the tail) in its state. ``prefill`` convolves T
+tokens continuing from the tail, ``step`` one decode token. Math in float32, as fla's kernel does.
 """
 
 import logging
@@ -44,3 +44,40 @@ def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     y = (window * weight.float()).sum(-1)
     tail.copy_(window[:, :, 1:])
     return F.silu(y).to(x.dtype)
+
+
+def check_prefill_inputs(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the shapes unless x [B, T, C], tail [B, C, KS-1], weight [C, KS] fit."""
+    ok = x.dim() == 3 and tail.dim() == 3 and weight.dim() == 2
+    if not ok or tail.shape[:2] != (x.shape[0], x.shape[2]) or weight.shape != (x.shape[2], tail.shape[2] + 1):
+        raise ValueError(
+            f"short_conv: x {tuple(x.shape)}, tail {tuple(tail.shape)}, weight {tuple(weight.shape)} do not fit "
+            "[B, T, C], [B, C, KS-1], [C, KS]"
+        )
+
+
+def new_tail(x: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """The last KS - 1 inputs once ``x`` [B, T, C] follows ``tail`` [B, C, KS-1], in x's dtype
+    (what ``prefill`` returns as its tail)."""
+    keep = tail.shape[2]
+    recent = x[:, max(0, x.shape[1] - keep) :].transpose(1, 2)  # [B, C, <= keep]
+    return torch.cat([tail.to(x.dtype), recent], dim=2)[:, :, recent.shape[2] :].detach()
+
+
+def prefill(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convolve ``x`` [B, T, C] continuing from ``tail`` [B, C, KS-1]; differentiable in x and weight.
+
+    Returns:
+        y: [B, T, C] = SiLU(causal depthwise conv) in the dtype of x, the taps multiply-added in
+            float32 from the oldest.
+        tail: [B, C, KS - 1] the last inputs (a new tensor; ``tail`` is not modified).
+    """
+    check_prefill_inputs(x, tail, weight)
+    T, KS = x.shape[1], weight.shape[1]
+    xt = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=2)  # [B, C, KS - 1 + T]
+    # KS shifted multiply-adds; on CPU this beats a grouped conv1d, most of all for one token
+    w = weight.float()
+    y = xt[:, :, 0:T].float() * w[:, 0:1]
+    for j in range(1, KS):
+        y = y + xt[:, :, j : j + T].float() * w[:, j : j + 1]
+    return F.silu(y).to(x.dtype).transpose(1, 2), xt[:, :, xt.shape[2] - (KS - 1) :].detach()

@@ -53,3 +53,46 @@ def test_triton_step_matches_reference(dtype: torch.dtype, KS: int) -> None:
         y = step_triton.step(x, tail, weight)
         assert_close(f"y at step {t}", y_ref, y, 1e-5 if dtype == torch.float32 else 1e-2)
         assert torch.equal(tail, tail_ref), f"tail at step {t}"
+
+
+@pytest.mark.parametrize("T", [1, 2, 7])
+def test_prefill_reference_is_step_by_step(T: int) -> None:
+    """A prompt convolved at once == its tokens one decode step at a time, tail included."""
+    gen = torch.Generator().manual_seed(T)
+    weight = torch.randn(C, KS, generator=gen)
+    tail0 = torch.randn(B, C, KS - 1, generator=gen)
+    x = torch.randn(B, T, C, generator=gen)
+    y, tail = reference.prefill(x, tail0, weight)
+    stepped = tail0.clone()
+    ys = torch.stack([reference.step(x[:, t], stepped, weight) for t in range(T)], dim=1)
+    assert_close("y", ys, y, 1e-6)
+    assert torch.allclose(tail, stepped)
+    assert torch.equal(tail0, tail0.clone())  # not modified: the caller copies the new tail
+
+
+def test_prefill_bad_shapes_name_the_values() -> None:
+    with pytest.raises(ValueError, match=r"x \(2, 5, 300\), tail \(2, 300, 2\), weight \(300, 4\) do not fit"):
+        short_conv.prefill(torch.randn(B, 5, C), torch.zeros(B, C, 2), torch.randn(C, KS))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 2, 33, 130])
+@pytest.mark.parametrize("KS", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_prefill_matches_reference(dtype: torch.dtype, KS: int, T: int) -> None:
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+    from kernels.short_conv import prefill_triton
+
+    device = device_for_kernel_tests()
+    gen = torch.Generator().manual_seed(T * 10 + KS)
+    weight = torch.randn(C, KS, generator=gen).to(dtype).to(device)
+    tail = torch.randn(B, C, KS - 1, generator=gen).to(dtype).to(device)
+    # x as the engine hands it: a column block of a wider projection output
+    wide = torch.randn(B, T, C + 40, generator=gen).to(dtype).to(device)
+    x = wide[:, :, 17 : 17 + C]
+    y_ref, tail_ref = reference.prefill(x, tail, weight)
+    poison_allocator(device)
+    y, tail_new = prefill_triton.prefill(x, tail, weight)
+    assert_close("y", y_ref, y, 1e-5 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(tail_new, tail_ref)
