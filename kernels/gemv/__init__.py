@@ -84,7 +84,11 @@ def _measured_choice(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, use_kernel: bool | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    use_kernel: bool | None = None,
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; one row of ``x`` on CUDA may take the Triton GEMV.
 
@@ -98,7 +102,9 @@ def linear(
     if use_kernel:
         runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
         if not (runnable and has_triton()):
-            raise ValueError(f"gemv: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
+            raise ValueError(
+                f"gemv: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
+            )
         from kernels.gemv import gemv_triton
 
         return gemv_triton.linear(x, weight, bias)

@@ -36,7 +36,18 @@ _CONFIGS = [
 
 
 @triton.jit
-def gemv_kernel(x, w, b, y, N, stride_w, K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def gemv_kernel(
+    x,
+    w,
+    b,
+    y,
+    N,
+    stride_w,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
@@ -46,7 +57,12 @@ def gemv_kernel(x, w, b, y, N, stride_w, K: tl.constexpr, HAS_BIAS: tl.constexpr
         mask_k = (k0 + offs_k) < K
         b_x = tl.load(x + k0 + offs_k, mask=mask_k, other=0.0).to(tl.float32)
         # weights are read exactly once: keep them from evicting what the next kernels reuse
-        b_w = tl.load(p_w + k0, mask=mask_n[:, None] & mask_k[None, :], other=0.0, eviction_policy="evict_first")
+        b_w = tl.load(
+            p_w + k0,
+            mask=mask_n[:, None] & mask_k[None, :],
+            other=0.0,
+            eviction_policy="evict_first",
+        )
         acc += b_w.to(tl.float32) * b_x[None, :]
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
@@ -69,7 +85,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """
     check_inputs(x, weight, bias)
     N, K = weight.shape
-    assert x.numel() == K and x.stride(-1) == 1 and weight.stride(1) == 1, "one row of x, unit stride on K"
+    assert x.numel() == K and x.stride(-1) == 1 and weight.stride(1) == 1, (
+        "one row of x, unit stride on K"
+    )
     y = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
     args = (x, weight, weight if bias is None else bias, y, N, weight.stride(0), K)
     if os.environ.get("TRITON_INTERPRET") == "1":

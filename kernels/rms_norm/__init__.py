@@ -25,7 +25,9 @@ def _use_kernel(use_kernel: bool | None, *tensors: torch.Tensor) -> bool:
     available = runnable and has_triton()
     if use_kernel:
         if not available:
-            raise ValueError(f"rms_norm: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
+            raise ValueError(
+                f"rms_norm: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
+            )
         return True
     if use_kernel is False or not x.is_cuda or not available:
         return False
@@ -35,7 +37,9 @@ def _use_kernel(use_kernel: bool | None, *tensors: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *, use_kernel: bool | None = None) -> torch.Tensor:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, *, use_kernel: bool | None = None
+) -> torch.Tensor:
     """Qwen2's RMSNorm over the last dim of ``x`` [..., N]; ``weight`` [N].
 
     Args:
@@ -51,7 +55,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *, use_kernel: b
 
 
 def gated_rms_norm(
-    o: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float, *, use_kernel: bool | None = None
+    o: torch.Tensor,
+    gate: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    *,
+    use_kernel: bool | None = None,
 ) -> torch.Tensor:
     """Gated DeltaNet's ``RMSNorm(o) * weight * SiLU(gate)`` over the last dim; o, gate [..., N].
 

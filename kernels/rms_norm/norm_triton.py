@@ -38,16 +38,30 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def _launch(x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+def _launch(
+    x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
     N = x.shape[-1]
-    assert weight.shape == (N,) and weight.is_contiguous(), f"weight {tuple(weight.shape)} must be [{N}], contiguous"
+    assert weight.shape == (N,) and weight.is_contiguous(), (
+        f"weight {tuple(weight.shape)} must be [{N}], contiguous"
+    )
     x2 = _rows(x)
     g2 = _rows(gate) if gate is not None else x2
     y = torch.empty(x.shape, dtype=dtype, device=x.device)
     BN = triton.next_power_of_2(N)
     num_warps = 8 if BN >= 4096 else 4 if BN >= 1024 else 1
     rms_norm_kernel[(x2.shape[0],)](
-        x2, g2, weight, y, x2.stride(0), g2.stride(0), N, eps, BN=BN, GATED=gate is not None, num_warps=num_warps
+        x2,
+        g2,
+        weight,
+        y,
+        x2.stride(0),
+        g2.stride(0),
+        N,
+        eps,
+        BN=BN,
+        GATED=gate is not None,
+        num_warps=num_warps,
     )
     return y
 
@@ -58,7 +72,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return _launch(x, None, weight, eps, dtype)
 
 
-def gated_rms_norm(o: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def gated_rms_norm(
+    o: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
     """Gated DeltaNet's gated RMSNorm (``reference.gated_rms_norm``) in one launch."""
     assert o.shape == gate.shape, f"o {tuple(o.shape)} vs gate {tuple(gate.shape)}"
     return _launch(o, gate, weight, eps, o.dtype)

@@ -33,11 +33,16 @@ def prefill(
     runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     available = runnable and has_triton()
     if use_kernel and not available:
-        raise ValueError(f"short_conv.prefill: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
+        raise ValueError(
+            f"short_conv.prefill: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
+        )
     if use_kernel is None:
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         use_kernel = (
-            x.is_cuda and available and not needs_grad and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") != "0"
+            x.is_cuda
+            and available
+            and not needs_grad
+            and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") != "0"
         )
     if use_kernel:
         from kernels.short_conv import prefill_triton
@@ -46,7 +51,9 @@ def prefill(
     return reference.prefill(x, tail, weight)
 
 
-def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, *, use_kernel: bool | None = None) -> torch.Tensor:
+def step(
+    x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, *, use_kernel: bool | None = None
+) -> torch.Tensor:
     """One token through the causal depthwise convolution and SiLU, shifting ``tail`` in place.
 
     Args:
@@ -59,7 +66,9 @@ def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, *, use_kerne
     runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     available = runnable and has_triton()
     if use_kernel and not available:
-        raise ValueError(f"short_conv.step: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA")
+        raise ValueError(
+            f"short_conv.step: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
+        )
     if use_kernel is None and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") == "0":
         use_kernel = False
     if use_kernel or (use_kernel is None and x.is_cuda and available):

@@ -21,7 +21,17 @@ log = logging.getLogger(__name__)
 
 @triton.jit
 def short_conv_prefill_kernel(
-    x, tail, weight, y, stride_x_b, stride_x_t, T, C, KS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr
+    x,
+    tail,
+    weight,
+    y,
+    stride_x_b,
+    stride_x_t,
+    T,
+    C,
+    KS: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
 ):
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     offs_t = i_t * BT + tl.arange(0, BT)
@@ -33,9 +43,16 @@ def short_conv_prefill_kernel(
         src = offs_t - (KS - 1) + j
         in_x = (src >= 0)[:, None] & mask_t[:, None] & mask_c[None, :]
         in_tail = (src < 0)[:, None] & mask_t[:, None] & mask_c[None, :]
-        p_x = x + i_b * stride_x_b + tl.maximum(src, 0).to(tl.int64)[:, None] * stride_x_t + offs_c[None, :]
+        p_x = (
+            x
+            + i_b * stride_x_b
+            + tl.maximum(src, 0).to(tl.int64)[:, None] * stride_x_t
+            + offs_c[None, :]
+        )
         b_x = tl.load(p_x, mask=in_x, other=0.0)
-        p_tail = tail + (i_b * C + offs_c[None, :]) * (KS - 1) + (KS - 1 + tl.minimum(src, -1))[:, None]
+        p_tail = (
+            tail + (i_b * C + offs_c[None, :]) * (KS - 1) + (KS - 1 + tl.minimum(src, -1))[:, None]
+        )
         # the torch form casts the tail to the input's dtype before the taps
         b_tail = tl.load(p_tail, mask=in_tail, other=0.0).to(b_x.dtype)
         b_in = tl.where(in_x, b_x, b_tail).to(tl.float32)
@@ -46,7 +63,9 @@ def short_conv_prefill_kernel(
     tl.store(p_y, out.to(y.dtype.element_ty), mask=mask_t[:, None] & mask_c[None, :])
 
 
-def prefill(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prefill(
+    x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Convolve ``x`` [B, T, C] (unit stride on C) continuing from ``tail`` [B, C, KS-1].
 
     Args:

@@ -49,7 +49,11 @@ def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Ten
 def check_prefill_inputs(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> None:
     """Raise ``ValueError`` naming the shapes unless x [B, T, C], tail [B, C, KS-1], weight [C, KS] fit."""
     ok = x.dim() == 3 and tail.dim() == 3 and weight.dim() == 2
-    if not ok or tail.shape[:2] != (x.shape[0], x.shape[2]) or weight.shape != (x.shape[2], tail.shape[2] + 1):
+    if (
+        not ok
+        or tail.shape[:2] != (x.shape[0], x.shape[2])
+        or weight.shape != (x.shape[2], tail.shape[2] + 1)
+    ):
         raise ValueError(
             f"short_conv: x {tuple(x.shape)}, tail {tuple(tail.shape)}, weight {tuple(weight.shape)} do not fit "
             "[B, T, C], [B, C, KS-1], [C, KS]"
@@ -64,7 +68,9 @@ def new_tail(x: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
     return torch.cat([tail.to(x.dtype), recent], dim=2)[:, :, recent.shape[2] :].detach()
 
 
-def prefill(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prefill(
+    x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Convolve ``x`` [B, T, C] continuing from ``tail`` [B, C, KS-1]; differentiable in x and weight.
 
     Returns:

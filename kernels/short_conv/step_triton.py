@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 
 @triton.jit
-def short_conv_step_kernel(x, tail, weight, y, stride_x_b, C, KS: tl.constexpr, BKS: tl.constexpr, BC: tl.constexpr):
+def short_conv_step_kernel(
+    x, tail, weight, y, stride_x_b, C, KS: tl.constexpr, BKS: tl.constexpr, BC: tl.constexpr
+):
     i_b = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BC + tl.arange(0, BC)
     offs_j = tl.arange(0, BKS)
@@ -31,7 +33,9 @@ def short_conv_step_kernel(x, tail, weight, y, stride_x_b, C, KS: tl.constexpr, 
     is_x = (offs_j == KS - 1)[None, :]
     b_win = tl.where(is_x, b_x[:, None], b_tail)
     b_w = tl.load(
-        weight + offs_c[:, None] * KS + offs_j[None, :], mask=mask_c[:, None] & (offs_j[None, :] < KS), other=0.0
+        weight + offs_c[:, None] * KS + offs_j[None, :],
+        mask=mask_c[:, None] & (offs_j[None, :] < KS),
+        other=0.0,
     )
     b_y = tl.sum(b_win * b_w.to(tl.float32), axis=1)
     b_y = b_y * tl.sigmoid(b_y)
@@ -62,6 +66,15 @@ def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     y = torch.empty(B, C, dtype=x.dtype, device=x.device)
     BC = 256
     short_conv_step_kernel[(B, triton.cdiv(C, BC))](
-        x, tail, weight, y, x.stride(0), C, KS=KS, BKS=triton.next_power_of_2(KS), BC=BC, num_warps=4
+        x,
+        tail,
+        weight,
+        y,
+        x.stride(0),
+        C,
+        KS=KS,
+        BKS=triton.next_power_of_2(KS),
+        BC=BC,
+        num_warps=4,
     )
     return y

@@ -71,7 +71,8 @@ def test_prefill_reference_is_step_by_step(T: int) -> None:
 
 
 def test_prefill_bad_shapes_name_the_values() -> None:
-    with pytest.raises(ValueError, match=r"x \(2, 5, 300\), tail \(2, 300, 2\), weight \(300, 4\) do not fit"):
+    want = r"x \(2, 5, 300\), tail \(2, 300, 2\), weight \(300, 4\) do not fit"
+    with pytest.raises(ValueError, match=want):
         short_conv.prefill(torch.randn(B, 5, C), torch.zeros(B, C, 2), torch.randn(C, KS))
 
 
