@@ -151,8 +151,8 @@ class GatedDeltaNet(nn.Module):
     def _decode(self, x: torch.Tensor, state: GDNState) -> torch.Tensor:
         """``forward`` for one token without grad, in few kernels (the CUDA graph's hot path).
 
-        One matrix-vector product for the six input projections; each conv tail stepped by
-        ``short_conv.step`` (one Triton launch on CUDA); the gates, the q/k L2 norms, the scale,
+        One matrix-vector product for the six input projections; the three conv tails stepped by
+        ``short_conv.step3`` (one Triton launch on CUDA); the gates, the q/k L2 norms, the scale,
         the decay and the state update inside ``gated_delta.step_gates``; the gated RMSNorm
         through ``F.rms_norm``.
         Same math as the separate ops (tests/engine/test_fused_decode.py).
@@ -160,9 +160,8 @@ class GatedDeltaNet(nn.Module):
         B = x.shape[0]
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         q, k, v, a, b, gate = self._in_proj(self, x[:, 0])  # [B, H*K] ... [B, H*V]
-        q = short_conv.step(q, state.conv_q, self.q_conv1d.weight[:, 0])
-        k = short_conv.step(k, state.conv_k, self.k_conv1d.weight[:, 0])
-        v = short_conv.step(v, state.conv_v, self.v_conv1d.weight[:, 0])
+        taps = tuple(c.weight[:, 0] for c in (self.q_conv1d, self.k_conv1d, self.v_conv1d))
+        q, k, v = short_conv.step3((q, k, v), (state.conv_q, state.conv_k, state.conv_v), taps)
         o = gated_delta.step_gates(
             q.view(B, H, K), k.view(B, H, K), v.view(B, H, V), a, b, self.A_log, self.dt_bias,
             state.S, scale=self.scale, use_qk_l2norm=True,

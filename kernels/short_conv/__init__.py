@@ -15,7 +15,7 @@ from kernels.short_conv import reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prefill", "reference", "step"]
+__all__ = ["prefill", "reference", "step", "step3"]
 
 
 def prefill(
@@ -76,3 +76,35 @@ def step(
 
         return step_triton.step(x, tail, weight)
     return reference.step(x, tail, weight)
+
+
+def step3(
+    xs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tails: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    use_kernel: bool | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """``step`` for three convolutions at once (q, k, v): one Triton launch on CUDA.
+
+    Args:
+        xs, tails, weights: three of each, as for ``step``; tails updated in place.
+    Returns:
+        the three outputs [B, C_i] in the dtype of the inputs.
+    """
+    x = xs[0]
+    runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    available = runnable and has_triton()
+    if use_kernel and not available:
+        raise ValueError(
+            f"short_conv.step3: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
+        )
+    if use_kernel is None:
+        use_kernel = (
+            x.is_cuda and available and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") != "0"
+        )
+    if use_kernel:
+        from kernels.short_conv import step_triton
+
+        return step_triton.step3(xs, tails, weights)
+    return tuple(reference.step(x, t, w) for x, t, w in zip(xs, tails, weights, strict=True))

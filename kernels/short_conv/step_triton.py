@@ -18,11 +18,10 @@ log = logging.getLogger(__name__)
 
 
 @triton.jit
-def short_conv_step_kernel(
-    x, tail, weight, y, stride_x_b, C, KS: tl.constexpr, BKS: tl.constexpr, BC: tl.constexpr
+def _step_block(
+    x, tail, weight, y, stride_x_b, stride_y_b, C, i_b, offs_c, KS: tl.constexpr, BKS: tl.constexpr
 ):
-    i_b = tl.program_id(0).to(tl.int64)
-    offs_c = tl.program_id(1) * BC + tl.arange(0, BC)
+    """One token for channels ``offs_c`` of row ``i_b``: y = SiLU(taps . [tail, x]); tail shifted."""
     offs_j = tl.arange(0, BKS)
     mask_c = offs_c < C
     b_x = tl.load(x + i_b * stride_x_b + offs_c, mask=mask_c, other=0.0).to(tl.float32)  # [BC]
@@ -39,12 +38,42 @@ def short_conv_step_kernel(
     )
     b_y = tl.sum(b_win * b_w.to(tl.float32), axis=1)
     b_y = b_y * tl.sigmoid(b_y)
-    tl.store(y + i_b * C + offs_c, b_y.to(y.dtype.element_ty), mask=mask_c)
+    tl.store(y + i_b * stride_y_b + offs_c, b_y.to(y.dtype.element_ty), mask=mask_c)
     # shift in registers (new tail tap j = window tap j + 1): reading the old tail back from memory
     # while other threads overwrite it would race
     shift = (offs_j[:, None] + 1) == offs_j[None, :]  # [BKS, BKS]: tap j takes window tap j + 1
     b_next = tl.sum(tl.where(shift[None, :, :], b_win[:, None, :], 0.0), axis=2)  # [BC, BKS]
     tl.store(p_tail, b_next.to(tail.dtype.element_ty), mask=mask_tail)
+
+
+@triton.jit
+def short_conv_step_kernel(
+    x, tail, weight, y, stride_x_b, C, KS: tl.constexpr, BKS: tl.constexpr, BC: tl.constexpr
+):
+    i_b = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BC + tl.arange(0, BC)
+    _step_block(x, tail, weight, y, stride_x_b, C, C, i_b, offs_c, KS, BKS)
+
+
+@triton.jit
+def short_conv_step3_kernel(
+    x0, x1, x2, tail0, tail1, tail2, w0, w1, w2, y, stride_x0, stride_x1, stride_x2, C0, C1, C2,
+    KS: tl.constexpr, BKS: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    # the channel blocks of the three convolutions side by side; y holds [y0 | y1 | y2] per row
+    i_b = tl.program_id(0).to(tl.int64)
+    i_c = tl.program_id(1)
+    n0, n1 = tl.cdiv(C0, BC), tl.cdiv(C1, BC)
+    stride_y = C0 + C1 + C2
+    if i_c < n0:
+        offs = i_c * BC + tl.arange(0, BC)
+        _step_block(x0, tail0, w0, y, stride_x0, stride_y, C0, i_b, offs, KS, BKS)
+    elif i_c < n0 + n1:
+        offs = (i_c - n0) * BC + tl.arange(0, BC)
+        _step_block(x1, tail1, w1, y + C0, stride_x1, stride_y, C1, i_b, offs, KS, BKS)
+    else:
+        offs = (i_c - n0 - n1) * BC + tl.arange(0, BC)
+        _step_block(x2, tail2, w2, y + C0 + C1, stride_x2, stride_y, C2, i_b, offs, KS, BKS)
 
 
 def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -78,3 +107,35 @@ def step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Ten
         num_warps=4,
     )
     return y
+
+
+def step3(
+    xs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tails: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``step`` for three convolutions (Gated DeltaNet's q, k, v) in one launch.
+
+    Args:
+        xs: three [B, C_i] (unit stride on C, same dtype).  tails: [B, C_i, KS - 1] contiguous,
+            updated in place.  weights: [C_i, KS] contiguous.
+    Returns:
+        three [B, C_i] in the dtype of the inputs (views of one [B, C_0 + C_1 + C_2] tensor).
+    """
+    for x, tail, weight in zip(xs, tails, weights, strict=True):
+        check_inputs(x, tail, weight)
+        assert tail.is_contiguous() and weight.is_contiguous() and x.stride(-1) == 1, (
+            "tail/weight contiguous, x unit stride"
+        )
+    KS = weights[0].shape[1]
+    assert KS >= 2 and all(w.shape[1] == KS for w in weights), "one conv_size >= 2 for all three"
+    B = xs[0].shape[0]
+    sizes = [x.shape[1] for x in xs]
+    y = torch.empty(B, sum(sizes), dtype=xs[0].dtype, device=xs[0].device)
+    BC = 256
+    grid = (B, sum(triton.cdiv(c, BC) for c in sizes))
+    short_conv_step3_kernel[grid](
+        *xs, *tails, *weights, y, *(x.stride(0) for x in xs), *sizes,
+        KS=KS, BKS=triton.next_power_of_2(KS), BC=BC, num_warps=4,
+    )  # fmt: skip
+    return tuple(y.split(sizes, dim=1))  # type: ignore[return-value]

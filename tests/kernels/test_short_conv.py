@@ -97,3 +97,29 @@ def test_triton_prefill_matches_reference(dtype: torch.dtype, KS: int, T: int) -
     y, tail_new = prefill_triton.prefill(x, tail, weight)
     assert_close("y", y_ref, y, 1e-5 if dtype == torch.float32 else 1e-2)
     assert torch.equal(tail_new, tail_ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_step3_matches_three_reference_steps(dtype: torch.dtype) -> None:
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+    from kernels.short_conv import step_triton
+
+    device = device_for_kernel_tests()
+    gen = torch.Generator().manual_seed(3)
+    sizes = (300, 257, 512)  # blocks of 256 channels end mid-way in the first two
+    weights = tuple(torch.randn(c, KS, generator=gen).to(dtype).to(device) for c in sizes)
+    tails_ref = [torch.randn(B, c, KS - 1, generator=gen).to(dtype).to(device) for c in sizes]
+    tails = tuple(t.clone() for t in tails_ref)
+    for t in range(KS + 1):
+        # q, k, v as the decode step hands them: column blocks of one projection output
+        proj = torch.randn(B, sum(sizes) + 9, generator=gen).to(dtype).to(device)
+        xs = tuple(proj.split((*sizes, 9), dim=1)[:3])
+        want = [reference.step(x, tr, w) for x, tr, w in zip(xs, tails_ref, weights, strict=True)]
+        poison_allocator(device)
+        got = step_triton.step3(xs, tails, weights)
+        ratio = 1e-5 if dtype == torch.float32 else 1e-2
+        for i in range(3):
+            assert_close(f"y{i} at step {t}", want[i], got[i], ratio)
+            assert torch.equal(tails[i], tails_ref[i]), f"tail {i} at step {t}"
