@@ -11,6 +11,7 @@ from torch import nn
 from engine.config import TextConfig
 from engine.errors import ConfigError
 from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear, decode_linear
+from kernels import swiglu
 
 log = logging.getLogger(__name__)
 
@@ -38,5 +39,5 @@ class MLP(nn.Module):
         """[..., hidden] -> [..., hidden]."""
         if self.fuse_decode and x.dim() == 3 and x.shape[1] == 1 and not torch.is_grad_enabled():
             gate, up = self._gate_up(self, x)
-            return decode_linear(self.down_proj, F.silu(gate) * up)
+            return decode_linear(self.down_proj, swiglu.silu_mul(gate, up))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
