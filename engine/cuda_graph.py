@@ -17,17 +17,19 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from engine.errors import InputError, StateError
 from engine.model.attention import Attention
 from engine.model.fused import decode_linear
 from engine.model.gated_deltanet import GatedDeltaNet
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
-from engine.model.lm import DecoderLayer
+from engine.model.lm import DecoderLayer, LanguageModel
+from engine.model.norm import RMSNorm
 from engine.model.rope import apply_rotary, mrope_cos_sin, rope_index
 from engine.sampling import Sampler
 from engine.state import FullAttnState, GDNState, LayerState, ModelState, SWAState
-from kernels import swa
+from kernels import rms_norm, swa
 from kernels.sdpa import sdpa_context
 
 log = logging.getLogger(__name__)
@@ -140,14 +142,42 @@ def attention_frame(
     return attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
 
 
-def _layer(
-    layer: DecoderLayer,
+def _decoder(
+    lm: LanguageModel,
     x: torch.Tensor,
-    mix: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """``DecoderLayer.forward`` with the token mixer given as ``mix(normed x)``."""
-    x = x + mix(layer.input_layernorm(x))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+    mixers: list[Callable[[torch.Tensor], torch.Tensor]],
+    logits: bool = True,
+) -> torch.Tensor | None:
+    """Every ``DecoderLayer.forward`` with the token mixers given as ``mix(normed x)``.
+
+    Each residual add is done together with the norm that follows it (``rms_norm.add_rms_norm``:
+    one launch for two on CUDA). Returns the final norm's output for the head; with ``logits``
+    False, stops after the last layer's token mixer (the state is written; nothing after it is)
+    and returns None.
+    """
+    h: torch.Tensor | None = None
+    last = len(mixers) - 1
+    for i, (layer, mix) in enumerate(zip(lm.layers, mixers, strict=True)):
+        assert isinstance(layer, DecoderLayer)
+        if h is None:
+            normed = layer.input_layernorm(x)
+        else:
+            x, normed = _add_norm(x, h, layer.input_layernorm)
+        h = mix(normed)
+        if i == last and not logits:
+            return None
+        x, normed = _add_norm(x, h, layer.post_attention_layernorm)
+        h = layer.mlp(normed)
+    assert h is not None
+    return _add_norm(x, h, lm.norm)[1]
+
+
+def _add_norm(
+    x: torch.Tensor, h: torch.Tensor, norm: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + h, norm(x + h)) for one of the decoder's RMSNorm modules."""
+    assert isinstance(norm, RMSNorm)
+    return rms_norm.add_rms_norm(x, h, norm.weight, norm.eps)
 
 
 def reserve_full_attention(state: ModelState, capacity: int) -> None:
@@ -275,10 +305,11 @@ class DecodeGraph:
         x = lm.embed_tokens(self.token)  # [1, 1, hidden]
         position_ids = self.position.view(1, 1, 1).expand(3, 1, 1)
         cos, sin = mrope_cos_sin(position_ids, lm.config, x.dtype)
-        for layer, st in zip(lm.layers, self.state.layers, strict=True):
-            assert isinstance(layer, DecoderLayer)
-            x = _layer(layer, x, self._mixer(layer, st, cos, sin))
-        logits = decode_linear(self.model.lm_head, lm.norm(x))[:, -1].float()  # [1, vocab]
+        layers = zip(lm.layers, self.state.layers, strict=True)
+        mixers = [self._mixer(layer, st, cos, sin) for layer, st in layers]
+        normed = _decoder(lm, x, mixers)
+        assert normed is not None
+        logits = decode_linear(self.model.lm_head, normed)[:, -1].float()  # [1, vocab]
         self.logits.copy_(logits)
         if self.sampler is None:
             nxt = logits.argmax(dim=-1)
@@ -290,8 +321,9 @@ class DecodeGraph:
         self.seen.add_(1)
 
     def _mixer(
-        self, layer: DecoderLayer, st: LayerState, cos: torch.Tensor, sin: torch.Tensor
+        self, layer: nn.Module, st: LayerState, cos: torch.Tensor, sin: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor]:
+        assert isinstance(layer, DecoderLayer)
         mixer = layer.self_attn
         if isinstance(mixer, GatedDeltaNet):
             assert isinstance(st, GDNState)
@@ -425,15 +457,17 @@ class FrameGraph:
             feats = self.model.model.visual(self.pixels, self.grid_thw)  # [T, hidden]
         x = feats.to(lm.embed_tokens.weight.dtype).unsqueeze(0)  # [1, T, hidden]
         cos, sin = mrope_cos_sin(self.base_positions + self.position, lm.config, x.dtype)
-        for layer, st in zip(lm.layers, self.state.layers, strict=True):
-            assert isinstance(layer, DecoderLayer)
-            x = _layer(layer, x, self._mixer(layer, st, cos, sin))
+        layers = zip(lm.layers, self.state.layers, strict=True)
+        mixers = [self._mixer(layer, st, cos, sin) for layer, st in layers]
+        # no logits: nothing after the last layer's token mixer is needed
+        _decoder(lm, x, mixers, logits=False)
         self.position.add_(self.position_step)
         self.seen.add_(self.num_tokens)
 
     def _mixer(
-        self, layer: DecoderLayer, st: LayerState, cos: torch.Tensor, sin: torch.Tensor
+        self, layer: nn.Module, st: LayerState, cos: torch.Tensor, sin: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor]:
+        assert isinstance(layer, DecoderLayer)
         mixer = layer.self_attn
         if isinstance(mixer, GatedDeltaNet):
             assert isinstance(st, GDNState)

@@ -160,7 +160,7 @@ class GatedDeltaNet(nn.Module):
         B = x.shape[0]
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         q, k, v, a, b, gate = self._in_proj(self, x[:, 0])  # [B, H*K] ... [B, H*V]
-        taps = tuple(c.weight[:, 0] for c in (self.q_conv1d, self.k_conv1d, self.v_conv1d))
+        taps = (self.q_conv1d.weight[:, 0], self.k_conv1d.weight[:, 0], self.v_conv1d.weight[:, 0])
         q, k, v = short_conv.step3((q, k, v), (state.conv_q, state.conv_k, state.conv_v), taps)
         o = gated_delta.step_gates(
             q.view(B, H, K), k.view(B, H, K), v.view(B, H, V), a, b, self.A_log, self.dt_bias,

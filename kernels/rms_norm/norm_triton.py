@@ -1,4 +1,6 @@
-"""Both RMS norms of the decoder as one Triton kernel each: one program per row.
+"""The RMS norms of the decoder as one Triton kernel each: one program per row.
+
+``add_rms_norm`` also does the residual add before the norm (the decode step's two per layer).
 
 The torch forms take 4 (Qwen2's) and 7 (gated) kernels per call on CUDA; a decode token calls
 them 72 and 27 times. Same contract as ``reference``; ``TRITON_INTERPRET=1`` runs it on CPU tensors.
@@ -29,6 +31,23 @@ def rms_norm_kernel(
     else:
         # Qwen2: back to the input dtype first, then times the weight (rounded as torch does)
         b_y = b_n.to(x.dtype.element_ty).to(tl.float32) * b_w.to(tl.float32)
+    tl.store(y + row * N + offs, b_y.to(y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def add_rms_norm_kernel(x, h, weight, s, y, stride_x, stride_h, N, eps, BN: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BN)
+    mask = offs < N
+    b_x = tl.load(x + row * stride_x + offs, mask=mask, other=0.0)
+    b_h = tl.load(h + row * stride_h + offs, mask=mask, other=0.0)
+    # the residual add rounded to the stream's dtype, as torch's add
+    b_s = (b_x.to(tl.float32) + b_h.to(tl.float32)).to(s.dtype.element_ty)
+    tl.store(s + row * N + offs, b_s, mask=mask)
+    b_s32 = b_s.to(tl.float32)
+    b_n = b_s32 * tl.rsqrt(tl.sum(b_s32 * b_s32) / N + eps)
+    b_w = tl.load(weight + offs, mask=mask, other=0.0)
+    b_y = b_n.to(s.dtype.element_ty).to(tl.float32) * b_w.to(tl.float32)
     tl.store(y + row * N + offs, b_y.to(y.dtype.element_ty), mask=mask)
 
 
@@ -78,3 +97,25 @@ def gated_rms_norm(
     """Gated DeltaNet's gated RMSNorm (``reference.gated_rms_norm``) in one launch."""
     assert o.shape == gate.shape, f"o {tuple(o.shape)} vs gate {tuple(gate.shape)}"
     return _launch(o, gate, weight, eps, o.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reference.add_rms_norm`` (residual add + Qwen2's RMSNorm) in one launch; x, h one dtype."""
+    assert x.shape == h.shape and x.dtype == h.dtype, (
+        f"x {tuple(x.shape)} {x.dtype} vs h {tuple(h.shape)} {h.dtype}"
+    )
+    N = x.shape[-1]
+    assert weight.shape == (N,) and weight.is_contiguous(), (
+        f"weight {tuple(weight.shape)} must be [{N}], contiguous"
+    )
+    x2, h2 = _rows(x), _rows(h)
+    s = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    BN = triton.next_power_of_2(N)
+    num_warps = 8 if BN >= 4096 else 4 if BN >= 1024 else 1
+    add_rms_norm_kernel[(x2.shape[0],)](
+        x2, h2, weight, s, y, x2.stride(0), h2.stride(0), N, eps, BN=BN, num_warps=num_warps
+    )
+    return s, y

@@ -36,3 +36,15 @@ def gated_rms_norm(
     w32 = weight.to(torch.float32)
     o32 = F.rms_norm(o.to(torch.float32), (o.shape[-1],), w32, eps)
     return (o32 * F.silu(gate.to(torch.float32))).to(o.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add and the next Qwen2 RMSNorm: ``s = x + h``, then ``rms_norm(s)``.
+
+    Returns:
+        (s [..., N] in the dtype of ``x + h``, rms_norm(s, weight, eps)).
+    """
+    s = x + h
+    return s, rms_norm(s, weight, eps)

@@ -70,3 +70,35 @@ def test_triton_norms_match_reference(N: int, dtype: torch.dtype, wdtype: torch.
     got_g = norm_triton.gated_rms_norm(xs, gs, w2, 1e-5)
     assert got_g.dtype == dtype and got_g.shape == xs.shape
     assert_close("gated_rms_norm", want_g, got_g, ratio)
+
+
+def test_add_rms_norm_reference_is_the_add_then_the_norm() -> None:
+    torch.manual_seed(1)
+    x, h = torch.randn(2, 3, 64).bfloat16(), torch.randn(2, 3, 64).bfloat16()
+    w = (torch.randn(64) * 0.1 + 1).bfloat16()
+    s, y = rms_norm.add_rms_norm(x, h, w, 1e-6)
+    assert torch.equal(s, x + h)
+    assert torch.equal(y, rms_norm.rms_norm(x + h, w, 1e-6))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N", [300, 2048])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_add_rms_norm_matches_reference(N: int, dtype: torch.dtype) -> None:
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+    from kernels.rms_norm import norm_triton
+
+    device = device_for_kernel_tests()
+    gen = torch.Generator().manual_seed(N + 1)
+    x = (torch.randn(5, N, generator=gen) * 3).to(dtype).to(device)
+    h = torch.randn(5, N, generator=gen).to(dtype).to(device)
+    w = (torch.randn(N, generator=gen) * 0.2 + 1).to(dtype).to(device)
+    s_ref, y_ref = reference.add_rms_norm(x, h, w, 1e-6)
+    poison_allocator(device)
+    s, y = norm_triton.add_rms_norm(x, h, w, 1e-6)
+    exact = dtype == torch.float32 or device.type == "cuda"
+    if exact:
+        assert torch.equal(s, s_ref)  # one rounding of the same float32 sum
+    assert_close("s", s_ref, s, 1e-6 if dtype == torch.float32 else 1e-2)
+    assert_close("y", y_ref, y, 1e-6 if dtype == torch.float32 else 1e-2 if exact else 2e-2)
