@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.config import TextConfig
@@ -40,4 +39,5 @@ class MLP(nn.Module):
         if self.fuse_decode and x.dim() == 3 and x.shape[1] == 1 and not torch.is_grad_enabled():
             gate, up = self._gate_up(self, x)
             return decode_linear(self.down_proj, swiglu.silu_mul(gate, up))
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # kernels.swiglu: one Triton launch on CUDA without grad, else F.silu(gate) * up
+        return self.down_proj(swiglu.silu_mul(self.gate_proj(x), self.up_proj(x)))

@@ -1,4 +1,4 @@
-"""``SiLU(gate) * up`` as one Triton kernel (two launches in torch), for the decode step's MLP.
+"""``SiLU(gate) * up`` as one Triton kernel (two launches in torch), for the decoder's MLP.
 
 The gate and up halves are read where the fused gate/up product left them (views with any row
 stride). SiLU is computed as torch's CUDA kernel writes it, x / (1 + exp(-x)) in float32, and
@@ -13,8 +13,9 @@ import triton.language as tl
 
 @triton.jit
 def silu_mul_kernel(gate, up, y, stride_g, stride_u, N, BN: tl.constexpr):
-    row = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BN + tl.arange(0, BN)
+    # rows on the first grid axis: a prompt's rows can pass the 65,535 limit of the others
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BN + tl.arange(0, BN)
     mask = offs < N
     b_g = tl.load(gate + row * stride_g + offs, mask=mask, other=0.0)
     b_u = tl.load(up + row * stride_u + offs, mask=mask, other=0.0)
@@ -35,7 +36,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     )
     y = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
     BN = 1024
-    silu_mul_kernel[(triton.cdiv(N, BN), g2.shape[0])](
+    silu_mul_kernel[(g2.shape[0], triton.cdiv(N, BN))](
         g2, u2, y, g2.stride(0), u2.stride(0), N, BN=BN, num_warps=4
     )
     return y

@@ -18,9 +18,9 @@ def test_reference_is_silu_times_up_and_names_bad_shapes() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("N", [1, 1000, 11008])
+@pytest.mark.parametrize(("rows", "N"), [(2, 1), (2, 1000), (2, 11008), (300, 1000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_triton_silu_mul_matches_torch(dtype: torch.dtype, N: int) -> None:
+def test_triton_silu_mul_matches_torch(dtype: torch.dtype, rows: int, N: int) -> None:
     pytest.importorskip("triton")
     from kernels._testing import device_for_kernel_tests, poison_allocator
     from kernels.swiglu import swiglu_triton
@@ -28,7 +28,7 @@ def test_triton_silu_mul_matches_torch(dtype: torch.dtype, N: int) -> None:
     device = device_for_kernel_tests()
     gen = torch.Generator().manual_seed(N)
     # gate and up as the decode step hands them: the halves of one gate/up product
-    both = (torch.randn(2, 1, 2 * N, generator=gen) * 4).to(dtype).to(device)
+    both = (torch.randn(rows, 1, 2 * N, generator=gen) * 4).to(dtype).to(device)
     gate, up = both.split(N, dim=-1)
     want = F.silu(gate) * up
     poison_allocator(device)
