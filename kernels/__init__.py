@@ -6,9 +6,42 @@ path on CUDA (where it exists) and the reference everywhere else.
 
 import functools
 import importlib.util
+import os
+
+import torch
 
 
 @functools.cache
 def has_triton() -> bool:
     """True when Triton can be imported (looked up once: every decode step dispatches on it)."""
     return importlib.util.find_spec("triton") is not None
+
+
+def use_fast_path(
+    x: torch.Tensor,
+    use_kernel: bool | None,
+    op: str,
+    *,
+    switch: str | None = None,
+    grad_inputs: tuple[torch.Tensor, ...] = (),
+) -> bool:
+    """Resolve a dispatcher's ``use_kernel`` for input ``x`` (the rule the Triton kernels share).
+
+    True insists: a ``ValueError`` naming ``op`` where no kernel can run (CUDA, or CPU tensors
+    under ``TRITON_INTERPRET=1``, with Triton installed). False refuses. None picks the kernel for
+    CUDA tensors when Triton is installed, the environment variable ``switch`` is not ``"0"``, and
+    no tensor of ``grad_inputs`` needs a gradient (the kernels have no backward).
+    """
+    runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    available = runnable and has_triton()
+    if use_kernel:
+        if not available:
+            raise ValueError(
+                f"{op}: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
+            )
+        return True
+    if use_kernel is False or not (x.is_cuda and available):
+        return False
+    if switch is not None and os.environ.get(switch) == "0":
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in grad_inputs))

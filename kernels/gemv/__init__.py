@@ -14,7 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from kernels import has_triton
+from kernels import has_triton, use_fast_path
 from kernels.gemv import reference
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,7 @@ def linear(
     Returns:
         [..., N] in the dtype of ``x``.
     """
-    if use_kernel:
-        runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-        if not (runnable and has_triton()):
-            raise ValueError(
-                f"gemv: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
-            )
+    if use_kernel and use_fast_path(x, use_kernel, "gemv"):
         from kernels.gemv import gemv_triton
 
         return gemv_triton.linear(x, weight, bias)

@@ -8,11 +8,10 @@ of ``kernels.rms_norm.reference``. ``INFINITEVL_NORM_KERNEL=0`` keeps the refere
 """
 
 import logging
-import os
 
 import torch
 
-from kernels import has_triton
+from kernels import use_fast_path
 from kernels.rms_norm import reference
 
 log = logging.getLogger(__name__)
@@ -21,21 +20,9 @@ __all__ = ["add_rms_norm", "gated_rms_norm", "reference", "rms_norm"]
 
 
 def _use_kernel(use_kernel: bool | None, *tensors: torch.Tensor) -> bool:
-    x = tensors[0]
-    runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    available = runnable and has_triton()
-    if use_kernel:
-        if not available:
-            raise ValueError(
-                f"rms_norm: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
-            )
-        return True
-    if use_kernel is False or not x.is_cuda or not available:
-        return False
-    if os.environ.get("INFINITEVL_NORM_KERNEL") == "0":
-        return False
-    # the kernel has no backward
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return use_fast_path(
+        tensors[0], use_kernel, "rms_norm", switch="INFINITEVL_NORM_KERNEL", grad_inputs=tensors
+    )
 
 
 def rms_norm(

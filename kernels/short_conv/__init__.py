@@ -6,16 +6,17 @@ torch reference elsewhere (``INFINITEVL_SHORT_CONV_KERNEL=0``: the reference on 
 """
 
 import logging
-import os
 
 import torch
 
-from kernels import has_triton
+from kernels import use_fast_path
 from kernels.short_conv import reference
 
 log = logging.getLogger(__name__)
 
 __all__ = ["prefill", "reference", "step", "step3"]
+
+SWITCH = "INFINITEVL_SHORT_CONV_KERNEL"  # "0" keeps the reference on CUDA
 
 
 def prefill(
@@ -30,21 +31,7 @@ def prefill(
     Returns:
         y: [B, T, C] in the dtype of x.  tail: [B, C, KS - 1] the last inputs, to carry on.
     """
-    runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    available = runnable and has_triton()
-    if use_kernel and not available:
-        raise ValueError(
-            f"short_conv.prefill: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
-        )
-    if use_kernel is None:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        use_kernel = (
-            x.is_cuda
-            and available
-            and not needs_grad
-            and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") != "0"
-        )
-    if use_kernel:
+    if use_fast_path(x, use_kernel, "short_conv.prefill", switch=SWITCH, grad_inputs=(x, weight)):
         from kernels.short_conv import prefill_triton
 
         return prefill_triton.prefill(x, tail.contiguous(), weight.contiguous())
@@ -63,15 +50,7 @@ def step(
     Returns:
         y: [B, C] in the dtype of x.
     """
-    runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    available = runnable and has_triton()
-    if use_kernel and not available:
-        raise ValueError(
-            f"short_conv.step: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
-        )
-    if use_kernel is None and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") == "0":
-        use_kernel = False
-    if use_kernel or (use_kernel is None and x.is_cuda and available):
+    if use_fast_path(x, use_kernel, "short_conv.step", switch=SWITCH):
         from kernels.short_conv import step_triton
 
         return step_triton.step(x, tail, weight)
@@ -92,18 +71,7 @@ def step3(
     Returns:
         the three outputs [B, C_i] in the dtype of the inputs.
     """
-    x = xs[0]
-    runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    available = runnable and has_triton()
-    if use_kernel and not available:
-        raise ValueError(
-            f"short_conv.step3: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
-        )
-    if use_kernel is None:
-        use_kernel = (
-            x.is_cuda and available and os.environ.get("INFINITEVL_SHORT_CONV_KERNEL") != "0"
-        )
-    if use_kernel:
+    if use_fast_path(xs[0], use_kernel, "short_conv.step3", switch=SWITCH):
         from kernels.short_conv import step_triton
 
         return step_triton.step3(xs, tails, weights)
