@@ -16,9 +16,7 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, ratio: float) 
     assert not torch.isnan(out).any(), f"{name}: output holds NaN"
     err = rel_rms(ref, out)
     max_abs = (out.detach().double() - ref.detach().double()).abs().max().item()
-    assert err <= ratio, (
-        f"{name}: relative RMS error {err:.3e} > {ratio:.1e} (max abs {max_abs:.3e})"
-    )
+    assert err <= ratio, f"{name}: relative RMS error {err:.3e} > {ratio:.1e} (max abs {max_abs:.3e})"
 
 
 def device_for_kernel_tests() -> torch.device:
@@ -34,9 +32,7 @@ def device_for_kernel_tests() -> torch.device:
     pytest.skip("needs CUDA, or TRITON_INTERPRET=1 to run the Triton kernels on the CPU")
 
 
-def poison_allocator(
-    device: torch.device, sizes: tuple[int, ...] = (1 << 12, 1 << 16, 1 << 20, 1 << 24)
-) -> None:
+def poison_allocator(device: torch.device, sizes: tuple[int, ...] = (1 << 12, 1 << 16, 1 << 20, 1 << 24)) -> None:
     """Leave NaN-filled blocks in the CUDA caching allocator (no-op elsewhere).
 
     A ``torch.empty`` inside a kernel wrapper then returns NaN-filled memory, so an output element

@@ -65,14 +65,10 @@ def chunk(
     """
     if _resolve(q, use_kernel, "chunk", chunk_fla.is_available() and q.is_cuda) and q.shape[1] > 0:
         leaves = (q, k, v, g, beta, initial_state)
-        needs_grad = torch.is_grad_enabled() and any(
-            x is not None and x.requires_grad for x in leaves
-        )
+        needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in leaves)
         if needs_grad and not chunk_fla.backward_is_safe(q.device):
             # fla's forward would succeed and its backward raise: train through the reference
-            _warn_once(
-                "gated_delta.chunk: fla's backward is unsafe on this GPU/Triton: the reference takes grad calls"
-            )
+            _warn_once("gated_delta.chunk: fla's backward is unsafe on this GPU/Triton: the reference takes grad calls")
         elif chunk_size in chunk_fla.FLA_CHUNK_SIZES:
             return chunk_fla.chunk(
                 q,
@@ -86,19 +82,9 @@ def chunk(
                 chunk_size=chunk_size,
             )
         else:
-            _warn_once(
-                f"gated_delta.chunk: chunk_size {chunk_size} is not one of fla's {chunk_fla.FLA_CHUNK_SIZES}"
-            )
+            _warn_once(f"gated_delta.chunk: chunk_size {chunk_size} is not one of fla's {chunk_fla.FLA_CHUNK_SIZES}")
     return reference.chunk(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        scale=scale,
-        initial_state=initial_state,
-        use_qk_l2norm=use_qk_l2norm,
-        chunk_size=chunk_size,
+        q, k, v, g, beta, scale=scale, initial_state=initial_state, use_qk_l2norm=use_qk_l2norm, chunk_size=chunk_size
     )
 
 
@@ -119,9 +105,7 @@ def recurrent(
         raise ValueError(
             "gated_delta.recurrent: has no fast kernel (it is the float32 ground truth); use chunk or step"
         )
-    return reference.recurrent(
-        q, k, v, g, beta, scale=scale, initial_state=initial_state, use_qk_l2norm=use_qk_l2norm
-    )
+    return reference.recurrent(q, k, v, g, beta, scale=scale, initial_state=initial_state, use_qk_l2norm=use_qk_l2norm)
 
 
 def step(

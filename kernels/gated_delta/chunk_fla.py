@@ -76,9 +76,7 @@ def chunk(
     if initial_state is not None:
         check_state(initial_state, v, q.shape[-1], "initial_state")
     if chunk_size not in FLA_CHUNK_SIZES:
-        raise ValueError(
-            f"gated_delta.chunk (fla): chunk_size must be one of {FLA_CHUNK_SIZES}, got {chunk_size}"
-        )
+        raise ValueError(f"gated_delta.chunk (fla): chunk_size must be one of {FLA_CHUNK_SIZES}, got {chunk_size}")
     assert q.is_cuda, f"fla's chunk kernel needs CUDA tensors, got {q.device}"
     # fla reads the last dim with unit stride; views from the projections may not have it
     q, k, v, g, beta = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v, g, beta))

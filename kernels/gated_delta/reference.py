@@ -16,9 +16,7 @@ log = logging.getLogger(__name__)
 L2NORM_EPS = 1e-6  # inside the square root, as fla's l2norm
 
 
-def check_shapes(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor
-) -> None:
+def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor) -> None:
     """Raise ``ValueError`` naming the shapes when q, k, v, g, beta do not fit one another.
 
     Args:
@@ -26,18 +24,14 @@ def check_shapes(
     """
     lead = v.shape[:-2]
     if q.dim() != v.dim() or q.shape != k.shape or q.shape[:-2] != lead:
-        raise ValueError(
-            f"gated_delta: q {tuple(q.shape)}, k {tuple(k.shape)} do not fit v {tuple(v.shape)}"
-        )
+        raise ValueError(f"gated_delta: q {tuple(q.shape)}, k {tuple(k.shape)} do not fit v {tuple(v.shape)}")
     if g.shape != v.shape[:-1] or beta.shape != v.shape[:-1]:
         raise ValueError(
             f"gated_delta: g {tuple(g.shape)} and beta {tuple(beta.shape)} must be {tuple(v.shape[:-1])} (v's [..., HV])"
         )
     H, HV = q.shape[-2], v.shape[-2]
     if HV % H != 0:
-        raise ValueError(
-            f"gated_delta: value heads HV={HV} must be a multiple of query/key heads H={H}"
-        )
+        raise ValueError(f"gated_delta: value heads HV={HV} must be a multiple of query/key heads H={H}")
 
 
 def check_state(state: torch.Tensor, v: torch.Tensor, K: int, name: str = "state") -> None:
@@ -71,12 +65,7 @@ def prepare_qk(
 
 
 def _delta_update(
-    S: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
+    S: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token out of place: S [B, HV, K, V]; q, k [B, HV, K]; v [B, HV, V]; g, beta [B, HV]."""
     S = S * g.exp()[..., None, None]
@@ -236,11 +225,7 @@ def chunk(
     K = q.shape[-1]
     if initial_state is not None:
         check_state(initial_state, v, K, "initial_state")
-    S = (
-        initial_state
-        if initial_state is not None
-        else v.new_zeros(B, HV, K, V, dtype=torch.float32)
-    )
+    S = initial_state if initial_state is not None else v.new_zeros(B, HV, K, V, dtype=torch.float32)
     if T == 0:
         return v.new_zeros(B, 0, HV, V), S
     qf, kf = prepare_qk(q, k, HV, scale, use_qk_l2norm)

@@ -63,9 +63,7 @@ def prefill(
     return reference.prefill(q, k, v, ring_k, ring_v, seen, scale=scale)
 
 
-def write(
-    ring_k: torch.Tensor, ring_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: int
-) -> None:
+def write(ring_k: torch.Tensor, ring_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: int) -> None:
     """Store the last min(T, W) keys/values (k, v: [B, Hkv, T, D]) at slots (token index % W), in place."""
     reference.write(ring_k, ring_v, k, v, seen)
 

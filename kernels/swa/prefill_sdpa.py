@@ -42,9 +42,7 @@ def prefill(
     T, W = q.shape[2], ring_k.shape[2]
     with sdpa_kernel(SDPA_BACKENDS):
         if seen == 0 and T <= W:
-            return F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=scale, enable_gqa=True
-            )
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         keys = torch.cat([ring_in_order(ring_k, seen).to(k.dtype), k], dim=2)
         values = torch.cat([ring_in_order(ring_v, seen).to(v.dtype), v], dim=2)
         return banded_attention(q, keys, values, seen, W, scale, QUERY_BLOCK)

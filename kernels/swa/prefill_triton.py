@@ -112,9 +112,7 @@ def launch_prefill(
     """
     B, H, T, D = q.shape
     Hkv, L = keys.shape[1], keys.shape[2]
-    assert keys.is_contiguous() and values.is_contiguous(), (
-        "keys/values must be contiguous [B, Hkv, L, D]"
-    )
+    assert keys.is_contiguous() and values.is_contiguous(), "keys/values must be contiguous [B, Hkv, L, D]"
     assert q.stride(-1) == 1, "q needs unit stride on D"
     assert L >= T, f"{L} keys for {T} queries"
     o = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
@@ -174,7 +172,5 @@ def prefill(
         q = q.contiguous()
     if q.dtype == torch.float32:
         # float32 tiles are twice as wide: smaller blocks and stages keep them in shared memory
-        return launch_prefill(
-            q, keys, values, W, scale, block_m=64, block_n=32, num_warps=4, num_stages=2
-        )
+        return launch_prefill(q, keys, values, W, scale, block_m=64, block_n=32, num_warps=4, num_stages=2)
     return launch_prefill(q, keys, values, W, scale)

@@ -18,12 +18,7 @@ QUERY_BLOCK = 512  # queries per block in prefill: the banded scores stay [B, H,
 
 
 def check_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    ring_k: torch.Tensor,
-    ring_v: torch.Tensor,
-    seen: int,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ring_k: torch.Tensor, ring_v: torch.Tensor, seen: int
 ) -> None:
     """Raise ``ValueError`` naming the shapes when q, k, v and the ring do not fit one another.
 
@@ -35,22 +30,14 @@ def check_inputs(
             f"swa: k {tuple(k.shape)} / v {tuple(v.shape)} or ring_k {tuple(ring_k.shape)} / ring_v {tuple(ring_v.shape)} differ"
         )
     B, Hkv, _, D = ring_k.shape
-    if (
-        k.shape[:2] != (B, Hkv)
-        or k.shape[-1] != D
-        or q.shape[0] != B
-        or q.shape[-1] != D
-        or q.dim() != k.dim()
-    ):
+    if k.shape[:2] != (B, Hkv) or k.shape[-1] != D or q.shape[0] != B or q.shape[-1] != D or q.dim() != k.dim():
         raise ValueError(
             f"swa: q {tuple(q.shape)}, k {tuple(k.shape)} do not fit ring {tuple(ring_k.shape)} [B, Hkv, W, D]"
         )
     if q.dim() == 4 and q.shape[2] != k.shape[2]:
         raise ValueError(f"swa: q has T={q.shape[2]} tokens, k has T={k.shape[2]}")
     if q.shape[1] % Hkv != 0:
-        raise ValueError(
-            f"swa: query heads H={q.shape[1]} must be a multiple of key/value heads Hkv={Hkv}"
-        )
+        raise ValueError(f"swa: query heads H={q.shape[1]} must be a multiple of key/value heads Hkv={Hkv}")
     if seen < 0:
         raise ValueError(f"swa: seen must be >= 0, got {seen}")
 
@@ -85,19 +72,11 @@ def prefill(
     check_inputs(q, k, v, ring_k, ring_v, seen)
     keys = torch.cat([ring_in_order(ring_k, seen).float(), k.float()], dim=2)
     values = torch.cat([ring_in_order(ring_v, seen).float(), v.float()], dim=2)
-    return banded_attention(q.float(), keys, values, seen, ring_k.shape[2], scale, QUERY_BLOCK).to(
-        q.dtype
-    )
+    return banded_attention(q.float(), keys, values, seen, ring_k.shape[2], scale, QUERY_BLOCK).to(q.dtype)
 
 
 def banded_attention(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    seen: int,
-    W: int,
-    scale: float,
-    query_block: int,
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, seen: int, W: int, scale: float, query_block: int
 ) -> torch.Tensor:
     """Banded causal attention, one block of queries at a time, in the dtype of the inputs.
 
@@ -133,9 +112,7 @@ def banded_attention(
 
 
 @torch.no_grad()
-def write(
-    ring_k: torch.Tensor, ring_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: int
-) -> None:
+def write(ring_k: torch.Tensor, ring_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: int) -> None:
     """Write the last min(T, W) new keys and values into their slots (token index % W), in place.
 
     Args:

@@ -75,12 +75,8 @@ def swa_step_split_kernel(
     start = i_s.to(tl.int64) * SPLIT
     stop = tl.minimum(start + SPLIT, n)
     if (slot >= start) & (slot < start + SPLIT):
-        tl.store(
-            ring_k + ring_base + slot * D + offs_d, b_k_new.to(ring_k.dtype.element_ty), mask=mask_d
-        )
-        tl.store(
-            ring_v + ring_base + slot * D + offs_d, b_v_new.to(ring_v.dtype.element_ty), mask=mask_d
-        )
+        tl.store(ring_k + ring_base + slot * D + offs_d, b_k_new.to(ring_k.dtype.element_ty), mask=mask_d)
+        tl.store(ring_v + ring_base + slot * D + offs_d, b_v_new.to(ring_v.dtype.element_ty), mask=mask_d)
 
     m_i = tl.full([BG], float("-inf"), tl.float32)
     l_i = tl.zeros([BG], tl.float32)
@@ -113,21 +109,13 @@ def swa_step_split_kernel(
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     lse = tl.where(l_i > 0, m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
     row = (i_b * H + i_kv * G + offs_g) * NUM_SPLITS + i_s  # [BG] rows of [B, H, NUM_SPLITS]
-    tl.store(
-        o_part + row[:, None] * D + offs_d[None, :], out, mask=mask_g[:, None] & mask_d[None, :]
-    )
+    tl.store(o_part + row[:, None] * D + offs_d[None, :], out, mask=mask_g[:, None] & mask_d[None, :])
     tl.store(lse_part + row, lse, mask=mask_g)
 
 
 @triton.jit
 def swa_step_combine_kernel(
-    o_part,
-    lse_part,
-    o,
-    D: tl.constexpr,
-    BD: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
-    BS: tl.constexpr,
+    o_part, lse_part, o, D: tl.constexpr, BD: tl.constexpr, NUM_SPLITS: tl.constexpr, BS: tl.constexpr
 ):
     i_bh = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BS)
@@ -145,11 +133,7 @@ def swa_step_combine_kernel(
 
 def num_splits(B: int, Hkv: int, W: int, device: torch.device, block_n: int) -> tuple[int, int]:
     """(split size, number of splits): about two programs per multiprocessor, whole blocks per split."""
-    num_sms = (
-        torch.cuda.get_device_properties(device).multi_processor_count
-        if device.type == "cuda"
-        else 1
-    )
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     want = max(1, (2 * num_sms) // (B * Hkv))
     split = max(block_n, triton.next_power_of_2(triton.cdiv(W, want)))
     split = triton.cdiv(split, block_n) * block_n
@@ -172,15 +156,9 @@ def launch_step(
     on_device = isinstance(seen, torch.Tensor)
     B, H, D = q.shape
     Hkv, W = ring_k.shape[1], ring_k.shape[2]
-    assert ring_k.is_contiguous() and ring_v.is_contiguous(), (
-        "ring buffers must be contiguous [B, Hkv, W, D]"
-    )
-    assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1, (
-        "q, k, v need unit stride on D"
-    )
-    assert not on_device or (seen.numel() == 1 and seen.device == q.device), (
-        "seen tensor: one value on q's device"
-    )
+    assert ring_k.is_contiguous() and ring_v.is_contiguous(), "ring buffers must be contiguous [B, Hkv, W, D]"
+    assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1, "q, k, v need unit stride on D"
+    assert not on_device or (seen.numel() == 1 and seen.device == q.device), "seen tensor: one value on q's device"
     assert split % block_n == 0, f"split {split} must be a multiple of block_n {block_n}"
     splits = triton.cdiv(W, split)
     o_part = torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
@@ -219,13 +197,7 @@ def launch_step(
     )
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     swa_step_combine_kernel[(B * H,)](
-        o_part,
-        lse_part,
-        o,
-        D=D,
-        BD=triton.next_power_of_2(D),
-        NUM_SPLITS=splits,
-        BS=triton.next_power_of_2(splits),
+        o_part, lse_part, o, D=D, BD=triton.next_power_of_2(D), NUM_SPLITS=splits, BS=triton.next_power_of_2(splits)
     )
     return o
 
