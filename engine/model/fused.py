@@ -31,6 +31,19 @@ log = logging.getLogger(__name__)
 FUSED_DECODE_DEFAULT = os.environ.get("INFINITEVL_FUSED_DECODE", "1") != "0"
 
 
+def identity_of(mods: list[nn.Module]) -> tuple[int, ...]:
+    """What a fuse saw of ``mods``: the ids of the modules and of their weight and bias
+    Parameters, and where each points. A replaced Parameter, or a ``.data`` moved by ``.to()``,
+    changes it; the fused storage stays alive, so no address is reused."""
+    seen: list[int] = []
+    for m in mods:
+        seen.append(id(m))
+        for name in ("weight", "bias"):
+            p = m._parameters.get(name)
+            seen += [id(p), 0 if p is None else p.data_ptr()]
+    return tuple(seen)
+
+
 class FusedLinear:
     """One matrix over the ``nn.Linear`` children ``names`` of a module (all with or without bias).
 
@@ -64,16 +77,6 @@ class FusedLinear:
                 return None
         return mods
 
-    @staticmethod
-    def _seen_of(mods: list[nn.Module]) -> tuple[int, ...]:
-        seen: list[int] = []
-        for m in mods:
-            seen.append(id(m))
-            for name in ("weight", "bias"):
-                p = m._parameters.get(name)
-                seen += [id(p), 0 if p is None else p.data_ptr()]
-        return tuple(seen)
-
     def matrices(self, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The fused (weight, bias), rebuilt if the projections were replaced; None if unfusable."""
         if self.weight is not None:
@@ -82,7 +85,7 @@ class FusedLinear:
             children = owner._modules
             # the projections are registered modules, never None entries of _modules
             current = cast("list[nn.Module]", [children[n] for n in self.names])
-            if self._seen_of(current) == self._seen:
+            if identity_of(current) == self._seen:
                 assert self.weight is not None
                 return self.weight, self.bias
         mods = self._linears(owner)
@@ -110,7 +113,7 @@ class FusedLinear:
                 assert m.bias is not None
                 m.bias.data = part
         self.weight, self.bias = weight, bias
-        self._seen = self._seen_of(list(mods))
+        self._seen = identity_of(list(mods))
         self._held = tuple(mods) + tuple(p for m in mods for p in m._parameters.values())
         log.debug("fused %s: %s rows", self.names, self.sizes)
 

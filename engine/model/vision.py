@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from torch import nn
 from engine.config import VisionConfig
 from engine.errors import ConfigError, InputError
 from engine.model.norm import RMSNorm
+from engine.model.padded_mlp import PaddedGatedMLP
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,15 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class VisionMLP(nn.Module):
-    """SwiGLU-style MLP with biases: ``down(act(gate(x)) * up(x))``."""
+    """SwiGLU-style MLP with biases: ``down(act(gate(x)) * up(x))``.
+
+    Without grad on CUDA, gate and up run as one product and all three on matrices whose
+    intermediate width is padded to a multiple of 8 (``engine.model.padded_mlp``): the published
+    3,420 otherwise sends cuBLAS to its slow unaligned kernels. ``pad_matmuls``: None pads on
+    CUDA only, True on any device (tests), False never (``INFINITEVL_VISION_PAD=0`` at import).
+    """
+
+    pad_matmuls: bool | None = None if os.environ.get("INFINITEVL_VISION_PAD") != "0" else False
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
@@ -71,9 +81,25 @@ class VisionMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
         self.act = _ACTIVATIONS[config.hidden_act]
+        # aligned matrix products on CUDA without grad (engine.model.padded_mlp)
+        self._padded = PaddedGatedMLP()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        padded = self._padded.matrices(self) if self._pads(x) else None
+        if padded is None:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate_up, bias, down, width = padded
+        gu = F.linear(x, gate_up, bias)  # [..., 2 * Ip]
+        # padded columns: act(0) * 0 = 0, then zero columns of down
+        h = self.act(gu[..., :width]) * gu[..., width:]
+        return F.linear(h, down, self.down_proj.bias)
+
+    def _pads(self, x: torch.Tensor) -> bool:
+        if self.pad_matmuls is False or torch.is_grad_enabled():
+            return False
+        if self._padded.gate_up is None and x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return False  # no allocation inside a CUDA graph capture: padded on an eager call
+        return self.pad_matmuls is True or x.is_cuda
 
 
 @dataclass(slots=True)
