@@ -130,26 +130,25 @@ class Segments:
         return cls([g.to(device) for g in groups], restore.to(device))
 
 
-def block_diagonal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments
-) -> torch.Tensor:
+def block_diagonal_attention(qkv: torch.Tensor, segments: Segments) -> torch.Tensor:
     """Softmax attention within each block of ``segments``, none across blocks.
 
     Args:
-        q, k, v: [N, H, D].
+        qkv: [N, 3, H, D], q, k and v of each row side by side (one gather serves all three).
         segments: the blocks, covering all N rows.
     Returns:
-        [N, H*D] in the dtype of ``q``, rows in sequence order.
+        [N, H*D] in the dtype of ``qkv``, rows in sequence order.
     """
-    N, H, D = q.shape
+    N, _, H, D = qkv.shape
     outs = []
     for idx in segments.groups:
         n, L = idx.shape
-        # [n, L, H, D] -> [n, H, L, D]: the blocks of one length form one SDPA batch
-        qb, kb, vb = (t[idx].transpose(1, 2) for t in (q, k, v))
+        # [n, L, 3, H, D] -> three [n, H, L, D]: the blocks of one length form one SDPA batch
+        qb, kb, vb = qkv[idx].permute(2, 0, 3, 1, 4).unbind(0)
         o = F.scaled_dot_product_attention(qb, kb, vb, scale=D**-0.5)
         outs.append(o.transpose(1, 2).reshape(n * L, H * D))
-    return torch.cat(outs)[segments.restore]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out[segments.restore]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -179,13 +178,15 @@ class VisionAttention(nn.Module):
             [N, hidden].
         """
         N = x.shape[0]
-        q, k, v = self.qkv(x).reshape(N, 3, self.num_heads, -1).unbind(1)  # [N, H, D] each
-        cos, sin = (t[:, None, :] for t in rope)
-        # rotate in float32, as the reference does, then return to the activation dtype
-        q32, k32 = q.float(), k.float()
-        q = (q32 * cos + rotate_half(q32) * sin).to(v.dtype)
-        k = (k32 * cos + rotate_half(k32) * sin).to(v.dtype)
-        return self.proj(block_diagonal_attention(q, k, v, segments))
+        qkv = self.qkv(x).reshape(N, 3, self.num_heads, -1)  # [N, 3, H, D]
+        cos, sin = (t[:, None, None, :] for t in rope)  # [N, 1, 1, D] float32
+        # q and k rotated together in float32 (the float32 cos/sin promote them), as the reference
+        # does, and written back beside v in the activation dtype
+        qk = qkv[:, :2]
+        rotated = qkv.new_empty(qkv.shape)
+        rotated[:, :2] = qk * cos + rotate_half(qk) * sin
+        rotated[:, 2] = qkv[:, 2]
+        return self.proj(block_diagonal_attention(rotated, segments))
 
 
 class VisionBlock(nn.Module):

@@ -150,7 +150,8 @@ def test_block_diagonal_attention_matches_masked_attention() -> None:
     lengths = [3, 5, 0, 3, 1, 5]
     N, H, D = sum(lengths), 2, 8
     q, k, v = (torch.randn(N, H, D, generator=gen) for _ in range(3))
-    out = block_diagonal_attention(q, k, v, Segments.from_lengths(lengths, q.device))
+    qkv = torch.stack((q, k, v), dim=1)  # [N, 3, H, D]
+    out = block_diagonal_attention(qkv, Segments.from_lengths(lengths, q.device))
     block = torch.repeat_interleave(
         torch.arange(len(lengths)), torch.tensor(lengths)
     )  # [N] block id of each row
