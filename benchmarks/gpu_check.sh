@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device call that checks and times the engine on a lent GPU (docs/gpu-session.md):
+#
+#   benchmarks/gpu_check.sh COMMIT [SECONDS]      # run from the repository root on the device
+#
+# COMMIT names the tree in the reports (compute it where .git is current: the device's copy of
+# .git can be stale). Carry .train_carry/wheels (pytest, fla-core, ...) and .whl/bnb. Each step
+# gets at most what is left of SECONDS (default 540); outputs go to $OUT (or /tmp/gpu_check):
+#   gpu_tests.txt   pytest -m gpu over tests/kernels and tests/engine
+#   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
+#   profile.md      decode_profile: the graphed decode step's kernels and the frame step's
+#   profile_vision_unpadded.md   the same frame step with INFINITEVL_VISION_PAD=0
+#   quant.md        quant_bench --config 4b: bf16 / int8 / NF4 memory, speed, KL
+set -uo pipefail
+commit=${1:?usage: benchmarks/gpu_check.sh COMMIT [SECONDS]}
+budget=${2:-540}
+out=${OUT:-/tmp/gpu_check}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .train_carry/wheels/*.whl \
+  > "$out/pip.txt" 2>&1 || echo "wheels: not installed (see pip.txt)"
+export PYTHONPATH="/tmp/site:$PWD/.whl/bnb:$PWD"
+start=$SECONDS
+
+step() {  # step FILE CAP_SECONDS COMMAND...: run with what is left of the budget, at most CAP
+  local file=$1 cap=$2 left
+  shift 2
+  left=$((budget - (SECONDS - start)))
+  if ((left < 20)); then echo "$file: skipped, budget spent"; return; fi
+  ((cap > left)) && cap=$left
+  timeout "$cap" "$@" > "$out/$file" 2>&1
+  echo "$file: exit $? at $((SECONDS - start)) s"
+}
+
+step gpu_tests.txt 170 python3 -m pytest -q -m gpu -n 4 -p no:cacheprovider tests/kernels tests/engine
+tail -3 "$out/gpu_tests.txt" 2>/dev/null
+step bench.txt 200 python3 -m benchmarks.bench_engine --out "$out" --budget-s 180 --commit "$commit"
+step profile.md 70 python3 -m benchmarks.decode_profile --prefill 0 --paths fused
+step profile_vision_unpadded.md 50 env INFINITEVL_VISION_PAD=0 python3 -m benchmarks.decode_profile \
+  --prefill 0 --paths fused
+grep -hs "^## " "$out"/profile*.md
+step quant.md 120 python3 -m benchmarks.quant_bench --device cuda --config 4b
+grep -s "^|" "$out/quant.md"
