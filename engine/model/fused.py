@@ -68,6 +68,9 @@ class FusedLinear:
         # exactly nn.Linear: a quantized or adapted subclass computes something else
         if not all(type(m) is nn.Linear for m in mods):
             return None
+        # plain tensors only: a sharded (DTensor) or otherwise managed parameter is not re-stored
+        if any(type(p.data) is not torch.Tensor for m in mods for p in m.parameters()):
+            return None
         w0 = mods[0].weight
         has_bias = mods[0].bias is not None
         for m in mods:
