@@ -2,7 +2,9 @@
 
 One program per (block of BM queries, batch x query head) walks the key blocks that its queries
 can see (at most BM + W keys), with an online softmax in float32; masked-out keys cost nothing
-beyond the two edge blocks. Keys are the ring's valid entries in token order followed by the new
+beyond the two edge blocks. When the query blocks are too few to fill the GPU (a 448x448 frame's
+256 tokens over a full 8K window: 32 programs), each band is cut into runs of key blocks, one
+program each, and a second kernel combines their partial softmaxes (flash decoding). Keys are the ring's valid entries in token order followed by the new
 keys, so the band is the same whether the ring is empty, partial or wrapped. Forward only: the
 dispatcher sends calls that need grad to ``prefill_sdpa``. ``TRITON_INTERPRET=1`` runs it on CPU.
 """
@@ -91,6 +93,159 @@ def swa_prefill_kernel(
     tl.store(p_o, out.to(o.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
+@triton.jit(do_not_specialize=["T", "L"])
+def swa_prefill_split_kernel(
+    q,
+    keys,
+    values,
+    o_part,
+    m_part,
+    l_part,
+    stride_q_b,
+    stride_q_h,
+    stride_q_t,
+    T,
+    L,
+    qk_scale,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    W: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    # swa_prefill_kernel over one of NUM_SPLITS runs of the key blocks of the band; writes the
+    # unnormalised output, the running max and the sum (log2 units) for the combine kernel
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_s = tl.program_id(2)
+    BH = tl.num_programs(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_kv = i_h // (H // HKV)
+    off = L - T
+    offs_m = i_m * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, BD)
+    mask_m, mask_d = offs_m < T, offs_d < D
+    p_q = q + i_b * stride_q_b + i_h * stride_q_h + offs_m[:, None] * stride_q_t + offs_d[None, :]
+    b_q = tl.load(p_q, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    kv_base = (i_b * HKV + i_kv) * L * D
+
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    lo = tl.maximum(i_m * BM + off - W + 1, 0)
+    lo = (lo // BN) * BN
+    hi = tl.minimum(i_m * BM + BM + off, L)
+    per = tl.cdiv(tl.cdiv(hi - lo, BN), NUM_SPLITS) * BN  # keys of each split, whole blocks
+    s_lo = lo + i_s * per
+    s_hi = tl.minimum(s_lo + per, hi)
+    for n0 in range(s_lo, s_hi, BN):
+        offs_n = n0 + tl.arange(0, BN)
+        mask_n = offs_n < L
+        p_kv = kv_base + offs_n[:, None] * D + offs_d[None, :]
+        b_k = tl.load(keys + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        b_v = tl.load(values + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision="ieee")
+        else:
+            s = tl.dot(b_q, tl.trans(b_k))
+        rel = offs_n[None, :] - (offs_m[:, None] + off)
+        visible = (rel <= 0) & (rel > -W) & mask_n[None, :]
+        s = tl.where(visible, s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p, b_v.to(tl.float32), input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v)
+        m_i = m_new
+    # a split with no visible key keeps m = -inf, l = 0, acc = 0: weight zero in the combine
+    row = (i_s * BH + i_bh) * T + offs_m  # rows of [NUM_SPLITS, B*H, T]
+    tl.store(o_part + row[:, None] * D + offs_d[None, :], acc, mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(m_part + row, m_i, mask=mask_m)
+    tl.store(l_part + row, l_i, mask=mask_m)
+
+
+@triton.jit(do_not_specialize=["T"])
+def swa_prefill_combine_kernel(
+    o_part, m_part, l_part, o, T, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, NUM_SPLITS: tl.constexpr
+):
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    BH = tl.num_programs(1)
+    offs_m = i_m * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, BD)
+    mask_m, mask_d = offs_m < T, offs_d < D
+    m = tl.full([BM], float("-inf"), tl.float32)
+    for i_s in tl.static_range(NUM_SPLITS):
+        m = tl.maximum(m, tl.load(m_part + (i_s * BH + i_bh) * T + offs_m, mask=mask_m, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    den = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    for i_s in tl.static_range(NUM_SPLITS):
+        row = (i_s * BH + i_bh) * T + offs_m
+        w = tl.math.exp2(tl.load(m_part + row, mask=mask_m, other=float("-inf")) - m_safe)
+        den += w * tl.load(l_part + row, mask=mask_m, other=0.0)
+        part = tl.load(o_part + row[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        acc += part * w[:, None]
+    out = acc / tl.where(den > 0, den, 1.0)[:, None]
+    p_o = o + (i_bh * T + offs_m[:, None]) * D + offs_d[None, :]
+    tl.store(p_o, out.to(o.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+def prefill_splits(B: int, H: int, T: int, block_m: int, device: torch.device) -> int:
+    """How many runs of key blocks each query block is cut into: enough programs for about two
+    per multiprocessor (a few hundred queries over a full 8K window otherwise keep most of the GPU
+    idle), 1 when the query blocks alone fill it."""
+    if device.type != "cuda":
+        return 1
+    programs = triton.cdiv(T, block_m) * B * H
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(16, (2 * sms) // programs))
+
+
+def launch_prefill_split(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    W: int,
+    scale: float,
+    num_splits: int,
+    block_m: int = 128,
+    block_n: int = 64,
+    num_warps: int = 8,
+    num_stages: int = 3,
+) -> torch.Tensor:
+    """``launch_prefill`` with the band of each query block cut into ``num_splits`` runs of key
+    blocks, one program each, and a second kernel combining them (same arguments and result)."""
+    B, H, T, D = q.shape
+    Hkv, L = keys.shape[1], keys.shape[2]
+    assert keys.is_contiguous() and values.is_contiguous(), "keys/values must be contiguous [B, Hkv, L, D]"
+    assert q.stride(-1) == 1, "q needs unit stride on D"
+    assert L >= T, f"{L} keys for {T} queries"
+    o_part = torch.empty(num_splits, B * H, T, D, dtype=torch.float32, device=q.device)
+    m_part = torch.empty(num_splits, B * H, T, dtype=torch.float32, device=q.device)
+    l_part = torch.empty_like(m_part)
+    o = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    ieee = q.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
+    BD = triton.next_power_of_2(D)
+    swa_prefill_split_kernel[(triton.cdiv(T, block_m), B * H, num_splits)](
+        q, keys, values, o_part, m_part, l_part, q.stride(0), q.stride(1), q.stride(2), T, L,
+        scale * LOG2E, H=H, HKV=Hkv, W=W, D=D, BD=BD, BM=block_m, BN=block_n,
+        NUM_SPLITS=num_splits, IEEE=ieee, num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    swa_prefill_combine_kernel[(triton.cdiv(T, 64), B * H)](
+        o_part, m_part, l_part, o, T, D=D, BD=BD, BM=64, NUM_SPLITS=num_splits, num_warps=4
+    )
+    return o
+
+
 def launch_prefill(
     q: torch.Tensor,
     keys: torch.Tensor,
@@ -152,12 +307,15 @@ def prefill(
     seen: int,
     *,
     scale: float,
+    num_splits: int = 0,
 ) -> torch.Tensor:
     """Banded causal attention of T new tokens over the ring's valid entries and themselves.
 
     Args:
         q: [B, H, T, D].  k, v: [B, Hkv, T, D].  ring_k, ring_v: [B, Hkv, W, D], not modified.
         seen: tokens written before this call.  scale: multiplies q k^T.
+        num_splits: runs of key blocks per query block (0: ``prefill_splits`` picks; more than
+            one adds a combine kernel).
     Returns:
         o: [B, H, T, D] in the dtype of q (not differentiable: use ``prefill_sdpa`` for training).
     """
@@ -170,7 +328,9 @@ def prefill(
         keys, values = k.contiguous(), v.contiguous()
     if q.stride(-1) != 1:
         q = q.contiguous()
-    if q.dtype == torch.float32:
-        # float32 tiles are twice as wide: smaller blocks and stages keep them in shared memory
-        return launch_prefill(q, keys, values, W, scale, block_m=64, block_n=32, num_warps=4, num_stages=2)
-    return launch_prefill(q, keys, values, W, scale)
+    # float32 tiles are twice as wide: smaller blocks and stages keep them in shared memory
+    blocks = {"block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 2} if q.dtype == torch.float32 else {}
+    splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], blocks.get("block_m", 128), q.device)
+    if splits > 1:
+        return launch_prefill_split(q, keys, values, W, scale, splits, **blocks)
+    return launch_prefill(q, keys, values, W, scale, **blocks)
