@@ -12,6 +12,8 @@ ops:
 - every decoder weight matrix as one batch-1 ``F.linear`` (the fused shapes too): microseconds
   and the bandwidth it reaches against the measured copy bandwidth;
 - the kernels of one prefill of ``--prefill`` tokens, and of the captured 448x448 frame step.
+With ``--gemv-sweep``, each tile of ``kernels.gemv``'s autotuning list is timed on each weight
+shape (weights read from memory), to choose the kernel's tiles per shape.
 Each section is printed as soon as it is measured; a failing section prints its error and the
 rest go on.
 """
@@ -235,6 +237,58 @@ def triton_gemv_us(x: torch.Tensor, ws: list[torch.Tensor], reps: int) -> float:
     return elapsed_ms(run, x.device) * 1e3 / reps
 
 
+def gemv_sweep(model: InfiniteVLForConditionalGeneration) -> None:
+    """Each tile of ``kernels.gemv``'s autotuning list timed on each decoder weight shape, with
+    the weights read from memory (not L2): which tile the kernel should take per shape."""
+    dev, dtype = model.device, model.dtype
+    if dev.type != "cuda":
+        out("", "GEMV tile sweep: CUDA only")
+        return
+    from kernels.gemv import gemv_triton
+
+    configs = gemv_triton._CONFIGS  # noqa: SLF001 (the list the sweep is about)
+    names = [f"{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}/{c.num_warps}w" for c in configs]
+    rows = []
+    for name, (n_out, n_in, _count) in linear_shapes(model).items():
+        try:
+            w = torch.randn(n_out, n_in, device=dev, dtype=dtype) * 0.02
+            x = torch.randn(1, 1, n_in, device=dev, dtype=dtype)
+            ws = [w] + [w.clone() for _ in range(max(0, min(7, int(2e8 // w.nbytes))))]
+            y = torch.empty(1, 1, n_out, device=dev, dtype=dtype)
+            cells = [
+                _tile_us(x, ws, y, c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps)
+                for c in configs
+            ]
+            best = min(range(len(cells)), key=cells.__getitem__)
+            gbs = w.nbytes / (cells[best] * 1e-6) / 1e9
+            rows.append([name, *(fmt(v, 1) for v in cells), f"{names[best]}, {fmt(gbs, 0)} GB/s"])
+            del w, ws, x, y
+        except Exception:  # profile boundary
+            out(f"sweep {name} failed:", traceback.format_exc())
+    title = "Triton GEMV tiles per weight shape (us a call, weights from memory)"
+    table(title, ["weight", *names, "best"], rows)
+
+
+def _tile_us(
+    x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, bn: int, bk: int, nw: int
+) -> float:
+    """us a call of ``gemv_kernel`` with one tile, cycling through the weights ``ws``."""
+    from kernels.gemv import gemv_triton
+
+    n_out, n_in = ws[0].shape
+
+    def run() -> None:
+        for i in range(100):
+            wi = ws[i % len(ws)]
+            gemv_triton.gemv_kernel[(-(-n_out // bn),)](
+                x, wi, wi, y, n_out, wi.stride(0), n_in, HAS_BIAS=False,
+                BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
+            )  # fmt: skip
+
+    run()  # compiles
+    return elapsed_ms(run, x.device) * 10
+
+
 def profile_linears(model: InfiniteVLForConditionalGeneration, bandwidth: float) -> None:
     dev, dtype = model.device, model.dtype
     rows = []
@@ -261,7 +315,7 @@ def profile_linears(model: InfiniteVLForConditionalGeneration, bandwidth: float)
             kernel_us += min(us, k_us if k_us == k_us else us) * count
             rows.append([
                 name, f"{n_out:,} x {n_in:,}", fmt(w.nbytes / 1e6, 1), fmt(us, 1),
-                fmt(gbs, 0), f"{100 * gbs * 1e9 / (bandwidth / 2):.0f}%", fmt(us * count / 1e3, 3),
+                fmt(gbs, 0), f"{100 * gbs * 1e9 / bandwidth:.0f}%", fmt(us * count / 1e3, 3),
                 fmt(k_us, 1), fmt(k_gbs, 0),
             ])  # fmt: skip
             del w, ws, x
@@ -277,7 +331,7 @@ def profile_linears(model: InfiniteVLForConditionalGeneration, bandwidth: float)
             "MB",
             "cuBLAS us",
             "GB/s read",
-            "of copy read BW",
+            "of copy BW",
             "ms/token (x count)",
             "Triton GEMV us",
             "GB/s read",
@@ -305,6 +359,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=32768, help="prefill profiled (0: none)")
     ap.add_argument("--no-frames", action="store_true", help="skip the frame step")
     ap.add_argument("--paths", default="fused,separate", help="decode paths profiled")
+    ap.add_argument("--gemv-sweep", action="store_true", help="time each GEMV tile on each shape")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     dev = torch.device(args.device)
@@ -321,6 +376,8 @@ def main() -> None:
     out("kernel switches: " + ", ".join(f"{k}={v}" for k, v in switches().items()))
     profile_decode(model, args.context, args.steps, args.top, paths)
     profile_linears(model, bandwidth)
+    if args.gemv_sweep:
+        gemv_sweep(model)
     if args.prefill:
         profile_prefill(model, args.prefill, args.top)
     if not args.no_frames:

@@ -8,7 +8,8 @@
 # gets at most what is left of SECONDS (default 540); outputs go to $OUT (or /tmp/gpu_check):
 #   gpu_tests.txt   pytest -m gpu over tests/kernels and tests/engine
 #   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
-#   profile.md      decode_profile: the graphed decode step's kernels and the frame step's
+#   profile.md      decode_profile: the graphed decode step's kernels, GEMV speeds and tiles, the
+#                   frame step's kernels
 #   profile_vision_unpadded.md   the same frame step with INFINITEVL_VISION_PAD=0
 #   quant.md        quant_bench --config 4b: bf16 / int8 / NF4 memory, speed, KL
 set -uo pipefail
@@ -34,7 +35,7 @@ step() {  # step FILE CAP_SECONDS COMMAND...: run with what is left of the budge
 step gpu_tests.txt 170 python3 -m pytest -q -m gpu -n 4 -p no:cacheprovider tests/kernels tests/engine
 tail -3 "$out/gpu_tests.txt" 2>/dev/null
 step bench.txt 200 python3 -m benchmarks.bench_engine --out "$out" --budget-s 180 --commit "$commit"
-step profile.md 70 python3 -m benchmarks.decode_profile --prefill 0 --paths fused
+step profile.md 90 python3 -m benchmarks.decode_profile --prefill 0 --paths fused --gemv-sweep
 step profile_vision_unpadded.md 50 env INFINITEVL_VISION_PAD=0 python3 -m benchmarks.decode_profile \
   --prefill 0 --paths fused
 grep -hs "^## " "$out"/profile*.md
