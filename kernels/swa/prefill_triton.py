@@ -29,6 +29,9 @@ def swa_prefill_kernel(
     keys,
     values,
     o,
+    o_part,
+    m_part,
+    l_part,
     stride_q_b,
     stride_q_h,
     stride_q_t,
@@ -42,8 +45,11 @@ def swa_prefill_kernel(
     BD: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
     IEEE: tl.constexpr,
 ):
+    # NUM_SPLITS > 1: program_id(2) takes one of NUM_SPLITS runs of the band's key blocks and
+    # writes its unnormalised output, running max and sum (log2 units) for the combine kernel
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
@@ -64,6 +70,10 @@ def swa_prefill_kernel(
     lo = tl.maximum(i_m * BM + off - W + 1, 0)
     lo = (lo // BN) * BN
     hi = tl.minimum(i_m * BM + BM + off, L)
+    if NUM_SPLITS > 1:
+        per = tl.cdiv(tl.cdiv(hi - lo, BN), NUM_SPLITS) * BN  # keys of each run, whole blocks
+        lo = lo + tl.program_id(2) * per
+        hi = tl.minimum(lo + per, hi)
     for n0 in range(lo, hi, BN):
         offs_n = n0 + tl.arange(0, BN)
         mask_n = offs_n < L
@@ -88,88 +98,17 @@ def swa_prefill_kernel(
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v)
         m_i = m_new
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    p_o = o + (i_bh * T + offs_m[:, None]) * D + offs_d[None, :]
-    tl.store(p_o, out.to(o.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-
-
-@triton.jit(do_not_specialize=["T", "L"])
-def swa_prefill_split_kernel(
-    q,
-    keys,
-    values,
-    o_part,
-    m_part,
-    l_part,
-    stride_q_b,
-    stride_q_h,
-    stride_q_t,
-    T,
-    L,
-    qk_scale,
-    H: tl.constexpr,
-    HKV: tl.constexpr,
-    W: tl.constexpr,
-    D: tl.constexpr,
-    BD: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
-    IEEE: tl.constexpr,
-):
-    # swa_prefill_kernel over one of NUM_SPLITS runs of the key blocks of the band; writes the
-    # unnormalised output, the running max and the sum (log2 units) for the combine kernel
-    i_m = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
-    i_s = tl.program_id(2)
-    BH = tl.num_programs(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_kv = i_h // (H // HKV)
-    off = L - T
-    offs_m = i_m * BM + tl.arange(0, BM)
-    offs_d = tl.arange(0, BD)
-    mask_m, mask_d = offs_m < T, offs_d < D
-    p_q = q + i_b * stride_q_b + i_h * stride_q_h + offs_m[:, None] * stride_q_t + offs_d[None, :]
-    b_q = tl.load(p_q, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    kv_base = (i_b * HKV + i_kv) * L * D
-
-    m_i = tl.full([BM], float("-inf"), tl.float32)
-    l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, BD], tl.float32)
-    lo = tl.maximum(i_m * BM + off - W + 1, 0)
-    lo = (lo // BN) * BN
-    hi = tl.minimum(i_m * BM + BM + off, L)
-    per = tl.cdiv(tl.cdiv(hi - lo, BN), NUM_SPLITS) * BN  # keys of each split, whole blocks
-    s_lo = lo + i_s * per
-    s_hi = tl.minimum(s_lo + per, hi)
-    for n0 in range(s_lo, s_hi, BN):
-        offs_n = n0 + tl.arange(0, BN)
-        mask_n = offs_n < L
-        p_kv = kv_base + offs_n[:, None] * D + offs_d[None, :]
-        b_k = tl.load(keys + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        b_v = tl.load(values + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision="ieee")
-        else:
-            s = tl.dot(b_q, tl.trans(b_k))
-        rel = offs_n[None, :] - (offs_m[:, None] + off)
-        visible = (rel <= 0) & (rel > -W) & mask_n[None, :]
-        s = tl.where(visible, s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, b_v.to(tl.float32), input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v)
-        m_i = m_new
-    # a split with no visible key keeps m = -inf, l = 0, acc = 0: weight zero in the combine
-    row = (i_s * BH + i_bh) * T + offs_m  # rows of [NUM_SPLITS, B*H, T]
-    tl.store(o_part + row[:, None] * D + offs_d[None, :], acc, mask=mask_m[:, None] & mask_d[None, :])
-    tl.store(m_part + row, m_i, mask=mask_m)
-    tl.store(l_part + row, l_i, mask=mask_m)
+    if NUM_SPLITS == 1:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        p_o = o + (i_bh * T + offs_m[:, None]) * D + offs_d[None, :]
+        tl.store(p_o, out.to(o.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    else:
+        # a run with no visible key keeps m = -inf, l = 0, acc = 0: weight zero in the combine
+        row = (tl.program_id(2) * tl.num_programs(1) + i_bh) * T + offs_m  # [NUM_SPLITS, B*H, T]
+        p_part = o_part + row[:, None] * D + offs_d[None, :]
+        tl.store(p_part, acc, mask=mask_m[:, None] & mask_d[None, :])
+        tl.store(m_part + row, m_i, mask=mask_m)
+        tl.store(l_part + row, l_i, mask=mask_m)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -235,8 +174,8 @@ def launch_prefill_split(
     o = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     ieee = q.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
     BD = triton.next_power_of_2(D)
-    swa_prefill_split_kernel[(triton.cdiv(T, block_m), B * H, num_splits)](
-        q, keys, values, o_part, m_part, l_part, q.stride(0), q.stride(1), q.stride(2), T, L,
+    swa_prefill_kernel[(triton.cdiv(T, block_m), B * H, num_splits)](
+        q, keys, values, o, o_part, m_part, l_part, q.stride(0), q.stride(1), q.stride(2), T, L,
         scale * LOG2E, H=H, HKV=Hkv, W=W, D=D, BD=BD, BM=block_m, BN=block_n,
         NUM_SPLITS=num_splits, IEEE=ieee, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
@@ -278,6 +217,9 @@ def launch_prefill(
         keys,
         values,
         o,
+        o,
+        o,
+        o,
         q.stride(0),
         q.stride(1),
         q.stride(2),
@@ -291,6 +233,7 @@ def launch_prefill(
         BD=triton.next_power_of_2(D),
         BM=block_m,
         BN=block_n,
+        NUM_SPLITS=1,
         IEEE=ieee,
         num_warps=num_warps,
         num_stages=num_stages,
