@@ -149,42 +149,6 @@ def prefill_splits(B: int, H: int, T: int, block_m: int, device: torch.device) -
     return max(1, min(16, (2 * sms) // programs))
 
 
-def launch_prefill_split(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    W: int,
-    scale: float,
-    num_splits: int,
-    block_m: int = 128,
-    block_n: int = 64,
-    num_warps: int = 8,
-    num_stages: int = 3,
-) -> torch.Tensor:
-    """``launch_prefill`` with the band of each query block cut into ``num_splits`` runs of key
-    blocks, one program each, and a second kernel combining them (same arguments and result)."""
-    B, H, T, D = q.shape
-    Hkv, L = keys.shape[1], keys.shape[2]
-    assert keys.is_contiguous() and values.is_contiguous(), "keys/values must be contiguous [B, Hkv, L, D]"
-    assert q.stride(-1) == 1, "q needs unit stride on D"
-    assert L >= T, f"{L} keys for {T} queries"
-    o_part = torch.empty(num_splits, B * H, T, D, dtype=torch.float32, device=q.device)
-    m_part = torch.empty(num_splits, B * H, T, dtype=torch.float32, device=q.device)
-    l_part = torch.empty_like(m_part)
-    o = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
-    ieee = q.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
-    BD = triton.next_power_of_2(D)
-    swa_prefill_kernel[(triton.cdiv(T, block_m), B * H, num_splits)](
-        q, keys, values, o, o_part, m_part, l_part, q.stride(0), q.stride(1), q.stride(2), T, L,
-        scale * LOG2E, H=H, HKV=Hkv, W=W, D=D, BD=BD, BM=block_m, BN=block_n,
-        NUM_SPLITS=num_splits, IEEE=ieee, num_warps=num_warps, num_stages=num_stages,
-    )  # fmt: skip
-    swa_prefill_combine_kernel[(triton.cdiv(T, 64), B * H)](
-        o_part, m_part, l_part, o, T, D=D, BD=BD, BM=64, NUM_SPLITS=num_splits, num_warps=4
-    )
-    return o
-
-
 def launch_prefill(
     q: torch.Tensor,
     keys: torch.Tensor,
@@ -195,12 +159,16 @@ def launch_prefill(
     block_n: int = 64,
     num_warps: int = 8,
     num_stages: int = 3,
+    *,
+    num_splits: int = 1,
 ) -> torch.Tensor:
     """Launch ``swa_prefill_kernel`` with an explicit block shape (for ``prefill`` and the bench).
 
     Args:
         q: [B, H, T, D] (unit stride on D).  keys, values: [B, Hkv, L, D] contiguous, L >= T, the
             last T of them the new tokens'.  W: the window.  scale: multiplies q k^T.
+        num_splits: runs of key blocks each query block's band is cut into, one program each;
+            more than one adds ``swa_prefill_combine_kernel``.
     Returns:
         o: [B, H, T, D] contiguous, in the dtype of q.
     """
@@ -210,34 +178,24 @@ def launch_prefill(
     assert q.stride(-1) == 1, "q needs unit stride on D"
     assert L >= T, f"{L} keys for {T} queries"
     o = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    o_part = m_part = l_part = o  # not read with one run
+    if num_splits > 1:
+        o_part = torch.empty(num_splits, B * H, T, D, dtype=torch.float32, device=q.device)
+        m_part = torch.empty(num_splits, B * H, T, dtype=torch.float32, device=q.device)
+        l_part = torch.empty_like(m_part)
     # Triton's CPU interpreter multiplies bf16 dot operands wrongly: upcast there (tests only)
     ieee = q.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
-    swa_prefill_kernel[(triton.cdiv(T, block_m), B * H)](
-        q,
-        keys,
-        values,
-        o,
-        o,
-        o,
-        o,
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        T,
-        L,
-        scale * LOG2E,
-        H=H,
-        HKV=Hkv,
-        W=W,
-        D=D,
-        BD=triton.next_power_of_2(D),
-        BM=block_m,
-        BN=block_n,
-        NUM_SPLITS=1,
-        IEEE=ieee,
-        num_warps=num_warps,
-        num_stages=num_stages,
-    )
+    BD = triton.next_power_of_2(D)
+    grid = (triton.cdiv(T, block_m), B * H, num_splits)
+    swa_prefill_kernel[grid](
+        q, keys, values, o, o_part, m_part, l_part, q.stride(0), q.stride(1), q.stride(2), T, L,
+        scale * LOG2E, H=H, HKV=Hkv, W=W, D=D, BD=BD, BM=block_m, BN=block_n,
+        NUM_SPLITS=num_splits, IEEE=ieee, num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    if num_splits > 1:
+        swa_prefill_combine_kernel[(triton.cdiv(T, 64), B * H)](
+            o_part, m_part, l_part, o, T, D=D, BD=BD, BM=64, NUM_SPLITS=num_splits, num_warps=4
+        )
     return o
 
 
@@ -272,8 +230,6 @@ def prefill(
     if q.stride(-1) != 1:
         q = q.contiguous()
     # float32 tiles are twice as wide: smaller blocks and stages keep them in shared memory
-    blocks = {"block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 2} if q.dtype == torch.float32 else {}
-    splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], blocks.get("block_m", 128), q.device)
-    if splits > 1:
-        return launch_prefill_split(q, keys, values, W, scale, splits, **blocks)
-    return launch_prefill(q, keys, values, W, scale, **blocks)
+    block_m, block_n, warps, stages = (64, 32, 4, 2) if q.dtype == torch.float32 else (128, 64, 8, 3)
+    splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
+    return launch_prefill(q, keys, values, W, scale, block_m, block_n, warps, stages, num_splits=splits)
