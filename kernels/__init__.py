@@ -32,15 +32,15 @@ def use_fast_path(
     CUDA tensors when Triton is installed, the environment variable ``switch`` is not ``"0"``, and
     no tensor of ``grad_inputs`` needs a gradient (the kernels have no backward).
     """
-    runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    available = runnable and has_triton()
     if use_kernel:
-        if not available:
+        runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        if not (runnable and has_triton()):
             raise ValueError(
                 f"{op}: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
             )
         return True
-    if use_kernel is False or not (x.is_cuda and available):
+    # CPU tensors leave here, before any environment lookup: every decode op asks
+    if use_kernel is False or not x.is_cuda or not has_triton():
         return False
     if switch is not None and os.environ.get(switch) == "0":
         return False

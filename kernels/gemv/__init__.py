@@ -14,12 +14,14 @@ import os
 import torch
 import torch.nn.functional as F
 
-from kernels import has_triton, use_fast_path
+from kernels import use_fast_path
 from kernels.gemv import reference
 
 log = logging.getLogger(__name__)
 
 __all__ = ["choices", "linear", "reference"]
+
+SWITCH = "INFINITEVL_GEMV_KERNEL"  # "0": cuBLAS everywhere; "1": the kernel without timing
 
 # (N, K, dtype, device, has bias) -> True when the kernel measured faster than cuBLAS
 _choice: dict[tuple, bool] = {}
@@ -30,19 +32,16 @@ def choices() -> dict[tuple, bool]:
     return dict(_choice)
 
 
-def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    tensors = (x, weight) if bias is None else (x, weight, bias)
+def _fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """One half-precision row of ``x`` against a CUDA weight the kernel can read (unit stride on K)."""
     return (
-        x.is_cuda
-        and weight.is_cuda
+        weight.is_cuda
         and x.dtype in (torch.bfloat16, torch.float16)
         and weight.dtype == x.dtype
         and x.numel() == weight.shape[-1]
         and x.stride(-1) == 1
         and weight.dim() == 2
         and weight.stride(1) == 1
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and has_triton()
     )
 
 
@@ -99,14 +98,13 @@ def linear(
     Returns:
         [..., N] in the dtype of ``x``.
     """
-    if use_kernel and use_fast_path(x, use_kernel, "gemv"):
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    picked = use_fast_path(x, use_kernel, "gemv", switch=SWITCH, grad_inputs=tensors)
+    if picked and use_kernel is None:
+        forced = os.environ.get(SWITCH) == "1"
+        picked = _fits(x, weight) and (forced or _measured_choice(x, weight, bias))
+    if picked:
         from kernels.gemv import gemv_triton
 
         return gemv_triton.linear(x, weight, bias)
-    if use_kernel is None and _eligible(x, weight, bias):
-        env = os.environ.get("INFINITEVL_GEMV_KERNEL")
-        if env != "0" and (env == "1" or _measured_choice(x, weight, bias)):
-            from kernels.gemv import gemv_triton
-
-            return gemv_triton.linear(x, weight, bias)
     return F.linear(x, weight, bias)
