@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.swiglu.reference import check_inputs
+
 
 @triton.jit
 def silu_mul_kernel(gate, up, y, stride_g, stride_u, N, BN: tl.constexpr):
@@ -27,8 +29,7 @@ def silu_mul_kernel(gate, up, y, stride_g, stride_u, N, BN: tl.constexpr):
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``SiLU(gate) * up`` for ``gate``, ``up`` [..., N] (unit stride on N, same dtype)."""
-    if gate.shape != up.shape:
-        raise ValueError(f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
+    check_inputs(gate, up)
     N = gate.shape[-1]
     g2, u2 = gate.reshape(-1, N), up.reshape(-1, N)
     assert g2.stride(-1) == 1 and u2.stride(-1) == 1 and gate.dtype == up.dtype, (
