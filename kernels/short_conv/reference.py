@@ -86,4 +86,4 @@ def prefill(
     y = xt[:, :, 0:T].float() * w[:, 0:1]
     for j in range(1, KS):
         y = y + xt[:, :, j : j + T].float() * w[:, j : j + 1]
-    return F.silu(y).to(x.dtype).transpose(1, 2), xt[:, :, xt.shape[2] - (KS - 1) :].detach()
+    return F.silu(y).to(x.dtype).transpose(1, 2), new_tail(x, tail)
