@@ -44,6 +44,20 @@ def identity_of(mods: list[nn.Module]) -> tuple[int, ...]:
     return tuple(seen)
 
 
+def restorable(mods: list[nn.Module]) -> bool:
+    """Whether the weights of ``mods`` may be moved into one new storage: exactly ``nn.Linear``
+    (a quantized or adapted subclass computes something else), plain tensors (a sharded DTensor
+    or otherwise managed parameter is left alone), one dtype and device, not meta."""
+    if not all(type(m) is nn.Linear for m in mods):
+        return False
+    if any(type(p.data) is not torch.Tensor for m in mods for p in m.parameters()):
+        return False
+    weights = [cast("nn.Linear", m).weight for m in mods]
+    w0 = weights[0]
+    same = all(w.dtype == w0.dtype and w.device == w0.device for w in weights)
+    return same and w0.device.type != "meta"
+
+
 class FusedLinear:
     """One matrix over the ``nn.Linear`` children ``names`` of a module (all with or without bias).
 
@@ -65,19 +79,11 @@ class FusedLinear:
 
     def _linears(self, owner: nn.Module) -> list[nn.Linear] | None:
         mods = [getattr(owner, n) for n in self.names]
-        # exactly nn.Linear: a quantized or adapted subclass computes something else
-        if not all(type(m) is nn.Linear for m in mods):
+        if not restorable(mods):
             return None
-        # plain tensors only: a sharded (DTensor) or otherwise managed parameter is not re-stored
-        if any(type(p.data) is not torch.Tensor for m in mods for p in m.parameters()):
-            return None
-        w0 = mods[0].weight
         has_bias = mods[0].bias is not None
-        for m in mods:
-            if (m.bias is not None) != has_bias or m.weight.dtype != w0.dtype:
-                return None
-            if m.weight.device != w0.device or m.weight.device.type == "meta":
-                return None
+        if any((m.bias is not None) != has_bias for m in mods):
+            return None
         return mods
 
     def matrices(self, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:

@@ -23,7 +23,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from engine.model.fused import identity_of
+from engine.model.fused import identity_of, restorable
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +87,15 @@ class PaddedGatedMLP:
         log.debug("padded gated MLP: %d -> %d wide", inter, width)
 
 
-def _plain(mods: list[nn.Module]) -> bool:  # noqa: PLR0911 (one reason a line)
-    """Exactly ``nn.Linear`` (a quantized or adapted subclass computes something else) holding
-    plain tensors, one dtype and device, not meta, gate and up alike in bias and shape."""
-    if not all(type(m) is nn.Linear for m in mods):
+def _plain(mods: list[nn.Module]) -> bool:
+    """``restorable`` projections with gate and up alike in shape and bias, and down reading
+    their width."""
+    if not restorable(mods):
         return False
     gate, up, down = cast("list[nn.Linear]", mods)
-    w = gate.weight
-    if any(m.weight.dtype != w.dtype or m.weight.device != w.device for m in mods):
-        return False
-    if w.device.type == "meta" or up.weight.shape != w.shape:
-        return False
-    # plain tensors only: a sharded (DTensor) or otherwise managed parameter is not re-stored
-    if any(type(p.data) is not torch.Tensor for m in mods for p in m.parameters()):
-        return False
     same_bias = (gate.bias is None) == (up.bias is None)
-    return same_bias and down.weight.shape[1] == w.shape[0]
+    return (
+        same_bias
+        and up.weight.shape == gate.weight.shape
+        and down.weight.shape[1] == gate.weight.shape[0]
+    )
