@@ -57,18 +57,23 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
+def _row_block(N: int, weight: torch.Tensor) -> tuple[int, int]:
+    """(BN, num_warps) of a program normalising one row of N, after checking ``weight`` is [N]."""
+    assert weight.shape == (N,) and weight.is_contiguous(), (
+        f"weight {tuple(weight.shape)} must be [{N}], contiguous"
+    )
+    BN = triton.next_power_of_2(N)
+    return BN, 8 if BN >= 4096 else 4 if BN >= 1024 else 1
+
+
 def _launch(
     x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor, eps: float, dtype: torch.dtype
 ) -> torch.Tensor:
     N = x.shape[-1]
-    assert weight.shape == (N,) and weight.is_contiguous(), (
-        f"weight {tuple(weight.shape)} must be [{N}], contiguous"
-    )
+    BN, num_warps = _row_block(N, weight)
     x2 = _rows(x)
     g2 = _rows(gate) if gate is not None else x2
     y = torch.empty(x.shape, dtype=dtype, device=x.device)
-    BN = triton.next_power_of_2(N)
-    num_warps = 8 if BN >= 4096 else 4 if BN >= 1024 else 1
     rms_norm_kernel[(x2.shape[0],)](
         x2,
         g2,
@@ -107,14 +112,10 @@ def add_rms_norm(
         f"x {tuple(x.shape)} {x.dtype} vs h {tuple(h.shape)} {h.dtype}"
     )
     N = x.shape[-1]
-    assert weight.shape == (N,) and weight.is_contiguous(), (
-        f"weight {tuple(weight.shape)} must be [{N}], contiguous"
-    )
+    BN, num_warps = _row_block(N, weight)
     x2, h2 = _rows(x), _rows(h)
     s = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     y = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
-    BN = triton.next_power_of_2(N)
-    num_warps = 8 if BN >= 4096 else 4 if BN >= 1024 else 1
     add_rms_norm_kernel[(x2.shape[0],)](
         x2, h2, weight, s, y, x2.stride(0), h2.stride(0), N, eps, BN=BN, num_warps=num_warps
     )
