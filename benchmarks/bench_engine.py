@@ -126,13 +126,15 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * n * reps / (ms * 1e-3)
 
 
-def build(config: ModelConfig, setup: Setup) -> InfiniteVLForConditionalGeneration:
-    """Random weights (torch's default init, seed 0) made on the device in the bench dtype."""
+def build(
+    config: ModelConfig, device: torch.device, dtype: torch.dtype
+) -> InfiniteVLForConditionalGeneration:
+    """Random weights (torch's default init, seed 0) made on ``device`` in ``dtype``."""
     torch.manual_seed(0)
     default = torch.get_default_dtype()
-    torch.set_default_dtype(setup.dtype)
+    torch.set_default_dtype(dtype)
     try:
-        with setup.device:
+        with device:
             model = InfiniteVLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(default)
@@ -286,7 +288,7 @@ def bench_hybrid(
 ) -> InfiniteVLForConditionalGeneration:
     """Prefill, graph/eager decode and memory per context; then the roofline table."""
     dev = setup.device
-    model = build(setup.hybrid, setup)
+    model = build(setup.hybrid, setup.device, setup.dtype)
     wbytes = weight_bytes(model)
     vocab = setup.hybrid.text.vocab_size
     reset_peak(dev)
@@ -475,7 +477,7 @@ def bench_streaming(
 def bench_transformer(setup: Setup, report: Report) -> None:
     """The engine as a Transformer (all layers full attention) until memory or time runs out."""
     dev = setup.device
-    model = build(setup.transformer, setup)
+    model = build(setup.transformer, setup.device, setup.dtype)
     vocab = setup.transformer.text.vocab_size
     rows: list[list[str]] = []
     last_ms, last_ctx = 0.0, 1

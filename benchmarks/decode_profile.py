@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from benchmarks.bench_engine import (
     CONFIG_4B,
+    build,
     copy_bandwidth,
     elapsed_ms,
     fmt,
@@ -54,18 +55,6 @@ def out(*lines: str) -> None:
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     lines = ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out(*lines, *["| " + " | ".join(r) + " |" for r in rows])
-
-
-def build(config: ModelConfig, device: torch.device, dtype: torch.dtype):  # noqa: ANN201
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with device:
-            model = InfiniteVLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(default)
-    return model.eval()
 
 
 def kernel_times(run: Callable[[], None], steps: int, device: torch.device) -> dict[str, list]:
@@ -103,6 +92,29 @@ def short(name: str, width: int = 90) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
+def kernel_table(
+    heading: Callable[[float, float], str],
+    per: dict[str, list],
+    top: int,
+    per_what: str = "",
+    in_ms: bool = False,
+) -> None:
+    """The ``top`` kernels of ``per`` ({name: [us, launches]}) as a table under
+    ``heading(total kernel ms, launches)``; times in us (or ms) ``per_what``."""
+    total_us = sum(v[0] for v in per.values())
+    launches = sum(v[1] for v in per.values())
+    rows = sorted(per.items(), key=lambda kv: -kv[1][0])[:top]
+    unit, scale, digits = ("ms", 1e-3, 2) if in_ms else ("us", 1.0, 1)
+    table(
+        heading(total_us / 1e3, launches),
+        ["kernel", f"{unit}{per_what}", f"launches{per_what}", "share"],
+        [
+            [short(k), fmt(v[0] * scale, digits), fmt(v[1], 0), f"{100 * v[0] / total_us:.1f}%"]
+            for k, v in rows
+        ],
+    )
+
+
 def profile_decode(
     model: InfiniteVLForConditionalGeneration,
     context: int,
@@ -126,18 +138,15 @@ def profile_decode(
             n = 100 if dev.type == "cuda" else 3
             ms = elapsed_ms(lambda g=graph, n=n: [g.advance() for _ in range(n)], dev) / n
             per = kernel_times(graph.advance, steps, dev)
-            total_us = sum(v[0] for v in per.values())
-            launches = sum(v[1] for v in per.values())
-            rows = sorted(per.items(), key=lambda kv: -kv[1][0])[:top]
-            table(
-                f"Decode step, {label}, context {context:,}: {fmt(ms, 3)} ms/token replayed; "
-                f"kernels {fmt(total_us / 1e3, 3)} ms in {launches:,.0f} launches, "
-                f"{fmt(ms - total_us / 1e3, 3)} ms between them",
-                ["kernel", "us/token", "launches/token", "share"],
-                [
-                    [short(k), fmt(v[0], 1), fmt(v[1], 0), f"{100 * v[0] / total_us:.1f}%"]
-                    for k, v in rows
-                ],
+            kernel_table(
+                lambda k_ms, n_k, ms=ms, label=label: (
+                    f"Decode step, {label}, context {context:,}: {fmt(ms, 3)} ms/token replayed; "
+                    f"kernels {fmt(k_ms, 3)} ms in {n_k:,.0f} launches, "
+                    f"{fmt(ms - k_ms, 3)} ms between them"
+                ),
+                per,
+                top,
+                "/token",
             )
             del graph, state
         except Exception:  # profile boundary: print and go on
@@ -154,15 +163,13 @@ def profile_prefill(model: InfiniteVLForConditionalGeneration, context: int, top
         state = model.new_state()
         ms = elapsed_ms(lambda: prefill(model, state, ids, context), dev)
         per = kernel_times(lambda: prefill(model, model.new_state(), ids, context), 1, dev)
-        total_us = sum(v[0] for v in per.values())
-        rows = sorted(per.items(), key=lambda kv: -kv[1][0])[:top]
-        table(
-            f"Prefill of {context:,} tokens: {fmt(ms, 1)} ms; kernels {fmt(total_us / 1e3, 1)} ms",
-            ["kernel", "ms", "launches", "share"],
-            [
-                [short(k), fmt(v[0] / 1e3, 2), fmt(v[1], 0), f"{100 * v[0] / total_us:.1f}%"]
-                for k, v in rows
-            ],
+        kernel_table(
+            lambda k_ms, _n: (
+                f"Prefill of {context:,} tokens: {fmt(ms, 1)} ms; kernels {fmt(k_ms, 1)} ms"
+            ),
+            per,
+            top,
+            in_ms=True,
         )
     except Exception:  # profile boundary
         out(f"prefill profile ({context}) failed:", traceback.format_exc())
@@ -185,17 +192,14 @@ def profile_frames(model: InfiniteVLForConditionalGeneration, steps: int, top: i
         n = 50 if dev.type == "cuda" else 2
         ms = elapsed_ms(lambda: [stream.feed(frame) for _ in range(n)], dev) / n
         per = kernel_times(lambda: stream.feed(frame), steps, dev)
-        total_us = sum(v[0] for v in per.values())
-        launches = sum(v[1] for v in per.values())
-        rows = sorted(per.items(), key=lambda kv: -kv[1][0])[:top]
-        table(
-            f"Frame step (448x448, {stream.num_tokens} tokens): {fmt(ms, 2)} ms/frame; kernels "
-            f"{fmt(total_us / 1e3, 2)} ms in {launches:,.0f} launches",
-            ["kernel", "us/frame", "launches/frame", "share"],
-            [
-                [short(k), fmt(v[0], 1), fmt(v[1], 0), f"{100 * v[0] / total_us:.1f}%"]
-                for k, v in rows
-            ],
+        kernel_table(
+            lambda k_ms, n_k: (
+                f"Frame step (448x448, {stream.num_tokens} tokens): {fmt(ms, 2)} ms/frame; "
+                f"kernels {fmt(k_ms, 2)} ms in {n_k:,.0f} launches"
+            ),
+            per,
+            top,
+            "/frame",
         )
     except Exception:  # profile boundary
         out("frame profile failed:", traceback.format_exc())
