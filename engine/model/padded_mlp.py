@@ -1,7 +1,7 @@
 """A gated MLP's matrices stored with the intermediate width rounded up, for aligned GEMMs.
 
 Qwen2.5-VL's vision MLP is 3,420 wide: not a multiple of 8, so cuBLAS runs its three matrix
-products with 2-element-aligned kernels (4.6 of a 448x448 frame's 20.6 ms on an H100, in
+products with 2-element-aligned kernels (4.6 of a 448x448 frame's 24.9 ms on an H100, in
 ``benchmarks/RESULTS_decode_profile.md``). Here gate and up are one matrix of ``2 * Ip`` rows
 (``Ip``: the width rounded up to ``ALIGN``), down one of ``Ip`` columns, the padding zero. The
 products run on the padded matrices; the padded columns of ``act(gate) * up`` are ``act(b) * 0``
