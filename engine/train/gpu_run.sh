@@ -8,9 +8,10 @@
 #
 # Needs: fonts in .train_carry/fonts (copies of Debian's fonts-dejavu, -liberation and -freefont,
 # see engine/train/fonts.py) and, optionally, .train_carry/start (a write_start folder; made here
-# when absent) and .train_carry/teacher (a teacher checkpoint of an earlier run: the teacher stage
-# continues from it) and .train_carry/wheels (packages the device lacks: fla-core, peft, tqdm;
-# installed to /tmp/site). Budgets in seconds: T_TEACHER, T_L, T_KL, T_SFT, T_LORA. Work folder: $W.
+# when absent), .train_carry/reading and .train_carry/teacher (checkpoints of an earlier run: those
+# stages continue from them) and .train_carry/wheels (packages the device lacks: fla-core, peft,
+# tqdm; installed to /tmp/site). Budgets in seconds: T_READ, T_TEACHER, T_L, T_KL, T_SFT, T_LORA.
+# Work folder: $W.
 set -uo pipefail
 W=${W:-/tmp/infinitevl-train}
 case "${1:-}" in
@@ -23,16 +24,19 @@ start)
   fi
   if [ -d .train_carry/start ]; then rm -rf "$W/start"; cp -r .train_carry/start "$W/start"; fi
   again=""
-  if [ -d .train_carry/teacher ]; then
-    rm -rf "$W/teacher"; mkdir -p "$W/teacher"; cp -r .train_carry/teacher "$W/teacher/checkpoint"
-    again=teacher
-  fi
+  for s in reading teacher; do
+    if [ -d ".train_carry/$s" ]; then
+      rm -rf "${W:?}/$s"; mkdir -p "$W/$s"; cp -r ".train_carry/$s" "$W/$s/checkpoint"
+      again="$again,$s"
+    fi
+  done
   [ -f "$W/start/config.json" ] || python3 -c "from pathlib import Path; from engine.train.recipe import write_start; write_start(Path('$W/start'))"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   setsid nohup env PYTHONUNBUFFERED=1 python3 -m engine.train.pipeline --work "$W" \
-    --budget teacher="${T_TEACHER:-1000}" --budget distill_layerwise="${T_L:-80}" \
-    --budget distill_kl="${T_KL:-100}" --budget sft="${T_SFT:-200}" --budget lora="${T_LORA:-100}" \
+    --budget reading="${T_READ:-400}" --budget teacher="${T_TEACHER:-300}" \
+    --budget distill_layerwise="${T_L:-40}" \
+    --budget distill_kl="${T_KL:-60}" --budget sft="${T_SFT:-120}" --budget lora="${T_LORA:-50}" \
     --device "${DEVICE:-cuda}" --num-workers "${NUM_WORKERS:-14}" --again "$again" \
     > "$W/log" 2>&1 < /dev/null &
   echo $! > "$W/pid"
@@ -58,7 +62,7 @@ follow)
   done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   last=""
-  for s in teacher distill_layerwise distill_kl sft lora; do [ -d "$W/$s/checkpoint" ] && last=$s; done
+  for s in reading teacher distill_layerwise distill_kl sft lora; do [ -d "$W/$s/checkpoint" ] && last=$s; done
   echo "newest checkpoint: ${last:-none}"
   # the device tool returns files of at most 16 MiB: the checkpoint travels as 15 MB parts
   # (cat ckpt_STAGE.tar.* | tar xf - gives STAGE's checkpoint/ folder back)

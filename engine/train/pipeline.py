@@ -1,10 +1,14 @@
 """The embedded model's whole recipe, stage after stage, in one work folder.
 
-`python -m engine.train.pipeline --work W --stages teacher,distill_layerwise,...` runs each named
-stage with its config from `configs/default/`, wiring each stage's `init` (and `teacher`) to the
-checkpoints of the stages before it:
+`python -m engine.train.pipeline --work W --stages reading,teacher,distill_layerwise,...` runs
+each named stage with its config from `configs/default/`, wiring each stage's `init` (and
+`teacher`) to the checkpoints of the stages before it:
 
-  W/start (config.json + tokenizer)  -> teacher -> distill_layerwise -> distill_kl -> sft -> lora
+  W/start (config.json + tokenizer) -> reading -> teacher -> distill_layerwise -> distill_kl
+    -> sft -> lora
+
+`reading` is the teacher's first part (words and single lines, its own config), so the teacher
+learns to look at the picture before it meets whole screens and pages.
 
 A stage whose folder already holds a checkpoint is skipped unless named in --again, so a series
 of time-limited runs (each with `--budget stage=seconds`) continues where the last one stopped.
@@ -20,22 +24,29 @@ from engine.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-ORDER = ("teacher", "distill_layerwise", "distill_kl", "sft", "lora")
+ORDER = ("reading", "teacher", "distill_layerwise", "distill_kl", "sft", "lora")
 CONFIGS = Path(__file__).parent / "configs" / "default"
 
 
 def stage_paths(work: Path, stage: str) -> dict[str, str]:
-    """init / teacher / out_dir of `stage` inside the work folder."""
+    """init / teacher / out_dir of `stage` inside the work folder.
+
+    `reading` and `teacher` continue from their own checkpoint when the folder has one (a
+    further run of the stage); `teacher` starts from scratch when no `reading` checkpoint exists.
+    """
     teacher_ckpt = work / "teacher" / "checkpoint"
     prev = {
-        "teacher": work / "start",
+        "reading": work / "start",
+        "teacher": work / "reading" / "checkpoint",
         "distill_layerwise": teacher_ckpt,
         "distill_kl": work / "distill_layerwise" / "checkpoint",
         "sft": work / "distill_kl" / "checkpoint",
         "lora": work / "sft" / "checkpoint",
     }[stage]
-    if stage == "teacher" and teacher_ckpt.is_dir():
-        prev = teacher_ckpt  # a further teacher run continues from its last checkpoint
+    if stage in ("reading", "teacher") and (work / stage / "checkpoint").is_dir():
+        prev = work / stage / "checkpoint"
+    elif stage == "teacher" and not prev.is_dir():
+        prev = work / "start"
     paths = {"init": str(prev), "out_dir": str(work / stage)}
     if stage.startswith("distill"):
         paths["teacher"] = str(teacher_ckpt)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from engine.train.fonts import find_fonts
+from engine.train.synthetic.lines import render_line
 from engine.train.synthetic.tasks import (
     OCR_PROMPT,
     REFERENCE_QUESTION,
@@ -17,7 +18,17 @@ from engine.train.synthetic.tasks import (
 )
 from engine.train.text_sources import TextSource
 
-TASKS = ("ocr_screen", "ocr_page", "ocr_code", "ocr_table", "ocr_receipt", "qa", "longdoc")
+TASKS = (
+    "ocr_word",
+    "ocr_line",
+    "ocr_screen",
+    "ocr_page",
+    "ocr_code",
+    "ocr_table",
+    "ocr_receipt",
+    "qa",
+    "longdoc",
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +91,17 @@ def test_size_multiple_pads_without_changing_the_text(src: TextSource, fonts: li
     assert w % 112 == 0 and h % 112 == 0
     pw, ph = plain.images[0].size
     assert np.array_equal(np.asarray(padded.images[0])[:ph, :pw], np.asarray(plain.images[0]))
+
+
+@pytest.mark.parametrize("max_width", [40, 120, 800])
+def test_a_line_is_cut_to_the_region_and_stays_one_line(
+    max_width: int, src: TextSource, fonts: list
+) -> None:
+    text = "Retry the transfer after the connection to the server is restored"
+    for seed in range(5):
+        r = render_line(random.Random(seed), text, fonts, max_width)
+        assert r.image.width <= max_width
+        assert len(r.lines) == 1 and r.lines[0]
+        # whole words from the start of the text, or the start of the first word when none fits
+        assert text.startswith(r.lines[0])
+        assert np.asarray(r.image).std() > 5, "the line is drawn"

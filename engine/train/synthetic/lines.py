@@ -1,0 +1,69 @@
+"""One line of text on a plain background: the smallest screen region a user reads.
+
+It is also where reading starts: a model learns which picture column holds which characters on
+single lines before it meets whole screens and pages (the `ocr_line` task of the teacher's mix).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from engine.train.synthetic.canvas import (
+    Canvas,
+    Rendered,
+    contrasting_colours,
+    line_height,
+    load_font,
+)
+from engine.train.text_sources import TextSource
+
+
+def word_text(rng: random.Random, src: TextSource) -> str:
+    """One word or number: the first thing a model learns to read (task `ocr_word`)."""
+    if rng.random() < 0.8:
+        return rng.choice(src.words)
+    return str(rng.randint(0, 99999))
+
+
+def line_text(rng: random.Random, src: TextSource) -> str:
+    """A sentence, a few words, a name, a number or a date, as they appear in UIs and documents."""
+    pick = rng.random()
+    if pick < 0.4:
+        return src.sentence(rng, max_chars=rng.randint(12, 60))
+    if pick < 0.7:
+        return src.phrase(rng, rng.randint(1, 5))
+    if pick < 0.8:
+        return src.name(rng)
+    if pick < 0.9:
+        return f"{src.city(rng)} {rng.randint(1, 99999)}"
+    return f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/{rng.randint(1990, 2030)}"
+
+
+def render_line(
+    rng: random.Random,
+    text: str,
+    fonts: list[Path],
+    max_width: int,
+    size: tuple[int, int] = (12, 24),
+) -> Rendered:
+    """`text` on one line in one font of `size` (low, high) pixels, cut to at most `max_width`
+    pixels wide (whole words are dropped from the end; a lone word too wide loses letters).
+
+    The picture is as wide as the text plus a margin, so its width says how long the line is.
+    """
+    font = load_font(rng.choice(fonts), rng.randint(*size))
+    bg, fg = contrasting_colours(rng)
+    pad_x, pad_y = rng.randint(2, 12), rng.randint(2, 8)
+    probe = Canvas(1, 1, bg)
+    room = max_width - 2 * pad_x - 1
+    fitted = probe.fit(text, font, room)
+    if not fitted:  # a first word wider than the region: keep what fits of it
+        fitted = text.split(" ")[0]
+        while len(fitted) > 1 and probe.text_width(fitted, font) > room:
+            fitted = fitted[:-1]
+    text = fitted
+    width = min(max_width, probe.text_width(text, font) + 2 * pad_x + 1)
+    c = Canvas(width, line_height(font) + 2 * pad_y, bg)
+    c.write((pad_x, pad_y), text, font, fg)
+    return c.result()

@@ -1,0 +1,37 @@
+"""engine.train.pipeline: each stage starts from the checkpoint of the stage before it."""
+
+from pathlib import Path
+
+import pytest
+
+from engine.train.config import TrainConfig
+from engine.train.pipeline import CONFIGS, ORDER, stage_paths
+
+
+def _ckpt(work: Path, stage: str) -> None:
+    (work / stage / "checkpoint").mkdir(parents=True, exist_ok=True)
+
+
+def test_reading_then_teacher_then_student(tmp_path: Path) -> None:
+    assert stage_paths(tmp_path, "reading")["init"] == str(tmp_path / "start")
+    # no reading checkpoint: the teacher starts from scratch
+    assert stage_paths(tmp_path, "teacher")["init"] == str(tmp_path / "start")
+    _ckpt(tmp_path, "reading")
+    assert stage_paths(tmp_path, "teacher")["init"] == str(tmp_path / "reading" / "checkpoint")
+    paths = stage_paths(tmp_path, "distill_layerwise")
+    assert paths["init"] == paths["teacher"] == str(tmp_path / "teacher" / "checkpoint")
+    assert stage_paths(tmp_path, "lora")["init"] == str(tmp_path / "sft" / "checkpoint")
+
+
+@pytest.mark.parametrize("stage", ["reading", "teacher"])
+def test_a_further_run_continues_from_its_own_checkpoint(tmp_path: Path, stage: str) -> None:
+    _ckpt(tmp_path, "reading")
+    _ckpt(tmp_path, stage)
+    assert stage_paths(tmp_path, stage)["init"] == str(tmp_path / stage / "checkpoint")
+
+
+@pytest.mark.parametrize("name", ORDER)
+def test_every_stage_has_a_config_that_parses(tmp_path: Path, name: str) -> None:
+    cfg = TrainConfig.from_file(CONFIGS / f"{name}.toml", **stage_paths(tmp_path, name))
+    assert cfg.data.weights
+    assert cfg.out_dir == str(tmp_path / name)
