@@ -1,12 +1,12 @@
 """Evaluate the embedded default model (or any checkpoint) on held-out synthetic data.
 
 Prints a table:
-- character error rate (CER) of OCR on held-out screenshots and document pages, beside
-  Tesseract (Debian's tesseract-ocr, run as a subprocess) on the same images;
+- character error rate (CER) of OCR on held-out single text lines, screenshots and document
+  pages, beside Tesseract (Debian's tesseract-ocr, run as a subprocess) on the same images;
 - accuracy of answering "What is the reference number on page 1?" after reading 30 pages;
 - latency of OCR of an 800x200 screen region on this machine's CPU.
 
-Held-out images come from seeds the training configs never use (training: 1-5).
+Held-out images come from seeds the training configs never use (training: 1-7).
 
     .venv/bin/python benchmarks/eval_default_model.py [--model DIR] [--num 40] [--docs 20]
 """
@@ -31,6 +31,7 @@ from engine.ocr import ocr_image
 from engine.sampling import SamplingParams
 from engine.train.fonts import find_fonts
 from engine.train.synthetic.documents import render_page
+from engine.train.synthetic.lines import line_text, render_line
 from engine.train.synthetic.screens import render_screen
 from engine.train.synthetic.tasks import REFERENCE_QUESTION, longdoc_sample
 from engine.train.text_sources import TextSource
@@ -81,10 +82,18 @@ def tesseract(image: Image.Image, psm: int) -> str:
 
 
 def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
-    """Screenshots (224-800 x 56-224 px) and document pages (336 px), from eval seeds."""
+    """Single text lines (up to 800 px wide), screenshots (224-800 x 56-224 px) and document
+    pages (336 px), from eval seeds."""
     src, fonts = TextSource.from_stdlib(), find_fonts()
-    sets: dict[str, list[tuple[Image.Image, str]]] = {"screenshots": [], "document pages": []}
+    sets: dict[str, list[tuple[Image.Image, str]]] = {
+        "text lines": [],
+        "screenshots": [],
+        "document pages": [],
+    }
     for i in range(num):
+        rng = random.Random(EVAL_SEED + 30_000 + i)
+        r = render_line(rng, line_text(rng, src), fonts, 800)
+        sets["text lines"].append((r.image, r.text))
         rng = random.Random(EVAL_SEED + i)
         size = (rng.randint(224, 800), rng.randint(56, 224))
         r = render_screen(rng, src, fonts, size)

@@ -22,6 +22,11 @@ start)
       --target /tmp/site .train_carry/wheels/*.whl || exit 1
     export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   fi
+  # the fonts go where find_fonts looks first, outside the working tree: each device call
+  # replaces the tree, and a data worker opening a font there meanwhile kills the run
+  if [ -d .train_carry/fonts ]; then
+    mkdir -p /usr/share/fonts/truetype && cp -rn .train_carry/fonts/. /usr/share/fonts/truetype/
+  fi
   if [ -d .train_carry/start ]; then rm -rf "$W/start"; cp -r .train_carry/start "$W/start"; fi
   again=""
   for s in reading teacher; do

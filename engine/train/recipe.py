@@ -1,7 +1,7 @@
 """The embedded default model's starting point: its architecture, tokenizer and image settings.
 
 `write_start(dir)` writes config.json (the Transformer teacher: full attention everywhere),
-tokenizer.json/tokenizer_config.json (a 4096-entry BPE trained on the synthetic text) and
+tokenizer.json/tokenizer_config.json (a 512-entry BPE trained on the synthetic text) and
 preprocessor_config.json. The stage configs in `configs/default/` take it from there.
 """
 
@@ -18,7 +18,11 @@ from engine.train.tokenizer_train import train_tokenizer
 
 log = logging.getLogger(__name__)
 
-VOCAB_SIZE = 4096
+# 512 entries: bytes, the chat template and ~240 merges of 2-4 letters. With 4096 most words are
+# one token, and a model from scratch must learn each word's picture as a class of its own; with
+# pieces a few letters wide it learns letters shared by every word. (A choice by that argument:
+# no run has yet compared the two at equal training, see engine/train/README.md.)
+VOCAB_SIZE = 512
 # images up to 1024 merged tokens: an 800x200 screen region stays at full resolution
 MAX_PIXELS = 1024 * 28 * 28
 MIN_PIXELS = 4 * 28 * 28
