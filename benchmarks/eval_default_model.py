@@ -4,7 +4,11 @@ Prints a table:
 - character error rate (CER) of OCR on held-out single text lines, screenshots and document
   pages, beside Tesseract (Debian's tesseract-ocr, run as a subprocess) on the same images;
 - accuracy of answering "What is the reference number on page 1?" after reading 30 pages;
-- latency of OCR of an 800x200 screen region on this machine's CPU.
+- latency of OCR of an 800x200 screen region on this machine's CPU;
+- whether the model looks at the picture at all: the loss (nats per token) of the true text of
+  each held-out OCR image, given the image and given a blank one of the same size. A model that
+  reads has a far lower loss with the image; one that only learnt the language of the replies
+  has the same loss with both. This moves long before the error rate does.
 
 Held-out images come from seeds the training configs never use (training: 1-7).
 
@@ -29,11 +33,15 @@ from PIL import Image
 from engine.engine import Engine
 from engine.ocr import ocr_image
 from engine.sampling import SamplingParams
+from engine.train.conversation import encode_sample
 from engine.train.fonts import find_fonts
+from engine.train.forward import TrainingForward
+from engine.train.losses import next_token_loss
+from engine.train.synthetic.canvas import Rendered
 from engine.train.synthetic.documents import render_page
 from engine.train.synthetic.lines import line_text, render_line
 from engine.train.synthetic.screens import render_screen
-from engine.train.synthetic.tasks import REFERENCE_QUESTION, longdoc_sample
+from engine.train.synthetic.tasks import REFERENCE_QUESTION, longdoc_sample, ocr_sample
 from engine.train.text_sources import TextSource
 
 log = logging.getLogger("eval_default_model")
@@ -106,9 +114,10 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
 
 def eval_ocr(
     engine: Engine, num: int, use_tesseract: bool, max_new_tokens: int
-) -> list[tuple[str, float, float, float]]:
+) -> list[tuple[str, float, float, float, float, float]]:
     rows = []
     for name, items in held_out_sets(num).items():
+        looks = reply_loss(engine, items)
         truths = [t for _, t in items]
         preds = [ocr_image(engine, im, max_new_tokens=max_new_tokens) for im, _ in items]
         log.info("%s: model sample %r -> %r", name, truths[0][:60], preds[0][:60])
@@ -116,8 +125,40 @@ def eval_ocr(
         if use_tesseract:
             t3 = cer([tesseract(im, 3) for im, _ in items], truths)
             t6 = cer([tesseract(im, 6) for im, _ in items], truths)
-        rows.append((name, cer(preds, truths), t3, t6))
+        rows.append((name, cer(preds, truths), t3, t6, *looks))
     return rows
+
+
+def blank_like(image: Image.Image) -> Image.Image:
+    """A picture of the same size in the colour of its top-left pixel (its background)."""
+    return Image.new("RGB", image.size, image.convert("RGB").getpixel((0, 0)))
+
+
+@torch.no_grad()
+def reply_loss(engine: Engine, items: list[tuple[Image.Image, str]]) -> tuple[float, float]:
+    """Mean loss per token of each true text given its image, and given `blank_like` it."""
+    forward = TrainingForward(engine.model)
+    out = []
+    for blank in (False, True):
+        total, count = 0.0, 0
+        for image, text in items:
+            picture = blank_like(image) if blank else image
+            enc = encode_sample(
+                ocr_sample(Rendered(picture, text.split("\n")), "ocr"),
+                engine.tokenizer,
+                engine.image_params,
+                max_tokens=1 << 20,
+            )
+            assert enc.pixel_values is not None and enc.image_grid_thw is not None
+            logits, _ = forward(
+                enc.input_ids[None].to(engine.device),
+                enc.pixel_values.to(engine.device),
+                enc.image_grid_thw.to(engine.device),
+            )
+            loss, n = next_token_loss(logits, enc.labels[None].to(engine.device))
+            total, count = total + float(loss), count + n
+        out.append(total / max(1, count))
+    return out[0], out[1]
 
 
 def eval_long_document(engine: Engine, docs: int, pages: int) -> tuple[float, int]:
@@ -176,11 +217,11 @@ def main() -> int:
     print()
     print(
         f"| OCR set ({args.num} held-out images) | model CER | Tesseract CER (psm 3) "
-        "| Tesseract CER (psm 6) |"
+        "| Tesseract CER (psm 6) | text loss, with image | text loss, blank image |"
     )
-    print("| --- | --- | --- | --- |")
-    for name, m, t3, t6 in ocr_rows:
-        print(f"| {name} | {m:.3f} | {t3:.3f} | {t6:.3f} |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, m, t3, t6, seen, blank in ocr_rows:
+        print(f"| {name} | {m:.3f} | {t3:.3f} | {t6:.3f} | {seen:.3f} | {blank:.3f} |")
     print()
     print("| measure | value |")
     print("| --- | --- |")
