@@ -31,6 +31,9 @@ def xvfb_display(width: int = 800, height: int = 600) -> Iterator[str]:
             f"{width}x{height}x24",
             "-nolisten",
             "tcp",
+            # without it the server resets whenever its last client disconnects, and a client
+            # connecting meanwhile (a test's next step) gets "connection reset by peer"
+            "-noreset",
         ],
         pass_fds=(write_fd,),
         stdout=subprocess.DEVNULL,
