@@ -1,7 +1,7 @@
 """One line of text on a plain background: the smallest screen region a user reads.
 
-It is also where reading starts: a model learns which picture column holds which characters on
-single lines before it meets whole screens and pages (the `ocr_line` task of the teacher's mix).
+It is also where the recipe starts reading: the `ocr_word` and `ocr_line` tasks are what the
+`reading` stage trains on before the teacher meets whole screens and pages.
 """
 
 from __future__ import annotations
