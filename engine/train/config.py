@@ -82,6 +82,9 @@ class TrainConfig:
         steps, batch_size (global, in samples), micro_batch (samples per forward per rank).
         lr, warmup, weight_decay, grad_clip: AdamW with linear warmup and cosine decay.
         temperature: softmax temperature of the KL loss; mse_factor scales stage 1's MSE.
+        glyph_weight: if > 0 (stage "teacher" only), a training-only head on the vision tower
+            learns what each image token reads (synthetic.glyphs); its cross-entropy, summed
+            over the supervised slots, is added to the reply loss with this weight.
         dtype: "float32" or "bfloat16" (autocast on CUDA; parameters stay float32).
         num_workers: DataLoader processes rendering samples; device: "auto", "cpu", "cuda".
         time_budget_s: if > 0, the run ends after this many seconds of training, and the
@@ -104,6 +107,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     temperature: float = 2.0
     mse_factor: float = 1000.0
+    glyph_weight: float = 0.0
     dtype: str = "float32"
     save_every: int = 100
     log_every: int = 10
@@ -150,6 +154,11 @@ class TrainConfig:
             raise ConfigError(
                 f"training config: batch_size {self.batch_size} not a multiple of "
                 f"micro_batch {self.micro_batch}"
+            )
+        if self.glyph_weight < 0 or (self.glyph_weight > 0 and self.stage != "teacher"):
+            raise ConfigError(
+                f"training config: glyph_weight {self.glyph_weight} (must be >= 0, and 0 unless "
+                "the stage is teacher)"
             )
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"training config: dtype {self.dtype!r} not float32/bfloat16")

@@ -13,6 +13,7 @@ import torch
 
 from engine.preprocess import ImageParams, preprocess_images
 from engine.tokenizer import IM_END, Tokenizer, chat_prompt
+from engine.train.synthetic.glyphs import IGNORE, SLOTS, glyph_targets
 from engine.train.synthetic.tasks import IMAGE_TAG, Message, Sample
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,16 @@ class Encoded:
             (the loss shifts by one).
         pixel_values: [N, C*temporal*patch*patch] float32 patches of every image, or None.
         image_grid_thw: [num_images, 3] int64, or None.
+        glyph_targets: [image tokens, glyphs.SLOTS] int64, what each merged image token reads
+            (glyphs.glyph_targets; IGNORE rows for images without glyph positions), or None
+            without images.
     """
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
+    glyph_targets: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -82,9 +87,10 @@ def encode_sample(
         else:
             ids += piece
             labels += [IGNORE_INDEX] * len(piece)
-    pixel_values = grid = None
+    pixel_values = grid = glyph_rows = None
     if sample.images:
         pixel_values, grid = preprocess_images(sample.images, image_params)
+        glyph_rows = _glyph_targets(sample, grid, image_params)
         merge = image_params.merge_size**2
         counts = [int(t * h * w) // merge for t, h, w in grid.tolist()]
         expanded_ids = tokenizer.expand_vision_tokens(ids, counts)
@@ -98,7 +104,22 @@ def encode_sample(
         torch.tensor(labels, dtype=torch.long),
         pixel_values,
         grid,
+        glyph_rows,
     )
+
+
+def _glyph_targets(sample: Sample, grid: torch.Tensor, params: ImageParams) -> torch.Tensor:
+    """The per-token reading targets of all images of `sample` (IGNORE where unknown)."""
+    rows = []
+    for i, (image, (_, h, w)) in enumerate(zip(sample.images, grid.tolist(), strict=True)):
+        found = sample.glyphs[i] if i < len(sample.glyphs) else None
+        if found is None:
+            rows.append(torch.full((h * w // params.merge_size**2, SLOTS), IGNORE))
+        else:
+            rows.append(
+                glyph_targets(found, image.size, (h, w), params.patch_size, params.merge_size)
+            )
+    return torch.cat(rows)
 
 
 def _expand_labels(ids: list[int], labels: list[int], pad: int, counts: list[int]) -> list[int]:

@@ -166,6 +166,8 @@ class Batch:
         pixel_values: [N, D] patches of all images in order, or None.
         image_grid_thw: [num_images, 3], or None.
         mask: [B, T] bool, True on real tokens (not padding).
+        glyph_targets: [image tokens, SLOTS] what each merged image token reads (see
+            synthetic.glyphs; IGNORE where unknown), or None without images.
     """
 
     input_ids: torch.Tensor
@@ -173,6 +175,7 @@ class Batch:
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
     mask: torch.Tensor
+    glyph_targets: torch.Tensor | None = None
 
     def pin_memory(self) -> Batch:
         """A copy in page-locked memory (DataLoader's pin-memory thread calls this)."""
@@ -183,6 +186,7 @@ class Batch:
             pin(self.pixel_values),
             pin(self.image_grid_thw),
             self.mask.pin_memory(),
+            pin(self.glyph_targets),
         )
 
     def to(self, device: torch.device) -> Batch:
@@ -193,6 +197,7 @@ class Batch:
             move(self.pixel_values),
             move(self.image_grid_thw),
             self.mask.to(device, non_blocking=True),
+            move(self.glyph_targets),
         )
 
     @property
@@ -218,4 +223,11 @@ def collate(items: list[Encoded], pad_id: int) -> Batch:
         torch.cat(pixels) if pixels else None,
         torch.cat(grids) if grids else None,
         mask,
+        _glyph_rows(items),
     )
+
+
+def _glyph_rows(items: list[Encoded]) -> torch.Tensor | None:
+    """The glyph targets of the items' images, one after the other (None without images)."""
+    rows = [e.glyph_targets for e in items if e.glyph_targets is not None]
+    return torch.cat(rows) if rows else None

@@ -13,6 +13,20 @@ from torch import nn
 
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 from engine.model.rope import rope_index
+from engine.train.synthetic.glyphs import NUM_CLASSES, SLOTS
+
+
+class GlyphHead(nn.Module):
+    """Training-only reader of the vision tower's output: each merged image token -> the
+    classes of the characters it covers, `glyphs.SLOTS` of them (see synthetic.glyphs)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, SLOTS * NUM_CLASSES)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """[tokens, hidden] -> [tokens, SLOTS, NUM_CLASSES] logits."""
+        return self.proj(feats).view(feats.shape[0], SLOTS, NUM_CLASSES)
 
 
 class TrainingForward(nn.Module):
@@ -20,11 +34,15 @@ class TrainingForward(nn.Module):
 
     Args:
         model: the model; its parameters are this module's (``self.model``).
+        glyph_head: add a GlyphHead (``self.glyph_head``) on the vision tower's output. Its
+            parameters train with the model's but are not the model's: exports leave them out.
     """
 
-    def __init__(self, model: InfiniteVLForConditionalGeneration) -> None:
+    def __init__(self, model: InfiniteVLForConditionalGeneration, glyph_head: bool = False) -> None:
         super().__init__()
         self.model = model
+        vision_out = model.config.vision.out_hidden_size
+        self.glyph_head = GlyphHead(vision_out) if glyph_head else None
 
     def forward(
         self,
@@ -32,6 +50,7 @@ class TrainingForward(nn.Module):
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
         return_hidden: bool = False,
+        glyph_logits: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run whole sequences from an empty state.
 
@@ -40,6 +59,8 @@ class TrainingForward(nn.Module):
             pixel_values: [N, D] patches of every image of the batch, row by row.
             image_grid_thw: [num_images, 3].
             return_hidden: collect the input embeddings and each decoder layer's output.
+            glyph_logits: if given (and the glyph head exists), the head's [image tokens,
+                SLOTS, NUM_CLASSES] logits of this batch's images are appended to it.
         Returns:
             logits [B, T, vocab] float32 and the hidden states ([] unless `return_hidden`):
             num_layers + 1 tensors [B, T, hidden].
@@ -62,6 +83,8 @@ class TrainingForward(nn.Module):
             assert image_grid_thw is not None
             visual = m.model.visual
             feats = visual(pixel_values.to(visual.patch_embed.proj.weight.dtype), image_grid_thw)
+            if glyph_logits is not None and self.glyph_head is not None:
+                glyph_logits.append(self.glyph_head(feats))
             mask = (input_ids == cfg.image_token_id).unsqueeze(-1)
             assert int(mask.sum()) == feats.shape[0], "image features and pad tokens differ"
             embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))

@@ -5,6 +5,7 @@
 #   engine/train/gpu_run.sh start            start the pipeline detached (setsid), return at once
 #   engine/train/gpu_run.sh follow SECONDS   print its log until it ends or SECONDS pass, then pack
 #                                            the newest stage checkpoint and the logs into $OUT
+#                                            (and the stages named in $KEEP, e.g. KEEP=teacher)
 #
 # Needs: fonts in .train_carry/fonts (copies of Debian's fonts-dejavu, -liberation and -freefont,
 # see engine/train/fonts.py) and, optionally, .train_carry/start (a write_start folder; made here
@@ -71,7 +72,9 @@ follow)
   echo "newest checkpoint: ${last:-none}"
   # the device tool returns files of at most 16 MiB: the checkpoint travels as 15 MB parts
   # (cat ckpt_STAGE.tar.* | tar xf - gives STAGE's checkpoint/ folder back)
-  [ -n "$last" ] && tar cf - -C "$W/$last" checkpoint | split -b 15M - "$OUT/ckpt_${last}.tar."
+  for s in $(echo "$last ${KEEP:-}" | tr ' ' '\n' | sort -u); do
+    [ -d "$W/$s/checkpoint" ] && tar cf - -C "$W/$s" checkpoint | split -b 15M - "$OUT/ckpt_${s}.tar."
+  done
   (cd "$W" && tar czf "$OUT/logs.tgz" log.clean $(ls ./*/loss.png ./*/losses.jsonl 2>/dev/null))
   ls -la "$OUT"
   ;;

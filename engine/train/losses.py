@@ -23,6 +23,18 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return loss, int((target != IGNORE_INDEX).sum())
 
 
+def glyph_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross entropy of the glyph head (synthetic.glyphs) over its supervised slots.
+
+    Args:
+        logits: [tokens, SLOTS, classes].  targets: [tokens, SLOTS] int64, IGNORE_INDEX where
+            a slot says nothing.
+    """
+    return F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
 def distill_kl(
     student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, int]:

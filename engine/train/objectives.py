@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engine.train.data import Batch
-from engine.train.losses import distill_kl, layer_mse, next_token_loss
+from engine.train.losses import distill_kl, glyph_loss, layer_mse, next_token_loss
 
 if TYPE_CHECKING:
     from engine.train.forward import TrainingForward
@@ -49,7 +49,10 @@ class Objective:
         student: the TrainingForward being trained (maybe FSDP-sharded).
         teacher: the TrainingForward of the frozen teacher, or None.
         linear_layers: indices of the student's linear_attention layers (stage 1).
-        temperature, mse_factor: as TrainConfig.
+        temperature, mse_factor, glyph_weight: as TrainConfig.
+
+    Attributes:
+        glyph_loss: the glyph term of the micro-batches since the last `take_glyph_loss`.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Objective:
         linear_layers: list[int],
         temperature: float,
         mse_factor: float,
+        glyph_weight: float = 0.0,
     ) -> None:
         self.stage = stage
         self.student = student
@@ -67,6 +71,8 @@ class Objective:
         self.linear_layers = linear_layers
         self.temperature = temperature
         self.mse_factor = mse_factor
+        self.glyph_weight = glyph_weight
+        self.glyph_loss = 0.0
 
     def normaliser(self, batch: Batch) -> float:
         """What this micro-batch adds to the global denominator."""
@@ -80,9 +86,16 @@ class Objective:
         """(loss to backward, the same as a float) with `scale` = world / global normaliser."""
         args = (batch.input_ids, batch.pixel_values, batch.image_grid_thw)
         if self.stage in ("teacher", "sft", "lora"):
-            logits, _ = self.student(*args)
+            glyphs: list[torch.Tensor] = []
+            read_glyphs = self.glyph_weight > 0 and batch.glyph_targets is not None
+            logits, _ = self.student(*args, glyph_logits=glyphs if read_glyphs else None)
             total, _ = next_token_loss(logits, batch.labels)
             loss = total * scale
+            if glyphs:
+                assert batch.glyph_targets is not None
+                term = glyph_loss(glyphs[0], batch.glyph_targets) * (self.glyph_weight * scale)
+                self.glyph_loss += float(term.detach())
+                loss = loss + term
         elif self.stage == "distill_kl":
             assert self.teacher is not None
             with torch.no_grad():
@@ -104,6 +117,11 @@ class Objective:
             )
             loss = mse * self.mse_factor * scale
         return loss, float(loss.detach())
+
+    def take_glyph_loss(self) -> float:
+        """The glyph term accumulated since the last call (0 without the head), then reset."""
+        value, self.glyph_loss = self.glyph_loss, 0.0
+        return value
 
 
 def _decoder_layers(forward: nn.Module) -> nn.ModuleList:

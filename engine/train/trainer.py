@@ -59,14 +59,16 @@ def train(cfg: TrainConfig) -> Path:
         # peft injects the adapters into `model` in place; the wrapper itself is not needed
         build.add_lora(model, cfg)
     linear = [i for i, t in enumerate(config.text.layer_types) if t == "linear_attention"]
-    student = TrainingForward(model)
+    student = TrainingForward(model, glyph_head=cfg.glyph_weight > 0)
     distributed.shard(student, build.shardable_blocks(model), ctx)
     teacher_model = build.build_teacher(cfg, ctx.device)
     teacher = TrainingForward(teacher_model) if teacher_model is not None else None
     params = [p for p in student.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     start, history = checkpointing.load_trainer_state(ctx, out_dir, student, optim)
-    objective = Objective(cfg.stage, student, teacher, linear, cfg.temperature, cfg.mse_factor)
+    objective = Objective(
+        cfg.stage, student, teacher, linear, cfg.temperature, cfg.mse_factor, cfg.glyph_weight
+    )
     src = _source_dir(cfg)
     dataset = EncodedStream.from_dir(cfg.data, src)
     shard = Shard(ctx.rank, ctx.world, cfg.batch_size)
@@ -130,16 +132,19 @@ def train(cfg: TrainConfig) -> Path:
         optim.zero_grad(set_to_none=True)
         step_loss = distributed.all_sum(ctx, local) / ctx.world
         history.append({"step": step + 1, "loss": step_loss, "lr": lr})
+        if objective.glyph_weight > 0:  # the glyph head's share of the loss, to see it learn
+            history[-1]["glyph"] = distributed.all_sum(ctx, objective.take_glyph_loss()) / ctx.world
         done = step + 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", gnorm=f"{grad_norm:.2f}")
         if ctx.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             log.info(
-                "step %d/%d loss %.4f grad_norm %.3f (%.1f s, %.1f s of it waiting for data)",
+                "step %d/%d loss %.4f%s grad_norm %.3f (%.1f s, %.1f s of it waiting for data)",
                 step + 1,
                 cfg.steps,
                 step_loss,
+                f" (glyphs {history[-1]['glyph']:.4f})" if "glyph" in history[-1] else "",
                 grad_norm,
                 time.monotonic() - t0,
                 waited,
@@ -168,7 +173,8 @@ def _finish(
     full = checkpointing.full_model_state(ctx, student)
     dest = out_dir / "checkpoint"
     if ctx.is_main:
-        weights = {k.removeprefix("model."): v for k, v in full.items()}
+        # the model's weights only: training-only heads (glyph_head) are not exported
+        weights = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
         if cfg.stage == "lora":
             weights = build.merge_lora(weights, cfg.lora.alpha / cfg.lora.r)
         model_cls = type(student.model)

@@ -10,6 +10,8 @@ from typing import cast
 
 from PIL import Image, ImageDraw, ImageFont
 
+from engine.train.synthetic.glyphs import Glyph, line_glyphs
+
 RGB = tuple[int, int, int]
 
 
@@ -21,11 +23,14 @@ class Rendered:
         image: RGB picture.
         lines: the text in reading order, one entry per visual line.
         facts: named values a question may ask about (title, total, ...).
+        glyphs: every visible character drawn, with its centre (see synthetic.glyphs), or
+            None where the renderer does not record them.
     """
 
     image: Image.Image
     lines: list[str]
     facts: dict[str, str] = field(default_factory=dict)
+    glyphs: tuple[Glyph, ...] | None = None
 
     @property
     def text(self) -> str:
@@ -58,12 +63,15 @@ def contrasting_colours(rng: random.Random, dark_mode: bool | None = None) -> tu
 
 
 class Canvas:
-    """Draws text on an image and records each visual line for the ground truth."""
+    """Draws text on an image and records each visual line for the ground truth, and where each
+    character went (draw all text through `write`, `write_row` or `draw_text`, so none is
+    missing from `glyphs`)."""
 
     def __init__(self, width: int, height: int, background: RGB) -> None:
         self.image = Image.new("RGB", (width, height), background)
         self.draw = ImageDraw.Draw(self.image)
         self.lines: list[str] = []
+        self.glyphs: list[Glyph] = []
 
     @property
     def size(self) -> tuple[int, int]:
@@ -90,7 +98,7 @@ class Canvas:
         text = self.fit(text, font, self.size[0] - xy[0] - 1)
         if not text.strip():
             return xy[0]
-        self.draw.text(xy, text, font=font, fill=fill)
+        self.draw_text(xy, text, font, fill)
         self.lines.append(text)
         return xy[0] + self.text_width(text, font)
 
@@ -99,8 +107,15 @@ class Canvas:
     ) -> None:
         """Draw several pieces on one visual line; they are recorded as one line, left to right."""
         for x, t in cells:
-            self.draw.text((x, y), t, font=font, fill=fill)
+            self.draw_text((x, y), t, font, fill)
         self.lines.append(" ".join(t for _, t in sorted(cells) if t))
+
+    def draw_text(
+        self, xy: tuple[int, int], text: str, font: ImageFont.FreeTypeFont, fill: RGB
+    ) -> None:
+        """Draw `text` at xy (top-left) and record its characters' positions, not a line."""
+        self.draw.text(xy, text, font=font, fill=fill)
+        self.glyphs += line_glyphs(self.draw, xy, text, font)
 
     def wrap(self, text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[str]:
         """Greedy word wrap to `max_width` pixels (a word wider than that stands alone)."""
@@ -118,7 +133,7 @@ class Canvas:
         return out
 
     def result(self, **facts: str) -> Rendered:
-        return Rendered(self.image, list(self.lines), dict(facts))
+        return Rendered(self.image, list(self.lines), dict(facts), tuple(self.glyphs))
 
 
 def line_height(font: ImageFont.FreeTypeFont) -> int:

@@ -110,7 +110,7 @@ def render_screen(
                 c.draw.rounded_rectangle(
                     (x, y - 3, x + w, y + lh), radius=4, fill=btn_bg, outline=fg
                 )
-                c.draw.text((x + 8, y), b, font=font, fill=btn_fg)
+                c.draw_text((x + 8, y), b, font, btn_fg)
                 cells.append((x + 8, b))
                 x += w + rng.randint(8, 20)
             c.lines.append(" ".join(t for _, t in cells))

@@ -16,6 +16,7 @@ from engine.ocr import OCR_PROMPT  # the prompt `infinitevl ocr` and the app sen
 from engine.train.synthetic.canvas import Rendered
 from engine.train.synthetic.charts import render_bar_chart
 from engine.train.synthetic.documents import render_code, render_page, render_receipt, render_table
+from engine.train.synthetic.glyphs import Glyph
 from engine.train.synthetic.lines import line_text, render_line, word_text
 from engine.train.synthetic.screens import render_screen
 from engine.train.text_sources import TextSource
@@ -40,6 +41,9 @@ class Sample:
     messages: list[Message]
     kind: str = ""
     meta: dict[str, str] = field(default_factory=dict)
+    # per image: its characters' positions (synthetic.glyphs), None where unknown (empty:
+    # unknown for every image)
+    glyphs: list[tuple[Glyph, ...] | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,7 @@ def ocr_sample(rendered: Rendered, kind: str) -> Sample:
         [Message("user", f"{IMAGE_TAG}{OCR_PROMPT}"), Message("assistant", rendered.text)],
         kind,
         {"text": rendered.text},
+        [rendered.glyphs],
     )
 
 
@@ -78,6 +83,7 @@ def _qa(rendered: Rendered, question: str, answer: str, kind: str) -> Sample:
         [Message("user", f"{IMAGE_TAG}{question}"), Message("assistant", answer)],
         kind,
         {"answer": answer},
+        [rendered.glyphs],
     )
 
 
@@ -130,6 +136,7 @@ def longdoc_sample(
         ],
         "longdoc",
         {"answer": reference},
+        [p.glyphs for p in pages],
     )
 
 
