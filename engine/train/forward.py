@@ -42,7 +42,8 @@ class TrainingForward(nn.Module):
         super().__init__()
         self.model = model
         vision_out = model.config.vision.out_hidden_size
-        self.glyph_head = GlyphHead(vision_out) if glyph_head else None
+        device = next(model.parameters()).device  # the head sits beside the model
+        self.glyph_head = GlyphHead(vision_out).to(device) if glyph_head else None
 
     def forward(
         self,
