@@ -80,20 +80,21 @@ def full_model_state(ctx: DistContext, model: nn.Module) -> dict[str, torch.Tens
 
 def export_checkpoint(
     model: InfiniteVLForConditionalGeneration, out_dir: Path, source_dir: str | Path,
-    max_shard_bytes: int, dtype: torch.dtype = torch.bfloat16,
+    max_shard_bytes: int, dtype: torch.dtype = torch.bfloat16, name: str = "checkpoint",
 ) -> Path:  # fmt: skip
     """Save `model` (a plain, unsharded model on rank 0) as an engine checkpoint.
 
     Args:
         source_dir: checkpoint whose tokenizer/preprocessor files travel with the weights.
         dtype: storage dtype (A_log stays float32).
+        name: the folder inside `out_dir` ("latest" for the exports made during a run).
     Returns:
-        The checkpoint directory, `out_dir / "checkpoint"`.
+        The checkpoint directory, `out_dir / name`, replaced whole (never half-written).
     """
     from engine.loader import save_checkpoint
 
-    dest = out_dir / "checkpoint"
-    tmp = out_dir / "checkpoint.tmp"
+    dest = out_dir / name
+    tmp = out_dir / f"{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     copy = type(model)(model.config)

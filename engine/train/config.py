@@ -89,6 +89,8 @@ class TrainConfig:
         num_workers: DataLoader processes rendering samples; device: "auto", "cpu", "cuda".
         time_budget_s: if > 0, the run ends after this many seconds of training, and the
             learning-rate schedule follows elapsed time (whichever of time and steps is further).
+        export_every_s: if > 0, also export the model to `out_dir/latest` this often (seconds
+            of training), so a run cut off by a lost machine leaves a checkpoint behind.
     """
 
     stage: str
@@ -115,6 +117,7 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     time_budget_s: float = 0.0
+    export_every_s: float = 0.0
     lora: LoraConfig = LoraConfig()
     seed: int = 0
 

@@ -15,6 +15,9 @@ from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 from engine.model.rope import rope_index
 from engine.train.synthetic.glyphs import NUM_CLASSES, SLOTS
 
+# beside an exported checkpoint: the head's weights, so a further run of the stage keeps them
+GLYPH_HEAD_FILE = "glyph_head.safetensors"
+
 
 class GlyphHead(nn.Module):
     """Training-only reader of the vision tower's output: each merged image token -> the

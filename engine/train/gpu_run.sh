@@ -67,13 +67,19 @@ follow)
     sleep 10
   done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  # the newest stage that has exported: its final checkpoint/, or the export its run made last
+  # (latest/, every export_every_s: what a machine taken back mid-stage leaves behind)
   last=""
-  for s in reading teacher distill_layerwise distill_kl sft lora; do [ -d "$W/$s/checkpoint" ] && last=$s; done
+  for s in reading teacher distill_layerwise distill_kl sft lora; do
+    { [ -d "$W/$s/checkpoint" ] || [ -d "$W/$s/latest" ]; } && last=$s
+  done
   echo "newest checkpoint: ${last:-none}"
-  # the device tool returns files of at most 16 MiB: the checkpoint travels as 15 MB parts
-  # (cat ckpt_STAGE.tar.* | tar xf - gives STAGE's checkpoint/ folder back)
+  # the device tool returns files of at most 16 MiB: a checkpoint travels as 15 MB parts
+  # (cat ckpt_STAGE.tar.* | tar xf - gives STAGE's checkpoint/ or latest/ folder back)
   for s in $(echo "$last ${KEEP:-}" | tr ' ' '\n' | sort -u); do
-    [ -d "$W/$s/checkpoint" ] && tar cf - -C "$W/$s" checkpoint | split -b 15M - "$OUT/ckpt_${s}.tar."
+    # the newer of the two: while a stage continues (--again) its checkpoint/ is the old one
+    d=$(cd "$W/$s" 2>/dev/null && ls -td checkpoint latest 2>/dev/null | head -1)
+    [ -n "$d" ] && tar cf - -C "$W/$s" "$d" | split -b 15M - "$OUT/ckpt_${s}.tar."
   done
   (cd "$W" && tar czf "$OUT/logs.tgz" log.clean $(ls ./*/loss.png ./*/losses.jsonl 2>/dev/null))
   ls -la "$OUT"

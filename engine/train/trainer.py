@@ -21,7 +21,7 @@ from engine.train import build, checkpointing, distributed
 from engine.train.config import TrainConfig
 from engine.train.curves import plot_losses
 from engine.train.data import EncodedStream, Shard, batch_loader
-from engine.train.forward import TrainingForward
+from engine.train.forward import GLYPH_HEAD_FILE, TrainingForward
 from engine.train.objectives import Objective
 from kernels.sdpa import sdpa_context
 
@@ -60,6 +60,7 @@ def train(cfg: TrainConfig) -> Path:
         build.add_lora(model, cfg)
     linear = [i for i, t in enumerate(config.text.layer_types) if t == "linear_attention"]
     student = TrainingForward(model, glyph_head=cfg.glyph_weight > 0)
+    _load_glyph_head(student, _source_dir(cfg))
     distributed.shard(student, build.shardable_blocks(model), ctx)
     teacher_model = build.build_teacher(cfg, ctx.device)
     teacher = TrainingForward(teacher_model) if teacher_model is not None else None
@@ -95,6 +96,7 @@ def train(cfg: TrainConfig) -> Path:
     bar = _progress(ctx, start, cfg)
     student.train()
     t0 = time.monotonic()
+    next_export = cfg.export_every_s
     done = start
     waited = 0.0  # seconds spent waiting for data since the last log line
     skipped = 0  # updates skipped for a non-finite gradient
@@ -152,6 +154,9 @@ def train(cfg: TrainConfig) -> Path:
             waited = 0.0
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             checkpointing.save_trainer_state(ctx, out_dir, student, optim, step + 1, history)
+        if cfg.export_every_s > 0 and _elapsed(ctx, t0) >= next_export:
+            _export(ctx, cfg, student, out_dir, "latest")
+            next_export += cfg.export_every_s
         t_wait = time.monotonic()
     loader.close()  # stops the data workers now, not when the garbage collector finds them
     if bar is not None:
@@ -169,21 +174,9 @@ def _finish(
     history: list[dict[str, float]],
     out_dir: Path,
 ) -> Path:
-    """Gather the weights on rank 0, merge LoRA, export them, write the loss log and curve."""
-    full = checkpointing.full_model_state(ctx, student)
-    dest = out_dir / "checkpoint"
+    """Export the final checkpoint, write the loss log and curve."""
+    dest = _export(ctx, cfg, student, out_dir, "checkpoint")
     if ctx.is_main:
-        # the model's weights only: training-only heads (glyph_head) are not exported
-        weights = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
-        if cfg.stage == "lora":
-            weights = build.merge_lora(weights, cfg.lora.alpha / cfg.lora.r)
-        model_cls = type(student.model)
-        plain = model_cls(student.model.config)
-        plain.load_state_dict(weights)
-        dest = checkpointing.export_checkpoint(
-            plain, out_dir, _source_dir(cfg), cfg.max_shard_bytes,
-            torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32,
-        )  # fmt: skip
         with open(out_dir / "losses.jsonl", "w", encoding="utf-8") as f:
             for h in history:
                 f.write(json.dumps(h) + "\n")
@@ -192,14 +185,66 @@ def _finish(
     return dest
 
 
+def _export(
+    ctx: distributed.DistContext,
+    cfg: TrainConfig,
+    student: TrainingForward,
+    out_dir: Path,
+    name: str,
+) -> Path:
+    """Gather the weights on rank 0, merge LoRA, export them to `out_dir / name` (with the glyph
+    head's weights beside them when there is one)."""
+    full = checkpointing.full_model_state(ctx, student)
+    dest = out_dir / name
+    if ctx.is_main:
+        # the model's weights only: training-only heads (glyph_head) are not the model's
+        weights = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+        if cfg.stage == "lora":
+            weights = build.merge_lora(weights, cfg.lora.alpha / cfg.lora.r)
+        model_cls = type(student.model)
+        plain = model_cls(student.model.config)
+        plain.load_state_dict(weights)
+        dest = checkpointing.export_checkpoint(
+            plain, out_dir, _source_dir(cfg), cfg.max_shard_bytes,
+            torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32, name,
+        )  # fmt: skip
+        head = {
+            k.removeprefix("glyph_head."): v.contiguous()
+            for k, v in full.items()
+            if k.startswith("glyph_head.")
+        }
+        if head:
+            from safetensors.torch import save_file
+
+            save_file(head, str(dest / GLYPH_HEAD_FILE))
+    distributed.barrier(ctx)
+    return dest
+
+
+def _load_glyph_head(student: TrainingForward, source: Path) -> None:
+    """Continue the glyph head saved beside the checkpoint a run starts from, if any."""
+    path = source / GLYPH_HEAD_FILE
+    if student.glyph_head is None or not path.is_file():
+        return
+    from safetensors.torch import load_file
+
+    student.glyph_head.load_state_dict(load_file(str(path)))
+    log.info("glyph head continued from %s", path)
+
+
 def _time_fraction(ctx: distributed.DistContext, cfg: TrainConfig, t0: float) -> float:
     """Elapsed share of the time budget, the same on every rank (0 without a budget)."""
     if cfg.time_budget_s <= 0:
         return 0.0
+    return _elapsed(ctx, t0) / cfg.time_budget_s
+
+
+def _elapsed(ctx: distributed.DistContext, t0: float) -> float:
+    """Seconds since `t0` as rank 0 counts them, so every rank takes the same decisions."""
     elapsed = time.monotonic() - t0
     if ctx.is_distributed:
         elapsed = float(distributed.broadcast_object(ctx, elapsed))
-    return elapsed / cfg.time_budget_s
+    return elapsed
 
 
 def _progress(ctx: distributed.DistContext, start: int, cfg: TrainConfig):  # noqa: ANN202

@@ -19,6 +19,7 @@ from engine.train.config import ConfigError, DataConfig
 from engine.train.conversation import encode_sample
 from engine.train.data import collate
 from engine.train.fonts import find_fonts
+from engine.train.forward import GLYPH_HEAD_FILE
 from engine.train.synthetic.canvas import Rendered
 from engine.train.synthetic.glyphs import (
     END,
@@ -134,3 +135,28 @@ def test_glyph_weight_only_on_the_teacher_stage(teacher_dir: Path, tmp_path: Pat
         stage_config("sft", teacher_dir, tmp_path, glyph_weight=0.5).validate()
     with pytest.raises(ConfigError, match="glyph_weight"):
         stage_config("teacher", teacher_dir, tmp_path, glyph_weight=-1.0).validate()
+
+
+def test_a_run_exports_as_it_goes_and_a_further_run_keeps_the_glyph_head(
+    teacher_dir: Path, tmp_path: Path
+) -> None:
+    data = DataConfig(
+        weights={"ocr_word": 1.0}, seed=5, max_tokens=128, max_pixels=1024 * 28 * 28,
+        screen_width=(56, 160), repeat=4,
+    )  # fmt: skip
+    first = stage_config("teacher", teacher_dir, tmp_path / "a", data=data, steps=6, lr=1e-2)
+    train(first.with_(glyph_weight=0.5, export_every_s=1e-6))
+    latest = tmp_path / "a" / "latest"
+    assert (latest / GLYPH_HEAD_FILE).is_file()  # exported during the run, head beside it
+    load_model(latest, device="cpu", dtype=torch.float32)
+    ckpt = tmp_path / "a" / "checkpoint"
+
+    def first_glyph_loss(init: Path, out: str) -> float:
+        cfg = stage_config("teacher", init, tmp_path / out, data=data, steps=1, lr=1e-2)
+        train(cfg.with_(glyph_weight=0.5))
+        return json.loads((tmp_path / out / "losses.jsonl").read_text().splitlines()[0])["glyph"]
+
+    kept = first_glyph_loss(ckpt, "b")
+    (ckpt / GLYPH_HEAD_FILE).unlink()
+    fresh = first_glyph_loss(ckpt, "c")
+    assert kept < fresh, (kept, fresh)
