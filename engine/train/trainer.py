@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from engine.train import build, checkpointing, distributed
 from engine.train.config import TrainConfig
 from engine.train.curves import plot_losses
-from engine.train.data import EncodedStream, Shard, batch_loader
+from engine.train.data import Batch, EncodedStream, Shard, batch_loader
 from engine.train.forward import GLYPH_HEAD_FILE, TrainingForward
 from engine.train.objectives import Objective
 from kernels.sdpa import sdpa_context
@@ -51,25 +52,8 @@ def train(cfg: TrainConfig) -> Path:
     """Run (or resume) one stage; return the exported checkpoint directory."""
     ctx = distributed.setup(cfg.device)
     out_dir = Path(cfg.out_dir)
-    torch.manual_seed(cfg.seed)
-    model = build.build_student(cfg, ctx.device)
-    config = model.config
-    build.freeze(model, cfg, config)
-    if cfg.stage == "lora":
-        # peft injects the adapters into `model` in place; the wrapper itself is not needed
-        build.add_lora(model, cfg)
-    linear = [i for i, t in enumerate(config.text.layer_types) if t == "linear_attention"]
-    student = TrainingForward(model, glyph_head=cfg.glyph_weight > 0)
-    _load_glyph_head(student, _source_dir(cfg))
-    distributed.shard(student, build.shardable_blocks(model), ctx)
-    teacher_model = build.build_teacher(cfg, ctx.device)
-    teacher = TrainingForward(teacher_model) if teacher_model is not None else None
-    params = [p for p in student.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    student, params, optim, objective = prepare(cfg, ctx)
     start, history = checkpointing.load_trainer_state(ctx, out_dir, student, optim)
-    objective = Objective(
-        cfg.stage, student, teacher, linear, cfg.temperature, cfg.mse_factor, cfg.glyph_weight
-    )
     src = _source_dir(cfg)
     dataset = EncodedStream.from_dir(cfg.data, src)
     shard = Shard(ctx.rank, ctx.world, cfg.batch_size)
@@ -83,11 +67,7 @@ def train(cfg: TrainConfig) -> Path:
         cfg.micro_batch,
         pin_memory=ctx.device.type == "cuda" and cfg.num_workers > 0,
     )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cfg.dtype == "bfloat16" and ctx.device.type == "cuda"
-        else contextlib.nullcontext()
-    )
+    autocast = autocast_for(cfg, ctx.device)
 
     # every batch brings new image and sequence lengths: keep SDPA off cuDNN's per-shape plans
     def attention() -> contextlib.AbstractContextManager[None]:
@@ -111,19 +91,9 @@ def train(cfg: TrainConfig) -> Path:
         for group in optim.param_groups:
             group["lr"] = lr
         micro = [b.to(ctx.device) for b in batches]
-        norm = distributed.all_sum(ctx, sum(objective.normaliser(b) for b in micro))
-        scale = ctx.world / max(norm, 1.0)
-        local = 0.0
-        for b in micro:
-            with autocast, attention():
-                loss, value = objective(b, scale)
-            loss.backward()
-            local += value
-        grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        if math.isfinite(grad_norm):
-            optim.step()
-        else:
-            # one overflowing batch (bf16) must not turn every weight into NaN: skip its update
+        local, grad_norm = optimizer_step(ctx, objective, micro, params, optim, cfg.grad_clip,
+                                          autocast, attention)  # fmt: skip
+        if not math.isfinite(grad_norm):
             skipped += 1
             log.warning(
                 "step %d: gradient norm %s, update skipped (%d so far)",
@@ -131,7 +101,6 @@ def train(cfg: TrainConfig) -> Path:
                 grad_norm,
                 skipped,
             )
-        optim.zero_grad(set_to_none=True)
         step_loss = distributed.all_sum(ctx, local) / ctx.world
         history.append({"step": step + 1, "loss": step_loss, "lr": lr})
         if objective.glyph_weight > 0:  # the glyph head's share of the loss, to see it learn
@@ -165,6 +134,67 @@ def train(cfg: TrainConfig) -> Path:
     dest = _finish(ctx, cfg, student, history, out_dir)
     distributed.teardown(ctx)
     return dest
+
+
+def prepare(
+    cfg: TrainConfig, ctx: distributed.DistContext
+) -> tuple[TrainingForward, list[nn.Parameter], torch.optim.Optimizer, Objective]:
+    """The stage's models on `ctx.device`, as its config says: (the forward that trains, its
+    trainable parameters, their AdamW, the stage's objective with its teacher if any)."""
+    torch.manual_seed(cfg.seed)
+    model = build.build_student(cfg, ctx.device)
+    config = model.config
+    build.freeze(model, cfg, config)
+    if cfg.stage == "lora":
+        # peft injects the adapters into `model` in place; the wrapper itself is not needed
+        build.add_lora(model, cfg)
+    linear = [i for i, t in enumerate(config.text.layer_types) if t == "linear_attention"]
+    student = TrainingForward(model, glyph_head=cfg.glyph_weight > 0)
+    _load_glyph_head(student, _source_dir(cfg))
+    distributed.shard(student, build.shardable_blocks(model), ctx)
+    teacher_model = build.build_teacher(cfg, ctx.device)
+    teacher = TrainingForward(teacher_model) if teacher_model is not None else None
+    params = [p for p in student.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    objective = Objective(
+        cfg.stage, student, teacher, linear, cfg.temperature, cfg.mse_factor, cfg.glyph_weight
+    )
+    return student, params, optim, objective
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when the config asks for it (parameters stay float32)."""
+    if cfg.dtype == "bfloat16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def optimizer_step(
+    ctx: distributed.DistContext,
+    objective: Objective,
+    micro: list[Batch],
+    params: list[nn.Parameter],
+    optim: torch.optim.Optimizer,
+    grad_clip: float,
+    autocast: contextlib.AbstractContextManager[object],
+    attention: Callable[[], contextlib.AbstractContextManager[None]],
+) -> tuple[float, float]:
+    """One update from this rank's micro-batches of a global batch: (its share of the loss,
+    the gradient norm before clipping). A non-finite norm skips the update: one overflowing
+    batch (bf16) must not turn every weight into NaN."""
+    norm = distributed.all_sum(ctx, sum(objective.normaliser(b) for b in micro))
+    scale = ctx.world / max(norm, 1.0)
+    local = 0.0
+    for b in micro:
+        with autocast, attention():
+            loss, value = objective(b, scale)
+        loss.backward()
+        local += value
+    grad_norm = float(nn.utils.clip_grad_norm_(params, grad_clip))
+    if math.isfinite(grad_norm):
+        optim.step()
+    optim.zero_grad(set_to_none=True)
+    return local, grad_norm
 
 
 def _finish(
