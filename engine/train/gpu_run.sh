@@ -12,7 +12,8 @@
 # when absent), .train_carry/reading and .train_carry/teacher (checkpoints of an earlier run: those
 # stages continue from them) and .train_carry/wheels (packages the device lacks: fla-core, peft,
 # tqdm; installed to /tmp/site). Budgets in seconds: T_READ, T_TEACHER, T_L, T_KL, T_SFT, T_LORA.
-# Work folder: $W.
+# SET: space-separated pipeline --set items (e.g. SET="reading.batch_size=256
+# reading.micro_batch=256"; benchmarks/train_step.py says which batch pays). Work folder: $W.
 set -uo pipefail
 W=${W:-/tmp/infinitevl-train}
 case "${1:-}" in
@@ -39,11 +40,14 @@ start)
   [ -f "$W/start/config.json" ] || python3 -c "from pathlib import Path; from engine.train.recipe import write_start; write_start(Path('$W/start'))"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  sets=()
+  for x in ${SET:-}; do sets+=(--set "$x"); done
   setsid nohup env PYTHONUNBUFFERED=1 python3 -m engine.train.pipeline --work "$W" \
     --budget reading="${T_READ:-400}" --budget teacher="${T_TEACHER:-300}" \
     --budget distill_layerwise="${T_L:-40}" \
     --budget distill_kl="${T_KL:-60}" --budget sft="${T_SFT:-120}" --budget lora="${T_LORA:-50}" \
     --device "${DEVICE:-cuda}" --num-workers "${NUM_WORKERS:-14}" --again "$again" \
+    ${sets[@]+"${sets[@]}"} \
     > "$W/log" 2>&1 < /dev/null &
   echo $! > "$W/pid"
   echo "pipeline started (pid $(cat "$W/pid")), work folder $W"

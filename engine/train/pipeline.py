@@ -12,13 +12,17 @@ learns to look at the picture before it meets whole screens and pages.
 
 A stage whose folder already holds a checkpoint is skipped unless named in --again, so a series
 of time-limited runs (each with `--budget stage=seconds`) continues where the last one stopped.
+`--set stage.key=value` changes one top-level key of a stage's config for this run (a TOML
+value: `--set reading.batch_size=256 --set reading.lr=1.4e-3`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from engine.train.config import TrainConfig
 
@@ -54,8 +58,13 @@ def stage_paths(work: Path, stage: str) -> dict[str, str]:
 
 
 def run_pipeline(work: Path, stages: list[str], budgets: dict[str, float], again: set[str],
-                 overrides: dict[str, object]) -> Path | None:  # fmt: skip
-    """Run `stages` in order; return the last checkpoint written."""
+                 overrides: dict[str, object],
+                 settings: dict[str, dict[str, Any]] | None = None) -> Path | None:  # fmt: skip
+    """Run `stages` in order; return the last checkpoint written.
+
+    Args:
+        overrides: top-level config keys set for every stage; `settings`: stage -> keys for it.
+    """
     from engine.train.trainer import train
 
     last = None
@@ -66,7 +75,8 @@ def run_pipeline(work: Path, stages: list[str], budgets: dict[str, float], again
             last = done
             continue
         cfg = TrainConfig.from_file(
-            CONFIGS / f"{stage}.toml", **stage_paths(work, stage), **overrides
+            CONFIGS / f"{stage}.toml",
+            **{**stage_paths(work, stage), **overrides, **(settings or {}).get(stage, {})},
         )
         if stage in budgets:
             cfg = cfg.with_(time_budget_s=budgets[stage])
@@ -76,6 +86,21 @@ def run_pipeline(work: Path, stages: list[str], budgets: dict[str, float], again
         log.info("%s: init %s, %.0f s budget", stage, cfg.init, cfg.time_budget_s)
         last = train(cfg)
     return last
+
+
+def parse_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """["reading.batch_size=256", ...] -> {"reading": {"batch_size": 256}} (values as TOML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        stage, dot, key = name.partition(".")
+        if not (eq and dot and key) or stage not in ORDER:
+            raise ValueError(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE one of {ORDER}")
+        try:
+            out.setdefault(stage, {})[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"--set {item!r}: {value!r} is not a TOML value ({exc})") from exc
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default=",".join(ORDER))
     p.add_argument("--budget", action="append", default=[], help="stage=seconds")
     p.add_argument("--again", default="", help="stages to rerun although done")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="one config key of one stage, e.g. reading.batch_size=256")  # fmt: skip
     p.add_argument("--num-workers", type=int)
     p.add_argument("--device")
     args = p.parse_args(argv)
@@ -97,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown stages {unknown}; known: {list(ORDER)}")
     budgets = {k: float(v) for k, v in (b.split("=", 1) for b in args.budget)}
+    try:
+        settings = parse_settings(args.set)
+    except ValueError as exc:
+        p.error(str(exc))
     overrides = {"num_workers": args.num_workers, "device": args.device}
     last = run_pipeline(
         args.work,
@@ -104,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         budgets,
         set(filter(None, args.again.split(","))),
         {k: v for k, v in overrides.items() if v is not None},
+        settings,
     )
     print(last)
     return 0

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from engine.train.config import TrainConfig
-from engine.train.pipeline import CONFIGS, ORDER, stage_paths
+from engine.train.pipeline import CONFIGS, ORDER, parse_settings, run_pipeline, stage_paths
 
 
 def _ckpt(work: Path, stage: str) -> None:
@@ -35,3 +35,31 @@ def test_every_stage_has_a_config_that_parses(tmp_path: Path, name: str) -> None
     cfg = TrainConfig.from_file(CONFIGS / f"{name}.toml", **stage_paths(tmp_path, name))
     assert cfg.data.weights
     assert cfg.out_dir == str(tmp_path / name)
+
+
+def test_set_changes_one_key_of_one_stage() -> None:
+    settings = parse_settings(
+        ["reading.batch_size=256", "reading.lr=1.4e-3", "sft.dtype='float32'"]
+    )
+    assert settings == {"reading": {"batch_size": 256, "lr": 1.4e-3}, "sft": {"dtype": "float32"}}
+    for bad in ("reading=3", "nosuchstage.lr=1", "reading.lr=", "reading.lr=fast"):
+        with pytest.raises(ValueError, match="--set"):
+            parse_settings([bad])
+
+
+def test_settings_reach_only_their_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, TrainConfig] = {}
+
+    def fake_train(cfg: TrainConfig) -> Path:
+        seen[cfg.out_dir.rsplit("/", 1)[-1]] = cfg
+        return Path(cfg.out_dir) / "checkpoint"
+
+    monkeypatch.setattr("engine.train.trainer.train", fake_train)
+    settings = parse_settings(["reading.batch_size=256", "reading.micro_batch=256"])
+    run_pipeline(tmp_path, ["reading", "teacher"], {"reading": 9.0}, set(), {}, settings)
+    assert (seen["reading"].batch_size, seen["reading"].micro_batch) == (256, 256)
+    assert seen["reading"].time_budget_s == 9.0
+    assert (
+        seen["teacher"].batch_size
+        == TrainConfig.from_file(CONFIGS / "teacher.toml", init="x", out_dir="y").batch_size
+    )
