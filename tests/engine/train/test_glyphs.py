@@ -37,6 +37,11 @@ from engine.train.trainer import train
 from tests.engine.train.conftest import stage_config
 
 PARAMS = ImageParams(max_pixels=1024 * 28 * 28)
+# single words, the same four samples every step: a few steps must lower the glyph loss
+WORDS = DataConfig(
+    weights={"ocr_word": 1.0}, seed=5, max_tokens=128, max_pixels=1024 * 28 * 28,
+    screen_width=(56, 160), repeat=4,
+)  # fmt: skip
 
 
 def _read_back(targets: torch.Tensor) -> str:
@@ -112,22 +117,20 @@ def test_encoded_samples_carry_a_target_row_per_image_token(teacher_dir: Path) -
 def test_reading_stage_with_the_glyph_head_learns_and_exports_the_model_alone(
     teacher_dir: Path, tmp_path: Path
 ) -> None:
-    data = DataConfig(
-        weights={"ocr_word": 1.0}, seed=5, max_tokens=128, max_pixels=1024 * 28 * 28,
-        screen_width=(56, 160), repeat=4,
-    )  # fmt: skip
-    cfg = stage_config("teacher", teacher_dir, tmp_path, data=data, steps=10, lr=1e-2)
+    cfg = stage_config("teacher", teacher_dir, tmp_path, data=WORDS, steps=10, lr=1e-2)
     out = train(cfg.with_(glyph_weight=0.5))
     history = [json.loads(ln) for ln in (tmp_path / "losses.jsonl").read_text().splitlines()]
     glyph = [h["glyph"] for h in history]
     assert all(0 < g < h["loss"] for g, h in zip(glyph, history, strict=True))
     assert sum(glyph[-2:]) < sum(glyph[:2]) / 2, glyph
     names = set()
-    for f in out.glob("*.safetensors"):
+    for f in out.glob("model*.safetensors"):
         with safe_open(f, "pt") as st:
             names |= set(st.keys())
     assert names and not any("glyph" in n for n in names)
     load_model(out, device="cpu", dtype=torch.float32)  # the published layout, nothing extra
+    with safe_open(out / GLYPH_HEAD_FILE, "pt") as st:  # the head only beside it
+        assert set(st.keys()) == {"proj.weight", "proj.bias"}
 
 
 def test_glyph_weight_only_on_the_teacher_stage(teacher_dir: Path, tmp_path: Path) -> None:
@@ -140,11 +143,7 @@ def test_glyph_weight_only_on_the_teacher_stage(teacher_dir: Path, tmp_path: Pat
 def test_a_run_exports_as_it_goes_and_a_further_run_keeps_the_glyph_head(
     teacher_dir: Path, tmp_path: Path
 ) -> None:
-    data = DataConfig(
-        weights={"ocr_word": 1.0}, seed=5, max_tokens=128, max_pixels=1024 * 28 * 28,
-        screen_width=(56, 160), repeat=4,
-    )  # fmt: skip
-    first = stage_config("teacher", teacher_dir, tmp_path / "a", data=data, steps=6, lr=1e-2)
+    first = stage_config("teacher", teacher_dir, tmp_path / "a", data=WORDS, steps=6, lr=1e-2)
     train(first.with_(glyph_weight=0.5, export_every_s=1e-6))
     latest = tmp_path / "a" / "latest"
     assert (latest / GLYPH_HEAD_FILE).is_file()  # exported during the run, head beside it
@@ -152,7 +151,7 @@ def test_a_run_exports_as_it_goes_and_a_further_run_keeps_the_glyph_head(
     ckpt = tmp_path / "a" / "checkpoint"
 
     def first_glyph_loss(init: Path, out: str) -> float:
-        cfg = stage_config("teacher", init, tmp_path / out, data=data, steps=1, lr=1e-2)
+        cfg = stage_config("teacher", init, tmp_path / out, data=WORDS, steps=1, lr=1e-2)
         train(cfg.with_(glyph_weight=0.5))
         return json.loads((tmp_path / out / "losses.jsonl").read_text().splitlines()[0])["glyph"]
 
