@@ -1,8 +1,9 @@
 """Evaluate the embedded default model (or any checkpoint) on held-out synthetic data.
 
 Prints a table:
-- character error rate (CER) of OCR on held-out single text lines, screenshots and document
-  pages, beside Tesseract (Debian's tesseract-ocr, run as a subprocess) on the same images;
+- character error rate (CER) and the share of images read without an error ("exact") of OCR on
+  held-out single words, single text lines, screenshots and document pages, beside Tesseract
+  (Debian's tesseract-ocr, run as a subprocess) on the same images;
 - accuracy of answering "What is the reference number on page 1?" after reading 30 pages;
 - latency of OCR of an 800x200 screen region on this machine's CPU;
 - whether the model looks at the picture at all: the loss (nats per token) of the true text of
@@ -39,7 +40,7 @@ from engine.train.forward import TrainingForward
 from engine.train.losses import next_token_loss
 from engine.train.synthetic.canvas import Rendered
 from engine.train.synthetic.documents import render_page
-from engine.train.synthetic.lines import line_text, render_line
+from engine.train.synthetic.lines import line_text, render_line, word_text
 from engine.train.synthetic.screens import render_screen
 from engine.train.synthetic.tasks import REFERENCE_QUESTION, longdoc_sample, ocr_sample
 from engine.train.text_sources import TextSource
@@ -67,6 +68,12 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
+def exact(preds: list[str], truths: list[str]) -> float:
+    """Share of images read without a single error (after `normalise`)."""
+    same = sum(normalise(p) == normalise(t) for p, t in zip(preds, truths, strict=True))
+    return same / max(1, len(truths))
+
+
 def cer(preds: list[str], truths: list[str]) -> float:
     """Total edit distance over total reference length, after `normalise`."""
     dist = sum(
@@ -90,15 +97,19 @@ def tesseract(image: Image.Image, psm: int) -> str:
 
 
 def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
-    """Single text lines (up to 800 px wide), screenshots (224-800 x 56-224 px) and document
-    pages (336 px), from eval seeds."""
+    """Single words and numbers, single text lines (up to 800 px wide), screenshots (224-800 x
+    56-224 px) and document pages (336 px), from eval seeds."""
     src, fonts = TextSource.from_stdlib(), find_fonts()
     sets: dict[str, list[tuple[Image.Image, str]]] = {
+        "single words": [],
         "text lines": [],
         "screenshots": [],
         "document pages": [],
     }
     for i in range(num):
+        rng = random.Random(EVAL_SEED + 70_000 + i)
+        r = render_line(rng, word_text(rng, src), fonts, 800)
+        sets["single words"].append((r.image, r.text))
         rng = random.Random(EVAL_SEED + 30_000 + i)
         r = render_line(rng, line_text(rng, src), fonts, 800)
         sets["text lines"].append((r.image, r.text))
@@ -114,18 +125,21 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
 
 def eval_ocr(
     engine: Engine, num: int, use_tesseract: bool, max_new_tokens: int
-) -> list[tuple[str, float, float, float, float, float]]:
+) -> list[tuple[str, float, float, float, float, float, float, float]]:
+    """Per set: (name, model CER, model exact, Tesseract psm 3 CER, its exact, psm 6 CER,
+    text loss with the image, with a blank one)."""
     rows = []
     for name, items in held_out_sets(num).items():
         looks = reply_loss(engine, items)
         truths = [t for _, t in items]
         preds = [ocr_image(engine, im, max_new_tokens=max_new_tokens) for im, _ in items]
         log.info("%s: model sample %r -> %r", name, truths[0][:60], preds[0][:60])
-        t3 = t6 = float("nan")
+        t3 = x3 = t6 = float("nan")
         if use_tesseract:
-            t3 = cer([tesseract(im, 3) for im, _ in items], truths)
+            read3 = [tesseract(im, 3) for im, _ in items]
+            t3, x3 = cer(read3, truths), exact(read3, truths)
             t6 = cer([tesseract(im, 6) for im, _ in items], truths)
-        rows.append((name, cer(preds, truths), t3, t6, *looks))
+        rows.append((name, cer(preds, truths), exact(preds, truths), t3, x3, t6, *looks))
     return rows
 
 
@@ -216,12 +230,16 @@ def main() -> int:
     )
     print()
     print(
-        f"| OCR set ({args.num} held-out images) | model CER | Tesseract CER (psm 3) "
-        "| Tesseract CER (psm 6) | text loss, with image | text loss, blank image |"
+        f"| OCR set ({args.num} held-out images) | model CER | model exact | Tesseract CER "
+        "(psm 3) | Tesseract exact (psm 3) | Tesseract CER (psm 6) | text loss, with image "
+        "| text loss, blank image |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, m, t3, t6, seen, blank in ocr_rows:
-        print(f"| {name} | {m:.3f} | {t3:.3f} | {t6:.3f} | {seen:.3f} | {blank:.3f} |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, m, mx, t3, x3, t6, seen, blank in ocr_rows:
+        print(
+            f"| {name} | {m:.3f} | {mx:.0%} | {t3:.3f} | {x3:.0%} | {t6:.3f} | {seen:.3f} "
+            f"| {blank:.3f} |"
+        )
     print()
     print("| measure | value |")
     print("| --- | --- |")
