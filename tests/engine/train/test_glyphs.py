@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from engine.train.data import collate
 from engine.train.fonts import find_fonts
 from engine.train.forward import GLYPH_HEAD_FILE
 from engine.train.synthetic.canvas import Rendered
+from engine.train.synthetic.charts import render_bar_chart
+from engine.train.synthetic.documents import render_code, render_page, render_receipt, render_table
 from engine.train.synthetic.glyphs import (
     END,
     IGNORE,
@@ -31,6 +34,7 @@ from engine.train.synthetic.glyphs import (
     glyph_targets,
 )
 from engine.train.synthetic.lines import line_text, render_line
+from engine.train.synthetic.screens import render_screen
 from engine.train.synthetic.tasks import ocr_sample
 from engine.train.text_sources import TextSource
 from engine.train.trainer import train
@@ -76,6 +80,29 @@ def test_the_tokens_of_a_rendered_line_read_its_text_in_order(seed: int) -> None
     for row in targets.tolist():
         if END in row:
             assert all(k == IGNORE for k in row[row.index(END) + 1 :])
+
+
+RENDERERS = {
+    "screen": lambda rng, src, fonts: render_screen(rng, src, fonts, (640, 224)),
+    "page": lambda rng, src, fonts: render_page(rng, src, fonts, (336, 336)),
+    "code": lambda rng, src, fonts: render_code(rng, src, fonts, (448, 224)),
+    "table": lambda rng, src, fonts: render_table(rng, src, fonts, (448, 224)),
+    "receipt": lambda rng, src, fonts: render_receipt(rng, src, fonts, (280, 336)),
+    "chart": lambda rng, src, fonts: render_bar_chart(rng, fonts, (448, 280)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RENDERERS))
+def test_every_renderer_records_each_character_it_draws(kind: str) -> None:
+    # a character drawn but not recorded would be taught as background (END) to its token
+    src, fonts = TextSource.from_stdlib(), find_fonts()
+    for seed in range(4):
+        r = RENDERERS[kind](random.Random(seed), src, fonts)
+        assert r.glyphs is not None
+        drawn = Counter(g.char for g in r.glyphs)
+        assert drawn == Counter(c for c in r.text if not c.isspace()), (kind, seed)
+        width, height = r.image.size
+        assert all(0 <= g.x <= width and 0 <= g.y <= height for g in r.glyphs)
 
 
 def test_a_crowded_token_keeps_its_first_characters_and_no_end() -> None:
