@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -90,12 +91,15 @@ def tokenizer(tiny_tokenizer_dir: Path) -> Tokenizer:
 
 @FAST
 @given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=80))
+@example("\u2adc")  # composition-excluded: NFC makes it U+2ADD U+0338
 def test_tokenizer_round_trips_and_streams_any_text(tokenizer: Tokenizer, text: str) -> None:
+    # Qwen2's tokenizer normalises to NFC first, so NFC text is what comes back
+    expected = unicodedata.normalize("NFC", text)
     ids = tokenizer.encode(text)
-    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode(ids) == expected
     stream = tokenizer.stream_decoder()
     pieces = [stream.push(i) for i in ids]
-    assert "".join(pieces) + stream.flush() == text
+    assert "".join(pieces) + stream.flush() == expected
 
 
 _TEXT = st.text(max_size=60)  # any Unicode, control characters and lone surrogates included
