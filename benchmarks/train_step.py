@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from engine.train import distributed  # noqa: E402
 from engine.train.config import TrainConfig  # noqa: E402
 from engine.train.data import EncodedStream, collate  # noqa: E402
-from engine.train.trainer import autocast_for, optimizer_step, prepare  # noqa: E402
+from engine.train.trainer import autocast_for, optimizer_step, prepare, source_dir  # noqa: E402
 from kernels.sdpa import sdpa_context  # noqa: E402
 
 EVAL_SEED = 424_242  # not a training seed (those are 1-7)
@@ -44,8 +44,7 @@ def measure(cfg: TrainConfig, steps: int, profile: bool) -> dict[str, float | st
     """Time `steps` updates of one reused global batch after two warm-up updates."""
     ctx = distributed.setup(cfg.device)
     student, params, optim, objective = prepare(cfg, ctx)
-    src = Path(cfg.init)
-    data = EncodedStream.from_dir(cfg.data, src if src.is_dir() else src.parent)
+    data = EncodedStream.from_dir(cfg.data, source_dir(cfg))
     pad = data.tokenizer.special.pad
     batch = collate([data[EVAL_SEED + i] for i in range(cfg.batch_size)], pad)
     micro = [batch.to(ctx.device)]

@@ -42,7 +42,7 @@ def lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def _source_dir(cfg: TrainConfig) -> Path:
+def source_dir(cfg: TrainConfig) -> Path:
     """Where the tokenizer and preprocessor files of this run live."""
     p = Path(cfg.init)
     return p if p.is_dir() else p.parent
@@ -54,7 +54,7 @@ def train(cfg: TrainConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     student, params, optim, objective = prepare(cfg, ctx)
     start, history = checkpointing.load_trainer_state(ctx, out_dir, student, optim)
-    src = _source_dir(cfg)
+    src = source_dir(cfg)
     dataset = EncodedStream.from_dir(cfg.data, src)
     shard = Shard(ctx.rank, ctx.world, cfg.batch_size)
     loader = batch_loader(
@@ -83,7 +83,10 @@ def train(cfg: TrainConfig) -> Path:
     t_wait = time.monotonic()
     for step, batches in zip(range(start, cfg.steps), loader, strict=False):
         waited += time.monotonic() - t_wait
-        frac = _time_fraction(ctx, cfg, t0)
+        # one clock reading per step (a broadcast when distributed) serves budget and exports
+        timed = cfg.time_budget_s > 0 or cfg.export_every_s > 0
+        elapsed = _elapsed(ctx, t0) if timed else 0.0
+        frac = elapsed / cfg.time_budget_s if cfg.time_budget_s > 0 else 0.0
         if frac >= 1.0:
             log.info("time budget of %.0f s spent after %d steps", cfg.time_budget_s, step)
             break
@@ -123,7 +126,7 @@ def train(cfg: TrainConfig) -> Path:
             waited = 0.0
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             checkpointing.save_trainer_state(ctx, out_dir, student, optim, step + 1, history)
-        if cfg.export_every_s > 0 and _elapsed(ctx, t0) >= next_export:
+        if cfg.export_every_s > 0 and elapsed >= next_export:
             _export(ctx, cfg, student, out_dir, "latest")
             next_export += cfg.export_every_s
         t_wait = time.monotonic()
@@ -150,7 +153,7 @@ def prepare(
         build.add_lora(model, cfg)
     linear = [i for i, t in enumerate(config.text.layer_types) if t == "linear_attention"]
     student = TrainingForward(model, glyph_head=cfg.glyph_weight > 0)
-    _load_glyph_head(student, _source_dir(cfg))
+    _load_glyph_head(student, source_dir(cfg))
     distributed.shard(student, build.shardable_blocks(model), ctx)
     teacher_model = build.build_teacher(cfg, ctx.device)
     teacher = TrainingForward(teacher_model) if teacher_model is not None else None
@@ -235,7 +238,7 @@ def _export(
         plain = model_cls(student.model.config)
         plain.load_state_dict(weights)
         dest = checkpointing.export_checkpoint(
-            plain, out_dir, _source_dir(cfg), cfg.max_shard_bytes,
+            plain, out_dir, source_dir(cfg), cfg.max_shard_bytes,
             torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32, name,
         )  # fmt: skip
         head = {
@@ -260,13 +263,6 @@ def _load_glyph_head(student: TrainingForward, source: Path) -> None:
 
     student.glyph_head.load_state_dict(load_file(str(path)))
     log.info("glyph head continued from %s", path)
-
-
-def _time_fraction(ctx: distributed.DistContext, cfg: TrainConfig, t0: float) -> float:
-    """Elapsed share of the time budget, the same on every rank (0 without a budget)."""
-    if cfg.time_budget_s <= 0:
-        return 0.0
-    return _elapsed(ctx, t0) / cfg.time_budget_s
 
 
 def _elapsed(ctx: distributed.DistContext, t0: float) -> float:
