@@ -6,7 +6,8 @@ buys samples for free. This prints the table that says which (one batch of held-
 encoded once and reused, so the loader's time is not in it; `train_loader.py` measures that):
 
     python -m benchmarks.train_step engine/train/configs/default/reading.toml \\
-        --init CKPT_OR_CONFIG [--batch 128,256,512] [--steps 8] [--device cuda] [--profile]
+        --init CKPT_OR_CONFIG [--teacher CKPT] [--batch 128,256,512] [--steps 8] [--device cuda]
+        [--profile]
 
 Columns: global batch, seconds per step (forward, backward, clipping and AdamW, one micro-batch
 of the whole batch), samples and tokens (padding included) per second, peak GPU memory.
@@ -19,6 +20,7 @@ import argparse
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -106,13 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("config", help="stage config (TOML)")
     p.add_argument("--init", required=True, help="checkpoint directory or config.json")
+    p.add_argument(
+        "--teacher",
+        help="the distillation stages' teacher checkpoint (default: --init, which is the "
+        "teacher of distill_layerwise)",
+    )
     p.add_argument("--batch", default="128,256,512", help="global batch sizes, comma-separated")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--profile", action="store_true", help="also profile one step per batch")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        base = TrainConfig.from_file(args.config, init=args.init, out_dir=tmp, device=args.device)
+        stage = tomllib.loads(Path(args.config).read_text()).get("stage", "")
+        extra = {"teacher": args.teacher or args.init} if stage.startswith("distill") else {}
+        base = TrainConfig.from_file(
+            args.config, init=args.init, out_dir=tmp, device=args.device, **extra
+        )
         rows = []
         for b in (int(x) for x in args.batch.split(",") if x):
             rows.append(measure(base.with_(batch_size=b, micro_batch=b), args.steps, args.profile))

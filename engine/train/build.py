@@ -89,6 +89,36 @@ def build_teacher(
     return teacher.eval()
 
 
+def shares_inputs(
+    student: InfiniteVLForConditionalGeneration, teacher: InfiniteVLForConditionalGeneration | None
+) -> bool:
+    """Whether the student's decoder inputs are the teacher's: its token embedding and vision
+    tower are frozen and hold the teacher's values (as in stage 1, where only Gated DeltaNet
+    trains). Then the student may read the inputs the teacher computed for a batch."""
+    if teacher is None:
+        return False
+    mine = {
+        **_prefixed(student.model.language_model.embed_tokens, "embed_tokens."),
+        **_prefixed(student.model.visual, "visual."),
+    }
+    theirs = {
+        **_prefixed(teacher.model.language_model.embed_tokens, "embed_tokens."),
+        **_prefixed(teacher.model.visual, "visual."),
+    }
+    if mine.keys() != theirs.keys():
+        return False
+    return all(
+        not p.requires_grad
+        and p.dtype == theirs[name].dtype
+        and torch.equal(p.detach(), theirs[name].detach().to(p.device))
+        for name, p in mine.items()
+    )
+
+
+def _prefixed(module: nn.Module, prefix: str) -> dict[str, nn.Parameter]:
+    return {prefix + name: p for name, p in module.named_parameters()}
+
+
 def freeze(model: nn.Module, cfg: TrainConfig, config: ModelConfig) -> list[str]:
     """Train exactly the parameters whose names match `cfg.trainable`; return their names."""
     patterns = trainable_patterns(cfg, config)

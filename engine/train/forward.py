@@ -8,6 +8,8 @@ head) itself. It is an nn.Module so that FSDP's root hooks see every call.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -30,6 +32,16 @@ class GlyphHead(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """[tokens, hidden] -> [tokens, SLOTS, NUM_CLASSES] logits."""
         return self.proj(feats).view(feats.shape[0], SLOTS, NUM_CLASSES)
+
+
+@dataclass(slots=True)
+class DecoderInputs:
+    """What the decoder reads: the token embeddings with the image features scattered in, and
+    each token's M-RoPE position. A distillation student whose embedding and vision tower are
+    the teacher's (frozen, equal) reads the teacher's instead of computing them again."""
+
+    embeds: torch.Tensor  # [B, T, hidden]
+    position_ids: torch.Tensor  # [3, B, T]
 
 
 class TrainingForward(nn.Module):
@@ -55,6 +67,10 @@ class TrainingForward(nn.Module):
         image_grid_thw: torch.Tensor | None = None,
         return_hidden: bool = False,
         glyph_logits: list[torch.Tensor] | None = None,
+        *,
+        inputs: DecoderInputs | None = None,
+        inputs_out: list[DecoderInputs] | None = None,
+        layer_inputs: dict[int, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run whole sequences from an empty state.
 
@@ -65,10 +81,42 @@ class TrainingForward(nn.Module):
             return_hidden: collect the input embeddings and each decoder layer's output.
             glyph_logits: if given (and the glyph head exists), the head's [image tokens,
                 SLOTS, NUM_CLASSES] logits of this batch's images are appended to it.
+            inputs: the decoder's inputs, already computed (by a teacher with this model's
+                embedding and vision tower): pixel_values and image_grid_thw go unused.
+            inputs_out: if given, the decoder inputs this call computed are appended to it.
+            layer_inputs: {layer index: [B, T, hidden]}: run only these Gated DeltaNet layers,
+                each on its own input from an empty state (stage 1's layer-wise distillation);
+                nothing else runs, and the logits are empty.
         Returns:
             logits [B, T, vocab] float32 and the hidden states ([] unless `return_hidden`):
-            num_layers + 1 tensors [B, T, hidden].
+            num_layers + 1 tensors [B, T, hidden]; with `layer_inputs`, the outputs of those
+            layers in the order of their indices.
         """
+        if layer_inputs is not None:
+            return self._layers_alone(input_ids.shape[0], layer_inputs)
+        if inputs is None:
+            inputs = self._decoder_inputs(input_ids, pixel_values, image_grid_thw, glyph_logits)
+        if inputs_out is not None:
+            inputs_out.append(inputs)
+        m = self.model
+        embeds = inputs.embeds
+        if torch.is_grad_enabled() and not embeds.requires_grad:
+            # with frozen embeddings nothing upstream needs grad; a layer that trains must still
+            # see inputs that do, or it treats the call as inference and reuses its state in place
+            embeds = embeds.detach().requires_grad_(True)
+        state = m.new_state(batch=input_ids.shape[0], device=input_ids.device, dtype=embeds.dtype)
+        hidden: list[torch.Tensor] = []
+        lm = m.model.language_model
+        h = lm(embeds, inputs.position_ids, state.layers, hidden if return_hidden else None)
+        return m.lm_head(h).float(), hidden
+
+    def _decoder_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+        glyph_logits: list[torch.Tensor] | None,
+    ) -> DecoderInputs:
         m = self.model
         cfg = m.config
         lm = m.model.language_model
@@ -92,14 +140,24 @@ class TrainingForward(nn.Module):
             mask = (input_ids == cfg.image_token_id).unsqueeze(-1)
             assert int(mask.sum()) == feats.shape[0], "image features and pad tokens differ"
             embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
-        if torch.is_grad_enabled() and not embeds.requires_grad:
-            # with frozen embeddings nothing upstream needs grad; a layer that trains must still
-            # see inputs that do, or it treats the call as inference and reuses its state in place
-            embeds = embeds.detach().requires_grad_(True)
-        state = m.new_state(batch=B, device=input_ids.device, dtype=embeds.dtype)
-        hidden: list[torch.Tensor] = []
-        h = lm(embeds, position_ids, state.layers, hidden if return_hidden else None)
-        return m.lm_head(h).float(), hidden
+        return DecoderInputs(embeds, position_ids)
+
+    def _layers_alone(
+        self, batch: int, layer_inputs: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Each listed Gated DeltaNet layer on its own input, from an empty state."""
+        layers = self.model.model.language_model.layers
+        first = next(iter(layer_inputs.values()))
+        state = self.model.new_state(batch=batch, device=first.device, dtype=first.dtype)
+        outputs = []
+        for i in sorted(layer_inputs):
+            layer = layers[i]
+            assert layer.layer_type == "linear_attention", f"layer {i} is {layer.layer_type}"
+            x = layer_inputs[i].detach().requires_grad_(torch.is_grad_enabled())
+            # Gated DeltaNet has no positions: its cos/sin arguments go unused
+            none = x.new_empty(0)
+            outputs.append(layer(x, none, none, state.layers[i]))
+        return first.new_empty(0), outputs
 
 
 def _grids_per_row(

@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,30 +13,7 @@ from engine.train.data import Batch
 from engine.train.losses import distill_kl, glyph_loss, layer_mse, next_token_loss
 
 if TYPE_CHECKING:
-    from engine.train.forward import TrainingForward
-
-
-@contextmanager
-def teacher_inputs(layers: nn.ModuleList, indices: list[int], inputs: list[torch.Tensor]
-                   ) -> Iterator[None]:  # fmt: skip
-    """While active, layer i (for i in `indices`) runs on `inputs[i]` instead of its own input.
-
-    Stage 1 trains each converted layer to map the teacher's input of that layer to the
-    teacher's output, independent of the layers before it.
-    """
-    handles = []
-    for i in indices:
-
-        def hook(module: nn.Module, args: tuple, i: int = i) -> tuple:
-            x = inputs[i].detach().to(args[0].dtype).requires_grad_(torch.is_grad_enabled())
-            return (x, *args[1:])
-
-        handles.append(layers[i].register_forward_pre_hook(hook))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    from engine.train.forward import DecoderInputs
 
 
 class Objective:
@@ -50,6 +25,13 @@ class Objective:
         teacher: the TrainingForward of the frozen teacher, or None.
         linear_layers: indices of the student's linear_attention layers (stage 1).
         temperature, mse_factor, glyph_weight: as TrainConfig.
+        shared_inputs: the student's embedding and vision tower are the teacher's (frozen and
+            equal, `build.shares_inputs`): the student reads the decoder inputs the teacher
+            computed instead of running its vision tower again.
+
+    Stage 1 (layer-wise) runs only the student's Gated DeltaNet layers, each on the teacher's
+    input of that layer, so each learns to map it to the teacher's output independently of the
+    layers before it; the rest of the student would only repeat the teacher's work.
 
     Attributes:
         glyph_loss: the glyph term of the micro-batches since the last `take_glyph_loss`.
@@ -64,6 +46,7 @@ class Objective:
         temperature: float,
         mse_factor: float,
         glyph_weight: float = 0.0,
+        shared_inputs: bool = False,
     ) -> None:
         self.stage = stage
         self.student = student
@@ -72,6 +55,7 @@ class Objective:
         self.temperature = temperature
         self.mse_factor = mse_factor
         self.glyph_weight = glyph_weight
+        self.shared_inputs = shared_inputs
         self.glyph_loss = 0.0
 
     def normaliser(self, batch: Batch) -> float:
@@ -98,23 +82,21 @@ class Objective:
                 loss = loss + term
         elif self.stage == "distill_kl":
             assert self.teacher is not None
+            computed: list[DecoderInputs] = []
             with torch.no_grad():
-                t_logits, _ = self.teacher(*args)
-            logits, _ = self.student(*args)
+                t_logits, _ = self.teacher(*args, inputs_out=computed)
+            inputs = computed[0] if self.shared_inputs else None
+            logits, _ = self.student(*args, inputs=inputs)
             total, _ = distill_kl(logits, t_logits, batch.mask, self.temperature)
             loss = total * scale
         else:
             assert self.teacher is not None
             with torch.no_grad():
                 _, t_hidden = self.teacher(*args, return_hidden=True)
-            layers = _decoder_layers(self.student)
-            with teacher_inputs(layers, self.linear_layers, t_hidden):
-                _, s_hidden = self.student(*args, return_hidden=True)
-            mse = layer_mse(
-                [s_hidden[i + 1] for i in self.linear_layers],
-                [t_hidden[i + 1] for i in self.linear_layers],
-                batch.mask,
+            _, s_out = self.student(
+                batch.input_ids, layer_inputs={i: t_hidden[i] for i in self.linear_layers}
             )
+            mse = layer_mse(s_out, [t_hidden[i + 1] for i in self.linear_layers], batch.mask)
             loss = mse * self.mse_factor * scale
         return loss, float(loss.detach())
 
@@ -122,8 +104,3 @@ class Objective:
         """The glyph term accumulated since the last call (0 without the head), then reset."""
         value, self.glyph_loss = self.glyph_loss, 0.0
         return value
-
-
-def _decoder_layers(forward: nn.Module) -> nn.ModuleList:
-    # `forward` is the student's TrainingForward (maybe FSDP-sharded, which keeps its class)
-    return cast("TrainingForward", forward).model.model.language_model.layers

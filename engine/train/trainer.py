@@ -154,14 +154,14 @@ def prepare(
     linear = [i for i, t in enumerate(config.text.layer_types) if t == "linear_attention"]
     student = TrainingForward(model, glyph_head=cfg.glyph_weight > 0)
     _load_glyph_head(student, source_dir(cfg))
-    distributed.shard(student, build.shardable_blocks(model), ctx)
     teacher_model = build.build_teacher(cfg, ctx.device)
+    shared = build.shares_inputs(model, teacher_model)  # before sharding: whole tensors
+    distributed.shard(student, build.shardable_blocks(model), ctx)
     teacher = TrainingForward(teacher_model) if teacher_model is not None else None
     params = [p for p in student.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    objective = Objective(
-        cfg.stage, student, teacher, linear, cfg.temperature, cfg.mse_factor, cfg.glyph_weight
-    )
+    objective = Objective(cfg.stage, student, teacher, linear, cfg.temperature, cfg.mse_factor,
+                          cfg.glyph_weight, shared_inputs=shared)  # fmt: skip
     return student, params, optim, objective
 
 
