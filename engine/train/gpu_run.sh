@@ -13,7 +13,9 @@
 # stages continue from them) and .train_carry/wheels (packages the device lacks: fla-core, peft,
 # tqdm; installed to /tmp/site). Budgets in seconds: T_READ, T_TEACHER, T_L, T_KL, T_SFT, T_LORA.
 # SET: space-separated pipeline --set items (e.g. SET="reading.batch_size=256
-# reading.micro_batch=256"; benchmarks/train_step.py says which batch pays). Work folder: $W.
+# reading.micro_batch=256"; benchmarks/train_step.py says which batch pays). STAGES: the stages
+# to run (default: all; e.g. STAGES=teacher,distill_layerwise,distill_kl,sft,lora when only a
+# teacher checkpoint is carried). Work folder: $W.
 set -uo pipefail
 W=${W:-/tmp/infinitevl-train}
 case "${1:-}" in
@@ -43,6 +45,7 @@ start)
   sets=()
   for x in ${SET:-}; do sets+=(--set "$x"); done
   setsid nohup env PYTHONUNBUFFERED=1 python3 -m engine.train.pipeline --work "$W" \
+    --stages "${STAGES:-reading,teacher,distill_layerwise,distill_kl,sft,lora}" \
     --budget reading="${T_READ:-400}" --budget teacher="${T_TEACHER:-300}" \
     --budget distill_layerwise="${T_L:-40}" \
     --budget distill_kl="${T_KL:-60}" --budget sft="${T_SFT:-120}" --budget lora="${T_LORA:-50}" \
