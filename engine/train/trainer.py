@@ -79,6 +79,7 @@ def train(cfg: TrainConfig) -> Path:
     next_export = cfg.export_every_s
     done = start
     waited = 0.0  # seconds spent waiting for data since the last log line
+    stepping = 0.0  # seconds in optimizer_step (copy, forward, backward, update) since then
     skipped = 0  # updates skipped for a non-finite gradient
     t_wait = time.monotonic()
     for step, batches in zip(range(start, cfg.steps), loader, strict=False):
@@ -93,9 +94,11 @@ def train(cfg: TrainConfig) -> Path:
         lr = lr_at(step, cfg, frac)
         for group in optim.param_groups:
             group["lr"] = lr
+        t_step = time.monotonic()
         micro = [b.to(ctx.device) for b in batches]
         local, grad_norm = optimizer_step(ctx, objective, micro, params, optim, cfg.grad_clip,
                                           autocast, attention)  # fmt: skip
+        stepping += time.monotonic() - t_step  # it ends in a host sync (the gradient norm)
         if not math.isfinite(grad_norm):
             skipped += 1
             log.warning(
@@ -114,7 +117,8 @@ def train(cfg: TrainConfig) -> Path:
             bar.set_postfix(loss=f"{step_loss:.4f}", gnorm=f"{grad_norm:.2f}")
         if ctx.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             log.info(
-                "step %d/%d loss %.4f%s grad_norm %.3f (%.1f s, %.1f s of it waiting for data)",
+                "step %d/%d loss %.4f%s grad_norm %.3f (%.1f s; since the last line %.1f s "
+                "waiting for data, %.1f s in steps)",
                 step + 1,
                 cfg.steps,
                 step_loss,
@@ -122,8 +126,9 @@ def train(cfg: TrainConfig) -> Path:
                 grad_norm,
                 time.monotonic() - t0,
                 waited,
+                stepping,
             )
-            waited = 0.0
+            waited = stepping = 0.0
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             checkpointing.save_trainer_state(ctx, out_dir, student, optim, step + 1, history)
         if cfg.export_every_s > 0 and elapsed >= next_export:
