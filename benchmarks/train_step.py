@@ -20,7 +20,6 @@ import argparse
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import torch
@@ -119,11 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="also profile one step per batch")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        stage = tomllib.loads(Path(args.config).read_text()).get("stage", "")
-        extra = {"teacher": args.teacher or args.init} if stage.startswith("distill") else {}
-        base = TrainConfig.from_file(
-            args.config, init=args.init, out_dir=tmp, device=args.device, **extra
-        )
+        # only the distillation stages read `teacher`; the others leave it unused
+        base = TrainConfig.from_file(args.config, init=args.init, out_dir=tmp, device=args.device,
+                                     teacher=args.teacher or args.init)  # fmt: skip
         rows = []
         for b in (int(x) for x in args.batch.split(",") if x):
             rows.append(measure(base.with_(batch_size=b, micro_batch=b), args.steps, args.profile))

@@ -97,14 +97,7 @@ def shares_inputs(
     trains). Then the student may read the inputs the teacher computed for a batch."""
     if teacher is None:
         return False
-    mine = {
-        **_prefixed(student.model.language_model.embed_tokens, "embed_tokens."),
-        **_prefixed(student.model.visual, "visual."),
-    }
-    theirs = {
-        **_prefixed(teacher.model.language_model.embed_tokens, "embed_tokens."),
-        **_prefixed(teacher.model.visual, "visual."),
-    }
+    mine, theirs = _input_parameters(student), _input_parameters(teacher)
     if mine.keys() != theirs.keys():
         return False
     return all(
@@ -115,8 +108,11 @@ def shares_inputs(
     )
 
 
-def _prefixed(module: nn.Module, prefix: str) -> dict[str, nn.Parameter]:
-    return {prefix + name: p for name, p in module.named_parameters()}
+def _input_parameters(model: InfiniteVLForConditionalGeneration) -> dict[str, nn.Parameter]:
+    """The parameters that make the decoder's inputs: token embedding and vision tower."""
+    lm = model.model.language_model
+    parts = {"embed_tokens.": lm.embed_tokens, "visual.": model.model.visual}
+    return {prefix + n: p for prefix, part in parts.items() for n, p in part.named_parameters()}
 
 
 def freeze(model: nn.Module, cfg: TrainConfig, config: ModelConfig) -> list[str]:

@@ -45,7 +45,7 @@ start)
   sets=()
   for x in ${SET:-}; do sets+=(--set "$x"); done
   setsid nohup env PYTHONUNBUFFERED=1 python3 -m engine.train.pipeline --work "$W" \
-    --stages "${STAGES:-reading,teacher,distill_layerwise,distill_kl,sft,lora}" \
+    ${STAGES:+--stages "$STAGES"} \
     --budget reading="${T_READ:-400}" --budget teacher="${T_TEACHER:-300}" \
     --budget distill_layerwise="${T_L:-40}" \
     --budget distill_kl="${T_KL:-60}" --budget sft="${T_SFT:-120}" --budget lora="${T_LORA:-50}" \

@@ -81,11 +81,11 @@ def train(cfg: TrainConfig) -> Path:
     waited = 0.0  # seconds spent waiting for data since the last log line
     stepping = 0.0  # seconds in optimizer_step (copy, forward, backward, update) since then
     skipped = 0  # updates skipped for a non-finite gradient
+    timed = cfg.time_budget_s > 0 or cfg.export_every_s > 0
     t_wait = time.monotonic()
     for step, batches in zip(range(start, cfg.steps), loader, strict=False):
         waited += time.monotonic() - t_wait
         # one clock reading per step (a broadcast when distributed) serves budget and exports
-        timed = cfg.time_budget_s > 0 or cfg.export_every_s > 0
         elapsed = _elapsed(ctx, t0) if timed else 0.0
         frac = elapsed / cfg.time_budget_s if cfg.time_budget_s > 0 else 0.0
         if frac >= 1.0:
