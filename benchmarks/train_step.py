@@ -1,16 +1,23 @@
-"""Seconds per optimiser step of one training stage, by global batch size, data excluded.
+"""Seconds per optimiser step of one training stage, by global batch size.
 
 A step of the small default model is far from the GPU's arithmetic limit: if its time hardly
 grows with the batch, the step is bound by kernel launches and host work, and a larger batch
-buys samples for free. This prints the table that says which (one batch of held-out samples is
-encoded once and reused, so the loader's time is not in it; `train_loader.py` measures that):
+buys samples for free. This prints the table that says which (held-out batches are encoded
+before the clock starts, so the loader's time is not in it; `train_loader.py` measures that):
 
     python -m benchmarks.train_step engine/train/configs/default/reading.toml \\
         --init CKPT_OR_CONFIG [--teacher CKPT] [--batch 128,256,512] [--steps 8] [--device cuda]
-        [--profile]
+        [--distinct 1] [--workers 0] [--profile]
 
 Columns: global batch, seconds per step (forward, backward, clipping and AdamW, one micro-batch
-of the whole batch), samples and tokens (padding included) per second, peak GPU memory.
+of the whole batch) and how much of it went to waiting for data, samples and tokens (padding
+included) per second, peak GPU memory.
+`--distinct K` cycles K different batches instead of reusing one: the training loop never sees
+the same sequence and image sizes twice, so a cost that depends on new shapes (re-planning,
+re-tuning, re-allocation) shows only with K > 1.
+`--workers N` takes each step's batch from the training loop's own loader with N worker
+processes (page-locked, copied at the step's start), as `trainer.train` does: the loop's step
+with its data, its copies and the CPU its workers take from the step's host work.
 `--profile` adds the top operators of one step by device time and the number of kernels launched.
 """
 
@@ -29,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.train import distributed  # noqa: E402
 from engine.train.config import TrainConfig  # noqa: E402
-from engine.train.data import EncodedStream, collate  # noqa: E402
+from engine.train.data import EncodedStream, Shard, batch_loader, collate  # noqa: E402
 from engine.train.trainer import autocast_for, optimizer_step, prepare, source_dir  # noqa: E402
 from kernels.sdpa import sdpa_context  # noqa: E402
 
@@ -41,17 +48,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(cfg: TrainConfig, steps: int, profile: bool) -> dict[str, float | str]:
-    """Time `steps` updates of one reused global batch after two warm-up updates."""
+def measure(
+    cfg: TrainConfig, steps: int, profile: bool, distinct: int = 1, workers: int = 0
+) -> dict[str, float | str]:
+    """Time `steps` updates after two warm-up updates, cycling `distinct` global batches, or
+    with `workers`, taking each step's batch from the training loop's own loader."""
     ctx = distributed.setup(cfg.device)
     student, params, optim, objective = prepare(cfg, ctx)
     data = EncodedStream.from_dir(cfg.data, source_dir(cfg))
     pad = data.tokenizer.special.pad
-    batch = collate([data[EVAL_SEED + i] for i in range(cfg.batch_size)], pad)
-    micro = [batch.to(ctx.device)]
+    batches = [
+        collate([data[EVAL_SEED + k * cfg.batch_size + i] for i in range(cfg.batch_size)], pad)
+        for k in range(distinct if not workers else 0)
+    ]
+    micros = [[b.to(ctx.device)] for b in batches]
+    loader = None
+    if workers:
+        pin = ctx.device.type == "cuda"
+        loader = batch_loader(data, Shard(0, 1, cfg.batch_size), 0, steps + 3, workers, pad,
+                              cfg.micro_batch, pin_memory=pin)  # fmt: skip
     autocast = autocast_for(cfg, ctx.device)
+    taken = 0
+    waited = 0.0
+    tokens = 0
 
     def step() -> None:
+        nonlocal taken, waited, tokens
+        if loader is None:
+            micro = micros[taken % distinct]
+        else:
+            t = time.perf_counter()
+            fresh = next(loader)
+            waited += time.perf_counter() - t
+            micro = [b.to(ctx.device) for b in fresh]  # as the training loop does
+        tokens += sum(b.input_ids.numel() for b in micro)
+        taken += 1
         optimizer_step(ctx, objective, micro, params, optim, cfg.grad_clip, autocast,
                        lambda: sdpa_context(ctx.device))  # fmt: skip
 
@@ -61,23 +92,26 @@ def measure(cfg: TrainConfig, steps: int, profile: bool) -> dict[str, float | st
     _sync(ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
+    waited, tokens = 0.0, 0
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     _sync(ctx.device)
     dt = (time.perf_counter() - t0) / steps
-    tokens = batch.input_ids.numel()
     row: dict[str, float | str] = {
         "batch": cfg.batch_size,
         "s/step": dt,
+        "wait": waited / steps,
         "samples/s": cfg.batch_size / dt,
-        "tokens/s": tokens / dt,
+        "tokens/s": tokens / steps / dt,
         "peak GiB": torch.cuda.max_memory_allocated(ctx.device) / 2**30
         if ctx.device.type == "cuda"
         else float("nan"),
     }
     if profile:
         row["profile"] = _profile(step, ctx.device)
+    if loader is not None:
+        loader.close()
     distributed.teardown(ctx)
     return row
 
@@ -115,6 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", default="128,256,512", help="global batch sizes, comma-separated")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--distinct", type=int, default=1, help="different batches to cycle (new shapes per step)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="take each step's batch from the training loop's loader with this many workers "
+        "(0: pre-encoded batches)",
+    )
     p.add_argument("--profile", action="store_true", help="also profile one step per batch")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,14 +167,17 @@ def main(argv: list[str] | None = None) -> int:
                                      teacher=args.teacher or args.init)  # fmt: skip
         rows = []
         for b in (int(x) for x in args.batch.split(",") if x):
-            rows.append(measure(base.with_(batch_size=b, micro_batch=b), args.steps, args.profile))
+            cfg = base.with_(batch_size=b, micro_batch=b)
+            rows.append(measure(cfg, args.steps, args.profile, args.distinct, args.workers))
             print(f"batch {b}: {rows[-1]['s/step']:.3f} s/step", file=sys.stderr, flush=True)
-    print(f"{base.stage} stage ({Path(args.config).name}), init {args.init}, {args.steps} steps\n")
-    print("| batch | s/step | samples/s | tokens/s (padded) | peak GiB |")
-    print("| --- | --- | --- | --- | --- |")
+    source = f"loader, {args.workers} workers" if args.workers else f"{args.distinct} distinct"
+    print(f"{base.stage} stage ({Path(args.config).name}), init {args.init}, {args.steps} steps, "
+          f"batches: {source}\n")  # fmt: skip
+    print("| batch | s/step | waiting for data | samples/s | tokens/s (padded) | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['batch']} | {r['s/step']:.3f} | {r['samples/s']:.0f} | {r['tokens/s']:.0f} "
-              f"| {r['peak GiB']:.2f} |")  # fmt: skip
+        print(f"| {r['batch']} | {r['s/step']:.3f} | {r['wait']:.3f} | {r['samples/s']:.0f} "
+              f"| {r['tokens/s']:.0f} | {r['peak GiB']:.2f} |")  # fmt: skip
     for r in rows:
         if "profile" in r:
             print(f"\n### batch {r['batch']}\n\n{r['profile']}")

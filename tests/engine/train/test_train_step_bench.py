@@ -11,10 +11,36 @@ from benchmarks import train_step
 from engine.train.pipeline import CONFIGS
 
 
+def _rows(out: str) -> list[list[str]]:
+    """The table's data rows, as lists of cells."""
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in out.splitlines()
+        if re.match(r"^\| \d+ \|", line)
+    ]
+
+
 def test_prints_a_row_per_batch_size(teacher_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [str(CONFIGS / "reading.toml"), "--init", str(teacher_dir), "--batch", "2,4",
             "--steps", "1", "--device", "cpu"]  # fmt: skip
     assert train_step.main(argv) == 0
-    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| (\d+) \|", capsys.readouterr().out, re.M)
+    rows = _rows(capsys.readouterr().out)
     assert [r[0] for r in rows] == ["2", "4"]
     assert all(float(r[1]) > 0 for r in rows)
+    assert all(float(r[2]) == 0 for r in rows)  # pre-encoded batches: no waiting for data
+
+
+def test_distinct_batches_and_the_loaders_batches(
+    teacher_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = [str(CONFIGS / "reading.toml"), "--init", str(teacher_dir), "--batch", "2",
+            "--steps", "2", "--device", "cpu"]  # fmt: skip
+    assert train_step.main([*base, "--distinct", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 distinct" in out
+    assert len(_rows(out)) == 1
+    assert train_step.main([*base, "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "loader, 1 workers" in out
+    (row,) = _rows(out)
+    assert float(row[1]) >= float(row[2]) >= 0  # the wait is part of the step
