@@ -12,27 +12,12 @@ import os
 
 import torch
 
-from kernels import has_triton
+from kernels import use_fast_path
 from kernels.gated_delta import chunk_fla, reference
 
 log = logging.getLogger(__name__)
 
 __all__ = ["chunk", "recurrent", "reference", "step", "step_gates"]
-
-
-def _resolve(x: torch.Tensor, use_kernel: bool | None, op: str, available: bool) -> bool:
-    """Resolve ``use_kernel``: None takes the fast path on CUDA when it is installed; True insists."""
-    if use_kernel is None:
-        return x.is_cuda and available
-    if use_kernel:
-        # Triton's interpreter runs kernels on CPU tensors: how the kernel tests run without a GPU
-        runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-        if not (runnable and available):
-            raise ValueError(
-                f"gated_delta.{op}: no fast kernel for device {x.device.type!r}; "
-                "use_kernel=True needs CUDA with Triton (and fla-core for chunk)"
-            )
-    return use_kernel
 
 
 @functools.cache
@@ -63,7 +48,8 @@ def chunk(
     Returns:
         o: [B, T, HV, V] in the dtype of v.  final_state: [B, HV, K, V] float32.
     """
-    if _resolve(q, use_kernel, "chunk", chunk_fla.is_available() and q.is_cuda) and q.shape[1] > 0:
+    fla = chunk_fla.is_available() and q.is_cuda
+    if use_fast_path(q, use_kernel, "gated_delta.chunk", available=fla) and q.shape[1] > 0:
         leaves = (q, k, v, g, beta, initial_state)
         needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in leaves)
         if needs_grad and not chunk_fla.backward_is_safe(q.device):
@@ -130,7 +116,7 @@ def step(
     Returns:
         o: [B, HV, V] in the dtype of v.
     """
-    if _resolve(q, use_kernel, "step", has_triton()):
+    if use_fast_path(q, use_kernel, "gated_delta.step"):
         from kernels.gated_delta import step_triton
 
         return step_triton.step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)
@@ -166,7 +152,7 @@ def step_gates(
     if use_kernel is None and os.environ.get("INFINITEVL_GATES_KERNEL") == "0":
         g, beta = reference.gates(a, b, A_log, dt_bias)
         return step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=use_qk_l2norm)
-    if _resolve(q, use_kernel, "step", has_triton()):
+    if use_fast_path(q, use_kernel, "gated_delta.step"):
         from kernels.gated_delta import step_triton
 
         return step_triton.step(
