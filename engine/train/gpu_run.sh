@@ -9,13 +9,15 @@
 #
 # Needs: fonts in .train_carry/fonts (copies of Debian's fonts-dejavu, -liberation and -freefont,
 # see engine/train/fonts.py) and, optionally, .train_carry/start (a write_start folder; made here
-# when absent), .train_carry/reading and .train_carry/teacher (checkpoints of an earlier run: those
-# stages continue from them) and .train_carry/wheels (packages the device lacks: fla-core, peft,
-# tqdm; installed to /tmp/site). Budgets in seconds: T_READ, T_TEACHER, T_L, T_KL, T_SFT, T_LORA.
-# SET: space-separated pipeline --set items (e.g. SET="reading.batch_size=256
-# reading.micro_batch=256"; benchmarks/train_step.py says which batch pays). STAGES: the stages
-# to run (default: all; e.g. STAGES=teacher,distill_layerwise,distill_kl,sft,lora when only a
-# teacher checkpoint is carried). Work folder: $W.
+# when absent), .train_carry/STAGE (checkpoints of an earlier run: reading and teacher continue
+# from theirs; a carried distill_layerwise, distill_kl or sft counts as done, and the stages after
+# it start from it: e.g. .train_carry/distill_kl with STAGES=sft,lora) and .train_carry/wheels
+# (packages the device lacks: fla-core, peft, tqdm; installed to /tmp/site). Budgets in
+# seconds: T_READ, T_TEACHER, T_L, T_KL, T_SFT, T_LORA. SET: space-separated pipeline --set
+# items (e.g. SET="reading.batch_size=256 reading.micro_batch=256"; benchmarks/train_step.py
+# says which batch pays). STAGES: the stages to run (default: all; e.g.
+# STAGES=teacher,distill_layerwise,distill_kl,sft,lora when only a teacher checkpoint is
+# carried). Work folder: $W.
 set -uo pipefail
 W=${W:-/tmp/infinitevl-train}
 case "${1:-}" in
@@ -32,11 +34,13 @@ start)
     mkdir -p /usr/share/fonts/truetype && cp -rn .train_carry/fonts/. /usr/share/fonts/truetype/
   fi
   if [ -d .train_carry/start ]; then rm -rf "$W/start"; cp -r .train_carry/start "$W/start"; fi
+  # a carried checkpoint of any stage takes that stage's place; reading and teacher continue
+  # from theirs (--again), a later stage's counts as done, so the stages after it start from it
   again=""
-  for s in reading teacher; do
+  for s in reading teacher distill_layerwise distill_kl sft; do
     if [ -d ".train_carry/$s" ]; then
       rm -rf "${W:?}/$s"; mkdir -p "$W/$s"; cp -r ".train_carry/$s" "$W/$s/checkpoint"
-      again="$again,$s"
+      case $s in reading|teacher) again="$again,$s" ;; esac
     fi
   done
   [ -f "$W/start/config.json" ] || python3 -c "from pathlib import Path; from engine.train.recipe import write_start; write_start(Path('$W/start'))"
