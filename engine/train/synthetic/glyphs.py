@@ -93,11 +93,12 @@ def glyph_targets(
         r = min(rows - 1, max(0, int(g.y * sy // cell)))
         # reading order inside a token: line by line (a line's glyphs share y), left to right
         per_token[r * cols + c].append((g.y, g.x, glyph_class(g.char)))
-    out = torch.full((rows * cols, SLOTS), IGNORE, dtype=torch.long)
-    for t, chars in enumerate(per_token):
+    table: list[list[int]] = []
+    for chars in per_token:
         chars.sort()
         classes = [k for _, _, k in chars[:SLOTS]]
         if len(classes) < SLOTS:
             classes.append(END)
-        out[t, : len(classes)] = torch.tensor(classes, dtype=torch.long)
-    return out
+        table.append(classes + [IGNORE] * (SLOTS - len(classes)))
+    # one tensor from the whole table, not one per token: a page has hundreds of tokens
+    return torch.tensor(table, dtype=torch.long).view(rows * cols, SLOTS)
