@@ -11,7 +11,8 @@ before the clock starts, so the loader's time is not in it; `train_loader.py` me
 
 Columns: global batch, seconds per step (forward, backward, clipping and AdamW, one micro-batch
 of the whole batch) and how much of it went to waiting for data, samples and tokens (padding
-included) per second, peak GPU memory.
+included) per second, peak GPU memory, and how often the caching allocator had to free its
+cache and retry an allocation during the timed steps (each a device-wide sync).
 `--distinct K` cycles K different batches instead of reusing one: the training loop never sees
 the same sequence and image sizes twice, so a cost that depends on new shapes (re-planning,
 re-tuning, re-allocation) shows only with K > 1.
@@ -93,6 +94,11 @@ def measure(
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     waited, tokens = 0.0, 0
+    retries = (
+        torch.cuda.memory_stats(ctx.device).get("num_alloc_retries", 0)
+        if ctx.device.type == "cuda"
+        else 0
+    )
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
@@ -107,6 +113,10 @@ def measure(
         "peak GiB": torch.cuda.max_memory_allocated(ctx.device) / 2**30
         if ctx.device.type == "cuda"
         else float("nan"),
+        # the caching allocator freeing its cache to retry (a device-wide sync each time)
+        "retries": torch.cuda.memory_stats(ctx.device).get("num_alloc_retries", 0) - retries
+        if ctx.device.type == "cuda"
+        else 0,
     }
     if profile:
         row["profile"] = _profile(step, ctx.device)
@@ -173,11 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     source = f"loader, {args.workers} workers" if args.workers else f"{args.distinct} distinct"
     print(f"{base.stage} stage ({Path(args.config).name}), init {args.init}, {args.steps} steps, "
           f"batches: {source}\n")  # fmt: skip
-    print("| batch | s/step | waiting for data | samples/s | tokens/s (padded) | peak GiB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| batch | s/step | waiting for data | samples/s | tokens/s (padded) | peak GiB "
+          "| allocator retries |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['batch']} | {r['s/step']:.3f} | {r['wait']:.3f} | {r['samples/s']:.0f} "
-              f"| {r['tokens/s']:.0f} | {r['peak GiB']:.2f} |")  # fmt: skip
+              f"| {r['tokens/s']:.0f} | {r['peak GiB']:.2f} | {r['retries']} |")  # fmt: skip
     for r in rows:
         if "profile" in r:
             print(f"\n### batch {r['batch']}\n\n{r['profile']}")

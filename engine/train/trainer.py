@@ -118,7 +118,7 @@ def train(cfg: TrainConfig) -> Path:
         if ctx.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             log.info(
                 "step %d/%d loss %.4f%s grad_norm %.3f (%.1f s; since the last line %.1f s "
-                "waiting for data, %.1f s in steps)",
+                "waiting for data, %.1f s in steps%s)",
                 step + 1,
                 cfg.steps,
                 step_loss,
@@ -127,6 +127,7 @@ def train(cfg: TrainConfig) -> Path:
                 time.monotonic() - t0,
                 waited,
                 stepping,
+                _allocator_retries(ctx.device),
             )
             waited = stepping = 0.0
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
@@ -168,6 +169,14 @@ def prepare(
     objective = Objective(cfg.stage, student, teacher, linear, cfg.temperature, cfg.mse_factor,
                           cfg.glyph_weight, shared_inputs=shared)  # fmt: skip
     return student, params, optim, objective
+
+
+def _allocator_retries(device: torch.device) -> str:
+    """On CUDA, how often the caching allocator has freed its cache to retry an allocation (each
+    time a device-wide sync): new shapes every step can fragment it until it does so often."""
+    if device.type != "cuda":
+        return ""
+    return f"; {torch.cuda.memory_stats(device).get('num_alloc_retries', 0)} allocator retries"
 
 
 def autocast_for(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
