@@ -2,8 +2,11 @@
 
 Prints a table:
 - character error rate (CER) and the share of images read without an error ("exact") of OCR on
-  held-out single words, single text lines, screenshots and document pages, beside Tesseract
-  (Debian's tesseract-ocr, run as a subprocess) on the same images;
+  held-out single words, single text lines, lines of unseen text, screenshots and document
+  pages, beside Tesseract (Debian's tesseract-ocr, run as a subprocess) on the same images. The
+  words and sentences of the other sets come from the same finite source as the training data, so
+  a model can recite them from their first letters; unseen text (random letter strings in word
+  shapes, numbers, amounts, dates, codes) can only be read;
 - accuracy of answering "What is the reference number on page 1?" after reading 30 pages;
 - latency of OCR of an 800x200 screen region on this machine's CPU;
 - whether the model looks at the picture at all: the loss (nats per token) of the true text of
@@ -40,7 +43,7 @@ from engine.train.forward import TrainingForward
 from engine.train.losses import next_token_loss
 from engine.train.synthetic.canvas import Rendered
 from engine.train.synthetic.documents import render_page
-from engine.train.synthetic.lines import line_text, render_line, word_text
+from engine.train.synthetic.lines import line_text, render_line, unseen_text, word_text
 from engine.train.synthetic.screens import render_screen
 from engine.train.synthetic.tasks import REFERENCE_QUESTION, longdoc_sample, ocr_sample
 from engine.train.text_sources import TextSource
@@ -97,12 +100,14 @@ def tesseract(image: Image.Image, psm: int) -> str:
 
 
 def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
-    """Single words and numbers, single text lines (up to 800 px wide), screenshots (224-800 x
-    56-224 px) and document pages (336 px), from eval seeds."""
+    """Single words and numbers, single text lines (up to 800 px wide), lines of unseen text (no
+    source repeats it: read, never recalled), screenshots (224-800 x 56-224 px) and document
+    pages (336 px), from eval seeds."""
     src, fonts = TextSource.from_stdlib(), find_fonts()
     sets: dict[str, list[tuple[Image.Image, str]]] = {
         "single words": [],
         "text lines": [],
+        "unseen text lines": [],
         "screenshots": [],
         "document pages": [],
     }
@@ -113,6 +118,9 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
         rng = random.Random(EVAL_SEED + 30_000 + i)
         r = render_line(rng, line_text(rng, src), fonts, 800)
         sets["text lines"].append((r.image, r.text))
+        rng = random.Random(EVAL_SEED + 90_000 + i)
+        r = render_line(rng, unseen_text(rng), fonts, 800)
+        sets["unseen text lines"].append((r.image, r.text))
         rng = random.Random(EVAL_SEED + i)
         size = (rng.randint(224, 800), rng.randint(56, 224))
         r = render_screen(rng, src, fonts, size)

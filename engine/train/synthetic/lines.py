@@ -1,12 +1,16 @@
 """One line of text on a plain background: the smallest screen region a user reads.
 
 It is also where the recipe starts reading: the `ocr_word` and `ocr_line` tasks are what the
-`reading` stage trains on before the teacher meets whole screens and pages.
+`reading` stage trains on before the teacher meets whole screens and pages. `ocr_unseen` lines
+hold text that no source repeats (`unseen_text`): the sentences and words of the other tasks
+come from a finite set that a model can learn by heart and recite from a line's first letters,
+which these lines cannot be.
 """
 
 from __future__ import annotations
 
 import random
+import string
 from pathlib import Path
 
 from engine.train.synthetic.canvas import (
@@ -38,6 +42,49 @@ def line_text(rng: random.Random, src: TextSource) -> str:
     if pick < 0.9:
         return f"{src.city(rng)} {rng.randint(1, 99999)}"
     return f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/{rng.randint(1990, 2030)}"
+
+
+def unseen_text(rng: random.Random, max_chars: int = 60) -> str:
+    """A line of 1-6 items drawn character by character: letter strings in the shapes of words
+    (lower, Capitalised, UPPER), numbers, amounts, dates, times and codes, some with punctuation.
+
+    Nothing here comes from the text source, so a model can only read it, not recall it.
+    """
+    items = [_unseen_item(rng) for _ in range(rng.randint(1, 6))]
+    line = items[0]
+    for item in items[1:]:
+        if len(line) + 1 + len(item) > max_chars:
+            break
+        line = f"{line} {item}"
+    return line[:max_chars]
+
+
+def _unseen_item(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.5:
+        word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 10)))
+        case = rng.random()
+        item = word.upper() if case < 0.2 else word.capitalize() if case < 0.5 else word
+    elif kind < 0.65:
+        item = str(rng.randint(0, 10 ** rng.randint(1, 7)))
+    elif kind < 0.75:
+        amount = f"{rng.randint(0, 99999):,}.{rng.randint(0, 99):02d}"
+        item = rng.choice((f"${amount}", f"{amount} EUR", f"{amount} USD", amount))
+    elif kind < 0.85:
+        y, m, d = rng.randint(1970, 2040), rng.randint(1, 12), rng.randint(1, 28)
+        item = rng.choice((f"{y}-{m:02d}-{d:02d}", f"{d}.{m}.{y}", f"{rng.randint(0, 23)}:"
+                           f"{rng.randint(0, 59):02d}", f"{rng.randint(0, 100)}%"))  # fmt: skip
+    else:
+        letters = "".join(rng.choices(string.ascii_uppercase, k=rng.randint(1, 3)))
+        digits = "".join(rng.choices(string.digits, k=rng.randint(2, 6)))
+        mixed = "".join(rng.choices(string.ascii_letters + string.digits, k=rng.randint(3, 8)))
+        item = rng.choice((f"{letters}-{digits}", f"#{digits}", mixed))
+    mark = rng.random()
+    if mark < 0.15:
+        item += rng.choice(":,.;!?")
+    elif mark < 0.2:
+        item = f"({item})"
+    return item
 
 
 def render_line(

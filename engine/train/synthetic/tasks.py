@@ -17,7 +17,7 @@ from engine.train.synthetic.canvas import Rendered
 from engine.train.synthetic.charts import render_bar_chart
 from engine.train.synthetic.documents import render_code, render_page, render_receipt, render_table
 from engine.train.synthetic.glyphs import Glyph
-from engine.train.synthetic.lines import line_text, render_line, word_text
+from engine.train.synthetic.lines import line_text, render_line, unseen_text, word_text
 from engine.train.synthetic.screens import render_screen
 from engine.train.text_sources import TextSource
 
@@ -51,8 +51,8 @@ class TaskMix:
     """How often each task is drawn and the sizes of what is rendered.
 
     Attributes:
-        weights: task name -> relative frequency ("ocr_word", "ocr_line", "ocr_screen",
-            "ocr_page", "ocr_code", "ocr_table", "ocr_receipt", "qa", "longdoc").
+        weights: task name -> relative frequency ("ocr_word", "ocr_line", "ocr_unseen",
+            "ocr_screen", "ocr_page", "ocr_code", "ocr_table", "ocr_receipt", "qa", "longdoc").
         screen_width, screen_height: (low, high) pixels of a screen region.
         page_size: side of a square document page, pixels.
         num_pages: (low, high) pages of a long document.
@@ -176,6 +176,8 @@ def _make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: Ta
         return ocr_sample(render_line(rng, word_text(rng, src), fonts, mix.screen_width[1]), task)
     if task == "ocr_line":
         return ocr_sample(render_line(rng, line_text(rng, src), fonts, mix.screen_width[1]), task)
+    if task == "ocr_unseen":
+        return ocr_sample(render_line(rng, unseen_text(rng), fonts, mix.screen_width[1]), task)
     if task == "ocr_screen":
         return ocr_sample(render_screen(rng, src, fonts, _screen_size(rng, mix)), task)
     if task == "ocr_page":
@@ -195,6 +197,6 @@ def _make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: Ta
     if task == "longdoc":
         return longdoc_sample(rng, src, fonts, rng.randint(*mix.num_pages), side)
     raise ValueError(
-        f"unknown task {task!r}; known: ocr_word, ocr_line, ocr_screen, ocr_page, ocr_code, "
-        "ocr_table, ocr_receipt, qa, longdoc"
+        f"unknown task {task!r}; known: ocr_word, ocr_line, ocr_unseen, ocr_screen, ocr_page, "
+        "ocr_code, ocr_table, ocr_receipt, qa, longdoc"
     )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
 
 from engine.train.fonts import find_fonts
-from engine.train.synthetic.lines import render_line
+from engine.train.synthetic.lines import render_line, unseen_text
 from engine.train.synthetic.tasks import (
     OCR_PROMPT,
     REFERENCE_QUESTION,
@@ -21,6 +22,7 @@ from engine.train.text_sources import TextSource
 TASKS = (
     "ocr_word",
     "ocr_line",
+    "ocr_unseen",
     "ocr_screen",
     "ocr_page",
     "ocr_code",
@@ -105,3 +107,19 @@ def test_a_line_is_cut_to_the_region_and_stays_one_line(
         # whole words from the start of the text, or the start of the first word when none fits
         assert text.startswith(r.lines[0])
         assert np.asarray(r.image).std() > 5, "the line is drawn"
+
+
+def test_unseen_text_cannot_be_recalled_from_the_source(src: TextSource) -> None:
+    # GIVEN many lines of unseen text
+    rng = random.Random(3)
+    lines = [unseen_text(rng, max_chars=40) for _ in range(300)]
+    # THEN each is printable ASCII within the length asked, and they hardly repeat
+    assert all(0 < len(t) <= 40 and t.isascii() and t.isprintable() for t in lines)
+    assert len(set(lines)) > 290
+    # AND a model cannot recite them: no line is a sentence of the text source, and few of
+    # their letter strings are words of it (the source's words are what a model learns by heart)
+    sentences = set(src.sentences)
+    assert not [t for t in lines if t in sentences]
+    words = [w for t in lines for w in re.findall(r"[A-Za-z]{4,}", t)]
+    known = set(src.words)
+    assert words and sum(w in known for w in words) / len(words) < 0.05
