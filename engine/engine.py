@@ -688,7 +688,12 @@ def _chunks(
 
 
 class _StopMatcher:
-    """Holds back streamed text that may be the start of a stop string."""
+    """Holds back streamed text that may be the start of a stop string.
+
+    Generation ends at the first stop string to be completed, as if the text came one character
+    at a time, whatever pieces the tokens cut it into (stops "c" and "bcc" in "bcc": "c", at
+    "b"); of the stops completed by the same character, the longest.
+    """
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = stops
@@ -697,10 +702,11 @@ class _StopMatcher:
     def push(self, text: str, *, final: bool = False) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop string was found)."""
         held = self.held + text
-        hits = [i for i in (held.find(s) for s in self.stops) if i >= 0]
+        # (end, start) of each stop's first occurrence: the earliest end, then the earliest start
+        hits = [(i + len(s), i) for s in self.stops if (i := held.find(s)) >= 0]
         if hits:
             self.held = ""
-            return held[: min(hits)], True
+            return held[: min(hits)[1]], True
         keep = 0 if final else _partial_stop(held, self.stops)
         self.held = held[len(held) - keep :] if keep else ""
         return held[: len(held) - keep], False

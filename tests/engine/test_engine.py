@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.engine import CancelToken, Engine, GenerationStats, Session
@@ -613,6 +613,8 @@ def test_session_on_cuda_matches_cpu(tiny: Engine, tiny_checkpoint: Path, tmp_pa
     pieces=st.lists(st.text(alphabet="abc\n", max_size=4), max_size=12),
     stops=st.lists(st.text(alphabet="abc\n", min_size=1, max_size=3), max_size=3),
 )
+@example(pieces=["bc", "c"], stops=["c", "bcc"])  # "c" completes before "bcc" does
+@example(pieces=["bcc"], stops=["c", "bcc"])  # the same text in one piece: the same answer
 def test_stop_matcher_emits_exactly_the_text_before_the_first_stop(
     pieces: list[str], stops: list[str]
 ) -> None:
@@ -628,10 +630,19 @@ def test_stop_matcher_emits_exactly_the_text_before_the_first_stop(
     if not hit:
         text, hit = matcher.push("", final=True)
         emitted.append(text)
+    # the definition, one character at a time: the first character that completes a stop ends
+    # the text before that stop (the longest one, if it completes several)
     full = "".join(pieces)
-    cuts = [i for i in (full.find(s) for s in stops) if i >= 0]
-    assert "".join(emitted) == (full[: min(cuts)] if cuts else full)
-    assert hit == bool(cuts)
+    cut = next(
+        (
+            min(end - len(s) for s in stops if full[:end].endswith(s))
+            for end in range(1, len(full) + 1)
+            if any(full[:end].endswith(s) for s in stops)
+        ),
+        None,
+    )
+    assert "".join(emitted) == (full if cut is None else full[:cut])
+    assert hit == (cut is not None)
 
 
 def test_tiny_first_turn_equals_transformers_processing(
