@@ -38,7 +38,13 @@ sys.path.insert(0, str(ROOT))
 from engine.train import distributed  # noqa: E402
 from engine.train.config import TrainConfig  # noqa: E402
 from engine.train.data import EncodedStream, Shard, batch_loader, collate  # noqa: E402
-from engine.train.trainer import autocast_for, optimizer_step, prepare, source_dir  # noqa: E402
+from engine.train.trainer import (  # noqa: E402
+    allocator_retries,
+    autocast_for,
+    optimizer_step,
+    prepare,
+    source_dir,
+)
 from kernels.sdpa import sdpa_context  # noqa: E402
 
 EVAL_SEED = 424_242  # not a training seed (those are 1-7)
@@ -94,11 +100,7 @@ def measure(
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     waited, tokens = 0.0, 0
-    retries = (
-        torch.cuda.memory_stats(ctx.device).get("num_alloc_retries", 0)
-        if ctx.device.type == "cuda"
-        else 0
-    )
+    retries = allocator_retries(ctx.device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
@@ -113,10 +115,7 @@ def measure(
         "peak GiB": torch.cuda.max_memory_allocated(ctx.device) / 2**30
         if ctx.device.type == "cuda"
         else float("nan"),
-        # the caching allocator freeing its cache to retry (a device-wide sync each time)
-        "retries": torch.cuda.memory_stats(ctx.device).get("num_alloc_retries", 0) - retries
-        if ctx.device.type == "cuda"
-        else 0,
+        "retries": allocator_retries(ctx.device) - retries,
     }
     if profile:
         row["profile"] = _profile(step, ctx.device)

@@ -127,7 +127,9 @@ def train(cfg: TrainConfig) -> Path:
                 time.monotonic() - t0,
                 waited,
                 stepping,
-                _allocator_retries(ctx.device),
+                f"; {allocator_retries(ctx.device)} allocator retries"
+                if ctx.device.type == "cuda"
+                else "",
             )
             waited = stepping = 0.0
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
@@ -171,12 +173,13 @@ def prepare(
     return student, params, optim, objective
 
 
-def _allocator_retries(device: torch.device) -> str:
-    """On CUDA, how often the caching allocator has freed its cache to retry an allocation (each
-    time a device-wide sync): new shapes every step can fragment it until it does so often."""
+def allocator_retries(device: torch.device) -> int:
+    """How often the CUDA caching allocator has freed its cache to retry an allocation (each
+    time a device-wide sync): new shapes every step can fragment it until it does so often.
+    0 off CUDA."""
     if device.type != "cuda":
-        return ""
-    return f"; {torch.cuda.memory_stats(device).get('num_alloc_retries', 0)} allocator retries"
+        return 0
+    return int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
 
 
 def autocast_for(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
