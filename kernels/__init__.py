@@ -37,8 +37,10 @@ def use_fast_path(
     if use_kernel:
         runnable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
         if not (runnable and has_triton() and available):
+            own = "" if available else " and this op's own package (fla-core for gated_delta.chunk)"
             raise ValueError(
                 f"{op}: no fast kernel for device {x.device.type!r}; use_kernel=True needs CUDA"
+                f" with Triton{own}"
             )
         return True
     # CPU tensors leave here, before any environment lookup: every decode op asks
