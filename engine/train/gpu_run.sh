@@ -9,16 +9,20 @@
 #
 # Needs: fonts in .train_carry/fonts (copies of Debian's fonts-dejavu, -liberation and -freefont,
 # see engine/train/fonts.py) and, optionally, .train_carry/start (a write_start folder; made here
-# when absent), .train_carry/STAGE (checkpoints of an earlier run: reading and teacher continue
-# from theirs; a carried distill_layerwise, distill_kl or sft counts as done, and the stages after
-# it start from it: e.g. .train_carry/distill_kl with STAGES=sft,lora) and .train_carry/wheels
+# when absent), .train_carry/STAGE for each stage named in FROM (checkpoints of an earlier run:
+# reading and teacher continue from theirs; a distill_layerwise, distill_kl or sft counts as done,
+# and the stages after it start from it: e.g. FROM=distill_kl STAGES=sft,lora; a .train_carry
+# folder not named in FROM is ignored, since the device keeps a warm machine's ignored folders
+# from call to call, and a checkpoint carried by an earlier call would otherwise take a stage's
+# place unseen, as it did in the seventh session) and .train_carry/wheels
 # (packages the device lacks: fla-core, peft, tqdm; installed to /tmp/site). Budgets in
 # seconds: T_READ, T_TEACHER, T_L, T_KL, T_SFT, T_LORA. SET: space-separated pipeline --set
 # items (e.g. SET="reading.batch_size=256 reading.micro_batch=256"; benchmarks/train_step.py
 # says which batch pays). STAGES: the stages to run (default: all; e.g.
-# STAGES=teacher,distill_layerwise,distill_kl,sft,lora when only a teacher checkpoint is
-# carried). Work folder: $W.
+# FROM=teacher STAGES=teacher,distill_layerwise,distill_kl,sft,lora to continue a carried teacher).
+# Work folder: $W.
 set -uo pipefail
+FROM=${FROM:-}
 W=${W:-/tmp/infinitevl-train}
 case "${1:-}" in
 start)
@@ -34,12 +38,21 @@ start)
     mkdir -p /usr/share/fonts/truetype && cp -rn .train_carry/fonts/. /usr/share/fonts/truetype/
   fi
   if [ -d .train_carry/start ]; then rm -rf "$W/start"; cp -r .train_carry/start "$W/start"; fi
-  # a carried checkpoint of any stage takes that stage's place; reading and teacher continue
-  # from theirs (--again), a later stage's counts as done, so the stages after it start from it
+  # a checkpoint named in FROM takes that stage's place; reading and teacher continue from
+  # theirs (--again), a later stage's counts as done, so the stages after it start from it
   again=""
-  for s in reading teacher distill_layerwise distill_kl sft; do
-    if [ -d ".train_carry/$s" ]; then
-      rm -rf "${W:?}/$s"; mkdir -p "$W/$s"; cp -r ".train_carry/$s" "$W/$s/checkpoint"
+  for s in ${FROM//,/ }; do
+    case $s in
+    reading|teacher|distill_layerwise|distill_kl|sft) ;;
+    *) echo "FROM: unknown stage '$s'" >&2; exit 2 ;;
+    esac
+    [ -d ".train_carry/$s" ] || { echo "FROM names $s, but .train_carry/$s was not carried" >&2; exit 2; }
+  done
+  # a start is a new run: what an earlier run on this machine left in $W is not its input
+  for s in reading teacher distill_layerwise distill_kl sft lora; do
+    rm -rf "${W:?}/$s"
+    if [[ ",$FROM," == *",$s,"* ]]; then
+      mkdir -p "$W/$s"; cp -r ".train_carry/$s" "$W/$s/checkpoint"
       case $s in reading|teacher) again="$again,$s" ;; esac
     fi
   done

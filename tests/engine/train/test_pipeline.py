@@ -37,6 +37,18 @@ def test_every_stage_has_a_config_that_parses(tmp_path: Path, name: str) -> None
     assert cfg.out_dir == str(tmp_path / name)
 
 
+@pytest.mark.parametrize("name", ["distill_layerwise", "distill_kl", "sft"])
+def test_a_cpu_config_is_its_stage_in_smaller_steps(name: str) -> None:
+    # the *_cpu.toml configs run a stage on a CPU when no GPU is lent: same tensors, same loss
+    paths = {"init": "x", "out_dir": "y", "teacher": "x"}
+    gpu = TrainConfig.from_file(CONFIGS / f"{name}.toml", **paths)
+    cpu = TrainConfig.from_file(CONFIGS / f"{name}_cpu.toml", **paths)
+    same = ("stage", "trainable", "layer_types", "temperature", "mse_factor")
+    assert [getattr(cpu, k) for k in same] == [getattr(gpu, k) for k in same]
+    assert cpu.batch_size < gpu.batch_size and cpu.dtype == "float32"
+    assert "ocr_unseen" in cpu.data.weights
+
+
 def test_set_changes_one_key_of_one_stage() -> None:
     settings = parse_settings(
         ["reading.batch_size=256", "reading.lr=1.4e-3", "sft.dtype='float32'"]
