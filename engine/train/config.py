@@ -143,8 +143,12 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> Self:
-        """Read a TOML file; `overrides` replace top-level keys (CLI flags)."""
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        """Read a TOML file; `overrides` replace top-level keys (CLI flags).
+
+        A file with `base = "other.toml"` (beside it) is that config with the file's keys
+        replacing the base's; its [data] and [lora] keys replace the base's one by one.
+        """
+        raw = _read_toml(Path(path))
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(raw)
 
@@ -168,6 +172,23 @@ class TrainConfig:
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
+
+
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's keys, with those of its `base` (recursively) beneath them."""
+    if path.resolve() in seen:
+        raise ConfigError(f"training config: {path} is its own base")
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    merged = _read_toml(path.parent / base, (*seen, path.resolve()))
+    for key, value in raw.items():
+        if key in ("data", "lora"):
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def trainable_patterns(cfg: TrainConfig, model_config: ModelConfig) -> list[re.Pattern[str]]:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.train.config import TrainConfig
+from engine.train.config import ConfigError, TrainConfig
 from engine.train.pipeline import CONFIGS, ORDER, parse_settings, run_pipeline, stage_paths
 
 
@@ -47,6 +47,22 @@ def test_a_cpu_config_is_its_stage_in_smaller_steps(name: str) -> None:
     assert [getattr(cpu, k) for k in same] == [getattr(gpu, k) for k in same]
     assert cpu.batch_size < gpu.batch_size and cpu.dtype == "float32"
     assert "ocr_unseen" in cpu.data.weights
+
+
+def test_a_config_with_a_base_replaces_only_its_own_keys(tmp_path: Path) -> None:
+    # GIVEN a base config and one that names it, changing one top-level and one [data] key
+    (tmp_path / "a.toml").write_text(
+        'stage = "sft"\nlr = 0.1\nbatch_size = 8\n[data]\nseed = 4\nmax_tokens = 64\n'
+    )
+    (tmp_path / "b.toml").write_text('base = "a.toml"\nlr = 0.2\n[data]\nmax_tokens = 32\n')
+    cfg = TrainConfig.from_file(tmp_path / "b.toml", init="x", out_dir="y")
+    # THEN its keys win and the base's others stay, [data] key by key
+    assert (cfg.lr, cfg.batch_size) == (0.2, 8)
+    assert (cfg.data.seed, cfg.data.max_tokens) == (4, 32)
+    # AND a config that is its own base is refused, not read forever
+    (tmp_path / "c.toml").write_text('base = "c.toml"\n')
+    with pytest.raises(ConfigError, match="its own base"):
+        TrainConfig.from_file(tmp_path / "c.toml")
 
 
 def test_set_changes_one_key_of_one_stage() -> None:
