@@ -24,6 +24,7 @@
 set -uo pipefail
 FROM=${FROM:-}
 W=${W:-/tmp/infinitevl-train}
+ALL="reading teacher distill_layerwise distill_kl sft lora"  # engine/train/pipeline.py ORDER
 case "${1:-}" in
 start)
   mkdir -p "$W"
@@ -42,14 +43,11 @@ start)
   # theirs (--again), a later stage's counts as done, so the stages after it start from it
   again=""
   for s in ${FROM//,/ }; do
-    case $s in
-    reading|teacher|distill_layerwise|distill_kl|sft) ;;
-    *) echo "FROM: unknown stage '$s'" >&2; exit 2 ;;
-    esac
+    [[ " ${ALL% lora} " == *" $s "* ]] || { echo "FROM: unknown stage '$s'" >&2; exit 2; }
     [ -d ".train_carry/$s" ] || { echo "FROM names $s, but .train_carry/$s was not carried" >&2; exit 2; }
   done
   # a start is a new run: what an earlier run on this machine left in $W is not its input
-  for s in reading teacher distill_layerwise distill_kl sft lora; do
+  for s in $ALL; do
     rm -rf "${W:?}/$s"
     if [[ ",$FROM," == *",$s,"* ]]; then
       mkdir -p "$W/$s"; cp -r ".train_carry/$s" "$W/$s/checkpoint"
@@ -94,7 +92,7 @@ follow)
   # the newest stage that has exported: its final checkpoint/, or the export its run made last
   # (latest/, every export_every_s: what a machine taken back mid-stage leaves behind)
   last=""
-  for s in reading teacher distill_layerwise distill_kl sft lora; do
+  for s in $ALL; do
     { [ -d "$W/$s/checkpoint" ] || [ -d "$W/$s/latest" ]; } && last=$s
   done
   echo "newest checkpoint: ${last:-none}"

@@ -91,3 +91,18 @@ def test_settings_reach_only_their_stage(tmp_path: Path, monkeypatch: pytest.Mon
         seen["teacher"].batch_size
         == TrainConfig.from_file(CONFIGS / "teacher.toml", init="x", out_dir="y").batch_size
     )
+
+
+def test_gpu_run_knows_the_pipeline_stages_and_refuses_others(tmp_path: Path) -> None:
+    import re
+    import subprocess
+
+    script = Path(__file__).parents[3] / "engine" / "train" / "gpu_run.sh"
+    names = re.search(r'^ALL="([^"]+)"', script.read_text(), re.M)
+    assert names is not None and tuple(names.group(1).split()) == ORDER
+    (tmp_path / ".train_carry").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "W": str(tmp_path / "w")}
+    for from_, says in [("sfx", "unknown stage 'sfx'"), ("sft", "not carried")]:
+        run = subprocess.run(["bash", str(script), "start"], cwd=tmp_path, env={**env, "FROM": from_},
+                             capture_output=True, text=True)  # fmt: skip
+        assert run.returncode == 2 and says in run.stderr
