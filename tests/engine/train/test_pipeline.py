@@ -103,6 +103,11 @@ def test_gpu_run_knows_the_pipeline_stages_and_refuses_others(tmp_path: Path) ->
     (tmp_path / ".train_carry").mkdir()
     env = {"PATH": "/usr/bin:/bin", "W": str(tmp_path / "w")}
     for from_, says in [("sfx", "unknown stage 'sfx'"), ("sft", "not carried")]:
-        run = subprocess.run(["bash", str(script), "start"], cwd=tmp_path, env={**env, "FROM": from_},
-                             capture_output=True, text=True)  # fmt: skip
+        run = subprocess.run(
+            ["bash", str(script), "start"],
+            cwd=tmp_path,
+            env={**env, "FROM": from_},
+            capture_output=True,
+            text=True,
+        )
         assert run.returncode == 2 and says in run.stderr
