@@ -46,6 +46,10 @@ from engine.tokenizer import (
 from kernels.sdpa import sdpa_context
 
 log = logging.getLogger(__name__)
+# quantizations whose CUDA layers cannot be captured in a CUDA graph: bitsandbytes' LLM.int8
+# splits out the activations' outlier columns, a data-dependent shape (a host sync each call).
+# NF4 (bitsandbytes' 4-bit GEMV) and int4 (dequantize, then matmul) decode through the graph.
+EAGER_QUANT_ON_CUDA = ("int8", "int8-dynamic")
 
 ImageInput = np.ndarray | Image.Image | str | Path
 PREFILL_CHUNK_TOKENS = 2048
@@ -406,10 +410,11 @@ class Session:
         """The CUDA-graph decode step for this reply (a ``DecodeGraph``), or None to decode eagerly.
 
         On CUDA (or anywhere with ``decode_graph == "static"``: the same step run eagerly), for
-        the InfiniteVL model in float weights over a fixed-size state (no full-attention cache,
-        which grows). A greedy reply reuses the session's graph while the state is the same object
-        with the same tensors (its sampler's penalty mask is reset); a sampled reply captures its
-        own (its sampler and seeded generator live in the graph).
+        the InfiniteVL model over a fixed-size state (no full-attention cache, which grows), in
+        float weights or quantized ones, except int8 on CUDA (``EAGER_QUANT_ON_CUDA``). A greedy
+        reply reuses the session's graph while the state is the same object with the same tensors
+        (its sampler's penalty mask is reset); a sampled reply captures its own (its sampler and
+        seeded generator live in the graph).
         """
         engine = self._engine
         on_cuda = engine.device.type == "cuda"
@@ -423,7 +428,7 @@ class Session:
             return None
         if on_cuda and not swa.has_triton():
             return None
-        if getattr(model, "quantization", None) is not None:
+        if on_cuda and getattr(model, "quantization", None) in EAGER_QUANT_ON_CUDA:
             return None
         state = self._state
         if any(isinstance(st, FullAttnState) for st in state.layers):

@@ -120,6 +120,34 @@ def test_engine_generates_quantized(tiny_checkpoint: Path, method: str) -> None:
     assert replies[1]
 
 
+def _replies(engine: Engine, n: int) -> tuple[list[tuple[int, ...]], bool]:
+    """Two greedy turns of one session: (the token ids of each reply, whether the session
+    decoded through a decode graph: its graph step, captured on CUDA, static elsewhere)."""
+    session = engine.new_session()
+    out = []
+    for text in ("What is on the screen?", "And below it?"):
+        session.add_user_message(text)
+        out.append(
+            tuple(
+                i for d in session.generate(SamplingParams(max_new_tokens=n)) for i in d.token_ids
+            )
+        )
+    return out, session._graph is not None
+
+
+@pytest.mark.parametrize("method", quant.METHODS)
+def test_quantized_decode_through_the_graph_step(tiny_checkpoint: Path, method: str) -> None:
+    # GIVEN a quantized engine decoding eagerly and one through the decode graph's static step
+    eager = Engine.load(tiny_checkpoint, device="cpu", quant=method)
+    eager.decode_graph = "off"
+    static = Engine.load(tiny_checkpoint, device="cpu", quant=method)
+    static.decode_graph = "static"
+    # THEN the second decodes through the graph step, with the same replies
+    replies, graphed = _replies(static, 12)
+    assert graphed and static.decode_graph == "static"
+    assert (replies, False) == _replies(eager, 12)
+
+
 def test_int4_packed_for_cpu_cannot_be_saved(tiny_checkpoint: Path, tmp_path: Path) -> None:
     model, _ = load_model(tiny_checkpoint, quant="int4")
     _logits(model)  # packs the layers for this CPU's kernel
@@ -204,3 +232,22 @@ def test_cuda_bitsandbytes_engine(tiny_checkpoint: Path, tmp_path: Path, method:
     session = engine.new_session()
     session.add_user_message("hello")
     assert list(session.generate(SamplingParams(max_new_tokens=4)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["nf4", "int4"])
+def test_cuda_quantized_decode_is_graphed(tiny_checkpoint: Path, method: str) -> None:
+    from kernels import qlinear
+
+    if not torch.cuda.is_available() or (method == "nf4" and not qlinear.has_bitsandbytes()):
+        pytest.skip("needs CUDA (and bitsandbytes for nf4)")
+    # GIVEN a quantized CUDA engine decoding eagerly and one through the captured graph
+    eager = Engine.load(tiny_checkpoint, device="cuda", dtype="bfloat16", quant=method)
+    eager.decode_graph = "off"
+    graphed = Engine.load(tiny_checkpoint, device="cuda", dtype="bfloat16", quant=method)
+    for engine in (eager, graphed):
+        engine.prefill_chunk_tokens = 1  # token by token: fla's chunk kernel would compile
+    # THEN the graph was captured (not fallen back from), and the replies agree
+    replies, used = _replies(graphed, 12)
+    assert used and graphed.decode_graph == "cuda"
+    assert (replies, False) == _replies(eager, 12)
