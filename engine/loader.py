@@ -122,12 +122,9 @@ def load_model(
         # on CUDA, NF4/int8 layers go straight to bitsandbytes
         quantize_(model, method=quant, device=target)
     method = quant or (stored_quant and stored_quant.method)
-    if method == "int4" and target.type == "cuda":
-        log.warning("int4 has no CUDA kernel here: each call dequantizes (slow); use nf4 on GPUs")
-    elif method == "nf4" and target.type == "cpu":
-        # benchmarks/cpu_linear.py: ~100x a bfloat16 layer's time per decode step
-        log.warning("nf4 has no CPU kernel here: each call dequantizes (slow); use int4 on CPUs")
-    elif stored_quant is not None and target.type == "cuda" and stored_quant.method != "int4":
+    if method and (slow := slow_quant_warning(method, target.type)):
+        log.warning(slow)
+    if stored_quant is not None and target.type == "cuda" and stored_quant.method != "int4":
         to_bitsandbytes_(model, target)
     model.to(target)
     log.info("loaded %d tensors from %d file(s) in %s", len(state_dict), len(files), path)
@@ -424,3 +421,19 @@ def _header_and_samples(file: Path) -> bytes:
             f.seek(data_start + data_len * i // _FINGERPRINT_SAMPLES)
             parts.append(f.read(_FINGERPRINT_SAMPLE_BYTES))
     return b"".join(parts)
+
+
+def slow_quant_warning(method: str, device_type: str) -> str | None:
+    """A plain sentence when a quantization is slow on a kind of device, saying what to pick."""
+    if method == "int4" and device_type == "cuda":
+        return "int4 has no CUDA kernel here: each call dequantizes (slow); use nf4 on GPUs"
+    if method == "nf4" and device_type == "cpu":
+        # benchmarks/cpu_linear.py: ~100x a bfloat16 layer's time per decode step
+        return "nf4 has no CPU kernel here: each call dequantizes (slow); use int4 on CPUs"
+    if method in ("int8", "int8-dynamic") and device_type == "cuda":
+        # docs/quantization.md: 8.9 tok/s against nf4's 230.8 at the 4B config on an H100
+        return (
+            f"{method} on CUDA runs bitsandbytes' LLM.int8, which cannot decode through a CUDA "
+            "graph (~25x slower a token than nf4 at 4B); use nf4 on GPUs"
+        )
+    return None

@@ -12,7 +12,7 @@ from engine import quant
 from engine.__main__ import main
 from engine.engine import Engine
 from engine.errors import CheckpointError, EngineError
-from engine.loader import load_model, save_checkpoint
+from engine.loader import load_model, save_checkpoint, slow_quant_warning
 from engine.sampling import SamplingParams
 from kernels._testing import rel_rms
 
@@ -170,6 +170,26 @@ def test_nf4_on_cpu_says_it_is_slow(
     with caplog.at_level(logging.WARNING, logger="engine.loader"):
         load_model(tiny_checkpoint, quant="int4")
     assert "on CPUs" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("method", "device", "advice"),
+    [
+        ("int8", "cuda", "use nf4 on GPUs"),
+        ("int8-dynamic", "cuda", "use nf4 on GPUs"),
+        ("int4", "cuda", "use nf4 on GPUs"),
+        ("nf4", "cpu", "use int4 on CPUs"),
+        ("nf4", "cuda", None),
+        ("int8", "cpu", None),
+        ("int4", "cpu", None),
+    ],
+)
+def test_a_slow_quantization_for_the_device_says_what_to_pick(
+    method: str, device: str, advice: str | None
+) -> None:
+    # int8 on CUDA (LLM.int8) cannot decode through the CUDA graph: ~25x slower than NF4
+    said = slow_quant_warning(method, device)
+    assert said == advice if advice is None else advice in said
 
 
 def test_quantized_checkpoint_refuses_another_method(tiny_checkpoint: Path, tmp_path: Path) -> None:
