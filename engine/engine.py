@@ -28,8 +28,8 @@ from engine.errors import Cancelled, CheckpointError, EngineError, InputError, S
 from engine.loader import load_model, weight_files, weights_fingerprint
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 from engine.preprocess import ImageParams, image_token_count, load_image, preprocess_images
+from engine.quant import EAGER_QUANT_ON_CUDA, num_quantized_weights
 from engine.quant import METHODS as QUANT_METHODS
-from engine.quant import num_quantized_weights
 from engine.sampling import Sampler, SamplingParams
 from engine.state import FullAttnState, ModelState
 from engine.tokenizer import (
@@ -46,10 +46,6 @@ from engine.tokenizer import (
 from kernels.sdpa import sdpa_context
 
 log = logging.getLogger(__name__)
-# quantizations whose CUDA layers cannot be captured in a CUDA graph: bitsandbytes' LLM.int8
-# splits out the activations' outlier columns, a data-dependent shape (a host sync each call).
-# NF4 (bitsandbytes' 4-bit GEMV) and int4 (dequantize, then matmul) decode through the graph.
-EAGER_QUANT_ON_CUDA = ("int8", "int8-dynamic")
 
 ImageInput = np.ndarray | Image.Image | str | Path
 PREFILL_CHUNK_TOKENS = 2048

@@ -23,7 +23,13 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.errors import CheckpointError, ConfigError
 from engine.model.infinitevl import FLOAT32_PARAMS, InfiniteVLForConditionalGeneration
-from engine.quant import FLOAT32_BUFFERS, QuantConfig, quantize_, to_bitsandbytes_
+from engine.quant import (
+    EAGER_QUANT_ON_CUDA,
+    FLOAT32_BUFFERS,
+    QuantConfig,
+    quantize_,
+    to_bitsandbytes_,
+)
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +436,7 @@ def slow_quant_warning(method: str, device_type: str) -> str | None:
     if method == "nf4" and device_type == "cpu":
         # benchmarks/cpu_linear.py: ~100x a bfloat16 layer's time per decode step
         return "nf4 has no CPU kernel here: each call dequantizes (slow); use int4 on CPUs"
-    if method in ("int8", "int8-dynamic") and device_type == "cuda":
+    if method in EAGER_QUANT_ON_CUDA and device_type == "cuda":
         # docs/quantization.md: 8.9 tok/s against nf4's 230.8 at the 4B config on an H100
         return (
             f"{method} on CUDA runs bitsandbytes' LLM.int8, which cannot decode through a CUDA "

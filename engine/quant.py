@@ -27,6 +27,10 @@ from kernels.qlinear import reference
 log = logging.getLogger(__name__)
 
 METHODS = ("int8", "int8-dynamic", "int4", "nf4")
+# quantizations whose CUDA layers cannot be captured in a CUDA graph: bitsandbytes' LLM.int8
+# splits out the activations' outlier columns, a data-dependent shape (a host sync each call).
+# NF4 (bitsandbytes' 4-bit GEMV) and int4 (dequantize, then matmul) decode through the graph.
+EAGER_QUANT_ON_CUDA = ("int8", "int8-dynamic")
 INT4_GROUP_SIZE = 128
 NF4_BLOCK_SIZE = 64
 # buffers that stay float32 whatever dtype the model is loaded in
