@@ -19,7 +19,8 @@ re-tuning, re-allocation) shows only with K > 1.
 `--workers N` takes each step's batch from the training loop's own loader with N worker
 processes (page-locked, copied at the step's start), as `trainer.train` does: the loop's step
 with its data, its copies and the CPU its workers take from the step's host work.
-`--profile` adds the top operators of one step by device time and the number of kernels launched.
+`--profile` adds the top operators of one step by device time, the number of kernels launched and
+the number of aten operators dispatched (on any device: the step's host work on a GPU).
 """
 
 from __future__ import annotations
@@ -139,7 +140,27 @@ def _profile(step: object, device: torch.device) -> str:
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     kernels = sum(e.count for e in events if e.device_type.name == "CUDA")
     table = events.table(sort_by=key, row_limit=15)
-    return f"kernels launched in one step: {kernels}\n\n```\n{table}\n```"
+    return (
+        f"kernels launched in one step: {kernels}; aten operators dispatched: {_count_ops(step)}"
+        f"\n\n```\n{table}\n```"
+    )
+
+
+def _count_ops(step: object) -> int:
+    """Operators one step dispatches (leaf aten calls, forward, backward and optimiser): on a
+    GPU each is a launch or host work, so this is the step's host cost on any device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step()  # type: ignore[operator]
+    return Count.n
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,9 +112,14 @@ class Attention(nn.Module):
         T, past = q.shape[2], state.seen
         k_past, v_past = state.k[:, :, :past], state.v[:, :, :past]
         state.append(k, v)
+        groups = self.num_heads // self.num_key_value_heads
+        if past == 0:
+            # a first prompt, and every training forward: plain causal attention, with no mask
+            # and no copy of the keys to build, which lets SDPA take its fused causal kernels
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         # keep the new keys from the graph (not the cache) so gradients flow through this call
         k_all, v_all = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
-        groups = self.num_heads // self.num_key_value_heads
         k_all = k_all.repeat_interleave(groups, dim=1)
         v_all = v_all.repeat_interleave(groups, dim=1)
         # query i (absolute past + i) sees keys 0 ... past + i

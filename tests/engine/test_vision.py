@@ -10,7 +10,13 @@ import torch
 
 from engine.config import VisionConfig, tiny_config
 from engine.errors import ConfigError, InputError
-from engine.model.vision import Segments, VisionTransformer, block_diagonal_attention, vision_layout
+from engine.model.vision import (
+    MAX_EXACT_GROUPS,
+    Segments,
+    VisionTransformer,
+    block_diagonal_attention,
+    vision_layout,
+)
 
 transformers_vl = pytest.importorskip("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl")
 Qwen2_5_VLVisionConfig = transformers_vl.Qwen2_5_VLVisionConfig
@@ -160,6 +166,42 @@ def test_block_diagonal_attention_matches_masked_attention() -> None:
         q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask
     )
     torch.testing.assert_close(out, expected.transpose(0, 1).reshape(N, H * D))
+
+
+def _per_block_attention(qkv: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Each block on its own SDPA call: the ground truth of block-diagonal attention."""
+    outs, start = [], 0
+    for n in (n for n in lengths if n > 0):
+        q, k, v = qkv[start : start + n].permute(1, 2, 0, 3).unbind(0)  # [H, n, D] each
+        outs.append(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(0, 1))
+        start += n
+    return torch.cat(outs).reshape(qkv.shape[0], -1)
+
+
+def test_block_diagonal_attention_pads_many_lengths_into_few_calls() -> None:
+    # a training batch of images of many sizes: more distinct lengths than MAX_EXACT_GROUPS
+    gen = torch.Generator().manual_seed(1)
+    lengths = [4, 17, 0, 9, 33, 5, 12, 64, 7, 21, 4, 2, 48, 10, 1, 30]
+    assert len(set(lengths) - {0}) > MAX_EXACT_GROUPS
+    N, H, D = sum(lengths), 2, 8
+    qkv = torch.randn(N, 3, H, D, generator=gen, requires_grad=True)
+    segments = Segments.from_lengths(lengths, qkv.device)
+    assert len(segments.groups) < len(set(lengths) - {0})
+    assert any(k is not None for k in segments.keep)
+    out = block_diagonal_attention(qkv, segments)
+    (grad,) = torch.autograd.grad(out.square().sum(), qkv)
+    ref_qkv = qkv.detach().requires_grad_()
+    expected = _per_block_attention(ref_qkv, lengths)
+    (ref_grad,) = torch.autograd.grad(expected.square().sum(), ref_qkv)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_block_diagonal_attention_keeps_exact_groups_for_few_lengths() -> None:
+    # one image (a streamed frame): every group is unpadded, so no mask reaches SDPA
+    segments = Segments.from_lengths([16, 16, 8, 16, 8, 4], torch.device("cpu"))
+    assert [tuple(g.shape) for g in segments.groups] == [(3, 16), (2, 8), (1, 4)]
+    assert segments.keep == [None, None, None]
 
 
 def test_layout_windows_cover_each_image() -> None:

@@ -44,3 +44,13 @@ def test_distinct_batches_and_the_loaders_batches(
     assert "loader, 1 workers" in out
     (row,) = _rows(out)
     assert float(row[1]) >= float(row[2]) >= 0  # the wait is part of the step
+
+
+def test_profile_counts_the_operators_of_a_step(
+    teacher_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(CONFIGS / "reading.toml"), "--init", str(teacher_dir), "--batch", "2",
+            "--steps", "1", "--device", "cpu", "--profile"]  # fmt: skip
+    assert train_step.main(argv) == 0
+    found = re.search(r"aten operators dispatched: (\d+)", capsys.readouterr().out)
+    assert found and int(found.group(1)) > 100  # forward, backward and AdamW of a whole model
