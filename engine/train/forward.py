@@ -137,8 +137,10 @@ class TrainingForward(nn.Module):
             feats = visual(pixel_values.to(visual.patch_embed.proj.weight.dtype), image_grid_thw)
             if glyph_logits is not None and self.glyph_head is not None:
                 glyph_logits.append(self.glyph_head(feats))
+            # counted on the host copy: on the device the count would wait for the vision tower
+            pads = int((ids == cfg.image_token_id).sum())
+            assert pads == feats.shape[0], "image features and pad tokens differ"
             mask = (input_ids == cfg.image_token_id).unsqueeze(-1)
-            assert int(mask.sum()) == feats.shape[0], "image features and pad tokens differ"
             embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
         return DecoderInputs(embeds, position_ids)
 
