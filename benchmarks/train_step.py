@@ -65,8 +65,11 @@ def measure(
     student, params, optim, objective = prepare(cfg, ctx)
     data = EncodedStream.from_dir(cfg.data, source_dir(cfg))
     pad = data.tokenizer.special.pad
+    rope = student.model.config  # positions computed with the batch, as the loop's workers do
     batches = [
-        collate([data[EVAL_SEED + k * cfg.batch_size + i] for i in range(cfg.batch_size)], pad)
+        collate(
+            [data[EVAL_SEED + k * cfg.batch_size + i] for i in range(cfg.batch_size)], pad, rope
+        )
         for k in range(distinct if not workers else 0)
     ]
     micros = [[b.to(ctx.device)] for b in batches]
@@ -74,7 +77,7 @@ def measure(
     if workers:
         pin = ctx.device.type == "cuda"
         loader = batch_loader(data, Shard(0, 1, cfg.batch_size), 0, steps + 3, workers, pad,
-                              cfg.micro_batch, pin_memory=pin)  # fmt: skip
+                              cfg.micro_batch, pin_memory=pin, rope=rope)  # fmt: skip
     autocast = autocast_for(cfg, ctx.device)
     taken = 0
     waited = 0.0

@@ -136,7 +136,9 @@ class Segments:
                 key = n if exact else math.floor(math.log(n) / math.log(BUCKET_RATIO))
                 blocks.setdefault(key, []).append((offset, n))
             offset += n
-        groups, keep, kept_rows = [], [], []
+        groups: list[torch.Tensor] = []
+        keep: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        kept_rows: list[torch.Tensor] = []
         for members in blocks.values():
             size = max(n for _, n in members)
             cols = torch.arange(size, dtype=torch.long)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from engine.config import ModelConfig
+from engine.model.rope import rope_index
 from engine.preprocess import ImageParams
 from engine.tokenizer import Tokenizer
 from engine.train.config import DataConfig
@@ -107,6 +109,7 @@ def batch_loader(
     pad_id: int,
     micro_batch: int,
     pin_memory: bool = False,
+    rope: ModelConfig | None = None,
 ) -> Generator[list[Batch], None, None]:
     """This rank's samples of steps start_step..steps-1: per step, its micro-batches, collated.
 
@@ -114,6 +117,7 @@ def batch_loader(
     training loop receives finished batches; with `pin_memory` a background thread copies them to
     page-locked memory, from which `Batch.to(cuda)` copies without blocking. (Collating in the
     loop cost it ~0.4 s per 64-sample step: the first touch of the workers' shared memory.)
+    With `rope` (the model's config) the workers also compute each row's M-RoPE positions.
     """
     if shard.batch_size % shard.world:
         raise ValueError(f"batch_size {shard.batch_size} not divisible by {shard.world} ranks")
@@ -123,7 +127,7 @@ def batch_loader(
         batch_size=shard.batch_size // shard.world,
         sampler=order,
         num_workers=num_workers,
-        collate_fn=partial(collate_micro, pad_id=pad_id, micro_batch=micro_batch),
+        collate_fn=partial(collate_micro, pad_id=pad_id, micro_batch=micro_batch, rope=rope),
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
@@ -151,9 +155,13 @@ def _stop_workers(batches: Iterator[list[Batch]]) -> None:
         shutdown()
 
 
-def collate_micro(items: list[Encoded], pad_id: int, micro_batch: int) -> list[Batch]:
+def collate_micro(
+    items: list[Encoded], pad_id: int, micro_batch: int, rope: ModelConfig | None = None
+) -> list[Batch]:
     """`items` of one step as micro-batches of at most `micro_batch` sequences each."""
-    return [collate(items[i : i + micro_batch], pad_id) for i in range(0, len(items), micro_batch)]
+    return [
+        collate(items[i : i + micro_batch], pad_id, rope) for i in range(0, len(items), micro_batch)
+    ]
 
 
 @dataclass(slots=True)
@@ -168,6 +176,8 @@ class Batch:
         mask: [B, T] bool, True on real tokens (not padding).
         glyph_targets: [image tokens, SLOTS] what each merged image token reads (see
             synthetic.glyphs; IGNORE where unknown), or None without images.
+        position_ids: [3, B, T] int64, each row's M-RoPE positions (padding continues the
+            text positions), or None for the training forward to compute.
     """
 
     input_ids: torch.Tensor
@@ -176,6 +186,7 @@ class Batch:
     image_grid_thw: torch.Tensor | None
     mask: torch.Tensor
     glyph_targets: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
 
     def pin_memory(self) -> Batch:
         """A copy in page-locked memory (DataLoader's pin-memory thread calls this)."""
@@ -187,6 +198,7 @@ class Batch:
             pin(self.image_grid_thw),
             self.mask.pin_memory(),
             pin(self.glyph_targets),
+            pin(self.position_ids),
         )
 
     def to(self, device: torch.device) -> Batch:
@@ -198,6 +210,7 @@ class Batch:
             move(self.image_grid_thw),
             self.mask.to(device, non_blocking=True),
             move(self.glyph_targets),
+            move(self.position_ids),
         )
 
     @property
@@ -205,8 +218,10 @@ class Batch:
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def collate(items: list[Encoded], pad_id: int) -> Batch:
-    """Pad `items` on the right into one batch."""
+def collate(items: list[Encoded], pad_id: int, rope: ModelConfig | None = None) -> Batch:
+    """Pad `items` on the right into one batch; with `rope` (the model's config), with each
+    row's M-RoPE positions too, as the training forward would compute them. A data worker's few
+    hundred small CPU ops a row, which would otherwise stall the training loop's host thread."""
     T = max(e.num_tokens for e in items)
     ids = torch.full((len(items), T), pad_id, dtype=torch.long)
     labels = torch.full((len(items), T), IGNORE_INDEX, dtype=torch.long)
@@ -224,7 +239,17 @@ def collate(items: list[Encoded], pad_id: int) -> Batch:
         torch.cat(grids) if grids else None,
         mask,
         _glyph_rows(items),
+        None if rope is None else _positions(ids, items, rope),
     )
+
+
+def _positions(ids: torch.Tensor, items: list[Encoded], rope: ModelConfig) -> torch.Tensor:
+    """[3, B, T] M-RoPE positions of the padded rows `ids` (rope_index also checks that each
+    row's image pad tokens match its images' grids)."""
+    rows = [
+        rope_index(ids[b], e.image_grid_thw, None, None, 0, rope)[0] for b, e in enumerate(items)
+    ]
+    return torch.stack(rows, dim=1)
 
 
 def _glyph_rows(items: list[Encoded]) -> torch.Tensor | None:

@@ -71,6 +71,7 @@ class TrainingForward(nn.Module):
         inputs: DecoderInputs | None = None,
         inputs_out: list[DecoderInputs] | None = None,
         layer_inputs: dict[int, torch.Tensor] | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run whole sequences from an empty state.
 
@@ -87,6 +88,8 @@ class TrainingForward(nn.Module):
             layer_inputs: {layer index: [B, T, hidden]}: run only these Gated DeltaNet layers,
                 each on its own input from an empty state (stage 1's layer-wise distillation);
                 nothing else runs, and the logits are empty.
+            position_ids: [3, B, T] each row's M-RoPE positions, as `data.collate` computes them
+                with the model's config; None computes them here.
         Returns:
             logits [B, T, vocab] float32 and the hidden states ([] unless `return_hidden`):
             num_layers + 1 tensors [B, T, hidden]; with `layer_inputs`, the outputs of those
@@ -95,7 +98,9 @@ class TrainingForward(nn.Module):
         if layer_inputs is not None:
             return self._layers_alone(input_ids.shape[0], layer_inputs)
         if inputs is None:
-            inputs = self._decoder_inputs(input_ids, pixel_values, image_grid_thw, glyph_logits)
+            inputs = self._decoder_inputs(
+                input_ids, pixel_values, image_grid_thw, glyph_logits, position_ids
+            )
         if inputs_out is not None:
             inputs_out.append(inputs)
         m = self.model
@@ -116,20 +121,16 @@ class TrainingForward(nn.Module):
         pixel_values: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None,
         glyph_logits: list[torch.Tensor] | None,
+        position_ids: torch.Tensor | None,
     ) -> DecoderInputs:
         m = self.model
         cfg = m.config
         lm = m.model.language_model
-        B = input_ids.shape[0]
-        # the positions are integer bookkeeping of a few ops per row: on the CPU, then one copy,
-        # instead of a stream of tiny kernels and host syncs per row on a GPU
-        ids = input_ids.cpu()
-        grid_rows = _grids_per_row(
-            ids, cfg.image_token_id, None if image_grid_thw is None else image_grid_thw.cpu()
-        )
-        position_ids = torch.stack(
-            [rope_index(ids[b], grid_rows[b], None, None, 0, cfg)[0] for b in range(B)], dim=1
-        ).to(input_ids.device)  # [3, B, T]
+        if position_ids is None:
+            # integer bookkeeping of a few ops per row: on the CPU, then one copy, instead of
+            # a stream of tiny kernels and host syncs per row on a GPU (the data workers do it
+            # when the loader has the model's config: data.collate)
+            position_ids = self._positions(input_ids, image_grid_thw)
         embeds = lm.embed_tokens(input_ids)
         if pixel_values is not None:
             assert image_grid_thw is not None
@@ -137,12 +138,22 @@ class TrainingForward(nn.Module):
             feats = visual(pixel_values.to(visual.patch_embed.proj.weight.dtype), image_grid_thw)
             if glyph_logits is not None and self.glyph_head is not None:
                 glyph_logits.append(self.glyph_head(feats))
-            # counted on the host copy: on the device the count would wait for the vision tower
-            pads = int((ids == cfg.image_token_id).sum())
-            assert pads == feats.shape[0], "image features and pad tokens differ"
+            # rope_index has checked each row's pad tokens against its grids, so the features
+            # fill the pad tokens exactly (a count on the device would wait for the tower)
             mask = (input_ids == cfg.image_token_id).unsqueeze(-1)
             embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
-        return DecoderInputs(embeds, position_ids)
+        return DecoderInputs(embeds, position_ids.to(input_ids.device))
+
+    def _positions(
+        self, input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None
+    ) -> torch.Tensor:
+        """[3, B, T] M-RoPE positions of each row, computed on the CPU."""
+        cfg = self.model.config
+        ids = input_ids.cpu()
+        grids = None if image_grid_thw is None else image_grid_thw.cpu()
+        grid_rows = _grids_per_row(ids, cfg.image_token_id, grids)
+        rows = [rope_index(ids[b], grid_rows[b], None, None, 0, cfg)[0] for b in range(len(ids))]
+        return torch.stack(rows, dim=1)
 
     def _layers_alone(
         self, batch: int, layer_inputs: dict[int, torch.Tensor]

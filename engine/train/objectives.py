@@ -69,10 +69,13 @@ class Objective:
     def __call__(self, batch: Batch, scale: float) -> tuple[torch.Tensor, float]:
         """(loss to backward, the same as a float) with `scale` = world / global normaliser."""
         args = (batch.input_ids, batch.pixel_values, batch.image_grid_thw)
+        pos = batch.position_ids  # None: the forward computes them
         if self.stage in ("teacher", "sft", "lora"):
             glyphs: list[torch.Tensor] = []
             read_glyphs = self.glyph_weight > 0 and batch.glyph_targets is not None
-            logits, _ = self.student(*args, glyph_logits=glyphs if read_glyphs else None)
+            logits, _ = self.student(
+                *args, glyph_logits=glyphs if read_glyphs else None, position_ids=pos
+            )
             total, _ = next_token_loss(logits, batch.labels)
             loss = total * scale
             if glyphs:
@@ -84,15 +87,15 @@ class Objective:
             assert self.teacher is not None
             computed: list[DecoderInputs] = []
             with torch.no_grad():
-                t_logits, _ = self.teacher(*args, inputs_out=computed)
+                t_logits, _ = self.teacher(*args, inputs_out=computed, position_ids=pos)
             inputs = computed[0] if self.shared_inputs else None
-            logits, _ = self.student(*args, inputs=inputs)
+            logits, _ = self.student(*args, inputs=inputs, position_ids=pos)
             total, _ = distill_kl(logits, t_logits, batch.mask, self.temperature)
             loss = total * scale
         else:
             assert self.teacher is not None
             with torch.no_grad():
-                _, t_hidden = self.teacher(*args, return_hidden=True)
+                _, t_hidden = self.teacher(*args, return_hidden=True, position_ids=pos)
             _, s_out = self.student(
                 batch.input_ids, layer_inputs={i: t_hidden[i] for i in self.linear_layers}
             )

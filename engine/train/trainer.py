@@ -66,6 +66,7 @@ def train(cfg: TrainConfig) -> Path:
         dataset.tokenizer.special.pad,
         cfg.micro_batch,
         pin_memory=ctx.device.type == "cuda" and cfg.num_workers > 0,
+        rope=student.model.config,  # the workers compute the M-RoPE positions
     )
     autocast = autocast_for(cfg, ctx.device)
 

@@ -133,3 +133,24 @@ def test_inputs_are_shared_only_when_frozen_and_equal(teacher_dir: Path) -> None
     with torch.no_grad():
         student.model.visual.patch_embed.proj.weight.add_(1e-3)
     assert not build.shares_inputs(student, teacher)
+
+
+def test_positions_from_the_data_workers_are_the_forwards_own(
+    teacher_dir: Path, batch: Batch
+) -> None:
+    # the loader's workers compute each row's M-RoPE positions (collate with the model's config)
+    # so the training loop's host thread does not; the model must see the same inputs either way
+    teacher, _ = load_model(teacher_dir, device="cpu", dtype=torch.float32)
+    tok = Tokenizer.from_dir(teacher_dir)
+    ds = EncodedStream(TINY_DATA, tok, ImageParams.from_dir(teacher_dir))
+    with_positions = collate([ds[20_000 + i] for i in range(3)], tok.special.pad, teacher.config)
+    assert batch.position_ids is None and with_positions.position_ids is not None
+    assert batch.image_grid_thw is not None  # rows with images: 3-D positions, not a range
+    forward = TrainingForward(teacher)
+    args = (batch.input_ids, batch.pixel_values, batch.image_grid_thw)
+    computed: list = []
+    with torch.no_grad():
+        expected, _ = forward(*args, inputs_out=computed)
+        got, _ = forward(*args, position_ids=with_positions.position_ids)
+    assert torch.equal(with_positions.position_ids, computed[0].position_ids)
+    assert torch.equal(got, expected)
