@@ -220,8 +220,8 @@ class Batch:
 
 def collate(items: list[Encoded], pad_id: int, rope: ModelConfig | None = None) -> Batch:
     """Pad `items` on the right into one batch; with `rope` (the model's config), with each
-    row's M-RoPE positions too, as the training forward would compute them. A data worker's few
-    hundred small CPU ops a row, which would otherwise stall the training loop's host thread."""
+    row's M-RoPE positions too, as the training forward would compute them: about ten small CPU
+    ops a row, done here by a data worker instead of the training loop's host thread."""
     T = max(e.num_tokens for e in items)
     ids = torch.full((len(items), T), pad_id, dtype=torch.long)
     labels = torch.full((len(items), T), IGNORE_INDEX, dtype=torch.long)
