@@ -161,6 +161,20 @@ def rope_index(
     return torch.cat(pieces, dim=1).to(device), next_pos
 
 
+def rope_index_rows(
+    input_ids: torch.Tensor, grids: list[torch.Tensor | None], config: ModelConfig
+) -> torch.Tensor:
+    """``rope_index`` of each row of a right-padded batch, each from position 0 (training rows).
+
+    Args:
+        input_ids: [B, T] on the CPU.  grids: each row's image_grid_thw ([n, 3]) or None.
+    Returns:
+        [3, B, T] int64.
+    """
+    rows = [rope_index(input_ids[b], grids[b], None, None, 0, config)[0] for b in range(len(grids))]
+    return torch.stack(rows, dim=1)
+
+
 def _rows(grid: torch.Tensor | None, name: str) -> list[tuple[int, int, int]]:
     if grid is None:
         return []

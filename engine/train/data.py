@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from engine.config import ModelConfig
-from engine.model.rope import rope_index
+from engine.model.rope import rope_index_rows
 from engine.preprocess import ImageParams
 from engine.tokenizer import Tokenizer
 from engine.train.config import DataConfig
@@ -239,17 +239,8 @@ def collate(items: list[Encoded], pad_id: int, rope: ModelConfig | None = None) 
         torch.cat(grids) if grids else None,
         mask,
         _glyph_rows(items),
-        None if rope is None else _positions(ids, items, rope),
+        None if rope is None else rope_index_rows(ids, [e.image_grid_thw for e in items], rope),
     )
-
-
-def _positions(ids: torch.Tensor, items: list[Encoded], rope: ModelConfig) -> torch.Tensor:
-    """[3, B, T] M-RoPE positions of the padded rows `ids` (rope_index also checks that each
-    row's image pad tokens match its images' grids)."""
-    rows = [
-        rope_index(ids[b], e.image_grid_thw, None, None, 0, rope)[0] for b, e in enumerate(items)
-    ]
-    return torch.stack(rows, dim=1)
 
 
 def _glyph_rows(items: list[Encoded]) -> torch.Tensor | None:

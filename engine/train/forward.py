@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
-from engine.model.rope import rope_index
+from engine.model.rope import rope_index_rows
 from engine.train.synthetic.glyphs import NUM_CLASSES, SLOTS
 
 # beside an exported checkpoint: the head's weights, so a further run of the stage keeps them
@@ -151,9 +151,7 @@ class TrainingForward(nn.Module):
         cfg = self.model.config
         ids = input_ids.cpu()
         grids = None if image_grid_thw is None else image_grid_thw.cpu()
-        grid_rows = _grids_per_row(ids, cfg.image_token_id, grids)
-        rows = [rope_index(ids[b], grid_rows[b], None, None, 0, cfg)[0] for b in range(len(ids))]
-        return torch.stack(rows, dim=1)
+        return rope_index_rows(ids, _grids_per_row(ids, cfg.image_token_id, grids), cfg)
 
     def _layers_alone(
         self, batch: int, layer_inputs: dict[int, torch.Tensor]
