@@ -36,6 +36,7 @@ from PIL import Image
 
 from engine.engine import Engine
 from engine.ocr import ocr_image
+from engine.quant import METHODS as QUANT_METHODS
 from engine.sampling import SamplingParams
 from engine.train.conversation import encode_sample
 from engine.train.fonts import find_fonts
@@ -222,19 +223,25 @@ def main() -> int:
     p.add_argument("--pages", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest OCR reply read")
+    p.add_argument(
+        "--quant", default="none", choices=["none", *QUANT_METHODS],
+        help="quantize the linear layers as they load (docs/quantization.md): the task scores "
+        "of a quantized engine",
+    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     if args.verbose:
         log.setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
-    engine = Engine.load(args.model, device="cpu")
+    engine = Engine.load(args.model, device="cpu", quant=args.quant)
     has_tesseract = shutil.which("tesseract") is not None
     ocr_rows = eval_ocr(engine, args.num, has_tesseract, args.max_new_tokens)
     accuracy, tokens = eval_long_document(engine, args.docs, args.pages)
     latency, chars = eval_latency(engine)
     print(
         f"model: {engine.info.path}"
-        f" ({engine.info.num_parameters / 1e6:.1f}M parameters, CPU, {args.threads} threads)"
+        f" ({engine.info.num_parameters / 1e6:.1f}M parameters, {engine.info.dtype}, linear "
+        f"layers {args.quant}, CPU, {args.threads} threads)"
     )
     print()
     print(

@@ -4,8 +4,9 @@ In a checkout (and an editable install, and the PyInstaller bundle) it is
 ``resources/default-model/`` beside the packages; a wheel installs the same files as data under
 ``<prefix>/share/infinitevl-desktop/default-model`` (``[tool.setuptools.data-files]``), where
 ``<prefix>`` is the environment's data folder (a virtual environment, or ``~/.local`` for a
-``--user`` install). The training pipeline (issue #5) writes it; until it does, the engine says so
-plainly and never substitutes random weights.
+``--user`` install). The training pipeline (issue #5) writes it. Where it is absent (a wheel
+built without it, a deleted folder), the engine says so plainly and never substitutes random
+weights.
 """
 
 from __future__ import annotations

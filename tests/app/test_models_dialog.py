@@ -71,8 +71,7 @@ def test_models_dialog_download_use_delete(qtbot: Any, make_window: Any, hub: Fa
     window.engine_client.model_load_failed.connect(outcomes.append)
     qtbot.mouseClick(dialog.default_button, QtCore.Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: bool(outcomes), timeout=WAIT_MS)
-    # (until resources/default-model lands, loading it says there is none)
-    assert outcomes[0] == "loaded" or "no embedded default model" in outcomes[0]
+    assert outcomes[0] == "loaded"
     assert window.settings.get("model_dir") == ""
     dialog.table.selectRow(0)
     with qtbot.waitSignal(dialog.models_listed, timeout=WAIT_MS):
