@@ -77,10 +77,28 @@ def text_ids(vocab: int) -> int:
     return min(vocab - 8, 151643)
 
 
-def prompt_set(vocab: int, n: int, length: int, seed: int = 0) -> list[torch.Tensor]:
-    """Fixed random prompts of text ids."""
+def text_pool(config: ModelConfig) -> torch.Tensor:
+    """The ids a random prompt or a greedy step may hold: text ids without the vision markers (a
+    small vocabulary puts them among its first ids, and an image pad token outside an image is
+    refused, as the engine's sampler never writes one). For Qwen2's vocabulary: all ids below
+    ``text_ids``, in order."""
+    allowed = torch.ones(text_ids(config.text.vocab_size), dtype=torch.bool)
+    for i in (
+        config.image_token_id,
+        config.video_token_id,
+        config.vision_start_token_id,
+        config.vision_end_token_id,
+    ):
+        if i < allowed.numel():
+            allowed[i] = False
+    return allowed.nonzero().squeeze(1)
+
+
+def prompt_set(config: ModelConfig, n: int, length: int, seed: int = 0) -> list[torch.Tensor]:
+    """Fixed random prompts of text ids (``text_pool``)."""
+    pool = text_pool(config)
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, text_ids(vocab), (1, length), generator=g) for _ in range(n)]
+    return [pool[torch.randint(0, pool.numel(), (1, length), generator=g)] for _ in range(n)]
 
 
 @dataclass(slots=True)
@@ -100,7 +118,7 @@ def image_prompt(config: ModelConfig, length: int) -> ImagePrompt:
     image = Image.open(SAMPLE_IMAGE).convert("RGB").resize((224, 224))
     pixels, grid = preprocess_images([image])
     n = image_token_count(grid[0], config.vision.spatial_merge_size)
-    text = prompt_set(config.text.vocab_size, 1, length, seed=2)[0][0].tolist()
+    text = prompt_set(config, 1, length, seed=2)[0][0].tolist()
     image_ids = [
         config.vision_start_token_id,
         *[config.image_token_id] * n,
@@ -140,8 +158,7 @@ def time_model(
     model: nn.Module, prefill_tokens: int, decode_tokens: int, device: torch.device
 ) -> tuple[float, float]:
     """(prefill seconds for one prompt, decode tokens per second), warm (second run)."""
-    vocab = model.config.text.vocab_size
-    ids = prompt_set(vocab, 1, prefill_tokens, seed=1)[0].to(device)
+    ids = prompt_set(model.config, 1, prefill_tokens, seed=1)[0].to(device)
     prefill = []
     for _ in range(2):
         state = model.new_state()
@@ -150,14 +167,24 @@ def time_model(
         logits = model(ids, state, logits_to_keep=1)
         _sync(device)
         prefill.append(time.perf_counter() - start)
-    top = text_ids(vocab)
-    token = logits[:, -1, :top].argmax(-1, keepdim=True)
+    pool = text_pool(model.config).to(device)
+    if pool.numel() == int(pool[-1]) + 1:  # ids 0..top-1: a slice, no gather in the timed loop
+        top = pool.numel()
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            return logits[:, -1, :top].argmax(-1, keepdim=True)
+    else:
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            return pool[logits[:, -1, pool].argmax(-1, keepdim=True)]
+
+    token = pick(logits)
     for _ in range(2):  # warm-up steps
-        token = model(token, state, logits_to_keep=1)[:, -1, :top].argmax(-1, keepdim=True)
+        token = pick(model(token, state, logits_to_keep=1))
     _sync(device)
     start = time.perf_counter()
     for _ in range(decode_tokens):
-        token = model(token, state, logits_to_keep=1)[:, -1, :top].argmax(-1, keepdim=True)
+        token = pick(model(token, state, logits_to_keep=1))
     _sync(device)
     return prefill[-1], decode_tokens / (time.perf_counter() - start)
 
@@ -173,7 +200,7 @@ def time_graph_decode(
         return float("nan")
     from engine.cuda_graph import DecodeGraph
 
-    ids = prompt_set(model.config.text.vocab_size, 1, prefill_tokens, seed=1)[0].to(device)
+    ids = prompt_set(model.config, 1, prefill_tokens, seed=1)[0].to(device)
     state = model.new_state()
     try:
         with torch.no_grad():
@@ -374,7 +401,7 @@ def main() -> None:
         path = _model_path(a, Path(tmp), dtype)
         config = ModelConfig.from_file(path / "config.json")
         prompts: list[torch.Tensor | ImagePrompt] = [
-            *prompt_set(config.text.vocab_size, a.prompts, a.prompt_length),
+            *prompt_set(config, a.prompts, a.prompt_length),
             image_prompt(config, a.prompt_length),
         ]
         if a.sensitivity:

@@ -32,6 +32,7 @@ from app.chat.settings_dialog import SettingsDialog  # noqa: E402
 from app.chat.window import MainWindow  # noqa: E402
 from app.main import build  # noqa: E402
 from app.reader.pane import ReaderPane  # noqa: E402
+from engine import default_model  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 from engine.testing import write_tiny_checkpoint  # noqa: E402
 
@@ -94,7 +95,7 @@ def take(out: Path) -> None:
     model = write_tiny_checkpoint(work / "tiny-model")
 
     def no_model(path: str | None, device: str, quant: str = "none") -> object:
-        raise EngineError("no embedded default model yet (resources/default-model is empty)")
+        raise EngineError(default_model.no_default_model_message())
 
     empty = build(["--data-dir", str(work / "empty")], no_model)
     empty.resize(1100, 700)

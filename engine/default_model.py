@@ -42,7 +42,7 @@ def candidate_dirs() -> list[Path]:
 def no_default_model_message() -> str:
     """What to tell a user who asked for the embedded model where there is none."""
     return (
-        f"no embedded default model: {DEFAULT_MODEL_DIR} holds no checkpoint yet. Point the "
+        f"no embedded default model: {DEFAULT_MODEL_DIR} holds no complete checkpoint. Point the "
         "command at a checkpoint directory instead, e.g. a download of hustvl/InfiniteVL from "
         "the Hugging Face hub: infinitevl generate --model /path/to/InfiniteVL 'your question'"
     )
