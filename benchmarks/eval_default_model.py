@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from engine.engine import Engine
-from engine.ocr import ocr_image
+from engine.ocr import LINES_MODES, ocr_image
 from engine.quant import METHODS as QUANT_METHODS
 from engine.sampling import SamplingParams
 from engine.train.conversation import encode_sample
@@ -133,7 +133,7 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
 
 
 def eval_ocr(
-    engine: Engine, num: int, use_tesseract: bool, max_new_tokens: int
+    engine: Engine, num: int, use_tesseract: bool, max_new_tokens: int, lines: bool | None = None
 ) -> list[tuple[str, float, float, float, float, float, float, float]]:
     """Per set: (name, model CER, model exact, Tesseract psm 3 CER, its exact, psm 6 CER,
     text loss with the image, with a blank one)."""
@@ -141,7 +141,9 @@ def eval_ocr(
     for name, items in held_out_sets(num).items():
         looks = reply_loss(engine, items)
         truths = [t for _, t in items]
-        preds = [ocr_image(engine, im, max_new_tokens=max_new_tokens) for im, _ in items]
+        preds = [
+            ocr_image(engine, im, max_new_tokens=max_new_tokens, lines=lines) for im, _ in items
+        ]
         log.info("%s: model sample %r -> %r", name, truths[0][:60], preds[0][:60])
         t3 = x3 = t6 = float("nan")
         if use_tesseract:
@@ -199,15 +201,15 @@ def eval_long_document(engine: Engine, docs: int, pages: int) -> tuple[float, in
     return right / max(1, docs), session.tokens_seen
 
 
-def eval_latency(engine: Engine, repeats: int = 3) -> tuple[float, int]:
+def eval_latency(engine: Engine, repeats: int = 3, lines: bool | None = None) -> tuple[float, int]:
     """Median seconds to OCR an 800x200 screen region; and the characters read."""
     src, fonts = TextSource.from_stdlib(), find_fonts()
     image = render_screen(random.Random(EVAL_SEED - 1), src, fonts, (800, 200)).image
-    ocr_image(engine, image)  # warm-up
+    ocr_image(engine, image, lines=lines)  # warm-up
     times, text = [], ""
     for _ in range(repeats):
         t = time.perf_counter()
-        text = ocr_image(engine, image)
+        text = ocr_image(engine, image, lines=lines)
         times.append(time.perf_counter() - t)
     return statistics.median(times), len(text)
 
@@ -224,6 +226,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest OCR reply read")
     p.add_argument(
+        "--lines", choices=tuple(LINES_MODES), default="auto",
+        help="OCR each band of text lines on its own (engine/ocr_lines.py): auto is on for the "
+        "embedded model only, as `infinitevl ocr` does",
+    )  # fmt: skip
+    p.add_argument(
         "--quant", default="none", choices=["none", *QUANT_METHODS],
         help="quantize the linear layers as they load (docs/quantization.md): the task scores "
         "of a quantized engine",
@@ -235,13 +242,15 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.model, device="cpu", quant=args.quant)
     has_tesseract = shutil.which("tesseract") is not None
-    ocr_rows = eval_ocr(engine, args.num, has_tesseract, args.max_new_tokens)
+    lines = LINES_MODES[args.lines]
+    ocr_rows = eval_ocr(engine, args.num, has_tesseract, args.max_new_tokens, lines)
     accuracy, tokens = eval_long_document(engine, args.docs, args.pages)
-    latency, chars = eval_latency(engine)
+    latency, chars = eval_latency(engine, lines=lines)
     print(
         f"model: {engine.info.path}"
         f" ({engine.info.num_parameters / 1e6:.1f}M parameters, {engine.info.dtype}, linear "
-        f"layers {args.quant}, CPU, {args.threads} threads)"
+        f"layers {args.quant}, CPU, {args.threads} threads; OCR by line bands: "
+        f"{engine.info.is_embedded_default if lines is None else lines})"
     )
     print()
     print(

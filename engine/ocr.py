@@ -16,6 +16,9 @@ import numpy as np
 from PIL import Image
 
 from engine.engine import CancelToken, Engine
+from engine.errors import InputError
+from engine.ocr_lines import split_lines
+from engine.preprocess import load_image, to_pil, to_rgb
 from engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -26,23 +29,47 @@ log = logging.getLogger(__name__)
 # the one OCR prompt: the training pipeline's OCR samples, `infinitevl ocr` and the app's OCR
 OCR_PROMPT = "Read the text in the image."
 MAX_OCR_TOKENS = 512
+# `--lines` choices: whether to read each band of text lines on its own (None: auto)
+LINES_MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 ImageInput = str | Path | np.ndarray | Image.Image
 
 
 def ocr_image(
     engine: Engine | GGUFEngine, image: ImageInput, *, max_new_tokens: int = MAX_OCR_TOKENS,
-    cancel: CancelToken | None = None,
+    cancel: CancelToken | None = None, lines: bool | None = None,
 ) -> str:  # fmt: skip
     """The text in one image, lines separated by newlines.
 
     Args:
         image: a path, a PIL image or a uint8 [H, W, 3] RGB array.
-        max_new_tokens: the longest reply read.
+        max_new_tokens: the longest reply read (for each band, when split).
+        lines: read each band of text lines on its own (`engine.ocr_lines`) and join them; None
+            (auto) does so for the embedded default model, which reads a line far better than a
+            page, and reads the whole image at once with any other model.
     Raises:
         InputError: an unreadable or empty image.
         Cancelled: `cancel` was set.
     """
+    if lines is None:
+        lines = engine.info.is_embedded_default
+    parts = split_lines(_picture(image)) if lines else [image]
+    texts = [_read(engine, part, max_new_tokens, cancel) for part in parts]
+    return "\n".join(t for t in texts if t)
+
+
+def _picture(image: ImageInput) -> Image.Image:
+    if isinstance(image, str | Path):
+        image = load_image(image)
+    elif not isinstance(image, np.ndarray | Image.Image):
+        raise InputError(f"an image must be a numpy array, PIL image or path, got {image!r}")
+    return to_rgb(to_pil(image))
+
+
+def _read(
+    engine: Engine | GGUFEngine, image: ImageInput, max_new_tokens: int,
+    cancel: CancelToken | None,
+) -> str:  # fmt: skip
     session = engine.new_session()
     session.add_user_message(OCR_PROMPT, [image], cancel=cancel)
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
@@ -56,11 +83,14 @@ def ocr_images(
     *,
     max_new_tokens: int = MAX_OCR_TOKENS,
     cancel: CancelToken | None = None,
+    lines: bool | None = None,
 ) -> list[str]:
     """One text block per image, in the images' order (see `ocr_image`)."""
     out = []
     for i, image in enumerate(images):
-        out.append(ocr_image(engine, image, max_new_tokens=max_new_tokens, cancel=cancel))
+        out.append(
+            ocr_image(engine, image, max_new_tokens=max_new_tokens, cancel=cancel, lines=lines)
+        )
         log.debug("ocr: image %d of %d read (%d chars)", i + 1, len(images), len(out[-1]))
     return out
 
@@ -82,10 +112,18 @@ def run_cli(argv: Sequence[str]) -> int:
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--max-new-tokens", type=int, default=MAX_OCR_TOKENS)
+    p.add_argument(
+        "--lines", choices=tuple(LINES_MODES), default="auto",
+        help="read each band of text lines on its own, then join them: on, off, or auto (on "
+        "for the embedded model, which reads a line far better than a page; off for others)",
+    )  # fmt: skip
     args = p.parse_args(list(argv))
     from engine.backends import load_engine
 
     engine = load_engine(args.model, device=args.device)
-    for i, text in enumerate(ocr_images(engine, args.images, max_new_tokens=args.max_new_tokens)):
+    texts = ocr_images(
+        engine, args.images, max_new_tokens=args.max_new_tokens, lines=LINES_MODES[args.lines]
+    )
+    for i, text in enumerate(texts):
         print(("\n" if i else "") + text)  # noqa: T201 (the command's output)
     return 0

@@ -275,7 +275,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _to_pil(image: np.ndarray | Image.Image, index: int) -> Image.Image:
+def to_pil(image: np.ndarray | Image.Image, index: int = 0) -> Image.Image:
+    """A PIL image of a uint8 [H, W, 3] array or a PIL image, checked (`index` names it)."""
     if isinstance(image, Image.Image):
         if image.width <= 0 or image.height <= 0:
             raise InputError(f"image {index} has zero size: {image.width}x{image.height}")
@@ -355,7 +356,7 @@ def preprocess_images(
         raise InputError("preprocess_images: no images given")
     rows, grids = [], []
     for i, image in enumerate(images):
-        im = to_rgb(reduce_far_above(_to_pil(image, i), params.max_pixels))
+        im = to_rgb(reduce_far_above(to_pil(image, i), params.max_pixels))
         size = smart_resize(
             im.height, im.width, params.factor, params.min_pixels, params.max_pixels
         )
@@ -383,7 +384,7 @@ def preprocess_video(
     params = params or ImageParams()
     if len(frames) == 0:
         raise InputError("preprocess_video: no frames given")
-    pil = [to_rgb(reduce_far_above(_to_pil(f, i), params.max_pixels)) for i, f in enumerate(frames)]
+    pil = [to_rgb(reduce_far_above(to_pil(f, i), params.max_pixels)) for i, f in enumerate(frames)]
     size = smart_resize(
         pil[0].height, pil[0].width, params.factor, params.min_pixels, params.max_pixels
     )

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+from PIL import Image
 from PySide6 import QtCore, QtGui
 
 from app.capture.geometry import Rect
@@ -17,6 +18,7 @@ from app.capture.screenshot import MonitorShot, grab_desktop
 from app.engine_client import ChatResult, EngineClient
 from engine import SamplingParams
 from engine.ocr import MAX_OCR_TOKENS, OCR_PROMPT
+from engine.ocr_lines import split_lines
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,12 @@ class OcrFlow(QtCore.QObject):
 
 
 class OcrEngineBridge(QtCore.QObject):
-    """Sends each crop to a fresh engine session (no conversation) and returns the reply."""
+    """Sends each crop to a fresh engine session (no conversation) and returns the reply.
+
+    With the embedded default model the crop is read band by band (`engine.ocr_lines`, as
+    `infinitevl ocr` does: that model reads a line far better than a page), one request after
+    the other, and the replies are joined; any other model reads the whole crop at once.
+    """
 
     def __init__(
         self,
@@ -124,6 +131,8 @@ class OcrEngineBridge(QtCore.QObject):
         self._params = params
         self._request: int | None = None
         self._is_cancelling = False
+        self._bands: list[np.ndarray] = []
+        self._texts: list[str] = []
         self._connect()
 
     def _connect(self) -> None:
@@ -141,10 +150,18 @@ class OcrEngineBridge(QtCore.QObject):
     @QtCore.Slot(object)
     def _on_transcription_requested(self, crop: np.ndarray) -> None:
         self._is_cancelling = False
-        self._request = self._client.ask_forked(None, OCR_PROMPT, (crop,), self._params)
-        log.info(
-            "transcribing a %dx%d crop as request %d", crop.shape[1], crop.shape[0], self._request
-        )
+        info = self._client.model_info
+        if info is not None and info.is_embedded_default:
+            self._bands = [np.array(band) for band in split_lines(Image.fromarray(crop))]
+        else:
+            self._bands = [crop]
+        self._texts = []
+        log.info("transcribing a %dx%d crop in %d band(s)", *crop.shape[1::-1], len(self._bands))
+        self._ask_next()
+
+    def _ask_next(self) -> None:
+        band = self._bands[len(self._texts)]
+        self._request = self._client.ask_forked(None, OCR_PROMPT, (band,), self._params)
 
     @QtCore.Slot(int, object)
     def _on_generation_finished(self, request_id: int, result: ChatResult) -> None:
@@ -152,8 +169,12 @@ class OcrEngineBridge(QtCore.QObject):
             self._request = None
             if self._is_cancelling or result.stats.cancelled:
                 self._flow.on_transcription_cancelled()
+                return
+            self._texts.append(result.text.strip())
+            if len(self._texts) < len(self._bands):
+                self._ask_next()
             else:
-                self._flow.on_transcribed(result.text)
+                self._flow.on_transcribed("\n".join(t for t in self._texts if t))
 
     @QtCore.Slot(int, str)
     def _on_generation_failed(self, request_id: int, message: str) -> None:

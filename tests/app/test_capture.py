@@ -651,3 +651,82 @@ def test_tray_and_menu_actions_start_a_capture(make_window, tiny_factory, qtbot)
         qtbot.waitExposed(overlay)
         with qtbot.waitSignal(feature.flow.capture_cancelled, timeout=2000):
             qtbot.keyClick(overlay, QtCore.Qt.Key.Key_Escape)
+
+
+class _ClientStub(QtCore.QObject):
+    """The engine client's OCR surface: records each crop asked about, replies when told."""
+
+    generation_finished = QtCore.Signal(int, object)
+    generation_failed = QtCore.Signal(int, str)
+
+    def __init__(self, embedded: bool) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.model_info = SimpleNamespace(is_embedded_default=embedded)
+        self.asked: list[np.ndarray] = []
+        self.cancelled: list[int] = []
+
+    def ask_forked(self, conversation_id, text, images, params):  # type: ignore[no-untyped-def]
+        self.asked.append(images[0])
+        return len(self.asked)
+
+    def cancel(self, request_id: int) -> None:
+        self.cancelled.append(request_id)
+
+    def reply(self, text: str, cancelled: bool = False) -> None:
+        from types import SimpleNamespace
+
+        result = SimpleNamespace(text=text, stats=SimpleNamespace(cancelled=cancelled))
+        self.generation_finished.emit(len(self.asked), result)
+
+
+def _three_lines() -> np.ndarray:
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (240, 130), "white")
+    draw = ImageDraw.Draw(image)
+    for i, text in enumerate(["File Edit", "Total: 12", "Send"]):
+        draw.text((10, 10 + 40 * i), text, fill="black")
+    return np.array(image)
+
+
+@pytest.mark.parametrize("embedded", [True, False])
+def test_region_ocr_reads_band_by_band_with_the_embedded_model(qtbot, embedded: bool) -> None:
+    from app.capture.ocr_flow import OcrEngineBridge, OcrFlow
+
+    # GIVEN a crop of three lines of text, and the embedded model (or another) loaded
+    flow, client = OcrFlow(grab=list), _ClientStub(embedded)
+    OcrEngineBridge(flow, client, parent=flow)
+    crop = _three_lines()
+    # WHEN the crop is to be transcribed, and each request gets its reply
+    with qtbot.waitSignal(flow.text_copied, timeout=1000) as copied:
+        flow.transcription_requested.emit(crop)
+        for i in range(3 if embedded else 1):
+            assert len(client.asked) == i + 1  # one request at a time
+            client.reply(f"line {i}\n" if embedded else "all of it")
+    # THEN the embedded model was asked about each band in order, whole width, and the
+    # clipboard holds the replies joined; another model reads the crop whole
+    if embedded:
+        assert [a.shape[1] for a in client.asked] == [240] * 3
+        assert sum(a.shape[0] for a in client.asked) <= crop.shape[0]
+        assert copied.args[0] == "line 0\nline 1\nline 2"
+    else:
+        np.testing.assert_array_equal(client.asked[0], crop)
+        assert copied.args[0] == "all of it"
+    assert QtGui.QGuiApplication.clipboard().text() == copied.args[0]
+
+
+def test_region_ocr_cancel_between_bands_stops(qtbot) -> None:
+    from app.capture.ocr_flow import OcrEngineBridge, OcrFlow
+
+    flow, client = OcrFlow(grab=list), _ClientStub(embedded=True)
+    bridge = OcrEngineBridge(flow, client, parent=flow)
+    flow.transcription_requested.emit(_three_lines())
+    client.reply("line 0")
+    # WHEN the user cancels while the second band is read THEN no third band is asked for
+    bridge.cancel()
+    assert client.cancelled == [2]
+    with qtbot.waitSignal(flow.capture_cancelled, timeout=1000):
+        client.reply("", cancelled=True)
+    assert len(client.asked) == 2

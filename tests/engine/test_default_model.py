@@ -74,3 +74,17 @@ def test_ocr_command_reads_a_word_with_the_embedded_model(
     image.save(path)
     assert main(["ocr", str(path)]) == 0
     assert capsys.readouterr().out.strip() == "Settings"
+
+
+@pytest.mark.skipif(not DEJAVU.is_file(), reason="Debian's fonts-dejavu-core is not installed")
+def test_embedded_model_reads_a_region_line_by_line(embedded: Engine) -> None:
+    # two words in a framed region, a rule between them: read band by band (the embedded
+    # model's default; read whole, it gives the first line only), both come, in order
+    font = ImageFont.truetype(str(DEJAVU), 22)
+    image = Image.new("RGB", (200, 90), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 199, 89), outline=(120, 120, 120))
+    draw.text((12, 9), "Settings", font=font, fill="black")
+    draw.line((6, 44, 193, 44), fill=(150, 150, 150), width=1)
+    draw.text((12, 52), "Help", font=font, fill="black")
+    assert ocr_image(embedded, image, max_new_tokens=32) == "Settings\nHelp"
