@@ -71,6 +71,7 @@ def build_ocr_run(
     bridge = OcrEngineBridge(flow, client, params, parent=flow)
     run = OcrRun(flow, client, OcrResultPopup(can_send=False))
     flow.transcription_requested.connect(run.popup.show_reading)
+    bridge.progress.connect(run.popup.show_progress)
     run.popup.cancel_requested.connect(bridge.cancel)
 
     def on_copied(text: str, crop: np.ndarray) -> None:

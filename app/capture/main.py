@@ -106,6 +106,7 @@ class CaptureFeature(QtCore.QObject):
 
     def _connect(self) -> None:
         self.flow.transcription_requested.connect(self.popup.show_reading)
+        self.bridge.progress.connect(self.popup.show_progress)
         self.popup.cancel_requested.connect(self.bridge.cancel)
         self.flow.text_copied.connect(self.popup.show_copied)
         self.flow.capture_failed.connect(self.popup.show_failure)

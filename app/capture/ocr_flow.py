@@ -118,6 +118,8 @@ class OcrEngineBridge(QtCore.QObject):
     the other, and the replies are joined; any other model reads the whole crop at once.
     """
 
+    progress = QtCore.Signal(int, int)  # bands read so far (from 1), bands in the crop
+
     def __init__(
         self,
         flow: OcrFlow,
@@ -160,6 +162,8 @@ class OcrEngineBridge(QtCore.QObject):
         self._ask_next()
 
     def _ask_next(self) -> None:
+        if self._texts:  # the first band shows as the reading of the region itself
+            self.progress.emit(len(self._texts), len(self._bands))
         band = self._bands[len(self._texts)]
         self._request = self._client.ask_forked(None, OCR_PROMPT, (band,), self._params)
 

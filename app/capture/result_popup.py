@@ -71,6 +71,12 @@ class OcrResultPopup(QtWidgets.QFrame):
         self.close_button.setText("Cancel")
         self._present(timeout=False)
 
+    @QtCore.Slot(int, int)
+    def show_progress(self, done: int, total: int) -> None:
+        """A region read line by line: which line the model is on."""
+        if self.is_reading:
+            self.title.setText(f"Reading the selected region… line {done + 1} of {total}")
+
     @QtCore.Slot(str, object)
     def show_copied(self, text: str, crop: np.ndarray | None) -> None:
         self._crop = crop

@@ -696,14 +696,24 @@ def test_region_ocr_reads_band_by_band_with_the_embedded_model(qtbot, embedded: 
     from app.capture.ocr_flow import OcrEngineBridge, OcrFlow
 
     # GIVEN a crop of three lines of text, and the embedded model (or another) loaded
+    from app.capture.result_popup import OcrResultPopup
+
     flow, client = OcrFlow(grab=list), _ClientStub(embedded)
-    OcrEngineBridge(flow, client, parent=flow)
+    bridge = OcrEngineBridge(flow, client, parent=flow)
+    popup = OcrResultPopup()
+    qtbot.addWidget(popup)
+    flow.transcription_requested.connect(popup.show_reading)
+    bridge.progress.connect(popup.show_progress)
+    steps: list[tuple[int, int]] = []
+    bridge.progress.connect(lambda done, total: steps.append((done, total)))
     crop = _three_lines()
     # WHEN the crop is to be transcribed, and each request gets its reply
     with qtbot.waitSignal(flow.text_copied, timeout=1000) as copied:
         flow.transcription_requested.emit(crop)
         for i in range(3 if embedded else 1):
             assert len(client.asked) == i + 1  # one request at a time
+            if embedded and i:  # the popup says which line the model is on
+                assert popup.title.text().endswith(f"line {i + 1} of 3")
             client.reply(f"line {i}\n" if embedded else "all of it")
     # THEN the embedded model was asked about each band in order, whole width, and the
     # clipboard holds the replies joined; another model reads the crop whole
@@ -711,7 +721,9 @@ def test_region_ocr_reads_band_by_band_with_the_embedded_model(qtbot, embedded: 
         assert [a.shape[1] for a in client.asked] == [240] * 3
         assert sum(a.shape[0] for a in client.asked) <= crop.shape[0]
         assert copied.args[0] == "line 0\nline 1\nline 2"
+        assert steps == [(1, 3), (2, 3)]
     else:
+        assert steps == []
         np.testing.assert_array_equal(client.asked[0], crop)
         assert copied.args[0] == "all of it"
     assert QtGui.QGuiApplication.clipboard().text() == copied.args[0]
