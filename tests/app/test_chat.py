@@ -27,7 +27,8 @@ def _drop(widget: QtWidgets.QWidget, mime: QtCore.QMimeData) -> None:
     pos = QtCore.QPointF(widget.rect().center())
     actions = QtCore.Qt.DropAction.CopyAction
     buttons, mods = QtCore.Qt.MouseButton.LeftButton, QtCore.Qt.KeyboardModifier.NoModifier
-    enter = QtGui.QDragEnterEvent(pos, actions, mime, buttons, mods)
+    # Qt's drag-enter event takes a QPoint, its drop event a QPointF
+    enter = QtGui.QDragEnterEvent(pos.toPoint(), actions, mime, buttons, mods)
     QtWidgets.QApplication.sendEvent(widget, enter)
     assert enter.isAccepted()
     QtWidgets.QApplication.sendEvent(widget, QtGui.QDropEvent(pos, actions, mime, buttons, mods))
