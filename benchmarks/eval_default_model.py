@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from engine.engine import Engine
-from engine.ocr import LINES_MODES, ocr_image
+from engine.ocr import LINES_MODES, ocr_image, reads_by_lines
 from engine.quant import METHODS as QUANT_METHODS
 from engine.sampling import SamplingParams
 from engine.train.conversation import encode_sample
@@ -250,7 +250,7 @@ def main() -> int:
         f"model: {engine.info.path}"
         f" ({engine.info.num_parameters / 1e6:.1f}M parameters, {engine.info.dtype}, linear "
         f"layers {args.quant}, CPU, {args.threads} threads; OCR by line bands: "
-        f"{engine.info.is_embedded_default if lines is None else lines})"
+        f"{reads_by_lines(engine.info, lines)})"
     )
     print()
     print(

@@ -27,7 +27,7 @@ from engine.config import ModelConfig
 from engine.errors import Cancelled, CheckpointError, EngineError, InputError, StateError
 from engine.loader import load_model, weight_files, weights_fingerprint
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
-from engine.preprocess import ImageParams, image_token_count, load_image, preprocess_images
+from engine.preprocess import ImageParams, image_token_count, open_picture, preprocess_images
 from engine.quant import EAGER_QUANT_ON_CUDA, num_quantized_weights
 from engine.quant import METHODS as QUANT_METHODS
 from engine.sampling import Sampler, SamplingParams
@@ -583,11 +583,8 @@ class Session:
     def _image_segment(self, image: ImageInput) -> _Segment:
         """Preprocess one image into its block: vision start, N image pads, vision end."""
         engine = self._engine
-        if isinstance(image, str | Path):
-            image = load_image(image, max_pixels=engine.image_params.max_pixels)
-        elif not isinstance(image, np.ndarray | Image.Image):
-            raise InputError(f"an image must be a numpy array, PIL image or path, got {image!r}")
-        pixel_values, grid_thw = preprocess_images([image], engine.image_params)
+        picture = open_picture(image, max_pixels=engine.image_params.max_pixels)
+        pixel_values, grid_thw = preprocess_images([picture], engine.image_params)
         n = image_token_count(grid_thw[0], engine.config.vision.spatial_merge_size)
         special = engine.tokenizer.special
         ids = [special.vision_start, *([special.image_pad] * n), special.vision_end]

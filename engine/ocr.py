@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from engine.engine import CancelToken, Engine
-from engine.errors import InputError
+from engine.engine import CancelToken, Engine, ModelInfo
 from engine.ocr_lines import split_lines
-from engine.preprocess import load_image, to_pil, to_rgb
+from engine.preprocess import open_picture, to_pil, to_rgb
 from engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -51,19 +50,18 @@ def ocr_image(
         InputError: an unreadable or empty image.
         Cancelled: `cancel` was set.
     """
-    if lines is None:
-        lines = engine.info.is_embedded_default
-    parts = split_lines(_picture(image)) if lines else [image]
+    if reads_by_lines(engine.info, lines):
+        parts: list[ImageInput] = list(split_lines(to_rgb(to_pil(open_picture(image)))))
+    else:
+        parts = [image]
     texts = [_read(engine, part, max_new_tokens, cancel) for part in parts]
     return "\n".join(t for t in texts if t)
 
 
-def _picture(image: ImageInput) -> Image.Image:
-    if isinstance(image, str | Path):
-        image = load_image(image)
-    elif not isinstance(image, np.ndarray | Image.Image):
-        raise InputError(f"an image must be a numpy array, PIL image or path, got {image!r}")
-    return to_rgb(to_pil(image))
+def reads_by_lines(info: ModelInfo, lines: bool | None = None) -> bool:
+    """Whether OCR with the model `info` describes reads band by band: `lines`, or for None
+    (auto) only with the embedded default model, which reads a line far better than a page."""
+    return info.is_embedded_default if lines is None else lines
 
 
 def _read(

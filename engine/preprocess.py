@@ -228,6 +228,22 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         raise InputError(f"{name}: cannot decode image ({exc})") from exc
 
 
+def open_picture(
+    image: str | Path | np.ndarray | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray | Image.Image:
+    """An image argument as pixels: a path decoded (``load_image``), an array or PIL image as
+    given (``preprocess_images`` checks them).
+
+    Raises:
+        InputError: anything else, or a path ``load_image`` refuses.
+    """
+    if isinstance(image, str | Path):
+        return load_image(image, max_pixels=max_pixels)
+    if not isinstance(image, np.ndarray | Image.Image):
+        raise InputError(f"an image must be a numpy array, PIL image or path, got {image!r}")
+    return image
+
+
 def _open_image(fp: io.BytesIO | Path, name: str) -> Image.Image:
     with _PIL_LIMIT_LOCK:
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None

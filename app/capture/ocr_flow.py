@@ -17,7 +17,7 @@ from app.capture.region_picker import RegionPicker
 from app.capture.screenshot import MonitorShot, grab_desktop
 from app.engine_client import ChatResult, EngineClient
 from engine import SamplingParams
-from engine.ocr import MAX_OCR_TOKENS, OCR_PROMPT
+from engine.ocr import MAX_OCR_TOKENS, OCR_PROMPT, reads_by_lines
 from engine.ocr_lines import split_lines
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class OcrEngineBridge(QtCore.QObject):
     def _on_transcription_requested(self, crop: np.ndarray) -> None:
         self._is_cancelling = False
         info = self._client.model_info
-        if info is not None and info.is_embedded_default:
+        if info is not None and reads_by_lines(info):
             self._bands = [np.array(band) for band in split_lines(Image.fromarray(crop))]
         else:
             self._bands = [crop]
