@@ -3,7 +3,8 @@
 A small model reads one line far better than a whole page: the embedded model's error rate on
 held-out screenshots falls from 0.51 to 0.20 when each band is read on its own, and on document
 pages from 0.75 to 0.48 (`benchmarks/eval_default_model.py --lines on|off`). Six rows of margin
-measured best (3 rows: 0.31 and 0.51; 10, unclamped: 0.30 and 0.60). Screens and documents draw
+measured best in ad-hoc runs of the same sets with `PAD` changed (3 rows: 0.31 and 0.51; 10
+rows, not held to the gap's middle: 0.30 and 0.60). Screens and documents draw
 text on flat backgrounds, so a row of pixels without text is (nearly) one colour: a band is a run
 of rows that are not, and rows that are (the gaps between lines, a rule, a title bar's padding)
 separate bands. Text side by side (table cells, a menu bar) stays in one band, read left to right.
