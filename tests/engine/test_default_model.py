@@ -48,7 +48,7 @@ def test_embedded_model_is_the_default_and_a_hybrid(embedded: Engine) -> None:
 def test_embedded_model_reads_held_out_words(embedded: Engine) -> None:
     # a model that only learnt the language of the replies reads none of these exactly, and
     # the true text is as unlikely with the picture as with a blank one (the ninth session's
-    # hybrid: 0 of 10 eval words exact); the shipped one reads 6 of these 16
+    # hybrid: 0 of 10 eval words exact); the shipped one reads 9 of these 16
     src, fonts = TextSource.from_stdlib(), find_fonts()
     items = []
     for i in range(16):
@@ -57,7 +57,7 @@ def test_embedded_model_reads_held_out_words(embedded: Engine) -> None:
         items.append((r.image, r.text))
     truths = [t for _, t in items]
     preds = [ocr_image(embedded, image, max_new_tokens=32) for image, _ in items]
-    assert exact(preds, truths) >= 4 / 16, list(zip(truths, preds, strict=True))
+    assert exact(preds, truths) >= 6 / 16, list(zip(truths, preds, strict=True))
     with_image, with_blank = reply_loss(embedded, items)
     assert with_image < with_blank / 2
 

@@ -1,0 +1,39 @@
+"""benchmarks/eval_default_model.py: the command that scores the embedded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.eval_default_model import main
+from engine import default_model
+
+
+@pytest.mark.parametrize("args", [["--num", "0"], ["--docs", "-1"], ["--pages", "0"]])
+def test_bad_counts_are_refused_before_loading(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.skipif(
+    default_model.find_default_model(default_model.DEFAULT_MODEL_DIR) is None,
+    reason="this checkout holds no embedded default model",
+)
+def test_one_image_per_set_without_documents(capsys: pytest.CaptureFixture[str]) -> None:
+    # --docs 0 measures OCR and latency only: no row for the long documents (it used to crash)
+    threads = torch.get_num_threads()  # main sets the process's thread count
+    try:
+        _run_and_check(capsys)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_and_check(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--num", "1", "--docs", "0", "--max-new-tokens", "8", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    sets = ["single words", "text lines", "unseen text lines", "screenshots", "document pages"]
+    assert [r.split(" | ")[0][2:] for r in rows[2:7]] == sets
+    assert "page-1 answers" not in out
+    assert any(r.startswith("| OCR latency, 800x200 region") for r in rows)
