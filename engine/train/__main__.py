@@ -28,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--num-workers", type=int, help="DataLoader processes rendering samples")
     p.add_argument("--time-budget", type=float, help="seconds of training, then export")
+    p.add_argument(
+        "--data-seed", type=int,
+        help="the data stream's seed instead of the config's: a further run from a checkpoint "
+        "of the same stage sees new samples, not the first run's again",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         args.config, init=args.init, teacher=args.teacher, out_dir=args.out_dir,
         steps=args.steps, batch_size=args.batch_size, device=args.device,
         num_workers=args.num_workers, time_budget_s=args.time_budget,
+        data=None if args.data_seed is None else {"seed": args.data_seed},
     )  # fmt: skip
     dest = train(cfg)
     print(dest)

@@ -146,11 +146,11 @@ class TrainConfig:
         """Read a TOML file; `overrides` replace top-level keys (CLI flags).
 
         A file with `base = "other.toml"` (beside it) is that config with the file's keys
-        replacing the base's; its [data] and [lora] keys replace the base's one by one.
+        replacing the base's; its [data] and [lora] keys replace the base's one by one, and so do
+        those of a `data` or `lora` override (``data={"seed": 13}`` changes the seed only).
         """
         raw = _read_toml(Path(path))
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(raw)
+        return cls.from_dict(_layer(raw, {k: v for k, v in overrides.items() if v is not None}))
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -182,9 +182,14 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = raw.pop("base", None)
     if base is None:
         return raw
-    merged = _read_toml(path.parent / base, (*seen, path.resolve()))
-    for key, value in raw.items():
-        if key in ("data", "lora"):
+    return _layer(_read_toml(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def _layer(below: dict[str, Any], above: dict[str, Any]) -> dict[str, Any]:
+    """`above`'s keys over `below`'s; the [data] and [lora] tables merge key by key."""
+    merged = dict(below)
+    for key, value in above.items():
+        if key in ("data", "lora") and isinstance(value, dict):
             merged[key] = {**merged.get(key, {}), **value}
         else:
             merged[key] = value
