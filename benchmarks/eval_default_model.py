@@ -134,7 +134,12 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
 
 
 def eval_ocr(
-    engine: Engine, num: int, use_tesseract: bool, max_new_tokens: int, lines: bool | None = None
+    engine: Engine,
+    num: int,
+    use_tesseract: bool,
+    max_new_tokens: int,
+    lines: bool | None = None,
+    num_beams: int = 1,
 ) -> list[tuple[str, float, float, float, float, float, float, float]]:
     """Per set: (name, model CER, model exact, Tesseract psm 3 CER, its exact, psm 6 CER,
     text loss with the image, with a blank one)."""
@@ -143,7 +148,8 @@ def eval_ocr(
         looks = reply_loss(engine, items)
         truths = [t for _, t in items]
         preds = [
-            ocr_image(engine, im, max_new_tokens=max_new_tokens, lines=lines) for im, _ in items
+            ocr_image(engine, im, max_new_tokens=max_new_tokens, lines=lines, num_beams=num_beams)
+            for im, _ in items
         ]
         log.info("%s: model sample %r -> %r", name, truths[0][:60], preds[0][:60])
         t3 = x3 = t6 = float("nan")
@@ -206,15 +212,17 @@ def eval_long_document(engine: Engine, docs: int, pages: int) -> tuple[float, fl
     return exact(replies, truths), cer(replies, truths), tokens
 
 
-def eval_latency(engine: Engine, repeats: int = 3, lines: bool | None = None) -> tuple[float, int]:
+def eval_latency(
+    engine: Engine, repeats: int = 3, lines: bool | None = None, num_beams: int = 1
+) -> tuple[float, int]:
     """Median seconds to OCR an 800x200 screen region; and the characters read."""
     src, fonts = TextSource.from_stdlib(), find_fonts()
     image = render_screen(random.Random(EVAL_SEED - 1), src, fonts, (800, 200)).image
-    ocr_image(engine, image, lines=lines)  # warm-up
+    ocr_image(engine, image, lines=lines, num_beams=num_beams)  # warm-up
     times, text = [], ""
     for _ in range(repeats):
         t = time.perf_counter()
-        text = ocr_image(engine, image, lines=lines)
+        text = ocr_image(engine, image, lines=lines, num_beams=num_beams)
         times.append(time.perf_counter() - t)
     return statistics.median(times), len(text)
 
@@ -240,24 +248,28 @@ def main(argv: list[str] | None = None) -> int:
         help="quantize the linear layers as they load (docs/quantization.md): the task scores "
         "of a quantized engine",
     )  # fmt: skip
+    p.add_argument(
+        "--beams", type=int, default=1,
+        help="read each image (each band) by beam search of this width (engine/beam.py); 1: greedy",
+    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    if args.num < 1 or args.docs < 0 or args.pages < 1:
-        p.error("--num and --pages must be at least 1, --docs at least 0")
+    if args.num < 1 or args.docs < 0 or args.pages < 1 or args.beams < 1:
+        p.error("--num, --pages and --beams must be at least 1, --docs at least 0")
     if args.verbose:
         log.setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.model, device="cpu", quant=args.quant)
     has_tesseract = shutil.which("tesseract") is not None
     lines = LINES_MODES[args.lines]
-    ocr_rows = eval_ocr(engine, args.num, has_tesseract, args.max_new_tokens, lines)
+    ocr_rows = eval_ocr(engine, args.num, has_tesseract, args.max_new_tokens, lines, args.beams)
     accuracy, answer_cer, tokens = eval_long_document(engine, args.docs, args.pages)
-    latency, chars = eval_latency(engine, lines=lines)
+    latency, chars = eval_latency(engine, lines=lines, num_beams=args.beams)
     print(
         f"model: {engine.info.path}"
         f" ({engine.info.num_parameters / 1e6:.1f}M parameters, {engine.info.dtype}, linear "
         f"layers {args.quant}, CPU, {args.threads} threads; OCR by line bands: "
-        f"{reads_by_lines(engine.info, lines)})"
+        f"{reads_by_lines(engine.info, lines)}; beams: {args.beams})"
     )
     print()
     print(

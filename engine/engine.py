@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from engine import default_model, picture_turn
+from engine.beam import StepFn, beam_search
 from engine.config import ModelConfig
 from engine.errors import Cancelled, CheckpointError, EngineError, InputError, StateError
 from engine.loader import load_model, weight_files, weights_fingerprint
@@ -317,6 +318,8 @@ class Session:
             raise InputError(f"params must be SamplingParams, got {type(params).__name__}")
         if self._next_logits is None:
             raise InputError("nothing to answer: call add_user_message before generate")
+        if params.num_beams > 1:
+            return self._generate_beam(params, cancel)
         return self._generate(params, cancel)
 
     def _generate(self, params: SamplingParams, cancel: CancelToken | None) -> Iterator[TextDelta]:
@@ -455,6 +458,96 @@ class Session:
             self._engine.decode_graph = "off"
             self._graph = self._graph_key = None
             return None
+
+    def next_token_logprobs(self) -> torch.Tensor:
+        """Log-probabilities [vocab] (float32) of the reply's next token, for a caller's own
+        search (``engine.beam``); image and video placeholders, which only a prompt writes, get
+        -inf. Feed the chosen token with :meth:`feed_reply_token`.
+
+        Raises:
+            InputError: no user message is waiting for a reply.
+        """
+        if self._next_logits is None:
+            raise InputError("nothing to answer: call add_user_message first")
+        logprobs = torch.log_softmax(self._next_logits.float(), dim=-1)
+        special = self._engine.tokenizer.special
+        logprobs[[special.image_pad, special.video_pad]] = float("-inf")
+        return logprobs
+
+    def feed_reply_token(self, token_id: int) -> None:
+        """Feed one token of a reply that a caller's own search writes; the session still awaits
+        the rest (:meth:`next_token_logprobs` gives the next token's). A search ends the turn
+        with :meth:`add_assistant_message` on the session it started from.
+
+        Raises:
+            InputError: no user message is waiting for a reply, or an id outside the vocabulary.
+        """
+        if self._next_logits is None:
+            raise InputError("nothing to answer: call add_user_message first")
+        vocab = self._next_logits.shape[-1]
+        if not 0 <= token_id < vocab:
+            raise InputError(f"token id {token_id} outside the vocabulary (0-{vocab - 1})")
+        token = torch.tensor([[token_id]], dtype=torch.long, device=self._engine.device)
+        self._next_logits = self._forward(token)
+        self._reply_vocab.add(token_id)
+
+    def _generate_beam(
+        self, params: SamplingParams, cancel: CancelToken | None
+    ) -> Iterator[TextDelta]:
+        """``generate`` by beam search (``engine.beam``): the reply comes in one piece at the end.
+        Cancelled, it gives nothing and closes the turn empty, as a greedy reply cancelled before
+        its first token does."""
+        engine = self._engine
+        special = engine.tokenizer.special
+        eos = {*engine.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
+        start = time.perf_counter()
+        ids: list[int] = []
+        reason = "cancelled"
+        try:
+            ids = beam_search(
+                self.next_token_logprobs(), self.beam_step(), num_beams=params.num_beams,
+                max_new_tokens=params.max_new_tokens, eos=eos, cancel=cancel,
+            )  # fmt: skip
+            reason = "length" if len(ids) == params.max_new_tokens else "eos"
+        except Cancelled:
+            pass
+        text = engine.tokenizer.decode(ids, skip_special_tokens=True)
+        try:
+            if text:
+                yield TextDelta(text, tuple(ids))
+        finally:
+            self.add_assistant_message(text)
+            self._reply_vocab.update(ids)
+            self.last_stats = GenerationStats(
+                prompt_tokens=self._prompt_tokens,
+                generated_tokens=len(ids),
+                prefill_seconds=self._prefill_seconds,
+                decode_seconds=time.perf_counter() - start,
+                stop_reason=reason,
+            )
+
+    def beam_step(self) -> StepFn:
+        """``engine.beam``'s step over this session, which awaits its reply: the beams are the
+        rows of one batched copy of the state, reordered and fed in one model call a step
+        (``engine.beam.fork_step``, a fork per beam, is the reference). The session's own state
+        is never fed."""
+        if self._next_logits is None:
+            raise InputError("nothing to answer: call add_user_message first")
+        engine = self._engine
+        special = engine.tokenizer.special
+        beams = self._state
+
+        def step(parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+            nonlocal beams
+            beams = beams.select(parents)  # a copy, never the session's own state
+            ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=engine.device)
+            with torch.no_grad(), sdpa_context(engine.device):
+                logits = engine.model(ids, beams, logits_to_keep=1)[:, -1]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            logprobs[:, [special.image_pad, special.video_pad]] = float("-inf")
+            return logprobs
+
+        return step
 
     def add_assistant_message(self, text: str, cancel: CancelToken | None = None) -> None:
         """Feed a reply written elsewhere (history replay) as the assistant's turn.

@@ -25,6 +25,9 @@ class SamplingParams:
     ``temperature`` 0 is greedy (argmax); ``top_k`` 0 and ``top_p`` 1 disable those filters;
     ``repetition_penalty`` 1 disables it. ``stop`` strings end the reply (the text before a stop
     string is emitted, the stop string itself is not). ``seed`` None draws a fresh seed.
+    ``num_beams`` above 1 searches that many replies at once and gives the likeliest
+    (``engine.beam``), in one piece at the end; it is greedy: temperature 0, no repetition
+    penalty, no stop strings.
     """
 
     temperature: float = 0.0
@@ -34,6 +37,7 @@ class SamplingParams:
     max_new_tokens: int = 512
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    num_beams: int = 1
 
     def __post_init__(self) -> None:
         _check_number("temperature", self.temperature, lambda x: x >= 0, ">= 0")
@@ -50,6 +54,12 @@ class SamplingParams:
         bad = [s for s in self.stop if not isinstance(s, str) or not s]
         if bad:
             raise InputError(f"stop strings must be non-empty strings, got {bad!r}")
+        _check_int("num_beams", self.num_beams, 1)
+        if self.num_beams > 1 and (self.temperature or self.repetition_penalty != 1 or self.stop):
+            raise InputError(
+                f"num_beams {self.num_beams}: beam search is greedy (temperature 0, repetition "
+                "penalty 1, no stop strings)"
+            )
 
     @property
     def is_greedy(self) -> bool:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +194,20 @@ class ModelState:
                 layers.append(GDNState(*(t.clone() for t in st.tensors().values())))
             else:
                 layers.append(type(st)(st.k.clone(), st.v.clone(), st.seen))
+        return ModelState(layers, self.layer_types, self.position, self.tokens_seen)
+
+    def select(self, rows: Sequence[int]) -> ModelState:
+        """A new state whose row ``i`` is a copy of this state's row ``rows[i]`` (beam search:
+        the beams kept at a step, from the rows they continue)."""
+        device = next(iter(self.layers[0].tensors().values())).device
+        index = torch.tensor(list(rows), dtype=torch.long, device=device)
+        layers: list[LayerState] = []
+        for st in self.layers:
+            if isinstance(st, GDNState):
+                layers.append(GDNState(*(t.index_select(0, index) for t in st.tensors().values())))
+            else:
+                k, v = st.k.index_select(0, index), st.v.index_select(0, index)
+                layers.append(type(st)(k, v, st.seen))
         return ModelState(layers, self.layer_types, self.position, self.tokens_seen)
 
     def nbytes(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -17,7 +18,7 @@ from app.capture.region_picker import RegionPicker
 from app.capture.screenshot import MonitorShot, grab_desktop
 from app.engine_client import ChatResult, EngineClient
 from engine import SamplingParams
-from engine.ocr import MAX_OCR_TOKENS, OCR_PROMPT, reads_by_lines
+from engine.ocr import MAX_OCR_TOKENS, OCR_PROMPT, ocr_beams, reads_by_lines
 from engine.ocr_lines import split_lines
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,9 @@ class OcrEngineBridge(QtCore.QObject):
 
     With the embedded default model the crop is read band by band (`engine.ocr_lines`, as
     `infinitevl ocr` does: that model reads a line far better than a page), one request after
-    the other, and the replies are joined; any other model reads the whole crop at once.
+    the other, and the replies are joined; any other model reads the whole crop at once. Each
+    read takes the beams `engine.ocr.ocr_beams` gives the model (beam search for the embedded
+    one), unless `num_beams` says otherwise.
     """
 
     progress = QtCore.Signal(int, int)  # bands read so far (from 1), bands in the crop
@@ -126,14 +129,17 @@ class OcrEngineBridge(QtCore.QObject):
         client: EngineClient,
         params: SamplingParams = OCR_PARAMS,
         parent: QtCore.QObject | None = None,
+        num_beams: int | None = None,
     ) -> None:
         super().__init__(parent)
         self._flow = flow
         self._client = client
         self._params = params
+        self._num_beams = num_beams
         self._request: int | None = None
         self._is_cancelling = False
         self._bands: list[np.ndarray] = []
+        self._band_params = OCR_PARAMS
         self._texts: list[str] = []
         self._connect()
 
@@ -157,6 +163,9 @@ class OcrEngineBridge(QtCore.QObject):
             self._bands = [np.array(band) for band in split_lines(Image.fromarray(crop))]
         else:
             self._bands = [crop]
+        # the beams engine.ocr reads this model with (num_beams None: its auto choice)
+        beams = self._num_beams or (1 if info is None else ocr_beams(info))
+        self._band_params = replace(self._params, num_beams=beams)
         self._texts = []
         log.info("transcribing a %dx%d crop in %d band(s)", *crop.shape[1::-1], len(self._bands))
         self._ask_next()
@@ -165,7 +174,7 @@ class OcrEngineBridge(QtCore.QObject):
         if self._texts:  # the first band shows as the reading of the region itself
             self.progress.emit(len(self._texts), len(self._bands))
         band = self._bands[len(self._texts)]
-        self._request = self._client.ask_forked(None, OCR_PROMPT, (band,), self._params)
+        self._request = self._client.ask_forked(None, OCR_PROMPT, (band,), self._band_params)
 
     @QtCore.Slot(int, object)
     def _on_generation_finished(self, request_id: int, result: ChatResult) -> None:

@@ -363,6 +363,8 @@ class GGUFSession:
             raise InputError(f"params must be SamplingParams, got {type(params).__name__}")
         if self._next_logits is None:
             raise InputError("nothing to answer: call add_user_message before generate")
+        if params.num_beams > 1:
+            raise InputError("beam search (num_beams > 1) is not available with GGUF models")
         return self._generate(params, cancel)
 
     def _generate(self, params: SamplingParams, cancel: CancelToken | None) -> Iterator[TextDelta]:

@@ -20,7 +20,9 @@ from app.capture.geometry import (
     selection_rect,
 )
 from app.capture.screenshot import MonitorShot
+from engine import SamplingParams
 from engine.errors import InputError
+from engine.ocr import EMBEDDED_OCR_BEAMS
 from tests.app.fake_portal import FakePortal, private_bus_address
 from tests.app.xvfb_display import grab_by_other_client, press_keys, xvfb_display
 
@@ -246,7 +248,6 @@ def test_ocr_region_real_engine_clipboard_and_send_to_chat(
     from app.capture.ocr_flow import OCR_PROMPT, OcrEngineBridge, OcrFlow
     from app.capture.result_popup import OcrResultPopup
     from app.capture.screenshot import grab_monitors
-    from engine import SamplingParams
 
     # GIVEN the app on the real tiny engine, and known content on a real X screen
     display, content = x_screen_with_content
@@ -375,7 +376,6 @@ def test_ocr_command_copies_and_prints_the_region(
 ) -> None:
     from app.capture.screenshot import grab_monitors
     from app.ocr_command import EXIT_OK, build_ocr_run, parse_args
-    from engine import SamplingParams
 
     # GIVEN `infinitevl ocr --region` on the Xvfb screen (the tiny model stands in for --model)
     args = parse_args(["--region", "--device", "cpu"])
@@ -665,10 +665,12 @@ class _ClientStub(QtCore.QObject):
 
         self.model_info = SimpleNamespace(is_embedded_default=embedded)
         self.asked: list[np.ndarray] = []
+        self.params: list[SamplingParams] = []
         self.cancelled: list[int] = []
 
     def ask_forked(self, conversation_id, text, images, params):  # type: ignore[no-untyped-def]
         self.asked.append(images[0])
+        self.params.append(params)
         return len(self.asked)
 
     def cancel(self, request_id: int) -> None:
@@ -722,10 +724,13 @@ def test_region_ocr_reads_band_by_band_with_the_embedded_model(qtbot, embedded: 
         assert sum(a.shape[0] for a in client.asked) <= crop.shape[0]
         assert copied.args[0] == "line 0\nline 1\nline 2"
         assert steps == [(1, 3), (2, 3)]
+        # each band by beam search, as `infinitevl ocr` reads with the embedded model
+        assert [p.num_beams for p in client.params] == [EMBEDDED_OCR_BEAMS] * 3
     else:
         assert steps == []
         np.testing.assert_array_equal(client.asked[0], crop)
         assert copied.args[0] == "all of it"
+        assert client.params[0].num_beams == 1
     assert QtGui.QGuiApplication.clipboard().text() == copied.args[0]
 
 

@@ -1,0 +1,244 @@
+"""engine.beam: beam search over a reply, on a tree of next-token probabilities whose likeliest
+first token leads to an unlikely reply (alone, and through a fake model's sessions), and on the
+real tiny checkpoint, where the batched beams of `Session.generate_beam` must match the forks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.beam import beam_search, fork_step
+from engine.engine import CancelToken, Engine, Session
+from engine.errors import Cancelled, InputError
+from engine.sampling import SamplingParams
+from tests.engine.fakes import (
+    ASSISTANT_OPEN,
+    SPECIAL,
+    VOCAB,
+    FakeModel,
+    FakeState,
+    fake_engine,
+)
+
+END = SPECIAL["<|im_end|>"]
+# the reply so far -> its next token's probabilities. Greedy takes "a" (0.6), then only
+# unlikely letters follow; "b" (0.4) is followed by the end at 0.9: "b" is the likelier reply
+TREE = {
+    b"": {ord("a"): 0.6, ord("b"): 0.4},
+    b"a": {ord("x"): 0.35, ord("y"): 0.35, END: 0.3},
+    b"ax": {END: 1.0},
+    b"ay": {END: 1.0},
+    b"b": {END: 0.9, ord("z"): 0.1},
+    b"bz": {END: 1.0},
+}
+
+
+class TreeModel(FakeModel):
+    """After the last ``<|im_start|>assistant\\n``, the next token is drawn from ``TREE``."""
+
+    def forward(self, input_ids: torch.Tensor, state: FakeState, **kw: object) -> torch.Tensor:
+        super().forward(input_ids, state, **kw)  # type: ignore[arg-type]
+        history = state.history
+        n = len(ASSISTANT_OPEN)
+        start = max(
+            i + n for i in range(len(history) - n + 1) if history[i : i + n] == ASSISTANT_OPEN
+        )
+        reply = history[start:]
+        key = bytes(reply) if all(i < 256 for i in reply) else None  # a closed turn
+        logits = torch.full((1, 1, VOCAB), -1e4)
+        for token, p in TREE.get(key, {END: 1.0}).items():
+            logits[0, 0, token] = math.log(p)
+        return logits
+
+
+@pytest.fixture
+def tree_engine() -> Engine:
+    engine = fake_engine()
+    engine.model = TreeModel(b"", engine.config)
+    return engine
+
+
+def _asked(engine: Engine) -> Session:
+    session = engine.new_session()
+    session.add_user_message("read")
+    return session
+
+
+def _tree_first_and_step() -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+    """`beam_search`'s inputs for TREE, with no model at all."""
+
+    def row(reply: bytes) -> torch.Tensor:
+        out = torch.full((VOCAB,), -math.inf)
+        for token, p in TREE.get(reply, {END: 1.0}).items():
+            out[token] = math.log(p)
+        return out
+
+    prefixes = [b""]
+
+    def step(parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        prefixes[:] = [prefixes[p] + bytes([t]) for p, t in zip(parents, tokens, strict=True)]
+        return torch.stack([row(r) for r in prefixes])
+
+    return row(b""), step
+
+
+def _search(num_beams: int, max_new_tokens: int = 8, cancel: CancelToken | None = None) -> bytes:
+    first, step = _tree_first_and_step()
+    ids = beam_search(
+        first, step, num_beams=num_beams, max_new_tokens=max_new_tokens, eos={END}, cancel=cancel
+    )
+    return bytes(ids)
+
+
+def test_beam_search_finds_the_likelier_reply_that_greedy_misses() -> None:
+    assert _search(num_beams=1) in (b"ax", b"ay")  # greedy: 0.6 x 0.35 = 0.21
+    assert _search(num_beams=2) == b"b"  # 0.4 x 0.9 = 0.36
+    assert _search(num_beams=2, max_new_tokens=1) in (b"a", b"b")  # cut at the limit
+
+
+def test_cancel_and_bad_arguments() -> None:
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        _search(num_beams=2, cancel=cancel)
+    with pytest.raises(InputError, match="num_beams"):
+        _search(num_beams=0)
+    with pytest.raises(InputError, match="max_new_tokens"):
+        _search(num_beams=2, max_new_tokens=0)
+
+
+def _asked(engine: Engine, text: str = "read") -> Session:
+    session = engine.new_session()
+    session.add_user_message(text)
+    return session
+
+
+def test_the_fork_reference_on_a_session(tree_engine: Engine) -> None:
+    session = _asked(tree_engine)
+    greedy = "".join(d.text for d in _asked(tree_engine).generate(SamplingParams()))
+    assert greedy in ("ax", "ay")
+    ids = beam_search(
+        session.next_token_logprobs(), fork_step(session), num_beams=2, max_new_tokens=8,
+        eos={END},
+    )  # fmt: skip
+    assert bytes(ids) == b"b"
+    assert session.is_awaiting_reply  # the forks were fed, not the session
+
+
+def test_session_calls_for_a_search(tree_engine: Engine) -> None:
+    session = _asked(tree_engine)
+    logprobs = session.next_token_logprobs()
+    assert logprobs[SPECIAL["<|image_pad|>"]] == -math.inf
+    assert logprobs[SPECIAL["<|video_pad|>"]] == -math.inf
+    assert torch.isclose(logprobs[ord("a")].exp(), torch.tensor(0.6))
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        session.feed_reply_token(VOCAB)
+    session.feed_reply_token(ord("b"))
+    assert torch.isclose(session.next_token_logprobs()[END].exp(), torch.tensor(0.9))
+    idle = tree_engine.new_session()
+    for call in (idle.next_token_logprobs, lambda: idle.feed_reply_token(1)):
+        with pytest.raises(InputError, match="nothing to answer"):
+            call()
+    with pytest.raises(InputError, match="nothing to answer"):
+        idle.generate(SamplingParams(num_beams=2))
+    with pytest.raises(InputError, match="nothing to answer"):
+        idle.beam_step()
+    for bad in ({"temperature": 0.7}, {"repetition_penalty": 1.2}, {"stop": ("x",)}):
+        with pytest.raises(InputError, match="beam search is greedy"):
+            SamplingParams(num_beams=2, **bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="num_beams"):
+        SamplingParams(num_beams=0)
+
+
+# the real tiny checkpoint: the batched state (Session.generate_beam) against the forks
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint: Path) -> Engine:
+    return Engine.load(tiny_checkpoint, device="cpu")
+
+
+def _beamed(session: Session, num_beams: int, max_new_tokens: int = 6, **kw: object) -> str:
+    params = SamplingParams(num_beams=num_beams, max_new_tokens=max_new_tokens)
+    return "".join(d.text for d in session.generate(params, **kw))  # type: ignore[arg-type]
+
+
+def test_batched_beams_match_the_fork_reference(tiny: Engine) -> None:
+    for prompt in ("describe", "a longer question about the picture"):
+        reference = _asked(tiny, prompt)
+        special = tiny.tokenizer.special
+        eos = {*tiny.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
+        ids = beam_search(
+            reference.next_token_logprobs(), fork_step(reference), num_beams=3,
+            max_new_tokens=6, eos=eos,
+        )  # fmt: skip
+        session = _asked(tiny, prompt)
+        before = session.tokens_seen
+        text = _beamed(session, 3)
+        assert text == tiny.tokenizer.decode(ids, skip_special_tokens=True)
+        stats = session.last_stats
+        assert stats is not None and stats.generated_tokens == len(ids)
+        assert stats.stop_reason == ("length" if len(ids) == 6 else "eos")
+        # the turn is closed with the reply, and the conversation goes on
+        assert not session.is_awaiting_reply and session.tokens_seen > before
+        session.add_user_message("and then?")
+        assert session.is_awaiting_reply
+
+
+def test_batched_step_matches_the_forks_step_by_step(tiny: Engine) -> None:
+    # beams that continue other beams, in another order, some twice: each row's next-token
+    # log-probabilities must be those of the fork fed the same tokens
+    session = _asked(tiny)
+    batched, forks = session.beam_step(), fork_step(session)
+    for parents, tokens in [
+        ([0, 0, 0], [40, 41, 42]),
+        ([2, 0, 2], [43, 44, 45]),
+        ([1, 1], [46, 47]),
+    ]:
+        got, want = batched(parents, tokens), forks(parents, tokens)
+        finite = want > -math.inf
+        assert torch.equal(got > -math.inf, finite)
+        torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=1e-4)
+    assert session.is_awaiting_reply
+
+
+def test_one_beam_is_greedy(tiny: Engine) -> None:
+    # num_beams 1 is the streaming greedy path; the search itself with one beam gives the same
+    greedy = "".join(d.text for d in _asked(tiny).generate(SamplingParams(max_new_tokens=6)))
+    session = _asked(tiny)
+    special = tiny.tokenizer.special
+    eos = {*tiny.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
+    ids = beam_search(
+        session.next_token_logprobs(), session.beam_step(), num_beams=1, max_new_tokens=6,
+        eos=eos,
+    )  # fmt: skip
+    assert tiny.tokenizer.decode(ids, skip_special_tokens=True) == greedy
+
+
+def test_a_cancelled_beam_reply_closes_the_turn_empty(tiny: Engine) -> None:
+    session = _asked(tiny)
+    before = session.tokens_seen
+    cancel = CancelToken()
+    cancel.cancel()
+    # generate's contract: a cancelled reply ends quietly, its turn closed, stats say so
+    assert _beamed(session, 3, cancel=cancel) == ""
+    assert session.last_stats is not None and session.last_stats.cancelled
+    assert not session.is_awaiting_reply and session.tokens_seen > before
+    session.add_user_message("again")
+    assert isinstance(_beamed(session, 3), str)
+
+
+def test_state_select_copies_rows(tiny: Engine) -> None:
+    session = _asked(tiny)
+    state = session._state
+    picked = state.select([0, 0, 0])
+    assert picked.batch == 3 and state.batch == 1
+    assert (picked.position, picked.tokens_seen) == (state.position, state.tokens_seen)
+    for mine, theirs in zip(picked.layers, state.layers, strict=True):
+        for name, t in mine.tensors().items():
+            assert torch.equal(t[2], theirs.tensors()[name][0])
+            assert t.data_ptr() != theirs.tensors()[name].data_ptr()
