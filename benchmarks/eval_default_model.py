@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from engine.engine import Engine
-from engine.ocr import LINES_MODES, ocr_image, reads_by_lines
+from engine.ocr import LINES_MODES, ocr_beams, ocr_image, reads_by_lines
 from engine.quant import METHODS as QUANT_METHODS
 from engine.sampling import SamplingParams
 from engine.train.conversation import encode_sample
@@ -139,7 +139,7 @@ def eval_ocr(
     use_tesseract: bool,
     max_new_tokens: int,
     lines: bool | None = None,
-    num_beams: int = 1,
+    num_beams: int | None = None,
 ) -> list[tuple[str, float, float, float, float, float, float, float]]:
     """Per set: (name, model CER, model exact, Tesseract psm 3 CER, its exact, psm 6 CER,
     text loss with the image, with a blank one)."""
@@ -213,7 +213,7 @@ def eval_long_document(engine: Engine, docs: int, pages: int) -> tuple[float, fl
 
 
 def eval_latency(
-    engine: Engine, repeats: int = 3, lines: bool | None = None, num_beams: int = 1
+    engine: Engine, repeats: int = 3, lines: bool | None = None, num_beams: int | None = None
 ) -> tuple[float, int]:
     """Median seconds to OCR an 800x200 screen region; and the characters read."""
     src, fonts = TextSource.from_stdlib(), find_fonts()
@@ -249,12 +249,18 @@ def main(argv: list[str] | None = None) -> int:
         "of a quantized engine",
     )  # fmt: skip
     p.add_argument(
-        "--beams", type=int, default=1,
-        help="read each image (each band) by beam search of this width (engine/beam.py); 1: greedy",
+        "--beams", type=int,
+        help="read each image (each band) by beam search of this width (engine/beam.py); 1: "
+        "greedy; default: as `infinitevl ocr` (4 for the embedded model, 1 for others)",
     )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    if args.num < 1 or args.docs < 0 or args.pages < 1 or args.beams < 1:
+    if (
+        args.num < 1
+        or args.docs < 0
+        or args.pages < 1
+        or (args.beams is not None and args.beams < 1)
+    ):
         p.error("--num, --pages and --beams must be at least 1, --docs at least 0")
     if args.verbose:
         log.setLevel(logging.INFO)
@@ -269,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         f"model: {engine.info.path}"
         f" ({engine.info.num_parameters / 1e6:.1f}M parameters, {engine.info.dtype}, linear "
         f"layers {args.quant}, CPU, {args.threads} threads; OCR by line bands: "
-        f"{reads_by_lines(engine.info, lines)}; beams: {args.beams})"
+        f"{reads_by_lines(engine.info, lines)}; beams: {ocr_beams(engine.info, args.beams)})"
     )
     print()
     print(

@@ -9,7 +9,9 @@ from benchmarks.eval_default_model import main
 from engine import default_model
 
 
-@pytest.mark.parametrize("args", [["--num", "0"], ["--docs", "-1"], ["--pages", "0"]])
+@pytest.mark.parametrize(
+    "args", [["--num", "0"], ["--docs", "-1"], ["--pages", "0"], ["--beams", "0"]]
+)
 def test_bad_counts_are_refused_before_loading(args: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(args)
