@@ -300,3 +300,14 @@ def test_cli_ocr_reads_with_a_gguf_model(
         capsys.readouterr().out
         == "\n".join(("\n" if i else "") + t for i, t in enumerate(expected)) + "\n"
     )
+
+
+def test_beam_search_is_refused_with_a_clear_error(engine: GGUFEngine) -> None:
+    # llama.cpp's one context cannot hold the beams: a GGUF model reads greedily only, and
+    # the question stays waiting for a reply that can be generated
+    session = engine.new_session()
+    session.add_user_message("Read this line.")
+    with pytest.raises(InputError, match="beam search"):
+        session.generate(SamplingParams(num_beams=4, max_new_tokens=12))
+    assert session.is_awaiting_reply
+    assert len(_reply(session)[1]) > 0
