@@ -309,7 +309,9 @@ class Session:
 
         Stops on an end-of-sequence token, a stop string (text before it is emitted, the stop
         string is not), ``params.max_new_tokens``, or ``cancel`` (checked between tokens). Closing
-        the generator early counts as cancelled. ``last_stats`` is set when it ends.
+        the generator early counts as cancelled. ``last_stats`` is set when it ends. With
+        ``params.num_beams`` above 1 the reply is found by beam search (``engine.beam``) and comes
+        as one delta at the end.
 
         Raises:
             InputError: no user message is waiting for a reply.
@@ -517,7 +519,6 @@ class Session:
                 yield TextDelta(text, tuple(ids))
         finally:
             self.add_assistant_message(text)
-            self._reply_vocab.update(ids)
             self.last_stats = GenerationStats(
                 prompt_tokens=self._prompt_tokens,
                 generated_tokens=len(ids),
