@@ -75,15 +75,22 @@ def test_set_changes_one_key_of_one_stage() -> None:
             parse_settings([bad])
 
 
-def test_a_data_setting_changes_only_that_key_of_the_data_table(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a further run of a stage from its own checkpoint needs a new data seed, or it sees the
-    # first run's samples again; the task mix and sizes must stay the stage's
+@pytest.fixture
+def trained(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
+    """The configs `engine.train.trainer.train` is called with (nothing trains)."""
     seen: list[TrainConfig] = []
     monkeypatch.setattr(
         "engine.train.trainer.train", lambda cfg: seen.append(cfg) or Path(cfg.out_dir)
     )
+    return seen
+
+
+def test_a_data_setting_changes_only_that_key_of_the_data_table(
+    tmp_path: Path, trained: list[TrainConfig]
+) -> None:
+    # a further run of a stage from its own checkpoint needs a new data seed, or it sees the
+    # first run's samples again; the task mix and sizes must stay the stage's
+    seen = trained
     settings = parse_settings(["sft.data={seed=14}"])
     run_pipeline(tmp_path, ["sft"], {}, set(), {}, settings)
     plain = TrainConfig.from_file(CONFIGS / "sft.toml", init="x", out_dir="y")
@@ -93,18 +100,14 @@ def test_a_data_setting_changes_only_that_key_of_the_data_table(
 
 
 def test_train_command_data_seed_keeps_the_rest_of_the_data_table(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, trained: list[TrainConfig]
 ) -> None:
     from engine.train.__main__ import main as train_main
 
-    seen: list[TrainConfig] = []
-    monkeypatch.setattr(
-        "engine.train.trainer.train", lambda cfg: seen.append(cfg) or Path(cfg.out_dir)
-    )
     config = str(CONFIGS / "sft.toml")
     assert train_main([config, "--init", "x", "--out-dir", str(tmp_path), "--data-seed", "21"]) == 0
     assert train_main([config, "--init", "x", "--out-dir", str(tmp_path)]) == 0
-    with_seed, without = seen
+    with_seed, without = trained
     assert with_seed.data.seed == 21 != without.data.seed
     assert with_seed.data.weights == without.data.weights
 
