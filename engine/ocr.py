@@ -30,9 +30,10 @@ OCR_PROMPT = "Read the text in the image."
 MAX_OCR_TOKENS = 512
 # `--lines` choices: whether to read each band of text lines on its own (None: auto)
 LINES_MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
-# beams the embedded model reads with by default (engine.beam): on its held-out words, lines and
-# screens, 4 beams cut the CER by a quarter to two fifths against greedy reading, and batched
-# they cost ~0.25 s more on an 800x200 region (benchmarks/eval_default_model.py --beams)
+# beams the embedded model reads with by default (engine.beam): on its held-out words, lines,
+# screens and pages, 4 beams cut the CER by a quarter to two fifths against greedy reading (not
+# on unseen text), and batched they cost ~0.25 s more on an 800x200 region; 8 read screens better
+# still but take that region to ~1 s (benchmarks/eval_default_model.py --beams, README)
 EMBEDDED_OCR_BEAMS = 4
 
 ImageInput = str | Path | np.ndarray | Image.Image
