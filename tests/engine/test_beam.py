@@ -242,3 +242,14 @@ def test_state_select_copies_rows(tiny: Engine) -> None:
         for name, t in mine.tensors().items():
             assert torch.equal(t[2], theirs.tensors()[name][0])
             assert t.data_ptr() != theirs.tensors()[name].data_ptr()
+
+
+def test_batched_step_on_a_full_attention_model(tiny_teacher_checkpoint: Path) -> None:
+    # the Transformer layout (every layer full attention, a growing cache): the same rows
+    teacher = Engine.load(tiny_teacher_checkpoint, device="cpu")
+    session = _asked(teacher)
+    batched, forks = session.beam_step(), fork_step(session)
+    for parents, tokens in [([0, 0], [40, 41]), ([1, 0, 1], [42, 43, 44])]:
+        got, want = batched(parents, tokens), forks(parents, tokens)
+        finite = want > -math.inf
+        torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=1e-4)
