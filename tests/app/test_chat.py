@@ -406,6 +406,27 @@ def test_chat_quantized_weights_from_the_settings(
     assert finished.args[1].stats.generated_tokens > 0
 
 
+def test_engine_client_answers_a_fresh_question_by_beam_search(
+    qtbot: Any, make_window: Any, tiny_factory: Any
+) -> None:
+    from engine import SamplingParams
+
+    # GIVEN the app on the real tiny engine (the region capture asks like this, with beams for
+    # the embedded model)
+    window = loaded(qtbot, make_window(tiny_factory))
+    client = window.engine_client
+    image = np.full((28, 56, 3), 200, np.uint8)
+    params = SamplingParams(max_new_tokens=4, num_beams=3)
+    # WHEN a fresh session is asked about an image with three beams
+    with qtbot.waitSignal(client.generation_finished, timeout=WAIT_MS) as asked:
+        client.ask_forked(None, "Read the text in the image.", (image,), params)
+    # THEN the reply comes whole, its stats say how it ended, and no conversation moved
+    result = asked.args[1]
+    assert result.stats.stop_reason in ("eos", "length") and not result.stats.cancelled
+    assert 0 < result.stats.generated_tokens <= 4
+    assert isinstance(result.text, str) and result.snapshot is None
+
+
 def test_engine_client_frames_fork_and_document_jobs(
     qtbot: Any, make_window: Any, tiny_factory: Any
 ) -> None:
