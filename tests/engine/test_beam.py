@@ -253,3 +253,22 @@ def test_batched_step_on_a_full_attention_model(tiny_teacher_checkpoint: Path) -
         got, want = batched(parents, tokens), forks(parents, tokens)
         finite = want > -math.inf
         torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batched_step_on_cuda_matches_the_forks(tiny_checkpoint: Path) -> None:
+    # on CUDA the beams' rows go through the Triton decode kernels (Gated DeltaNet step,
+    # sliding-window ring) with a batch of several rows
+    engine = Engine.load(tiny_checkpoint, device="cuda")
+    session = _asked(engine)
+    batched, forks = session.beam_step(), fork_step(session)
+    for parents, tokens in [
+        ([0, 0, 0], [40, 41, 42]),
+        ([2, 0, 2], [43, 44, 45]),
+        ([1, 1], [46, 47]),
+    ]:
+        got, want = batched(parents, tokens), forks(parents, tokens)
+        finite = want > -math.inf
+        torch.testing.assert_close(got[finite], want[finite], atol=2e-3, rtol=2e-3)
+    assert isinstance(_beamed(_asked(engine), 4), str)
