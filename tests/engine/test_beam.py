@@ -189,20 +189,26 @@ def test_batched_beams_match_the_fork_reference(tiny: Engine) -> None:
         assert session.is_awaiting_reply
 
 
-def test_batched_step_matches_the_forks_step_by_step(tiny: Engine) -> None:
-    # beams that continue other beams, in another order, some twice: each row's next-token
-    # log-probabilities must be those of the fork fed the same tokens
-    session = _asked(tiny)
+# beams that continue other beams, in another order, some twice
+REORDERS = [([0, 0, 0], [40, 41, 42]), ([2, 0, 2], [43, 44, 45]), ([1, 1], [46, 47])]
+
+
+def _assert_batched_matches_forks(
+    session: Session, steps: list[tuple[list[int], list[int]]], tol: float
+) -> None:
+    """Each row of the batched step has the next-token log-probabilities of the fork fed the
+    same tokens."""
     batched, forks = session.beam_step(), fork_step(session)
-    for parents, tokens in [
-        ([0, 0, 0], [40, 41, 42]),
-        ([2, 0, 2], [43, 44, 45]),
-        ([1, 1], [46, 47]),
-    ]:
+    for parents, tokens in steps:
         got, want = batched(parents, tokens), forks(parents, tokens)
         finite = want > -math.inf
         assert torch.equal(got > -math.inf, finite)
-        torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got[finite], want[finite], atol=tol, rtol=tol)
+
+
+def test_batched_step_matches_the_forks_step_by_step(tiny: Engine) -> None:
+    session = _asked(tiny)
+    _assert_batched_matches_forks(session, REORDERS, 1e-4)
     assert session.is_awaiting_reply
 
 
@@ -247,12 +253,9 @@ def test_state_select_copies_rows(tiny: Engine) -> None:
 def test_batched_step_on_a_full_attention_model(tiny_teacher_checkpoint: Path) -> None:
     # the Transformer layout (every layer full attention, a growing cache): the same rows
     teacher = Engine.load(tiny_teacher_checkpoint, device="cpu")
-    session = _asked(teacher)
-    batched, forks = session.beam_step(), fork_step(session)
-    for parents, tokens in [([0, 0], [40, 41]), ([1, 0, 1], [42, 43, 44])]:
-        got, want = batched(parents, tokens), forks(parents, tokens)
-        finite = want > -math.inf
-        torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=1e-4)
+    _assert_batched_matches_forks(
+        _asked(teacher), [([0, 0], [40, 41]), ([1, 0, 1], [42, 43, 44])], 1e-4
+    )
 
 
 @pytest.mark.gpu
@@ -261,14 +264,5 @@ def test_batched_step_on_cuda_matches_the_forks(tiny_checkpoint: Path) -> None:
     # on CUDA the beams' rows go through the Triton decode kernels (Gated DeltaNet step,
     # sliding-window ring) with a batch of several rows
     engine = Engine.load(tiny_checkpoint, device="cuda")
-    session = _asked(engine)
-    batched, forks = session.beam_step(), fork_step(session)
-    for parents, tokens in [
-        ([0, 0, 0], [40, 41, 42]),
-        ([2, 0, 2], [43, 44, 45]),
-        ([1, 1], [46, 47]),
-    ]:
-        got, want = batched(parents, tokens), forks(parents, tokens)
-        finite = want > -math.inf
-        torch.testing.assert_close(got[finite], want[finite], atol=2e-3, rtol=2e-3)
+    _assert_batched_matches_forks(_asked(engine), REORDERS, 2e-3)
     assert isinstance(_beamed(_asked(engine), 4), str)
