@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,28 @@ def test_cli_prints_one_block_per_image(
     out = capsys.readouterr().out
     expected = ocr_images(engine, paths, max_new_tokens=4)
     assert out == "\n".join(expected[:1]) + "\n" + "\n" + expected[1] + "\n"
+
+
+def test_beams_choice_and_the_cli_flag(
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from engine.ocr import EMBEDDED_OCR_BEAMS, ocr_beams
+
+    # auto: beams for the embedded model only; an explicit width wins
+    assert ocr_beams(engine.info) == 1
+    assert ocr_beams(replace(engine.info, is_embedded_default=True)) == EMBEDDED_OCR_BEAMS
+    assert ocr_beams(engine.info, 3) == 3
+    # `--beams N` reads each image by beam search; a width below 1 is refused before loading
+    path = tmp_path / "w.png"
+    Image.new("RGB", (60, 40), "white").save(path)
+    args = [str(path), "--model", engine.info.path, "--device", "cpu", "--max-new-tokens", "4"]
+    assert run_cli([*args, "--beams", "3"]) == 0
+    assert (
+        capsys.readouterr().out
+        == ocr_images(engine, [path], max_new_tokens=4, num_beams=3)[0] + "\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli([*args, "--beams", "0"])
+    assert exit_info.value.code == 2
