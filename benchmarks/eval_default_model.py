@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from engine.engine import Engine
-from engine.ocr import LINES_MODES, ocr_beams, ocr_image, reads_by_lines
+from engine.ocr import LINES_MODES, add_reading_arguments, ocr_beams, ocr_image, reads_by_lines
 from engine.quant import METHODS as QUANT_METHODS
 from engine.sampling import SamplingParams
 from engine.train.conversation import encode_sample
@@ -238,30 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pages", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest OCR reply read")
-    p.add_argument(
-        "--lines", choices=tuple(LINES_MODES), default="auto",
-        help="OCR each band of text lines on its own (engine/ocr_lines.py): auto is on for the "
-        "embedded model only, as `infinitevl ocr` does",
-    )  # fmt: skip
+    add_reading_arguments(p)
     p.add_argument(
         "--quant", default="none", choices=["none", *QUANT_METHODS],
         help="quantize the linear layers as they load (docs/quantization.md): the task scores "
         "of a quantized engine",
     )  # fmt: skip
-    p.add_argument(
-        "--beams", type=int,
-        help="read each image (each band) by beam search of this width (engine/beam.py); 1: "
-        "greedy; default: as `infinitevl ocr` (4 for the embedded model, 1 for others)",
-    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    if (
-        args.num < 1
-        or args.docs < 0
-        or args.pages < 1
-        or (args.beams is not None and args.beams < 1)
-    ):
-        p.error("--num, --pages and --beams must be at least 1, --docs at least 0")
+    if args.num < 1 or args.docs < 0 or args.pages < 1:
+        p.error("--num and --pages must be at least 1, --docs at least 0")
     if args.verbose:
         log.setLevel(logging.INFO)
     torch.set_num_threads(args.threads)

@@ -17,7 +17,7 @@ embedded model).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,7 +34,7 @@ StepFn = Callable[[Sequence[int], Sequence[int]], torch.Tensor]
 
 def beam_search(
     first: torch.Tensor, step: StepFn, *, num_beams: int, max_new_tokens: int,
-    eos: set[int], cancel: CancelToken | None = None,
+    eos: Set[int], cancel: CancelToken | None = None,
 ) -> list[int]:  # fmt: skip
     """The token ids of the best reply (without its end token).
 

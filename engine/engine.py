@@ -194,6 +194,22 @@ class Engine:
         )
         return cls(model, config, tokenizer, image_params, info, fingerprint)
 
+    @property
+    def reply_end_ids(self) -> frozenset[int]:
+        """Tokens that end a reply: the config's end tokens, and as Qwen2.5-VL's
+        generation_config, ``<|im_end|>`` and ``<|endoftext|>``."""
+        special = self.tokenizer.special
+        return frozenset(
+            {*self.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
+        )
+
+    @property
+    def placeholder_ids(self) -> tuple[int, int]:
+        """The image and video pads: a placeholder fed without its pixels has no meaning, so
+        only a prompt writes them and no reply may choose them."""
+        special = self.tokenizer.special
+        return special.image_pad, special.video_pad
+
     def new_session(self, system_prompt: str | None = None) -> Session:
         """A fresh conversation; ``system_prompt`` None uses the chat template's default."""
         if system_prompt is not None:
@@ -328,17 +344,15 @@ class Session:
         engine = self._engine
         logits, self._next_logits = self._next_logits, None
         assert logits is not None
-        special = engine.tokenizer.special
-        # a placeholder fed without its pixels has no meaning: only the prompt writes them
-        pads = (special.image_pad, special.video_pad)
-        sampler = Sampler(params, logits.shape[-1], logits.device, banned_ids=pads)
+        sampler = Sampler(
+            params, logits.shape[-1], logits.device, banned_ids=engine.placeholder_ids
+        )
         graph = self._decode_graph(params, sampler)
         if graph is not None:
             sampler = graph.sampler  # the one captured in the graph (a reused graph's, reset)
         if params.repetition_penalty != 1.0 and self._reply_vocab:
             sampler.observe(sorted(self._reply_vocab))
-        # Qwen2.5-VL's generation_config ends a reply on <|im_end|> and on <|endoftext|>
-        eos = {*engine.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
+        eos = engine.reply_end_ids
         stops = _StopMatcher(params.stop)
         # other special tokens a model may emit are fed back to it but never shown as text
         decoder = engine.tokenizer.stream_decoder(skip_special_tokens=True)
@@ -472,8 +486,7 @@ class Session:
         if self._next_logits is None:
             raise InputError("nothing to answer: call add_user_message first")
         logprobs = torch.log_softmax(self._next_logits.float(), dim=-1)
-        special = self._engine.tokenizer.special
-        logprobs[[special.image_pad, special.video_pad]] = float("-inf")
+        logprobs[list(self._engine.placeholder_ids)] = float("-inf")
         return logprobs
 
     def feed_reply_token(self, token_id: int) -> None:
@@ -500,15 +513,13 @@ class Session:
         Cancelled, it gives nothing and closes the turn empty, as a greedy reply cancelled before
         its first token does."""
         engine = self._engine
-        special = engine.tokenizer.special
-        eos = {*engine.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
         start = time.perf_counter()
         ids: list[int] = []
         reason = "cancelled"
         try:
             ids = beam_search(
                 self.next_token_logprobs(), self.beam_step(), num_beams=params.num_beams,
-                max_new_tokens=params.max_new_tokens, eos=eos, cancel=cancel,
+                max_new_tokens=params.max_new_tokens, eos=engine.reply_end_ids, cancel=cancel,
             )  # fmt: skip
             reason = "length" if len(ids) == params.max_new_tokens else "eos"
         except Cancelled:
@@ -535,7 +546,7 @@ class Session:
         if self._next_logits is None:
             raise InputError("nothing to answer: call add_user_message first")
         engine = self._engine
-        special = engine.tokenizer.special
+        pads = list(engine.placeholder_ids)
         beams = self._state
 
         def step(parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
@@ -545,7 +556,7 @@ class Session:
             with torch.no_grad(), sdpa_context(engine.device):
                 logits = engine.model(ids, beams, logits_to_keep=1)[:, -1]
             logprobs = torch.log_softmax(logits.float(), dim=-1)
-            logprobs[:, [special.image_pad, special.video_pad]] = float("-inf")
+            logprobs[:, pads] = float("-inf")
             return logprobs
 
         return step

@@ -7,6 +7,7 @@ general model may answer in its own style. Knows nothing about Qt or files beyon
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,14 +118,35 @@ def ocr_images(
     return out
 
 
+def add_reading_arguments(p: argparse.ArgumentParser) -> None:
+    """`--lines` and `--beams`, as every command that reads images takes them (`infinitevl ocr`,
+    benchmarks/eval_default_model.py); `LINES_MODES[args.lines]` and `args.beams` are what
+    `ocr_image`'s `lines` and `num_beams` take."""
+    p.add_argument(
+        "--lines", choices=tuple(LINES_MODES), default="auto",
+        help="read each band of text lines on its own, then join them: on, off, or auto (on "
+        "for the embedded model, which reads a line far better than a page; off for others)",
+    )  # fmt: skip
+    p.add_argument(
+        "--beams", type=_beam_width,
+        help=f"read by beam search of this width (1: greedy; default: {EMBEDDED_OCR_BEAMS} for "
+        "the embedded model, 1 for others; GGUF models read greedily only)",
+    )  # fmt: skip
+
+
+def _beam_width(text: str) -> int:
+    width = int(text)
+    if width < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {width}")
+    return width
+
+
 def run_cli(argv: Sequence[str]) -> int:
     """`infinitevl ocr IMAGE...`: print each image's text, one block per image, blank-line apart.
 
     Returns:
         the exit code (0).
     """
-    import argparse
-
     p = argparse.ArgumentParser(prog="infinitevl ocr", description=run_cli.__doc__)
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     p.add_argument(
@@ -134,19 +156,8 @@ def run_cli(argv: Sequence[str]) -> int:
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--max-new-tokens", type=int, default=MAX_OCR_TOKENS)
-    p.add_argument(
-        "--lines", choices=tuple(LINES_MODES), default="auto",
-        help="read each band of text lines on its own, then join them: on, off, or auto (on "
-        "for the embedded model, which reads a line far better than a page; off for others)",
-    )  # fmt: skip
-    p.add_argument(
-        "--beams", type=int,
-        help=f"read by beam search of this width (1: greedy; default: {EMBEDDED_OCR_BEAMS} for "
-        "the embedded model, 1 for others; GGUF models read greedily only)",
-    )  # fmt: skip
+    add_reading_arguments(p)
     args = p.parse_args(list(argv))
-    if args.beams is not None and args.beams < 1:
-        p.error(f"--beams must be at least 1, got {args.beams}")
     from engine.backends import load_engine
 
     engine = load_engine(args.model, device=args.device)

@@ -118,7 +118,7 @@ class OcrEngineBridge(QtCore.QObject):
     `infinitevl ocr` does: that model reads a line far better than a page), one request after
     the other, and the replies are joined; any other model reads the whole crop at once. Each
     read takes the beams `engine.ocr.ocr_beams` gives the model (beam search for the embedded
-    one), unless `num_beams` says otherwise.
+    one), as `infinitevl ocr` does.
     """
 
     progress = QtCore.Signal(int, int)  # bands read so far (from 1), bands in the crop
@@ -129,13 +129,11 @@ class OcrEngineBridge(QtCore.QObject):
         client: EngineClient,
         params: SamplingParams = OCR_PARAMS,
         parent: QtCore.QObject | None = None,
-        num_beams: int | None = None,
     ) -> None:
         super().__init__(parent)
         self._flow = flow
         self._client = client
         self._params = params
-        self._num_beams = num_beams
         self._request: int | None = None
         self._is_cancelling = False
         self._bands: list[np.ndarray] = []
@@ -163,8 +161,7 @@ class OcrEngineBridge(QtCore.QObject):
             self._bands = [np.array(band) for band in split_lines(Image.fromarray(crop))]
         else:
             self._bands = [crop]
-        # the beams engine.ocr reads this model with (num_beams None: its auto choice)
-        beams = self._num_beams or (1 if info is None else ocr_beams(info))
+        beams = 1 if info is None else ocr_beams(info)
         self._band_params = replace(self._params, num_beams=beams)
         self._texts = []
         log.info("transcribing a %dx%d crop in %d band(s)", *crop.shape[1::-1], len(self._bands))

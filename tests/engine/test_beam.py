@@ -170,11 +170,9 @@ def _beamed(session: Session, num_beams: int, max_new_tokens: int = 6, **kw: obj
 def test_batched_beams_match_the_fork_reference(tiny: Engine) -> None:
     for prompt in ("describe", "a longer question about the picture"):
         reference = _asked(tiny, prompt)
-        special = tiny.tokenizer.special
-        eos = {*tiny.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
         ids = beam_search(
             reference.next_token_logprobs(), fork_step(reference), num_beams=3,
-            max_new_tokens=6, eos=eos,
+            max_new_tokens=6, eos=tiny.reply_end_ids,
         )  # fmt: skip
         session = _asked(tiny, prompt)
         before = session.tokens_seen
@@ -216,11 +214,9 @@ def test_one_beam_is_greedy(tiny: Engine) -> None:
     # num_beams 1 is the streaming greedy path; the search itself with one beam gives the same
     greedy = "".join(d.text for d in _asked(tiny).generate(SamplingParams(max_new_tokens=6)))
     session = _asked(tiny)
-    special = tiny.tokenizer.special
-    eos = {*tiny.config.eos_token_id, special.im_end, special.end_of_text, special.eos}
     ids = beam_search(
         session.next_token_logprobs(), session.beam_step(), num_beams=1, max_new_tokens=6,
-        eos=eos,
+        eos=tiny.reply_end_ids,
     )  # fmt: skip
     assert tiny.tokenizer.decode(ids, skip_special_tokens=True) == greedy
 
