@@ -9,7 +9,7 @@ Prints a table:
   shapes, numbers, amounts, dates, codes) can only be read;
 - answers to "What is the reference number on page 1?" after reading 30 pages: the share
   exact, and their character error rate (a number recalled with a digit misread counts in part);
-- latency of OCR of an 800x200 screen region on this machine's CPU;
+- latency of OCR of an 800x200 screen region on this machine's CPU (or the GPU: ``--device``);
 - whether the model looks at the picture at all: the loss (nats per token) of the true text of
   each held-out OCR image, given the image and given a blank one of the same size. A model that
   reads has a far lower loss with the image; one that only learnt the language of the replies
@@ -18,6 +18,7 @@ Prints a table:
 Held-out images come from seeds the training configs never use (training: 1-7).
 
     .venv/bin/python benchmarks/eval_default_model.py [--model DIR] [--num 40] [--docs 20]
+    python3 benchmarks/eval_default_model.py --device cuda --quant nf4   # GPU task scores
 """
 
 from __future__ import annotations
@@ -236,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num", type=int, default=40, help="images per OCR set")
     p.add_argument("--docs", type=int, default=20, help="30-page documents (0: no such row)")
     p.add_argument("--pages", type=int, default=30)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"],
+        help="where the model runs (cuda: in its stored dtype, bf16 for the embedded model)",
+    )  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest OCR reply read")
     add_reading_arguments(p)
     p.add_argument(
@@ -248,19 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.num < 1 or args.docs < 0 or args.pages < 1:
         p.error("--num and --pages must be at least 1, --docs at least 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: this machine has no CUDA GPU torch can use")
     if args.verbose:
         log.setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
-    engine = Engine.load(args.model, device="cpu", quant=args.quant)
+    engine = Engine.load(args.model, device=args.device, quant=args.quant)
     has_tesseract = shutil.which("tesseract") is not None
     lines = LINES_MODES[args.lines]
     ocr_rows = eval_ocr(engine, args.num, has_tesseract, args.max_new_tokens, lines, args.beams)
     accuracy, answer_cer, tokens = eval_long_document(engine, args.docs, args.pages)
     latency, chars = eval_latency(engine, lines=lines, num_beams=args.beams)
+    where = f"CPU, {args.threads} threads" if args.device == "cpu" else torch.cuda.get_device_name()
     print(
         f"model: {engine.info.path}"
         f" ({engine.info.num_parameters / 1e6:.1f}M parameters, {engine.info.dtype}, linear "
-        f"layers {args.quant}, CPU, {args.threads} threads; OCR by line bands: "
+        f"layers {args.quant}, {where}; OCR by line bands: "
         f"{reads_by_lines(engine.info, lines)}; beams: {ocr_beams(engine.info, args.beams)})"
     )
     print()

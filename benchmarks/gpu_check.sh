@@ -12,6 +12,9 @@
 #                   frame step's kernels
 #   profile_vision_unpadded.md   the same frame step with INFINITEVL_VISION_PAD=0
 #   quant.md        quant_bench --config 4b: bf16 / int8 / NF4 memory, speed, KL
+#   eval_none.md, eval_int8.md, eval_nf4.md   eval_default_model on the GPU: the task scores of
+#                   the embedded model (or $MODEL, a checkpoint folder on the device) unquantized,
+#                   int8 and NF4 (bitsandbytes)
 set -uo pipefail
 commit=${1:?usage: benchmarks/gpu_check.sh COMMIT [SECONDS]}
 budget=${2:-540}
@@ -41,3 +44,8 @@ step profile_vision_unpadded.md 50 env INFINITEVL_VISION_PAD=0 python3 -m benchm
 grep -hs "^## " "$out"/profile*.md
 step quant.md 120 python3 -m benchmarks.quant_bench --device cuda --config 4b
 grep -s "^|" "$out/quant.md"
+for q in none int8 nf4; do
+  step "eval_$q.md" 90 python3 benchmarks/eval_default_model.py --device cuda --quant "$q" \
+    --num 20 --docs 5 --max-new-tokens 96 ${MODEL:+--model "$MODEL"}
+  grep -s "^| \(screenshots\|unseen\|page-1\|OCR latency\)" "$out/eval_$q.md"
+done

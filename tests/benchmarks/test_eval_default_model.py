@@ -18,6 +18,14 @@ def test_bad_counts_are_refused_before_loading(args: list[str]) -> None:
     assert exit_info.value.code == 2
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_is_refused_where_there_is_none(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(
     default_model.find_default_model(default_model.DEFAULT_MODEL_DIR) is None,
     reason="this checkout holds no embedded default model",
