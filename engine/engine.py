@@ -29,8 +29,8 @@ from engine.errors import Cancelled, CheckpointError, EngineError, InputError, S
 from engine.loader import load_model, weight_files, weights_fingerprint
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 from engine.preprocess import ImageParams, image_token_count, open_picture, preprocess_images
-from engine.quant import EAGER_QUANT_ON_CUDA, num_quantized_weights
 from engine.quant import METHODS as QUANT_METHODS
+from engine.quant import decodes_eagerly_on, num_quantized_weights
 from engine.sampling import Sampler, SamplingParams
 from engine.state import FullAttnState, ModelState
 from engine.tokenizer import (
@@ -426,10 +426,10 @@ class Session:
 
         On CUDA (or anywhere with ``decode_graph == "static"``: the same step run eagerly), for
         the InfiniteVL model over a fixed-size state (no full-attention cache, which grows), in
-        float weights or quantized ones, except int8 on CUDA (``EAGER_QUANT_ON_CUDA``). A greedy
-        reply reuses the session's graph while the state is the same object with the same tensors
-        (its sampler's penalty mask is reset); a sampled reply captures its own (its sampler and
-        seeded generator live in the graph).
+        float weights or quantized ones, except int8 on CUDA (``quant.decodes_eagerly_on``). A
+        greedy reply reuses the session's graph while the state is the same object with the same
+        tensors (its sampler's penalty mask is reset); a sampled reply captures its own (its
+        sampler and seeded generator live in the graph).
         """
         engine = self._engine
         on_cuda = engine.device.type == "cuda"
@@ -443,7 +443,7 @@ class Session:
             return None
         if on_cuda and not swa.has_triton():
             return None
-        if on_cuda and getattr(model, "quantization", None) in EAGER_QUANT_ON_CUDA:
+        if decodes_eagerly_on(model, engine.device.type):
             return None
         state = self._state
         if any(isinstance(st, FullAttnState) for st in state.layers):

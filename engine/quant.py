@@ -474,6 +474,13 @@ def _bitsandbytes(
     return build(weight, bias, device)
 
 
+def decodes_eagerly_on(model: nn.Module, device_type: str) -> bool:
+    """Whether ``model``'s quantized layers keep its decode out of a CUDA graph on that device:
+    int8 on CUDA (``EAGER_QUANT_ON_CUDA``)."""
+    config = getattr(model, "quantization", None)
+    return device_type == "cuda" and config is not None and config.method in EAGER_QUANT_ON_CUDA
+
+
 def num_quantized_weights(model: nn.Module) -> int:
     """The number of float weights the quantized layers stand for (for parameter counts)."""
     return sum(

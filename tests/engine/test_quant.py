@@ -148,6 +148,15 @@ def test_quantized_decode_through_the_graph_step(tiny_checkpoint: Path, method: 
     assert (replies, False) == _replies(eager, 12)
 
 
+@pytest.mark.parametrize("method", [None, *quant.METHODS])
+def test_only_int8_keeps_cuda_decode_out_of_the_graph(tiny_checkpoint: Path, method: str) -> None:
+    # LLM.int8 cannot be captured: an int8 engine on CUDA must decode eagerly from the start, not
+    # fail a capture (and log its traceback) on every reply; every other format is graphed
+    model, _ = load_model(tiny_checkpoint, quant=method)
+    assert not quant.decodes_eagerly_on(model, "cpu")
+    assert quant.decodes_eagerly_on(model, "cuda") == (method in ("int8", "int8-dynamic"))
+
+
 def test_int4_packed_for_cpu_cannot_be_saved(tiny_checkpoint: Path, tmp_path: Path) -> None:
     model, _ = load_model(tiny_checkpoint, quant="int4")
     _logits(model)  # packs the layers for this CPU's kernel
@@ -252,6 +261,8 @@ def test_cuda_bitsandbytes_engine(tiny_checkpoint: Path, tmp_path: Path, method:
     session = engine.new_session()
     session.add_user_message("hello")
     assert list(session.generate(SamplingParams(max_new_tokens=4)))
+    # int8 decodes eagerly without trying a capture first; NF4 through the graph
+    assert (session._graph is None) == (method == "int8")
 
 
 @pytest.mark.gpu
