@@ -1,6 +1,7 @@
 """Training and evaluation samples: an image (or pages) plus a conversation about it.
 
-Tasks: `ocr` (read everything, reading order), `qa` (one fact: a title, a total, a bar's value)
+Tasks: `ocr` (read everything, reading order: words, lines, unseen text, screens, toolkit dialogs,
+pages, code, tables, receipts), `qa` (one fact: a title, a total, a bar's value)
 and `longdoc` (many pages, then a question whose answer sits on page 1).
 """
 
@@ -15,6 +16,7 @@ from PIL import Image
 from engine.ocr import OCR_PROMPT  # the prompt `infinitevl ocr` and the app send
 from engine.train.synthetic.canvas import Rendered
 from engine.train.synthetic.charts import render_bar_chart
+from engine.train.synthetic.dialogs import render_dialog
 from engine.train.synthetic.documents import render_code, render_page, render_receipt, render_table
 from engine.train.synthetic.glyphs import Glyph
 from engine.train.synthetic.lines import line_text, render_line, unseen_text, word_text
@@ -52,7 +54,8 @@ class TaskMix:
 
     Attributes:
         weights: task name -> relative frequency ("ocr_word", "ocr_line", "ocr_unseen",
-            "ocr_screen", "ocr_page", "ocr_code", "ocr_table", "ocr_receipt", "qa", "longdoc").
+            "ocr_screen", "ocr_dialog", "ocr_page", "ocr_code", "ocr_table", "ocr_receipt", "qa",
+            "longdoc").
         screen_width, screen_height: (low, high) pixels of a screen region.
         page_size: side of a square document page, pixels.
         num_pages: (low, high) pages of a long document.
@@ -180,6 +183,9 @@ def _make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: Ta
         return ocr_sample(render_line(rng, unseen_text(rng), fonts, mix.screen_width[1]), task)
     if task == "ocr_screen":
         return ocr_sample(render_screen(rng, src, fonts, _screen_size(rng, mix)), task)
+    if task == "ocr_dialog":
+        width = rng.randint(max(240, mix.screen_width[0]), max(240, mix.screen_width[1]))
+        return ocr_sample(render_dialog(rng, src, fonts, width), task)
     if task == "ocr_page":
         return ocr_sample(render_page(rng, src, fonts, (side, rng.randint(side // 3, side))), task)
     if task == "ocr_code":
@@ -197,6 +203,6 @@ def _make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: Ta
     if task == "longdoc":
         return longdoc_sample(rng, src, fonts, rng.randint(*mix.num_pages), side)
     raise ValueError(
-        f"unknown task {task!r}; known: ocr_word, ocr_line, ocr_unseen, ocr_screen, ocr_page, "
-        "ocr_code, ocr_table, ocr_receipt, qa, longdoc"
+        f"unknown task {task!r}; known: ocr_word, ocr_line, ocr_unseen, ocr_screen, ocr_dialog, "
+        "ocr_page, ocr_code, ocr_table, ocr_receipt, qa, longdoc"
     )

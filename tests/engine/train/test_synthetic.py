@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine.train.fonts import find_fonts
+from engine.train.fonts import draws_latin, find_fonts
 from engine.train.synthetic.lines import render_line, unseen_text
 from engine.train.synthetic.tasks import (
     OCR_PROMPT,
@@ -24,6 +25,7 @@ TASKS = (
     "ocr_line",
     "ocr_unseen",
     "ocr_screen",
+    "ocr_dialog",
     "ocr_page",
     "ocr_code",
     "ocr_table",
@@ -81,6 +83,20 @@ def test_longdoc_answer_sits_on_page_one(src: TextSource, fonts: list) -> None:
 def test_fonts_come_from_packages(fonts: list) -> None:
     assert len(fonts) >= 10
     assert any("Mono" in f.name for f in fonts)
+
+
+def test_every_font_draws_the_text_it_is_given(fonts: list) -> None:
+    # a face without Latin glyphs (DejaVu's "Display" faces draw nothing) would pair a blank
+    # picture with text the model then learns to make up
+    for path in fonts:
+        r = render_line(random.Random(0), "Invoice 4471", [path], 400)
+        assert r.lines == ["Invoice 4471"]
+        ink = np.abs(np.asarray(r.image.convert("L"), dtype=int) - np.median(r.image.convert("L")))
+        assert (ink > 60).sum() > 40, f"{path.name} drew no text"
+    display = Path("/usr/share/fonts/truetype/dejavu/DejaVuSansDisplay.ttf")
+    if display.exists():
+        assert not draws_latin(display)
+        assert display.name not in {f.name for f in fonts}
 
 
 def test_size_multiple_pads_without_changing_the_text(src: TextSource, fonts: list) -> None:
