@@ -51,9 +51,15 @@ from engine.train.synthetic.screens import render_screen
 from engine.train.synthetic.tasks import REFERENCE_QUESTION, longdoc_sample, ocr_sample
 from engine.train.text_sources import TextSource
 
+try:
+    from benchmarks import qt_screens
+except ImportError:  # run as a script (benchmarks/eval_default_model.py): its folder is on the path
+    import qt_screens  # type: ignore[no-redef]
+
 log = logging.getLogger("eval_default_model")
 
 EVAL_SEED = 90_001
+QT_SET = "Qt widget dialogs"
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -104,8 +110,9 @@ def tesseract(image: Image.Image, psm: int) -> str:
 
 def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
     """Single words and numbers, single text lines (up to 800 px wide), lines of unseen text (no
-    source repeats it: read, never recalled), screenshots (224-800 x 56-224 px) and document
-    pages (336 px), from eval seeds."""
+    source repeats it: read, never recalled), screenshots (224-800 x 56-224 px), document pages
+    (336 px), from eval seeds; and, where PySide6 is installed, dialogs drawn by real Qt widgets
+    (`benchmarks/qt_screens.py`: not the training generator's drawing)."""
     src, fonts = TextSource.from_stdlib(), find_fonts()
     sets: dict[str, list[tuple[Image.Image, str]]] = {
         "single words": [],
@@ -131,6 +138,9 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
         rng = random.Random(EVAL_SEED + 50_000 + i)
         r = render_page(rng, src, fonts, (336, rng.randint(112, 336)))
         sets["document pages"].append((r.image, r.text))
+        if qt_screens.has_qt():
+            rng = random.Random(EVAL_SEED + 110_000 + i)
+            sets.setdefault(QT_SET, []).append(qt_screens.widget_screen(rng))
     return sets
 
 

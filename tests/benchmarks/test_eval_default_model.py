@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import shutil
+
+import numpy as np
 import pytest
 import torch
 
-from benchmarks.eval_default_model import main
+from benchmarks import qt_screens
+from benchmarks.eval_default_model import cer, main, tesseract
 from engine import default_model
 
 
@@ -44,6 +49,27 @@ def _run_and_check(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     sets = ["single words", "text lines", "unseen text lines", "screenshots", "document pages"]
-    assert [r.split(" | ")[0][2:] for r in rows[2:7]] == sets
+    if qt_screens.has_qt():  # dialogs drawn by real Qt widgets, where the app's toolkit is
+        sets.append("Qt widget dialogs")
+    assert [r.split(" | ")[0][2:] for r in rows[2 : 2 + len(sets)]] == sets
     assert "page-1 answers" not in out
     assert any(r.startswith("| OCR latency, 800x200 region") for r in rows)
+
+
+@pytest.mark.skipif(not qt_screens.has_qt(), reason="needs PySide6 (the app's toolkit)")
+def test_qt_dialogs_are_drawn_with_their_text() -> None:
+    # GIVEN two dialogs from one seed and one from another
+    a_image, a_text = qt_screens.widget_screen(random.Random(3))
+    b_image, b_text = qt_screens.widget_screen(random.Random(3))
+    c_image, c_text = qt_screens.widget_screen(random.Random(4))
+    # THEN a seed draws the same dialog, and another seed another one
+    assert a_text == b_text and np.array_equal(np.asarray(a_image), np.asarray(b_image))
+    assert (a_text, a_image.size) != (c_text, c_image.size)
+    # AND the truth is the title, the messages and a row of buttons, and it was drawn (Tesseract,
+    # where installed, reads it back)
+    lines = a_text.splitlines()
+    assert lines[0] in qt_screens.TITLES and len(lines) >= 3
+    assert any(lines[-1].startswith(b) for b in qt_screens.BUTTONS)
+    assert np.asarray(a_image.convert("L")).std() > 10
+    if shutil.which("tesseract"):
+        assert cer([tesseract(a_image, 3)], [a_text]) < 0.2
