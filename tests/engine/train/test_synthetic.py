@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.train.fonts import draws_latin, find_fonts
+from engine.train.synthetic.dialogs import BUTTONS, render_dialog
 from engine.train.synthetic.lines import render_line, unseen_text
 from engine.train.synthetic.tasks import (
     OCR_PROMPT,
@@ -139,3 +140,19 @@ def test_unseen_text_cannot_be_recalled_from_the_source(src: TextSource) -> None
     words = [w for t in lines for w in re.findall(r"[A-Za-z]{4,}", t)]
     known = set(src.words)
     assert words and sum(w in known for w in words) / len(words) < 0.05
+
+
+def test_a_dialog_says_what_it_draws(src: TextSource, fonts: list) -> None:
+    # GIVEN dialogs of many seeds and widths
+    for seed in range(20):
+        rng = random.Random(seed)
+        r = render_dialog(rng, src, fonts, rng.randint(240, 800))
+        # THEN every character of the truth was drawn, and nothing else (a glyph each)
+        assert [g.char for g in r.glyphs] == [ch for ln in r.lines for ch in ln if not ch.isspace()]
+        # AND it reads title first, buttons last, inside a picture cropped to its rows
+        assert r.lines[0] == r.facts["title"]
+        button_words = " ".join(BUTTONS).split()
+        assert r.lines[-1] and all(w in button_words for w in r.lines[-1].split(" "))
+        glyph_bottom = max(g.y for g in r.glyphs)
+        assert glyph_bottom < r.image.height <= glyph_bottom + 60
+        assert all(0 <= g.x <= r.image.width for g in r.glyphs)
