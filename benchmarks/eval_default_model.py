@@ -121,6 +121,8 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
         "screenshots": [],
         "document pages": [],
     }
+    if qt_screens.has_qt():
+        sets[QT_SET] = []
     for i in range(num):
         rng = random.Random(EVAL_SEED + 70_000 + i)
         r = render_line(rng, word_text(rng, src), fonts, 800)
@@ -138,9 +140,9 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
         rng = random.Random(EVAL_SEED + 50_000 + i)
         r = render_page(rng, src, fonts, (336, rng.randint(112, 336)))
         sets["document pages"].append((r.image, r.text))
-        if qt_screens.has_qt():
+        if QT_SET in sets:
             rng = random.Random(EVAL_SEED + 110_000 + i)
-            sets.setdefault(QT_SET, []).append(qt_screens.widget_screen(rng))
+            sets[QT_SET].append(qt_screens.widget_screen(rng))
     return sets
 
 

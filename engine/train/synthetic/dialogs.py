@@ -189,9 +189,7 @@ def _buttons(
         text = c.fit(label, font, w - 4)
         c.draw.rounded_rectangle((x, top, x + w, top + lh + 8), radius=3, fill=face, outline=frame)
         if text:
-            tx = x + (w - c.text_width(text, font)) // 2
-            c.draw_text((tx, top + 4), text, font, fg)
-            cells.append((tx, text))
+            cells.append((x + (w - c.text_width(text, font)) // 2, text))
         x += w + gap
-    c.lines.append(" ".join(t for _, t in sorted(cells)))
+    c.write_row(top + 4, cells, font, fg)
     return top + lh + 8
