@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from engine.engine import CancelToken, Engine, ModelInfo
-from engine.ocr_lines import split_lines
+from engine.ocr_lines import reading_bands
 from engine.preprocess import open_picture, to_pil, to_rgb
 from engine.sampling import SamplingParams
 
@@ -49,9 +49,10 @@ def ocr_image(
     Args:
         image: a path, a PIL image or a uint8 [H, W, 3] RGB array.
         max_new_tokens: the longest reply read (for each band, when split).
-        lines: read each band of text lines on its own (`engine.ocr_lines`) and join them; None
-            (auto) does so for the embedded default model, which reads a line far better than a
-            page, and reads the whole image at once with any other model.
+        lines: read each band of text lines on its own (`engine.ocr_lines.reading_bands`: small
+            text enlarged) and join them; None (auto) does so for the embedded default model,
+            which reads a line far better than a page, and reads the whole image at once with
+            any other model.
         num_beams: above 1, each read is a beam search of that width (`engine.beam`); None
             (auto): `EMBEDDED_OCR_BEAMS` with the embedded model, 1 (greedy) with any other.
     Raises:
@@ -59,7 +60,7 @@ def ocr_image(
         Cancelled: `cancel` was set.
     """
     if reads_by_lines(engine.info, lines):
-        parts: list[ImageInput] = list(split_lines(to_rgb(to_pil(open_picture(image)))))
+        parts: list[ImageInput] = list(reading_bands(to_rgb(to_pil(open_picture(image)))))
     else:
         parts = [image]
     beams = ocr_beams(engine.info, num_beams)
@@ -124,8 +125,9 @@ def add_reading_arguments(p: argparse.ArgumentParser) -> None:
     `ocr_image`'s `lines` and `num_beams` take."""
     p.add_argument(
         "--lines", choices=tuple(LINES_MODES), default="auto",
-        help="read each band of text lines on its own, then join them: on, off, or auto (on "
-        "for the embedded model, which reads a line far better than a page; off for others)",
+        help="read each band of text lines on its own (small text enlarged), then join them: "
+        "on, off, or auto (on for the embedded model, which reads a line far better than a "
+        "page; off for others)",
     )  # fmt: skip
     p.add_argument(
         "--beams", type=_beam_width,

@@ -19,7 +19,7 @@ from app.capture.screenshot import MonitorShot, grab_desktop
 from app.engine_client import ChatResult, EngineClient
 from engine import SamplingParams
 from engine.ocr import MAX_OCR_TOKENS, OCR_PROMPT, ocr_beams, reads_by_lines
-from engine.ocr_lines import split_lines
+from engine.ocr_lines import reading_bands
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class OcrEngineBridge(QtCore.QObject):
         self._is_cancelling = False
         info = self._client.model_info
         if info is not None and reads_by_lines(info):
-            self._bands = [np.array(band) for band in split_lines(Image.fromarray(crop))]
+            self._bands = [np.array(band) for band in reading_bands(Image.fromarray(crop))]
         else:
             self._bands = [crop]
         beams = 1 if info is None else ocr_beams(info)

@@ -23,6 +23,7 @@ from app.capture.screenshot import MonitorShot
 from engine import SamplingParams
 from engine.errors import InputError
 from engine.ocr import EMBEDDED_OCR_BEAMS
+from engine.ocr_lines import MAX_ENLARGE
 from tests.app.fake_portal import FakePortal, private_bus_address
 from tests.app.xvfb_display import grab_by_other_client, press_keys, xvfb_display
 
@@ -717,11 +718,14 @@ def test_region_ocr_reads_band_by_band_with_the_embedded_model(qtbot, embedded: 
             if embedded and i:  # the popup says which line the model is on
                 assert popup.title.text().endswith(f"line {i + 1} of 3")
             client.reply(f"line {i}\n" if embedded else "all of it")
-    # THEN the embedded model was asked about each band in order, whole width, and the
+    # THEN the embedded model was asked about each band in order, whole width (PIL's default
+    # font is small: each band enlarged alike, `engine.ocr_lines.enlarge_small_text`), and the
     # clipboard holds the replies joined; another model reads the crop whole
     if embedded:
-        assert [a.shape[1] for a in client.asked] == [240] * 3
-        assert sum(a.shape[0] for a in client.asked) <= crop.shape[0]
+        scale = client.asked[0].shape[1] / 240
+        assert 1 < scale <= MAX_ENLARGE
+        assert [a.shape[1] for a in client.asked] == [round(240 * scale)] * 3
+        assert sum(a.shape[0] for a in client.asked) <= crop.shape[0] * scale + 3
         assert copied.args[0] == "line 0\nline 1\nline 2"
         assert steps == [(1, 3), (2, 3)]
         # each band by beam search, as `infinitevl ocr` reads with the embedded model

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from engine.ocr_lines import line_bands, split_lines
+from engine.ocr_lines import (
+    MAX_ENLARGE,
+    MIN_TEXT_HEIGHT,
+    enlarge_small_text,
+    line_bands,
+    reading_bands,
+    split_lines,
+    text_height,
+)
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 SAMPLE = Path(__file__).parents[2] / "resources" / "sample.png"
@@ -77,3 +85,46 @@ def test_the_sample_screenshot() -> None:
     assert len(bands) == 10, bands
     # in order, and padded no further than the middle of the gap between two bands
     assert all(b1[1] <= b2[0] for b1, b2 in zip(bands, bands[1:], strict=False))
+
+
+def _line(size: int, text: str = "Keep a copy on this computer") -> Image.Image:
+    image = Image.new("RGB", (420, size * 2 + 12), (239, 239, 239))
+    ImageDraw.Draw(image).text((8, 6), text, font=_font(size), fill=(30, 30, 30))
+    return image
+
+
+def test_small_text_is_enlarged_to_the_height_the_model_reads() -> None:
+    band = _line(10)  # a toolkit's 9-point label: its text well under MIN_TEXT_HEIGHT rows
+    assert 0 < text_height(band) < MIN_TEXT_HEIGHT
+    big = enlarge_small_text(band)
+    assert big.width / band.width == pytest.approx(big.height / band.height, rel=0.02)
+    assert big.height > band.height
+    assert abs(text_height(big) - MIN_TEXT_HEIGHT) <= 2
+
+
+def test_text_high_enough_or_none_is_left_as_it_is() -> None:
+    band = _line(22)
+    assert text_height(band) >= MIN_TEXT_HEIGHT
+    assert enlarge_small_text(band) is band
+    blank = Image.new("RGB", (200, 30), "white")
+    assert text_height(blank) == 0 and enlarge_small_text(blank) is blank
+
+
+def test_tiny_text_is_enlarged_at_most_max_enlarge_times() -> None:
+    band = _line(5, "tiny print")
+    assert 0 < text_height(band) * MAX_ENLARGE < MIN_TEXT_HEIGHT
+    big = enlarge_small_text(band)
+    assert big.size == (round(band.width * MAX_ENLARGE), round(band.height * MAX_ENLARGE))
+
+
+def test_reading_bands_are_the_bands_with_small_text_enlarged() -> None:
+    image = Image.new("RGB", (420, 120), (239, 239, 239))
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 10), "Storage", font=_font(22), fill="black")
+    draw.text((8, 60), "Download complete: 536 MB", font=_font(10), fill="black")
+    bands = split_lines(image)
+    pieces = reading_bands(image)
+    assert len(bands) == len(pieces) == 2
+    assert pieces[0].size == bands[0].size  # large enough already: the crop as it is
+    assert pieces[0].tobytes() == bands[0].tobytes()
+    assert pieces[1].width > image.width and text_height(pieces[1]) >= MIN_TEXT_HEIGHT - 2
