@@ -9,8 +9,9 @@ ops:
 - ms/token of back-to-back ``DecodeGraph`` replays;
 - the kernels of ``--steps`` replays under ``torch.profiler``: per token, each kernel's time and
   launches, the sum of kernel time, and what is left of the replay (gaps between kernels);
-- every decoder weight matrix as one batch-1 ``F.linear`` (the fused shapes too): microseconds
-  and the bandwidth it reaches against the measured copy bandwidth;
+- every decoder weight matrix as one batch-1 ``F.linear`` and as ``kernels.gemv``'s Triton
+  kernel (the fused shapes too), replayed from a CUDA graph with the weights read from memory:
+  microseconds and the bandwidth each reaches against the measured copy bandwidth;
 - the kernels of one prefill of ``--prefill`` tokens, and of the captured 448x448 frame step.
 With ``--gemv-sweep``, each tile of ``kernels.gemv``'s autotuning list is timed on each weight
 shape (weights read from memory), to choose the kernel's tiles per shape.
@@ -44,6 +45,7 @@ from engine.config import ModelConfig, tiny_config
 from engine.cuda_graph import DecodeGraph, FrameGraph
 from engine.model.fused import set_fused_decode
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
+from kernels.graph_timing import copies_beyond_l2, graph_us
 
 log = logging.getLogger(__name__)
 
@@ -226,19 +228,15 @@ def linear_shapes(model: InfiniteVLForConditionalGeneration) -> dict[str, tuple[
     }
 
 
-def triton_gemv_us(x: torch.Tensor, ws: list[torch.Tensor], reps: int) -> float:
-    """us per call of kernels.gemv's Triton kernel over ``ws`` in turn (nan where it can't run)."""
+def triton_gemv_us(x: torch.Tensor, ws: list[torch.Tensor]) -> float:
+    """us per call of kernels.gemv's Triton kernel over ``ws`` in turn, replayed from a CUDA graph
+    (nan where it can't run)."""
     if not x.is_cuda:
         return float("nan")
     from kernels.gemv import gemv_triton
+    from kernels.graph_timing import graph_us
 
-    gemv_triton.linear(x, ws[0])  # autotunes
-
-    def run() -> None:
-        for i in range(reps):
-            gemv_triton.linear(x, ws[i % len(ws)])
-
-    return elapsed_ms(run, x.device) * 1e3 / reps
+    return graph_us(lambda i: gemv_triton.linear(x, ws[i % len(ws)]))
 
 
 def gemv_sweep(model: InfiniteVLForConditionalGeneration) -> None:
@@ -257,7 +255,7 @@ def gemv_sweep(model: InfiniteVLForConditionalGeneration) -> None:
         try:
             w = torch.randn(n_out, n_in, device=dev, dtype=dtype) * 0.02
             x = torch.randn(1, 1, n_in, device=dev, dtype=dtype)
-            ws = [w] + [w.clone() for _ in range(max(0, min(7, int(2e8 // w.nbytes))))]
+            ws = copies_beyond_l2(w)
             y = torch.empty(1, 1, n_out, device=dev, dtype=dtype)
             cells = [
                 _tile_us(x, ws, y, c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps)
@@ -276,21 +274,21 @@ def gemv_sweep(model: InfiniteVLForConditionalGeneration) -> None:
 def _tile_us(
     x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, bn: int, bk: int, nw: int
 ) -> float:
-    """us a call of ``gemv_kernel`` with one tile, cycling through the weights ``ws``."""
+    """us a call of ``gemv_kernel`` with one tile, cycling through the weights ``ws``, replayed
+    from a CUDA graph (the decode step's launches: no host cost per call)."""
     from kernels.gemv import gemv_triton
+    from kernels.graph_timing import graph_us
 
     n_out, n_in = ws[0].shape
 
-    def run() -> None:
-        for i in range(100):
-            wi = ws[i % len(ws)]
-            gemv_triton.gemv_kernel[(-(-n_out // bn),)](
-                x, wi, wi, y, n_out, wi.stride(0), n_in, HAS_BIAS=False,
-                BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
-            )  # fmt: skip
+    def call(i: int) -> None:
+        wi = ws[i % len(ws)]
+        gemv_triton.gemv_kernel[(-(-n_out // bn),)](
+            x, wi, wi, y, n_out, wi.stride(0), n_in, HAS_BIAS=False,
+            BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
+        )  # fmt: skip
 
-    run()  # compiles
-    return elapsed_ms(run, x.device) * 10
+    return graph_us(call)
 
 
 def profile_linears(model: InfiniteVLForConditionalGeneration, bandwidth: float) -> None:
@@ -301,20 +299,16 @@ def profile_linears(model: InfiniteVLForConditionalGeneration, bandwidth: float)
         try:
             w = torch.randn(n_out, n_in, device=dev, dtype=dtype) * 0.02
             x = torch.randn(1, 1, n_in, device=dev, dtype=dtype)
-            reps = 200 if dev.type == "cuda" else 3
             F.linear(x, w)
             # several weights so each call reads from memory, not from L2 (50 MB on an H100)
-            ws = [w] + [w.clone() for _ in range(max(0, min(7, int(2e8 // w.nbytes))))]
-
-            def run(x: torch.Tensor = x, ws: list[torch.Tensor] = ws, reps: int = reps) -> None:
-                for i in range(reps):
-                    F.linear(x, ws[i % len(ws)])
-
-            ms = elapsed_ms(run, dev)
-            us = ms * 1e3 / reps
+            ws = copies_beyond_l2(w) if dev.type == "cuda" else [w]
+            if dev.type == "cuda":  # graphed, as the decode step launches it
+                us = graph_us(lambda i, x=x, ws=ws: F.linear(x, ws[i % len(ws)]))
+            else:
+                us = elapsed_ms(lambda x=x, w=w: [F.linear(x, w) for _ in range(3)], dev) * 1e3 / 3
             gbs = w.nbytes / (us * 1e-6) / 1e9
             token_us += us * count
-            k_us = triton_gemv_us(x, ws, reps)
+            k_us = triton_gemv_us(x, ws)
             k_gbs = w.nbytes / (k_us * 1e-6) / 1e9 if k_us == k_us else float("nan")
             kernel_us += min(us, k_us if k_us == k_us else us) * count
             rows.append([

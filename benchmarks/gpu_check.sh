@@ -6,11 +6,12 @@
 # COMMIT names the tree in the reports (compute it where .git is current: the device's copy of
 # .git can be stale). Carry .train_carry/wheels (pytest, fla-core, ...) and .whl/bnb. Each step
 # gets at most what is left of SECONDS (default 540); outputs go to $OUT (or /tmp/gpu_check):
-#   gpu_tests.txt   pytest -m gpu over tests/kernels and tests/engine
-#   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
+#   gpu_tests_decode.txt   pytest -m gpu over the GEMV, graph timing, CUDA graph and fused decode
 #   profile.md      decode_profile: the graphed decode step's kernels, GEMV speeds and tiles, the
 #                   frame step's kernels
-#   profile_vision_unpadded.md   the same frame step with INFINITEVL_VISION_PAD=0
+#   profile_cublas.md   the decode step with INFINITEVL_GEMV_KERNEL=0 (cuBLAS for every GEMV)
+#   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
+#   gpu_tests.txt   pytest -m gpu over tests/kernels and tests/engine (what the budget leaves)
 #   quant.md        quant_bench --config 4b: bf16 / int8 / NF4 memory, speed, KL
 #   eval_none.md, eval_int8.md, eval_nf4.md   eval_default_model on the GPU: the task scores of
 #                   the embedded model (or $MODEL, a checkpoint folder on the device) unquantized,
@@ -35,13 +36,18 @@ step() {  # step FILE CAP_SECONDS COMMAND...: run with what is left of the budge
   echo "$file: exit $? at $((SECONDS - start)) s"
 }
 
+# the tests of what decode dispatches to first, the timings next, the whole GPU suite last
+step gpu_tests_decode.txt 90 python3 -m pytest -q -m gpu -n 4 -p no:cacheprovider \
+  tests/kernels/test_gemv.py tests/kernels/test_graph_timing.py tests/engine/test_cuda_graph.py \
+  tests/engine/test_fused_decode.py
+tail -3 "$out/gpu_tests_decode.txt" 2>/dev/null
+step profile.md 150 python3 -m benchmarks.decode_profile --prefill 0 --paths fused --gemv-sweep
+step profile_cublas.md 60 env INFINITEVL_GEMV_KERNEL=0 python3 -m benchmarks.decode_profile \
+  --prefill 0 --paths fused --no-frames
+grep -hs "^## \|measured choices" "$out"/profile*.md
+step bench.txt 200 python3 -m benchmarks.bench_engine --out "$out" --budget-s 180 --commit "$commit"
 step gpu_tests.txt 170 python3 -m pytest -q -m gpu -n 4 -p no:cacheprovider tests/kernels tests/engine
 tail -3 "$out/gpu_tests.txt" 2>/dev/null
-step bench.txt 200 python3 -m benchmarks.bench_engine --out "$out" --budget-s 180 --commit "$commit"
-step profile.md 90 python3 -m benchmarks.decode_profile --prefill 0 --paths fused --gemv-sweep
-step profile_vision_unpadded.md 50 env INFINITEVL_VISION_PAD=0 python3 -m benchmarks.decode_profile \
-  --prefill 0 --paths fused
-grep -hs "^## " "$out"/profile*.md
 step quant.md 120 python3 -m benchmarks.quant_bench --device cuda --config 4b
 grep -s "^|" "$out/quant.md"
 for q in none int8 nf4; do

@@ -4,7 +4,10 @@
 CUDA weight without autograd, and ``F.linear`` (``reference``) everywhere else. Which of the two
 runs is decided per weight shape by timing both the first time the shape is seen outside a CUDA
 graph capture, so the kernel can only make a decode step faster: a shape first met during a
-capture keeps cuBLAS. ``INFINITEVL_GEMV_KERNEL=0`` keeps cuBLAS everywhere, ``=1`` takes the
+capture keeps cuBLAS. Both are timed as the decode step runs them: replayed from a CUDA graph,
+weights read from memory (``kernels.graph_timing``). With eager launches the Triton launch's host
+cost (tens of us, gone inside the graph) was measured instead, and cuBLAS always won.
+``INFINITEVL_GEMV_KERNEL=0`` keeps cuBLAS everywhere, ``=1`` takes the
 kernel for every eligible call without timing (both for comparisons).
 """
 
@@ -45,17 +48,6 @@ def _fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _time_ms(fn, reps: int = 20) -> float:  # noqa: ANN001 (a no-argument callable)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    fn()
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
-
-
 def _measured_choice(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     key = (*weight.shape, x.dtype, x.device, bias is not None)
     known = _choice.get(key)
@@ -64,21 +56,13 @@ def _measured_choice(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if torch.cuda.is_current_stream_capturing():
         return False  # no timing inside a capture: cuBLAS, decided again outside
     from kernels.gemv import gemv_triton
+    from kernels.graph_timing import copies_beyond_l2, graph_us
 
-    gemv_triton.linear(x, weight, bias)  # compiles and autotunes
-    # a fresh copy of the weight for each timed call would be truer to decode (weights come from
-    # memory, not L2); two copies larger than L2 between them come close enough for a choice
-    ws = [weight, weight.clone()] if weight.nbytes < 64 * 2**20 else [weight]
-    box = [0]
-
-    def nxt() -> torch.Tensor:
-        box[0] += 1
-        return ws[box[0] % len(ws)]
-
-    t_kernel = _time_ms(lambda: gemv_triton.linear(x, nxt(), bias))
-    t_cublas = _time_ms(lambda: F.linear(x, nxt(), bias))
+    ws = copies_beyond_l2(weight)
+    t_kernel = graph_us(lambda i: gemv_triton.linear(x, ws[i % len(ws)], bias))
+    t_cublas = graph_us(lambda i: F.linear(x, ws[i % len(ws)], bias))
     _choice[key] = t_kernel < t_cublas
-    log.info("gemv %s: kernel %.1f us, cuBLAS %.1f us", key[:2], t_kernel * 1e3, t_cublas * 1e3)
+    log.info("gemv %s: kernel %.1f us, cuBLAS %.1f us (graphed)", key[:2], t_kernel, t_cublas)
     return _choice[key]
 
 

@@ -19,10 +19,12 @@ from kernels.gemv.reference import check_inputs
 
 log = logging.getLogger(__name__)
 
-# (BLOCK_N, BLOCK_K, num_warps): from 2 to 32 rows a program, 8 to 32 KiB of bf16 weights a tile
+# (BLOCK_N, BLOCK_K, num_warps): from 1 to 32 rows a program, 4 to 32 KiB of bf16 weights a tile
 _CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=nw)
     for bn, bk, nw in [
+        (1, 2048, 4),
+        (2, 1024, 4),
         (2, 2048, 4),
         (4, 1024, 4),
         (4, 2048, 8),
