@@ -42,6 +42,10 @@ class DataConfig:
         repeat: if > 0, cycle through the first `repeat` samples (overfitting checks, tests).
         size_multiple: pad rendered images to multiples of this many pixels (112: full vision
             windows, far fewer attention calls per batch on a GPU).
+        line_size: (low, high) font pixels of the single words and lines (`ocr_word`,
+            `ocr_line`, `ocr_unseen`).
+        reading_view: those lines as OCR shows them to the model: text under 16 rows enlarged
+            (`synthetic.lines.as_read`).
     """
 
     weights: dict[str, float] = field(default_factory=dict)
@@ -56,6 +60,8 @@ class DataConfig:
     screen_height: tuple[int, int] = (56, 224)
     repeat: int = 0
     size_multiple: int = 0
+    line_size: tuple[int, int] = (12, 24)
+    reading_view: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,7 @@ class TrainConfig:
         for key in ("trainable", "layer_types"):
             if key in raw:
                 raw[key] = tuple(raw[key])
-        for key in ("sharegpt", "num_pages", "screen_width", "screen_height"):
+        for key in ("sharegpt", "num_pages", "screen_width", "screen_height", "line_size"):
             if key in data:
                 data[key] = tuple(data[key])
         if "target_modules" in lora:
@@ -169,6 +175,11 @@ class TrainConfig:
             )
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"training config: dtype {self.dtype!r} not float32/bfloat16")
+        low, high = self.data.line_size
+        if not 6 <= low <= high:
+            raise ConfigError(
+                f"training config: data.line_size {self.data.line_size} (need 6 <= low <= high)"
+            )
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)

@@ -41,6 +41,8 @@ class SampleStream:
             cfg.page_size,
             cfg.num_pages,
             cfg.size_multiple,
+            cfg.line_size,
+            cfg.reading_view,
         )
         self.fonts = find_fonts() if cfg.weights else []
         self.text = TextSource.from_stdlib() if cfg.weights else None

@@ -9,10 +9,12 @@ which these lines cannot be.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import string
 from pathlib import Path
 
+from engine.ocr_lines import enlarge_small_text
 from engine.train.synthetic.canvas import (
     Canvas,
     Rendered,
@@ -20,6 +22,7 @@ from engine.train.synthetic.canvas import (
     line_height,
     load_font,
 )
+from engine.train.synthetic.glyphs import Glyph
 from engine.train.text_sources import TextSource
 
 
@@ -114,3 +117,21 @@ def render_line(
     c = Canvas(width, line_height(font) + 2 * pad_y, bg)
     c.write((pad_x, pad_y), text, font, fg)
     return c.result()
+
+
+def as_read(rendered: Rendered) -> Rendered:
+    """`rendered` as `infinitevl ocr` and the screen capture show it to the model: text lower
+    than `engine.ocr_lines.MIN_TEXT_HEIGHT` rows enlarged (`enlarge_small_text`), the glyph
+    centres scaled with the picture.
+
+    A toolkit's labels are ~12 px high; OCR enlarges them, blurred by the bicubic resampling, so
+    a model that learns from such lines learns what it will be shown.
+    """
+    image = enlarge_small_text(rendered.image)
+    if image is rendered.image:
+        return rendered
+    sx, sy = image.width / rendered.image.width, image.height / rendered.image.height
+    glyphs = rendered.glyphs
+    if glyphs is not None:
+        glyphs = tuple(Glyph(g.char, g.x * sx, g.y * sy) for g in glyphs)
+    return dataclasses.replace(rendered, image=image, glyphs=glyphs)

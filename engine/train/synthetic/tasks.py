@@ -19,7 +19,7 @@ from engine.train.synthetic.charts import render_bar_chart
 from engine.train.synthetic.dialogs import render_dialog
 from engine.train.synthetic.documents import render_code, render_page, render_receipt, render_table
 from engine.train.synthetic.glyphs import Glyph
-from engine.train.synthetic.lines import line_text, render_line, unseen_text, word_text
+from engine.train.synthetic.lines import as_read, line_text, render_line, unseen_text, word_text
 from engine.train.synthetic.screens import render_screen
 from engine.train.text_sources import TextSource
 
@@ -60,6 +60,9 @@ class TaskMix:
         page_size: side of a square document page, pixels.
         num_pages: (low, high) pages of a long document.
         size_multiple: if > 1, images are padded to multiples of it (see `pad_to_multiple`).
+        line_size: (low, high) font pixels of single words and lines.
+        reading_view: show single words and lines as OCR shows them to the model, small text
+            enlarged (`lines.as_read`).
     """
 
     weights: dict[str, float]
@@ -68,6 +71,8 @@ class TaskMix:
     page_size: int = 336
     num_pages: tuple[int, int] = (2, 8)
     size_multiple: int = 0
+    line_size: tuple[int, int] = (12, 24)
+    reading_view: bool = False
 
 
 def ocr_sample(rendered: Rendered, kind: str) -> Sample:
@@ -171,16 +176,23 @@ def make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: Tas
     return sample
 
 
+def _line_sample(
+    rng: random.Random, text: str, fonts: list[Path], mix: TaskMix, task: str
+) -> Sample:
+    rendered = render_line(rng, text, fonts, mix.screen_width[1], mix.line_size)
+    return ocr_sample(as_read(rendered) if mix.reading_view else rendered, task)
+
+
 def _make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskMix) -> Sample:
     names = sorted(mix.weights)
     task = rng.choices(names, weights=[mix.weights[n] for n in names])[0]
     side = mix.page_size
     if task == "ocr_word":
-        return ocr_sample(render_line(rng, word_text(rng, src), fonts, mix.screen_width[1]), task)
+        return _line_sample(rng, word_text(rng, src), fonts, mix, task)
     if task == "ocr_line":
-        return ocr_sample(render_line(rng, line_text(rng, src), fonts, mix.screen_width[1]), task)
+        return _line_sample(rng, line_text(rng, src), fonts, mix, task)
     if task == "ocr_unseen":
-        return ocr_sample(render_line(rng, unseen_text(rng), fonts, mix.screen_width[1]), task)
+        return _line_sample(rng, unseen_text(rng), fonts, mix, task)
     if task == "ocr_screen":
         return ocr_sample(render_screen(rng, src, fonts, _screen_size(rng, mix)), task)
     if task == "ocr_dialog":

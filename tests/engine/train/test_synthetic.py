@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.errors import ConfigError
+from engine.ocr_lines import MIN_TEXT_HEIGHT, reading_bands, text_height
+from engine.train.config import TrainConfig
 from engine.train.fonts import draws_latin, find_fonts
 from engine.train.synthetic.dialogs import BUTTONS, render_dialog
 from engine.train.synthetic.lines import render_line, unseen_text
@@ -110,6 +113,46 @@ def test_size_multiple_pads_without_changing_the_text(src: TextSource, fonts: li
     assert w % 112 == 0 and h % 112 == 0
     pw, ph = plain.images[0].size
     assert np.array_equal(np.asarray(padded.images[0])[:ph, :pw], np.asarray(plain.images[0]))
+
+
+def test_reading_view_shows_small_lines_as_ocr_shows_them(src: TextSource, fonts: list) -> None:
+    # GIVEN toolkit-sized lines (9-11 px fonts) drawn plain and in the reading view
+    plain = TaskMix({"ocr_unseen": 1.0}, line_size=(9, 11))
+    shown = TaskMix({"ocr_unseen": 1.0}, line_size=(9, 11), reading_view=True)
+    for seed in range(6):
+        a = make_sample(random.Random(seed), src, fonts, plain)
+        b = make_sample(random.Random(seed), src, fonts, shown)
+        # THEN the text is the same, and the picture is what OCR hands the model for that line
+        assert a.messages == b.messages
+        assert text_height(a.images[0]) < MIN_TEXT_HEIGHT
+        (band,) = reading_bands(a.images[0])
+        assert b.images[0].size == band.size and b.images[0].height > a.images[0].height
+        assert np.array_equal(np.asarray(b.images[0]), np.asarray(band))
+        # AND the glyph centres moved with the picture
+        scale = b.images[0].width / a.images[0].width
+        first_a, first_b = a.glyphs[0][0], b.glyphs[0][0]  # type: ignore[index]
+        assert first_b.char == first_a.char and first_b.x == pytest.approx(first_a.x * scale)
+
+
+def test_line_size_comes_from_the_config_and_is_checked() -> None:
+    cfg = TrainConfig.from_dict(
+        {
+            "stage": "sft",
+            "init": "m",
+            "out_dir": "o",
+            "data": {"weights": {"ocr_line": 1.0}, "line_size": [10, 14]},
+        }
+    )
+    assert cfg.data.line_size == (10, 14)
+    with pytest.raises(ConfigError, match=r"line_size \(14, 10\)"):
+        TrainConfig.from_dict(
+            {
+                "stage": "sft",
+                "init": "m",
+                "out_dir": "o",
+                "data": {"weights": {"ocr_line": 1.0}, "line_size": [14, 10]},
+            }
+        )
 
 
 @pytest.mark.parametrize("max_width", [40, 120, 800])
