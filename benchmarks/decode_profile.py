@@ -239,17 +239,25 @@ def triton_gemv_us(x: torch.Tensor, ws: list[torch.Tensor]) -> float:
     return graph_us(lambda i: gemv_triton.linear(x, ws[i % len(ws)]))
 
 
+# tiles outside the autotuning list, timed beside it: (BLOCK_N, BLOCK_K, num_warps, num_stages)
+SWEEP_EXTRA = ((1, 1024, 2, 3), (1, 4096, 8, 3), (1, 2048, 4, 1), (1, 2048, 4, 4), (2, 2048, 8, 3))
+
+
 def gemv_sweep(model: InfiniteVLForConditionalGeneration) -> None:
-    """Each tile of ``kernels.gemv``'s autotuning list timed on each decoder weight shape, with
-    the weights read from memory (not L2): which tile the kernel should take per shape."""
+    """Each tile of ``kernels.gemv``'s autotuning list, and of ``SWEEP_EXTRA``, timed on each
+    decoder weight shape with the weights read from memory (not L2): which tile the kernel
+    should take per shape."""
     dev, dtype = model.device, model.dtype
     if dev.type != "cuda":
         out("", "GEMV tile sweep: CUDA only")
         return
     from kernels.gemv import gemv_triton
 
-    configs = gemv_triton._CONFIGS  # noqa: SLF001 (the list the sweep is about)
-    names = [f"{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}/{c.num_warps}w" for c in configs]
+    tiles = [
+        (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+        for c in gemv_triton._CONFIGS  # noqa: SLF001 (the list the sweep is about)
+    ] + list(SWEEP_EXTRA)
+    names = [f"{bn}x{bk}/{nw}w/{ns}s" for bn, bk, nw, ns in tiles]
     rows = []
     for name, (n_out, n_in, _count) in linear_shapes(model).items():
         try:
@@ -257,10 +265,7 @@ def gemv_sweep(model: InfiniteVLForConditionalGeneration) -> None:
             x = torch.randn(1, 1, n_in, device=dev, dtype=dtype)
             ws = copies_beyond_l2(w)
             y = torch.empty(1, 1, n_out, device=dev, dtype=dtype)
-            cells = [
-                _tile_us(x, ws, y, c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps)
-                for c in configs
-            ]
+            cells = [_tile_us(x, ws, y, *tile) for tile in tiles]
             best = min(range(len(cells)), key=cells.__getitem__)
             gbs = w.nbytes / (cells[best] * 1e-6) / 1e9
             rows.append([name, *(fmt(v, 1) for v in cells), f"{names[best]}, {fmt(gbs, 0)} GB/s"])
@@ -272,7 +277,7 @@ def gemv_sweep(model: InfiniteVLForConditionalGeneration) -> None:
 
 
 def _tile_us(
-    x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, bn: int, bk: int, nw: int
+    x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, bn: int, bk: int, nw: int, ns: int
 ) -> float:
     """us a call of ``gemv_kernel`` with one tile, cycling through the weights ``ws``, replayed
     from a CUDA graph (the decode step's launches: no host cost per call)."""
@@ -285,7 +290,7 @@ def _tile_us(
         wi = ws[i % len(ws)]
         gemv_triton.gemv_kernel[(-(-n_out // bn),)](
             x, wi, wi, y, n_out, wi.stride(0), n_in, HAS_BIAS=False,
-            BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
+            BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns,
         )  # fmt: skip
 
     return graph_us(call)
@@ -342,7 +347,7 @@ def switches() -> dict[str, str]:
     """The environment switches of the decode kernels, as this run has them."""
     names = (
         "INFINITEVL_GEMV_KERNEL", "INFINITEVL_GATES_KERNEL", "INFINITEVL_NORM_KERNEL",
-        "INFINITEVL_SHORT_CONV_KERNEL", "INFINITEVL_FUSED_DECODE",
+        "INFINITEVL_SHORT_CONV_KERNEL", "INFINITEVL_ROPE_KERNEL", "INFINITEVL_FUSED_DECODE",
     )  # fmt: skip
     return {n: os.environ.get(n, "unset") for n in names}
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from engine.engine import CancelToken, Engine, ModelInfo
-from engine.ocr_lines import reading_bands
+from engine.ocr_lines import join_readings, reading_pieces
 from engine.preprocess import open_picture, to_pil, to_rgb
 from engine.sampling import SamplingParams
 
@@ -48,9 +48,10 @@ def ocr_image(
 
     Args:
         image: a path, a PIL image or a uint8 [H, W, 3] RGB array.
-        max_new_tokens: the longest reply read (for each band, when split).
-        lines: read each band of text lines on its own (`engine.ocr_lines.reading_bands`: small
-            text enlarged) and join them; None (auto) does so for the embedded default model,
+        max_new_tokens: the longest reply read (for each piece, when split).
+        lines: read each band of text lines on its own, cut where its pieces stand far apart
+            (`engine.ocr_lines.reading_pieces`: small text enlarged), and join the readings;
+            None (auto) does so for the embedded default model,
             which reads a line far better than a page, and reads the whole image at once with
             any other model.
         num_beams: above 1, each read is a beam search of that width (`engine.beam`); None
@@ -59,13 +60,12 @@ def ocr_image(
         InputError: an unreadable or empty image.
         Cancelled: `cancel` was set.
     """
-    if reads_by_lines(engine.info, lines):
-        parts: list[ImageInput] = list(reading_bands(to_rgb(to_pil(open_picture(image)))))
-    else:
-        parts = [image]
     beams = ocr_beams(engine.info, num_beams)
-    texts = [_read(engine, part, max_new_tokens, cancel, beams) for part in parts]
-    return "\n".join(t for t in texts if t)
+    if not reads_by_lines(engine.info, lines):
+        return _read(engine, image, max_new_tokens, cancel, beams)
+    pieces = reading_pieces(to_rgb(to_pil(open_picture(image))))
+    texts = [_read(engine, piece.image, max_new_tokens, cancel, beams) for piece in pieces]
+    return join_readings(pieces, texts)
 
 
 def reads_by_lines(info: ModelInfo, lines: bool | None = None) -> bool:
@@ -125,7 +125,8 @@ def add_reading_arguments(p: argparse.ArgumentParser) -> None:
     `ocr_image`'s `lines` and `num_beams` take."""
     p.add_argument(
         "--lines", choices=tuple(LINES_MODES), default="auto",
-        help="read each band of text lines on its own (small text enlarged), then join them: "
+        help="read each band of text lines on its own (cut where its parts stand far apart, "
+        "small text enlarged), then join them: "
         "on, off, or auto (on for the embedded model, which reads a line far better than a "
         "page; off for others)",
     )  # fmt: skip

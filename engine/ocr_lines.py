@@ -25,6 +25,9 @@ a set, 14 and 18 rows did worse (mean CER over the six sets 0.189 and 0.215 agai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -35,6 +38,8 @@ RULE_COLUMN = 0.5  # a column inked in more than this share of the rows is a fra
 MIN_GAP = 3  # blank rows that end a band (accents and dots sit 1-2 rows above their letters)
 MIN_HEIGHT = 6  # bands lower than this are rules or specks, not text
 PAD = 6  # rows kept above and below a band, up to the middle of the gap to the next
+LONG_RUN = 24  # ink longer than this along a row is a frame's or a rule's edge, not a letter's
+PIECE_GAP = 1.5  # blank columns, in heights of a band's text, that part two pieces of the band
 MIN_TEXT_HEIGHT = 16  # rows of text a band is enlarged to, when its text is lower
 MAX_ENLARGE = 2.0  # the most a band is enlarged
 
@@ -46,11 +51,8 @@ def text_rows(image: Image.Image) -> np.ndarray:
     frame, a table's side) are not text; a row is text when it has enough ink in enough separate
     pieces, so that a horizontal rule (one long run, whatever colour the row takes) is not.
     """
-    grey = np.asarray(image.convert("L"), dtype=np.int16)
-    height, width = grey.shape
-    rows = np.arange(height)[:, None] * 256
-    counts = np.bincount((grey + rows).ravel(), minlength=256 * height).reshape(height, 256)
-    ink = np.abs(grey - counts.argmax(axis=1)[:, None]) > INK_DELTA
+    ink = _ink(image)
+    width = ink.shape[1]
     ink[:, ink.mean(axis=0) > RULE_COLUMN] = False
     edges = (ink[:, 1:] != ink[:, :-1]).sum(axis=1)
     return (ink.sum(axis=1) >= max(MIN_INK, width // 100)) & (edges >= MIN_EDGES)
@@ -110,7 +112,123 @@ def enlarge_small_text(band: Image.Image) -> Image.Image:
     return band.resize(size, Image.Resampling.BICUBIC)
 
 
-def reading_bands(image: Image.Image) -> list[Image.Image]:
-    """The pieces of `image` a model that reads line by line is shown: its bands of text lines
-    (`split_lines`), each with small text enlarged (`enlarge_small_text`)."""
-    return [enlarge_small_text(band) for band in split_lines(image)]
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One picture a model that reads line by line is shown, and the band it is part of."""
+
+    image: Image.Image
+    line: int  # index of its band, top to bottom; a band's pieces come left to right
+
+
+def _ink(image: Image.Image) -> np.ndarray:
+    """[H, W] bool: the pixels far from their row's most common grey (`INK_DELTA`)."""
+    grey = np.asarray(image.convert("L"), dtype=np.int16)
+    height = grey.shape[0]
+    rows = np.arange(height)[:, None] * 256
+    counts = np.bincount((grey + rows).ravel(), minlength=256 * height).reshape(height, 256)
+    return np.abs(grey - counts.argmax(axis=1)[:, None]) > INK_DELTA
+
+
+def letter_rows(band: Image.Image) -> np.ndarray:
+    """[H] bool: the rows of `band`'s line of text: of its runs of text rows (`text_rows`, runs
+    parted by `MIN_GAP` blank rows), the one with the most ink. Frames above and below the
+    letters (a button's top and bottom, with their rounded corners) are runs of their own."""
+    rows = text_rows(band)
+    on = np.flatnonzero(rows)
+    if on.size == 0:
+        return rows
+    starts = [0, *(np.flatnonzero(np.diff(on) >= MIN_GAP) + 1).tolist()]
+    runs = [on[a:b] for a, b in zip(starts, [*starts[1:], on.size], strict=True)]
+    ink = _ink(band).sum(axis=1)
+    best = max(runs, key=lambda run: int(ink[run[0] : run[-1] + 1].sum()))
+    out = np.zeros_like(rows)
+    out[best[0] : best[-1] + 1] = True
+    return out
+
+
+def letter_columns(band: Image.Image) -> np.ndarray:
+    """[W] bool: the columns of `band` that hold letters.
+
+    Ink as `text_rows` finds it, in the band's line of text (`letter_rows`), less what no
+    letter draws: columns inked in most rows (a button's or a window's sides) and runs longer
+    than `LONG_RUN` along a row (a button's top and bottom edges, a rule).
+    """
+    ink = _ink(band)
+    ink[:, ink.mean(axis=0) > RULE_COLUMN] = False
+    return _without_long_runs(ink[letter_rows(band)]).any(axis=0)
+
+
+def _without_long_runs(ink: np.ndarray) -> np.ndarray:
+    """`ink` [H, W] less its runs longer than `LONG_RUN` along a row (edges, rules)."""
+    for y, x0, x1 in _runs(ink):
+        if x1 - x0 > LONG_RUN:
+            ink[y, x0:x1] = False
+    return ink
+
+
+def _runs(ink: np.ndarray) -> list[tuple[int, int, int]]:
+    """(row, first column, end column) of each horizontal run of True in `ink` [H, W]."""
+    padded = np.zeros((ink.shape[0], ink.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = ink
+    edges = np.diff(padded, axis=1)
+    starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
+    return list(zip(starts[0].tolist(), starts[1].tolist(), ends[1].tolist(), strict=True))
+
+
+def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
+    """The (left, right) columns of the pieces of `band`: its letters, parted where the blank
+    between two is at least `PIECE_GAP` times the height of its text (the buttons of a dialog's
+    row, a label and its value far apart); one piece, the whole width, when there is no such gap.
+
+    A word's spaces are a third to half of the text's height. Read as one picture, a row of
+    buttons came back as its first button only: the model had learnt lines whose words follow
+    one another, and stopped at the first wide blank.
+    """
+    columns = np.flatnonzero(letter_columns(band))
+    height = int(letter_rows(band).sum())
+    if columns.size == 0 or height == 0:
+        return [(0, band.width)]
+    wide = np.flatnonzero(np.diff(columns) > PIECE_GAP * height)
+    if wide.size == 0:
+        return [(0, band.width)]
+    lefts = [int(columns[0]), *(int(columns[i + 1]) for i in wide)]
+    rights = [*(int(columns[i]) + 1 for i in wide), int(columns[-1]) + 1]
+    # each piece keeps a margin of blank columns, at most one text height and never past the
+    # middle of the gap to a neighbour or into other ink (a button's side)
+    inked = _without_long_runs(_ink(band)).any(axis=0)  # letters and frames' sides
+    bounds = [0, *((r + nxt) // 2 for r, nxt in zip(rights, lefts[1:], strict=False)), band.width]
+    spans = []
+    for left, right, lo, hi in zip(lefts, rights, bounds, bounds[1:], strict=False):
+        lo, hi = max(lo, left - height), min(hi, right + height)
+        while left > lo and not inked[left - 1]:
+            left -= 1
+        while right < hi and not inked[right]:
+            right += 1
+        spans.append((left, right))
+    return spans
+
+
+def reading_pieces(image: Image.Image) -> list[Piece]:
+    """The pictures a model that reads line by line is shown, in reading order: each band of
+    text lines (`split_lines`), cut into its pieces where they stand far apart (`band_pieces`),
+    each with small text enlarged (`enlarge_small_text`)."""
+    pieces = []
+    for line, band in enumerate(split_lines(image)):
+        spans = band_pieces(band)
+        if len(spans) == 1:
+            pieces.append(Piece(enlarge_small_text(band), line))
+            continue
+        for left, right in spans:
+            crop = band.crop((left, 0, right, band.height))
+            pieces.append(Piece(enlarge_small_text(crop), line))
+    return pieces
+
+
+def join_readings(pieces: Sequence[Piece], texts: Sequence[str]) -> str:
+    """The text of `pieces` read as `texts` (one each, in order): a band's pieces joined by
+    spaces, bands by newlines; empty readings dropped."""
+    lines: dict[int, list[str]] = {}
+    for piece, text in zip(pieces, texts, strict=True):
+        if text.strip():
+            lines.setdefault(piece.line, []).append(text.strip())
+    return "\n".join(" ".join(parts) for _, parts in sorted(lines.items()))

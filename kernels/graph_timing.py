@@ -11,6 +11,10 @@ from collections.abc import Callable
 
 import torch
 
+# one warm-up stream per device for every timing: cuBLAS keeps a workspace (32 MiB on Hopper) for
+# each stream it has run on, for the life of the process, so a new stream per timing leaks one
+_warm_streams: dict[int, torch.cuda.Stream] = {}
+
 
 def graph_us(call: Callable[[int], object], calls: int = 24, replays: int = 5) -> float:
     """Microseconds per call of ``call(i)``, ``i`` = 0..calls-1, replayed from one CUDA graph.
@@ -21,7 +25,10 @@ def graph_us(call: Callable[[int], object], calls: int = 24, replays: int = 5) -
     """
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError("graph_us: a CUDA graph capture is already in progress")
-    side = torch.cuda.Stream()
+    device = torch.cuda.current_device()
+    side = _warm_streams.get(device)
+    if side is None:
+        side = _warm_streams[device] = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for i in range(3):

@@ -19,7 +19,7 @@ from app.capture.screenshot import MonitorShot, grab_desktop
 from app.engine_client import ChatResult, EngineClient
 from engine import SamplingParams
 from engine.ocr import MAX_OCR_TOKENS, OCR_PROMPT, ocr_beams, reads_by_lines
-from engine.ocr_lines import reading_bands
+from engine.ocr_lines import Piece, join_readings, reading_pieces
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +114,15 @@ class OcrFlow(QtCore.QObject):
 class OcrEngineBridge(QtCore.QObject):
     """Sends each crop to a fresh engine session (no conversation) and returns the reply.
 
-    With the embedded default model the crop is read band by band (`engine.ocr_lines`, as
-    `infinitevl ocr` does: that model reads a line far better than a page), one request after
-    the other, and the replies are joined; any other model reads the whole crop at once. Each
+    With the embedded default model the crop is read piece by piece (`engine.ocr_lines`: its
+    bands of text lines, a band cut where its parts stand far apart, as `infinitevl ocr` does:
+    that model reads a line far better than a page), one request after the other, and the
+    replies are joined; any other model reads the whole crop at once. Each
     read takes the beams `engine.ocr.ocr_beams` gives the model (beam search for the embedded
     one), as `infinitevl ocr` does.
     """
 
-    progress = QtCore.Signal(int, int)  # bands read so far (from 1), bands in the crop
+    progress = QtCore.Signal(int, int)  # pieces read so far (from 1), pieces in the crop
 
     def __init__(
         self,
@@ -136,6 +137,7 @@ class OcrEngineBridge(QtCore.QObject):
         self._params = params
         self._request: int | None = None
         self._is_cancelling = False
+        self._pieces: list[Piece] = []
         self._bands: list[np.ndarray] = []
         self._band_params = OCR_PARAMS
         self._texts: list[str] = []
@@ -158,8 +160,10 @@ class OcrEngineBridge(QtCore.QObject):
         self._is_cancelling = False
         info = self._client.model_info
         if info is not None and reads_by_lines(info):
-            self._bands = [np.array(band) for band in reading_bands(Image.fromarray(crop))]
+            self._pieces = reading_pieces(Image.fromarray(crop))
+            self._bands = [np.array(piece.image) for piece in self._pieces]
         else:
+            self._pieces = []
             self._bands = [crop]
         beams = 1 if info is None else ocr_beams(info)
         self._band_params = replace(self._params, num_beams=beams)
@@ -183,8 +187,10 @@ class OcrEngineBridge(QtCore.QObject):
             self._texts.append(result.text.strip())
             if len(self._texts) < len(self._bands):
                 self._ask_next()
+            elif self._pieces:
+                self._flow.on_transcribed(join_readings(self._pieces, self._texts))
             else:
-                self._flow.on_transcribed("\n".join(t for t in self._texts if t))
+                self._flow.on_transcribed(self._texts[0])
 
     @QtCore.Slot(int, str)
     def _on_generation_failed(self, request_id: int, message: str) -> None:

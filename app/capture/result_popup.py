@@ -73,9 +73,10 @@ class OcrResultPopup(QtWidgets.QFrame):
 
     @QtCore.Slot(int, int)
     def show_progress(self, done: int, total: int) -> None:
-        """A region read line by line: which line the model is on."""
+        """A region read piece by piece (its lines, a line's far-apart parts): which one the
+        model is on."""
         if self.is_reading:
-            self.title.setText(f"Reading the selected region… line {done + 1} of {total}")
+            self.title.setText(f"Reading the selected region… part {done + 1} of {total}")
 
     @QtCore.Slot(str, object)
     def show_copied(self, text: str, crop: np.ndarray | None) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from engine.config import ModelConfig, TextConfig
 from engine.errors import InputError
+from kernels import rope
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +49,12 @@ def mrope_cos_sin(
     return cos, sin
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """[x1, x2] -> [-x2, x1] over the last dimension."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rotary(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate ``q`` [B, H, T, D] and ``k`` [B, H_kv, T, D] by ``cos``/``sin`` [B, T, D]."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    if q.shape[0] == 1 and q.shape[2] == 1 and q.dtype == k.dtype:
-        # one decode token: q and k rotated together (the same element-wise ops, half the
-        # kernels); the results are contiguous slices of one [1, H + H_kv, 1, D] tensor
-        qk = torch.cat([q, k], dim=1)
-        qk = qk * cos + rotate_half(qk) * sin
-        return qk[:, : q.shape[1]], qk[:, q.shape[1] :]
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    """Rotate ``q`` [B, H, T, D] and ``k`` [B, H_kv, T, D] by ``cos``/``sin`` [B, T, D]
+    (``kernels.rope``: one Triton launch for a decode token on CUDA, torch elsewhere)."""
+    return rope.rotate_qk(q, k, cos, sin)
 
 
 def rope_index(

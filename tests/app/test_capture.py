@@ -716,7 +716,7 @@ def test_region_ocr_reads_band_by_band_with_the_embedded_model(qtbot, embedded: 
         for i in range(3 if embedded else 1):
             assert len(client.asked) == i + 1  # one request at a time
             if embedded and i:  # the popup says which line the model is on
-                assert popup.title.text().endswith(f"line {i + 1} of 3")
+                assert popup.title.text().endswith(f"part {i + 1} of 3")
             client.reply(f"line {i}\n" if embedded else "all of it")
     # THEN the embedded model was asked about each band in order, whole width (PIL's default
     # font is small: each band enlarged alike, `engine.ocr_lines.enlarge_small_text`), and the

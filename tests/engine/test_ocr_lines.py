@@ -11,9 +11,12 @@ from PIL import Image, ImageDraw, ImageFont
 from engine.ocr_lines import (
     MAX_ENLARGE,
     MIN_TEXT_HEIGHT,
+    Piece,
+    band_pieces,
     enlarge_small_text,
+    join_readings,
     line_bands,
-    reading_bands,
+    reading_pieces,
     split_lines,
     text_height,
 )
@@ -117,14 +120,64 @@ def test_tiny_text_is_enlarged_at_most_max_enlarge_times() -> None:
     assert big.size == (round(band.width * MAX_ENLARGE), round(band.height * MAX_ENLARGE))
 
 
-def test_reading_bands_are_the_bands_with_small_text_enlarged() -> None:
+def test_reading_pieces_are_the_bands_with_small_text_enlarged() -> None:
     image = Image.new("RGB", (420, 120), (239, 239, 239))
     draw = ImageDraw.Draw(image)
     draw.text((8, 10), "Storage", font=_font(22), fill="black")
     draw.text((8, 60), "Download complete: 536 MB", font=_font(10), fill="black")
     bands = split_lines(image)
-    pieces = reading_bands(image)
-    assert len(bands) == len(pieces) == 2
-    assert pieces[0].size == bands[0].size  # large enough already: the crop as it is
-    assert pieces[0].tobytes() == bands[0].tobytes()
-    assert pieces[1].width > image.width and text_height(pieces[1]) >= MIN_TEXT_HEIGHT - 2
+    pieces = reading_pieces(image)
+    assert len(bands) == len(pieces) == 2 and [p.line for p in pieces] == [0, 1]
+    assert pieces[0].image.size == bands[0].size  # large enough already: the crop as it is
+    assert pieces[0].image.tobytes() == bands[0].tobytes()
+    assert pieces[1].image.width > image.width
+    assert text_height(pieces[1].image) >= MIN_TEXT_HEIGHT - 2
+
+
+def _button_row(labels: list[str], size: int = 12) -> tuple[Image.Image, list[tuple[int, int]]]:
+    """Push buttons side by side as a toolkit draws them (framed, rounded, 6 px apart), under a
+    line of text; and each button's (left, right) columns."""
+    image = Image.new("RGB", (120 * len(labels) + 20, 70), (239, 239, 239))
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 6), "Do you want to save changes?", font=_font(size), fill=(20, 20, 20))
+    boxes = []
+    for i, label in enumerate(labels):
+        left = 10 + i * 120
+        draw.rounded_rectangle((left, 32, left + 113, 58), radius=3, fill=(250, 250, 250),
+                               outline=(140, 140, 140))  # fmt: skip
+        width = draw.textlength(label, font=_font(size))
+        draw.text((left + (114 - width) / 2, 38), label, font=_font(size), fill=(20, 20, 20))
+        boxes.append((left, left + 114))
+    return image, boxes
+
+
+def test_a_row_of_buttons_is_read_button_by_button() -> None:
+    # GIVEN a dialog's last band: three framed buttons, far apart
+    image, boxes = _button_row(["Cancel", "OK", "Save"])
+    bands = split_lines(image)
+    assert len(bands) == 2
+    # THEN it is cut into one piece per button, each inside its button's frame
+    spans = band_pieces(bands[1])
+    assert len(spans) == 3, spans
+    for (left, right), (box_left, box_right) in zip(spans, boxes, strict=True):
+        assert box_left < left < right < box_right
+    pieces = reading_pieces(image)
+    assert [p.line for p in pieces] == [0, 1, 1, 1]
+    assert all(p.image.height > 0 for p in pieces)
+
+
+def test_a_sentence_stays_one_piece_the_band_whole() -> None:
+    for size in (10, 14, 22):
+        band = _line(size, "Invoice 8492 is due on 14 October, total $12.50")
+        assert band_pieces(band) == [(0, band.width)]
+    blank = Image.new("RGB", (200, 30), "white")
+    assert band_pieces(blank) == [(0, 200)]
+
+
+def test_join_readings_joins_a_bands_pieces_with_spaces() -> None:
+    blank = Image.new("RGB", (4, 4))
+    pieces = [Piece(blank, 0), Piece(blank, 1), Piece(blank, 1), Piece(blank, 1), Piece(blank, 2)]
+    texts = ["Storage", "Cancel", " ", "Save\n", ""]
+    assert join_readings(pieces, texts) == "Storage\nCancel Save"
+    with pytest.raises(ValueError):
+        join_readings(pieces, texts[:2])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ConfigError
-from engine.ocr_lines import MIN_TEXT_HEIGHT, reading_bands, text_height
+from engine.ocr_lines import MIN_TEXT_HEIGHT, reading_pieces, text_height
 from engine.train.config import TrainConfig
 from engine.train.fonts import draws_latin, find_fonts
 from engine.train.synthetic.dialogs import BUTTONS, render_dialog
@@ -125,7 +125,8 @@ def test_reading_view_shows_small_lines_as_ocr_shows_them(src: TextSource, fonts
         # THEN the text is the same, and the picture is what OCR hands the model for that line
         assert a.messages == b.messages
         assert text_height(a.images[0]) < MIN_TEXT_HEIGHT
-        (band,) = reading_bands(a.images[0])
+        (piece,) = reading_pieces(a.images[0])
+        band = piece.image
         assert b.images[0].size == band.size and b.images[0].height > a.images[0].height
         assert np.array_equal(np.asarray(b.images[0]), np.asarray(band))
         # AND the glyph centres moved with the picture
