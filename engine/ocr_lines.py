@@ -39,7 +39,8 @@ MIN_GAP = 3  # blank rows that end a band (accents and dots sit 1-2 rows above t
 MIN_HEIGHT = 6  # bands lower than this are rules or specks, not text
 PAD = 6  # rows kept above and below a band, up to the middle of the gap to the next
 LONG_RUN = 24  # ink longer than this along a row is a frame's or a rule's edge, not a letter's
-PIECE_GAP = 1.5  # blank columns, in heights of a band's text, that part two pieces of the band
+PIECE_GAP = 3.0  # blank columns, in heights of a band's text, that part two pieces of the band
+MIN_PIECE = 1.0  # the narrowest piece of letters, in heights of the band's text (else no cut)
 MIN_TEXT_HEIGHT = 16  # rows of text a band is enlarged to, when its text is lower
 MAX_ENLARGE = 2.0  # the most a band is enlarged
 
@@ -178,7 +179,9 @@ def _runs(ink: np.ndarray) -> list[tuple[int, int, int]]:
 def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
     """The (left, right) columns of the pieces of `band`: its letters, parted where the blank
     between two is at least `PIECE_GAP` times the height of its text (the buttons of a dialog's
-    row, a label and its value far apart); one piece, the whole width, when there is no such gap.
+    row, a label and its value far apart); one piece, the whole width, when there is no such gap
+    or a piece would be narrower than `MIN_PIECE` text heights (what was found is not letters:
+    filled buttons on a dark window leave only fragments of their fill as ink).
 
     A word's spaces are a third to half of the text's height. Read as one picture, a row of
     buttons came back as its first button only: the model had learnt lines whose words follow
@@ -193,6 +196,8 @@ def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
         return [(0, band.width)]
     lefts = [int(columns[0]), *(int(columns[i + 1]) for i in wide)]
     rights = [*(int(columns[i]) + 1 for i in wide), int(columns[-1]) + 1]
+    if min(r - left for left, r in zip(lefts, rights, strict=True)) < MIN_PIECE * height:
+        return [(0, band.width)]
     # each piece keeps a margin of blank columns, at most one text height and never past the
     # middle of the gap to a neighbour or into other ink (a button's side)
     inked = _without_long_runs(_ink(band)).any(axis=0)  # letters and frames' sides

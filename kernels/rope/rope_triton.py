@@ -4,7 +4,8 @@ torch launches a layer).
 One program per (sequence, token) rotates every head of q and k: reads each half of each head
 where the projection left it (views with any strides), and writes one [B, H + Hkv, T, D] tensor
 whose two slices are the rotated q and k. Each product and the sum are rounded to the inputs'
-dtype as torch's ops round, so the result equals ``reference.rotate_qk``'s on CUDA.
+dtype as torch's ops round, so in half precision the result equals ``reference.rotate_qk``'s on
+CUDA; in float32 the GPU may fuse a product into the sum (one rounding fewer, ~1e-7 apart).
 ``TRITON_INTERPRET=1`` runs it on CPU tensors.
 """
 
