@@ -29,9 +29,10 @@ the model learnt lines whose words follow one another. With pieces, the thirteen
 model's CER on the 40 Qt widget dialogs went from 0.288 to 0.253, screenshots from 0.112 to
 0.118, the other sets unchanged, the 800x200 region 0.90 s (`eval_default_model.py --num 40
 --docs 0 --max-new-tokens 96 --threads 2`); the fourteenth's (now shipped) reads the dialogs at
-0.266 with pieces, 0.312 without (engine/train/README.md). A first try cut at 1.5 text heights and took any fragment for
-a piece: filled buttons on a dark window fell apart into slivers of their fill, read as
-invented words (screenshots 0.143 with the fourteenth session's checkpoint, the region 2.07 s).
+0.266 with pieces, 0.312 without (engine/train/README.md). A first try cut at 1.5 text
+heights and took any fragment for a piece: filled buttons on a dark window fell apart into
+slivers of their fill, read as invented words (screenshots 0.143 with the fourteenth session's
+checkpoint, the region 2.07 s).
 """
 
 from __future__ import annotations
