@@ -168,7 +168,7 @@ def letter_columns(band: Image.Image) -> np.ndarray:
     """
     ink = _ink(band)
     ink[:, ink.mean(axis=0) > RULE_COLUMN] = False
-    return _without_long_runs(ink[letter_rows(band)]).any(axis=0)
+    return np.asarray(_without_long_runs(ink[letter_rows(band)]).any(axis=0))
 
 
 def _without_long_runs(ink: np.ndarray) -> np.ndarray:
@@ -212,7 +212,7 @@ def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
         return [(0, band.width)]
     # each piece keeps a margin of blank columns, at most one text height and never past the
     # middle of the gap to a neighbour or into other ink (a button's side)
-    inked = _without_long_runs(_ink(band)).any(axis=0)  # letters and frames' sides
+    inked = np.asarray(_without_long_runs(_ink(band)).any(axis=0))  # letters and frames' sides
     bounds = [0, *((r + nxt) // 2 for r, nxt in zip(rights, lefts[1:], strict=False)), band.width]
     spans = []
     for left, right, lo, hi in zip(lefts, rights, bounds, bounds[1:], strict=False):
