@@ -5,11 +5,14 @@
 #
 # COMMIT names the tree in the reports (compute it where .git is current: the device's copy of
 # .git can be stale). Carry .train_carry/wheels (pytest, fla-core, ...) and .whl/bnb. Each step
-# gets at most what is left of SECONDS (default 540); outputs go to $OUT (or /tmp/gpu_check):
-#   gpu_tests_decode.txt   pytest -m gpu over the GEMV, graph timing, CUDA graph and fused decode
+# gets at most what is left of SECONDS (default 540); the outputs, packed in $OUT/gpu_check.tgz:
+#   gpu_tests_decode.txt   pytest -m gpu over the GEMV, graph timing, RoPE, CUDA graph and fused
+#                   decode tests
+#   gpu_tests_rope.txt   the RoPE, CUDA graph and fused decode tests with INFINITEVL_ROPE_KERNEL=1
 #   profile.md      decode_profile: the graphed decode step's kernels, GEMV speeds and tiles, the
 #                   frame step's kernels
 #   profile_cublas.md   the decode step with INFINITEVL_GEMV_KERNEL=0 (cuBLAS for every GEMV)
+#   profile_rope.md     the decode step with INFINITEVL_ROPE_KERNEL=1 (the RoPE kernel on)
 #   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
 #   gpu_tests.txt   pytest -m gpu over tests/kernels and tests/engine (what the budget leaves)
 #   quant.md        quant_bench --config 4b: bf16 / int8 / NF4 memory, speed, KL
@@ -19,8 +22,10 @@
 set -uo pipefail
 commit=${1:?usage: benchmarks/gpu_check.sh COMMIT [SECONDS]}
 budget=${2:-540}
-out=${OUT:-/tmp/gpu_check}
-mkdir -p "$out"
+# the files are written in /tmp/gpu_check and packed after every step into $OUT/gpu_check.tgz
+# (a device call returns at most 8 files; a call cut short still returns the steps done)
+out=/tmp/gpu_check
+rm -rf "$out" && mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .train_carry/wheels/*.whl \
   > "$out/pip.txt" 2>&1 || echo "wheels: not installed (see pip.txt)"
 export PYTHONPATH="/tmp/site:$PWD/.whl/bnb:$PWD"
@@ -34,15 +39,25 @@ step() {  # step FILE CAP_SECONDS COMMAND...: run with what is left of the budge
   ((cap > left)) && cap=$left
   timeout "$cap" "$@" > "$out/$file" 2>&1
   echo "$file: exit $? at $((SECONDS - start)) s"
+  if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_check.tgz" -C "$out" .; fi
 }
 
 # the tests of what decode dispatches to first, the timings next, the whole GPU suite last
-step gpu_tests_decode.txt 90 python3 -m pytest -q -m gpu -n 4 -p no:cacheprovider \
-  tests/kernels/test_gemv.py tests/kernels/test_graph_timing.py tests/engine/test_cuda_graph.py \
-  tests/engine/test_fused_decode.py
+# one process: xdist's workers would each compile every kernel (the fourteenth session's 90 s
+# were not enough with -n 4)
+decode_tests=(tests/kernels/test_gemv.py tests/kernels/test_graph_timing.py
+  tests/kernels/test_rope.py tests/engine/test_cuda_graph.py tests/engine/test_fused_decode.py)
+step gpu_tests_decode.txt 120 python3 -m pytest -q -m gpu -p no:cacheprovider "${decode_tests[@]}"
 tail -3 "$out/gpu_tests_decode.txt" 2>/dev/null
+# the RoPE kernel is opt-in until this passes (kernels/rope/__init__.py)
+step gpu_tests_rope.txt 90 env INFINITEVL_ROPE_KERNEL=1 python3 -m pytest -q -m gpu \
+  -p no:cacheprovider tests/kernels/test_rope.py tests/engine/test_cuda_graph.py \
+  tests/engine/test_fused_decode.py
+grep -E "^E  |FAILED|passed|failed" "$out/gpu_tests_rope.txt" 2>/dev/null | head -20
 step profile.md 150 python3 -m benchmarks.decode_profile --prefill 0 --paths fused --gemv-sweep
-step profile_cublas.md 60 env INFINITEVL_GEMV_KERNEL=0 python3 -m benchmarks.decode_profile \
+step profile_cublas.md 80 env INFINITEVL_GEMV_KERNEL=0 python3 -m benchmarks.decode_profile \
+  --prefill 0 --paths fused --no-frames
+step profile_rope.md 80 env INFINITEVL_ROPE_KERNEL=1 python3 -m benchmarks.decode_profile \
   --prefill 0 --paths fused --no-frames
 grep -hs "^## \|measured choices" "$out"/profile*.md
 step bench.txt 200 python3 -m benchmarks.bench_engine --out "$out" --budget-s 180 --commit "$commit"
