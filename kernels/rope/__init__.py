@@ -4,8 +4,9 @@ elsewhere.
 ``rotate_qk`` takes the Triton kernel (``rope_triton``, imported on first use) for one token of
 one sequence on CUDA without autograd when ``INFINITEVL_ROPE_KERNEL=1``: one launch a layer
 where torch's ops take six. It is opt-in until a GPU run passes with it on: the first one (commit
-``23f3134``, docs/gpu-session.md) failed tests, among them float32 exactness (the GPU fuses a
-multiply-add the reference rounds twice), and ended before the other failures could be read.
+``23f3134``, docs/gpu-session.md) failed tests, among them float32 exactness (the GPU fused a
+multiply-add the reference rounds twice; compiled without fusion since, not yet run on a GPU),
+and ended before the other failures could be read.
 Prompts and everything else take ``reference``; ``use_kernel=True`` forces the kernel for any
 shape (tests).
 """

@@ -4,8 +4,9 @@ torch launches a layer).
 One program per (sequence, token) rotates every head of q and k: reads each half of each head
 where the projection left it (views with any strides), and writes one [B, H + Hkv, T, D] tensor
 whose two slices are the rotated q and k. Each product and the sum are rounded to the inputs'
-dtype as torch's ops round, so in half precision the result equals ``reference.rotate_qk``'s on
-CUDA; in float32 the GPU may fuse a product into the sum (one rounding fewer, ~1e-7 apart).
+dtype as torch's ops round, and the kernel is compiled without fused multiply-adds
+(``enable_fp_fusion=False``: in float32 a product fused into the sum skips a rounding torch does),
+so the result equals ``reference.rotate_qk``'s on CUDA.
 ``TRITON_INTERPRET=1`` runs it on CPU tensors.
 """
 
@@ -77,6 +78,6 @@ def rotate_qk(
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1),
         HALF=D // 2, BH=triton.next_power_of_2(H + Hkv), BD=triton.next_power_of_2(D // 2),
-        num_warps=4,
+        num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
     return out[:, :H], out[:, H:]
