@@ -347,7 +347,8 @@ def switches() -> dict[str, str]:
     """The environment switches of the decode kernels, as this run has them."""
     names = (
         "INFINITEVL_GEMV_KERNEL", "INFINITEVL_GATES_KERNEL", "INFINITEVL_NORM_KERNEL",
-        "INFINITEVL_SHORT_CONV_KERNEL", "INFINITEVL_ROPE_KERNEL", "INFINITEVL_FUSED_DECODE",
+        "INFINITEVL_SHORT_CONV_KERNEL", "INFINITEVL_ROPE_KERNEL", "INFINITEVL_GEMV_GLU",
+        "INFINITEVL_FUSED_DECODE",
     )  # fmt: skip
     return {n: os.environ.get(n, "unset") for n in names}
 
@@ -389,6 +390,8 @@ def main() -> None:
 
     picks = [f"{n}x{k}: {'Triton' if v else 'cuBLAS'}" for (n, k, *_), v in gemv.choices().items()]
     out("", "kernels.gemv's measured choices: " + ("; ".join(picks) or "none made"))
+    glu = [f"{n}x{k}: {'fused' if v else 'apart'}" for (n, k, *_), v in gemv.glu_choices().items()]
+    out("kernels.gemv's SwiGLU + GEMV choices: " + ("; ".join(glu) or "none made"))
 
 
 if __name__ == "__main__":

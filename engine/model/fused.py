@@ -126,6 +126,14 @@ class FusedLinear:
         self._held = tuple(mods) + tuple(p for m in mods for p in m._parameters.values())
         log.debug("fused %s: %s rows", self.names, self.sizes)
 
+    def product(self, owner: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """The projections of ``x`` as one tensor [..., sum of out_features] (the fused matrix's
+        product, through ``kernels.gemv``); None when the projections cannot be fused."""
+        fused = self.matrices(owner)
+        if fused is None:
+            return None
+        return gemv.linear(x, *fused)
+
     def __call__(self, owner: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Each projection of ``x`` [..., in] (a view of one product when fused)."""
         fused = self.matrices(owner)

@@ -10,7 +10,7 @@ from torch import nn
 from engine.config import TextConfig
 from engine.errors import ConfigError
 from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear, decode_linear
-from kernels import swiglu
+from kernels import gemv, swiglu
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,13 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[..., hidden] -> [..., hidden]."""
         if self.fuse_decode and x.dim() == 3 and x.shape[1] == 1 and not torch.is_grad_enabled():
+            down = self.down_proj
+            gate_up = self._gate_up.product(self, x) if type(down) is nn.Linear else None
+            if gate_up is not None:
+                # kernels.gemv: SiLU(gate) * up then down_proj, or both in one GEMV where that
+                # is on (INFINITEVL_GEMV_GLU=1) and times faster
+                return gemv.silu_mul_linear(gate_up, down.weight, down.bias)
             gate, up = self._gate_up(self, x)
-            return decode_linear(self.down_proj, swiglu.silu_mul(gate, up))
+            return decode_linear(down, swiglu.silu_mul(gate, up))
         # kernels.swiglu: one Triton launch on CUDA without grad, else F.silu(gate) * up
         return self.down_proj(swiglu.silu_mul(self.gate_proj(x), self.up_proj(x)))

@@ -17,22 +17,32 @@ import os
 import torch
 import torch.nn.functional as F
 
-from kernels import use_fast_path
+from kernels import swiglu, use_fast_path
 from kernels.gemv import reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["choices", "linear", "reference"]
+__all__ = ["choices", "glu_choices", "linear", "reference", "silu_mul_linear"]
 
 SWITCH = "INFINITEVL_GEMV_KERNEL"  # "0": cuBLAS everywhere; "1": the kernel without timing
+# "1": the MLP's SwiGLU product made inside the down projection's GEMV where that times faster
+# than the two kernels (opt-in: written after the fourteenth session's last GPU run, untried there)
+GLU_SWITCH = "INFINITEVL_GEMV_GLU"
 
 # (N, K, dtype, device, has bias) -> True when the kernel measured faster than cuBLAS
 _choice: dict[tuple, bool] = {}
+# the same for silu_mul_linear: True when the fused kernel beat kernels.swiglu + linear
+_glu_choice: dict[tuple, bool] = {}
 
 
 def choices() -> dict[tuple, bool]:
     """A copy of the per-shape decisions made so far (benchmarks print them)."""
     return dict(_choice)
+
+
+def glu_choices() -> dict[tuple, bool]:
+    """A copy of ``silu_mul_linear``'s per-shape decisions so far."""
+    return dict(_glu_choice)
 
 
 def _fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -92,3 +102,65 @@ def linear(
 
         return gemv_triton.linear(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def _measured_glu_choice(
+    gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> bool:
+    key = (*weight.shape, gate_up.dtype, gate_up.device, bias is not None)
+    known = _glu_choice.get(key)
+    if known is not None:
+        return known
+    if torch.cuda.is_current_stream_capturing():
+        return False  # decided outside a capture, as linear's choice is
+    from kernels.gemv import gemv_triton
+    from kernels.graph_timing import copies_beyond_l2, graph_us
+
+    K = weight.shape[-1]
+    gate, up = gate_up.split(K, dim=-1)
+    linear(swiglu.silu_mul(gate, up), weight, bias)  # linear's own choice, made before timing
+    ws = copies_beyond_l2(weight)
+    t_fused = graph_us(lambda i: gemv_triton.silu_mul_linear(gate_up, ws[i % len(ws)], bias))
+    t_apart = graph_us(lambda i: linear(swiglu.silu_mul(gate, up), ws[i % len(ws)], bias))
+    _glu_choice[key] = t_fused < t_apart
+    log.info("gemv+swiglu %s: fused %.1f us, apart %.1f us", key[:2], t_fused, t_apart)
+    return _glu_choice[key]
+
+
+def silu_mul_linear(
+    gate_up: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    use_kernel: bool | None = None,
+) -> torch.Tensor:
+    """``linear(SiLU(gate) * up, weight, bias)`` for ``gate_up`` [..., 2K] = [gate | up] (the
+    MLP's fused gate/up product) and ``weight`` [N, K] (its down projection).
+
+    Args:
+        use_kernel: True forces the fused Triton kernel; False ``kernels.swiglu`` then
+            ``linear``; None takes the fused kernel for one row on CUDA when
+            ``INFINITEVL_GEMV_GLU=1`` and it times faster than the two (graphed, per shape),
+            else the two.
+    Returns:
+        [..., N] in the dtype of ``gate_up``.
+    """
+    K = weight.shape[-1]
+    if gate_up.shape[-1] != 2 * K:
+        raise ValueError(
+            f"gemv: gate_up {tuple(gate_up.shape)} is not [gate | up] for weight "
+            f"{tuple(weight.shape)} (last dimension 2 x {K})"
+        )
+    gate, up = gate_up.split(K, dim=-1)
+    if use_kernel is None and os.environ.get(GLU_SWITCH) != "1":
+        use_kernel = False  # opt-in (above)
+    tensors = (gate_up, weight) if bias is None else (gate_up, weight, bias)
+    picked = use_fast_path(gate_up, use_kernel, "gemv", switch=SWITCH, grad_inputs=tensors)
+    if picked and use_kernel is None:
+        fits = _fits(gate, weight) and gate_up.is_contiguous()
+        picked = fits and _measured_glu_choice(gate_up, weight, bias)
+    if picked:
+        from kernels.gemv import gemv_triton
+
+        return gemv_triton.silu_mul_linear(gate_up, weight, bias)
+    return linear(swiglu.silu_mul(gate, up), weight, bias)

@@ -49,6 +49,7 @@ def gemv_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GLU: tl.constexpr = False,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -57,7 +58,16 @@ def gemv_kernel(
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         mask_k = (k0 + offs_k) < K
-        b_x = tl.load(x + k0 + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        if GLU:
+            # x holds [gate | up] (2K): the SwiGLU product made here, rounded as
+            # kernels.swiglu rounds it, so the GEMV reads what the separate kernels would write
+            b_g = tl.load(x + k0 + offs_k, mask=mask_k, other=0.0)
+            b_u = tl.load(x + K + k0 + offs_k, mask=mask_k, other=0.0)
+            g32 = b_g.to(tl.float32)
+            act = (g32 / (1.0 + tl.exp(-g32))).to(b_g.dtype)
+            b_x = (act.to(tl.float32) * b_u.to(tl.float32)).to(b_g.dtype).to(tl.float32)
+        else:
+            b_x = tl.load(x + k0 + offs_k, mask=mask_k, other=0.0).to(tl.float32)
         # weights are read exactly once: keep them from evicting what the next kernels reuse
         b_w = tl.load(
             p_w + k0,
@@ -74,6 +84,8 @@ def gemv_kernel(
 
 # autotuned per (N, K) on CUDA; the CPU interpreter (tests) has no device to time on
 gemv_tuned = triton.autotune(configs=_CONFIGS, key=["N", "K"])(gemv_kernel)
+# the same kernel making its input from [gate | up]: its own tiles (it reads twice the input)
+gemv_glu_tuned = triton.autotune(configs=_CONFIGS, key=["N", "K"])(gemv_kernel)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,4 +109,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return y
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731 (Triton's grid idiom)
     gemv_tuned[grid](*args, HAS_BIAS=bias is not None)
+    return y
+
+
+def silu_mul_linear(
+    gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``linear(SiLU(gate) * up, weight, bias)`` in one launch, ``gate_up`` [..., 2K] one row
+    holding gate then up (the MLP's fused gate/up product), unit stride; weight [N, K]."""
+    check_inputs(gate_up[..., : weight.shape[-1]], weight, bias)
+    N, K = weight.shape
+    assert gate_up.numel() == 2 * K and gate_up.is_contiguous() and weight.stride(1) == 1, (
+        "one contiguous row of [gate | up] (2K), unit stride on K"
+    )
+    y = torch.empty(*gate_up.shape[:-1], N, dtype=gate_up.dtype, device=gate_up.device)
+    args = (gate_up, weight, weight if bias is None else bias, y, N, weight.stride(0), K)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        gemv_kernel[(triton.cdiv(N, 4),)](
+            *args, HAS_BIAS=bias is not None, BLOCK_N=4, BLOCK_K=128, GLU=True
+        )
+        return y
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731 (Triton's grid idiom)
+    gemv_glu_tuned[grid](*args, HAS_BIAS=bias is not None, GLU=True)
     return y

@@ -89,3 +89,62 @@ def test_measured_choice_is_recorded_and_kept_in_a_capture() -> None:
     torch.cuda.synchronize()
     assert (640, 1024, torch.bfloat16, x.device, False) not in gemv.choices()
     assert_close("captured", F.linear(x.float(), w2.float()).bfloat16(), out, 1e-2)
+
+
+def test_silu_mul_linear_is_the_swiglu_product_then_the_linear() -> None:
+    gen = torch.Generator().manual_seed(5)
+    gate_up, w, b = torch.randn(1, 1, 2 * 24, generator=gen), torch.randn(7, 24), torch.randn(7)
+    gate, up = gate_up.split(24, dim=-1)
+    assert torch.equal(gemv.silu_mul_linear(gate_up, w, b), F.linear(F.silu(gate) * up, w, b))
+    with pytest.raises(ValueError, match=r"gate_up \(1, 1, 48\) is not \[gate \| up\] for weight"):
+        gemv.silu_mul_linear(gate_up, torch.randn(7, 25))
+    with pytest.raises(ValueError, match="use_kernel=True needs CUDA"):
+        gemv.silu_mul_linear(gate_up, w, use_kernel=True)
+    assert not gemv.glu_choices()  # nothing timed on the CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(1, 1), (37, 70), (300, 2049), (2048, 11008)])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+def test_fused_silu_mul_gemv_matches_the_two_kernels(
+    shape: tuple[int, int], with_bias: bool
+) -> None:
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+    from kernels.gemv import gemv_triton
+
+    device, dtype = device_for_kernel_tests(), torch.bfloat16
+    N, K = shape
+    gen = torch.Generator().manual_seed(N + K)
+    gate_up = (torch.randn(1, 1, 2 * K, generator=gen) * 3).to(device, dtype)
+    w = (torch.randn(N, K, generator=gen) / K**0.5).to(device, dtype)
+    b = torch.randn(N, generator=gen).to(device, dtype) if with_bias else None
+    gate, up = gate_up.split(K, dim=-1)
+    # the separate path's input, rounded as kernels.swiglu rounds it, then a float32 product
+    x = (F.silu(gate) * up).float()
+    ref = F.linear(x, w.float(), None if b is None else b.float()).to(dtype)
+    poison_allocator(device)
+    y = gemv_triton.silu_mul_linear(gate_up, w, b)
+    assert y.shape == (1, 1, N) and y.dtype == dtype
+    # the interpreter's bf16 casts truncate, twice more here than in a plain GEMV
+    assert_close("y", ref, y, 1e-2 if device.type == "cuda" else 3e-2)
+
+
+@pytest.mark.gpu
+def test_fused_silu_mul_gemv_is_opt_in_and_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("triton")
+    device = torch.device("cuda")
+    gate_up = torch.randn(1, 1, 2 * 1024, device=device, dtype=torch.bfloat16)
+    w = torch.randn(768, 1024, device=device, dtype=torch.bfloat16) / 32
+    gate, up = gate_up.split(1024, dim=-1)
+    want = F.linear((F.silu(gate) * up).float(), w.float()).bfloat16()
+    key = (768, 1024, torch.bfloat16, device, False)
+    with torch.no_grad():
+        monkeypatch.delenv("INFINITEVL_GEMV_GLU", raising=False)
+        assert_close("off", want, gemv.silu_mul_linear(gate_up, w), 1e-2)
+        assert key not in gemv.glu_choices()  # off: nothing timed
+        monkeypatch.setenv("INFINITEVL_GEMV_GLU", "1")
+        assert_close("on", want, gemv.silu_mul_linear(gate_up, w), 1e-2)
+    assert key in gemv.glu_choices()
