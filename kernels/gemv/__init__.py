@@ -13,6 +13,7 @@ kernel for every eligible call without timing (both for comparisons).
 
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,22 +59,46 @@ def _fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _measured_choice(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    key = (*weight.shape, x.dtype, x.device, bias is not None)
-    known = _choice.get(key)
+def _timed_choice(
+    table: dict[tuple, bool],
+    key: tuple,
+    weight: torch.Tensor,
+    kernel: Callable[[torch.Tensor], object],
+    other: Callable[[torch.Tensor], object],
+    what: str = "gemv",
+) -> bool:
+    """``table[key]``, timed first if unknown: True when ``kernel(w)`` runs faster than
+    ``other(w)``, both replayed from a CUDA graph over copies of ``weight`` read from memory.
+    Inside a capture nothing is timed: False, decided again outside."""
+    known = table.get(key)
     if known is not None:
         return known
     if torch.cuda.is_current_stream_capturing():
-        return False  # no timing inside a capture: cuBLAS, decided again outside
-    from kernels.gemv import gemv_triton
+        return False
     from kernels.graph_timing import copies_beyond_l2, graph_us
 
     ws = copies_beyond_l2(weight)
-    t_kernel = graph_us(lambda i: gemv_triton.linear(x, ws[i % len(ws)], bias))
-    t_cublas = graph_us(lambda i: F.linear(x, ws[i % len(ws)], bias))
-    _choice[key] = t_kernel < t_cublas
-    log.info("gemv %s: kernel %.1f us, cuBLAS %.1f us (graphed)", key[:2], t_kernel, t_cublas)
-    return _choice[key]
+    t_kernel = graph_us(lambda i: kernel(ws[i % len(ws)]))
+    t_other = graph_us(lambda i: other(ws[i % len(ws)]))
+    table[key] = t_kernel < t_other
+    log.info("%s %s: kernel %.1f us, other %.1f us (graphed)", what, key[:2], t_kernel, t_other)
+    return table[key]
+
+
+def _measured_choice(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    key = (*weight.shape, x.dtype, x.device, bias is not None)
+    known = _choice.get(key)  # the decode step's eager calls stop here
+    if known is not None:
+        return known
+    from kernels.gemv import gemv_triton
+
+    return _timed_choice(
+        _choice,
+        key,
+        weight,
+        lambda w: gemv_triton.linear(x, w, bias),
+        lambda w: F.linear(x, w, bias),
+    )
 
 
 def linear(
@@ -111,20 +136,19 @@ def _measured_glu_choice(
     known = _glu_choice.get(key)
     if known is not None:
         return known
-    if torch.cuda.is_current_stream_capturing():
-        return False  # decided outside a capture, as linear's choice is
     from kernels.gemv import gemv_triton
-    from kernels.graph_timing import copies_beyond_l2, graph_us
 
-    K = weight.shape[-1]
-    gate, up = gate_up.split(K, dim=-1)
-    linear(swiglu.silu_mul(gate, up), weight, bias)  # linear's own choice, made before timing
-    ws = copies_beyond_l2(weight)
-    t_fused = graph_us(lambda i: gemv_triton.silu_mul_linear(gate_up, ws[i % len(ws)], bias))
-    t_apart = graph_us(lambda i: linear(swiglu.silu_mul(gate, up), ws[i % len(ws)], bias))
-    _glu_choice[key] = t_fused < t_apart
-    log.info("gemv+swiglu %s: fused %.1f us, apart %.1f us", key[:2], t_fused, t_apart)
-    return _glu_choice[key]
+    gate, up = gate_up.split(weight.shape[-1], dim=-1)
+    if not torch.cuda.is_current_stream_capturing():
+        linear(swiglu.silu_mul(gate, up), weight, bias)  # linear's own choice, made before timing
+    return _timed_choice(
+        _glu_choice,
+        key,
+        weight,
+        lambda w: gemv_triton.silu_mul_linear(gate_up, w, bias),
+        lambda w: linear(swiglu.silu_mul(gate, up), w, bias),
+        "gemv with the SwiGLU product",
+    )
 
 
 def silu_mul_linear(
