@@ -51,9 +51,8 @@ def ocr_image(
         max_new_tokens: the longest reply read (for each piece, when split).
         lines: read each band of text lines on its own, cut where its pieces stand far apart
             (`engine.ocr_lines.reading_pieces`: small text enlarged), and join the readings;
-            None (auto) does so for the embedded default model,
-            which reads a line far better than a page, and reads the whole image at once with
-            any other model.
+            None (auto) does so for the embedded default model, which reads a line far better
+            than a page, and reads the whole image at once with any other model.
         num_beams: above 1, each read is a beam search of that width (`engine.beam`); None
             (auto): `EMBEDDED_OCR_BEAMS` with the embedded model, 1 (greedy) with any other.
     Raises:
@@ -65,7 +64,7 @@ def ocr_image(
         return _read(engine, image, max_new_tokens, cancel, beams)
     pieces = reading_pieces(to_rgb(to_pil(open_picture(image))))
     texts = [_read(engine, piece.image, max_new_tokens, cancel, beams) for piece in pieces]
-    return join_readings(pieces, texts)
+    return join_readings([piece.line for piece in pieces], texts)
 
 
 def reads_by_lines(info: ModelInfo, lines: bool | None = None) -> bool:

@@ -10,7 +10,7 @@ of rows that are not, and rows that are (the gaps between lines, a rule, a title
 separate bands. Text side by side (table cells, a menu bar) stays in one band, read left to right
 (in pieces when far apart, below).
 
-A band whose text is small is enlarged before it is read (`reading_bands`): the embedded model
+A band whose text is small is enlarged before it is read (`reading_pieces`): the embedded model
 learnt from text 12 to 24 px high and misreads a toolkit's 9-point labels (~12 px). Ad-hoc runs of
 `eval_default_model.py --num 12 --docs 0` (the twelfth session's model) with bands enlarged until
 their text is 14, 16 or 20 rows high, against none: Qt widget dialogs 0.33 / 0.30 / 0.38 against
@@ -64,7 +64,12 @@ def text_rows(image: Image.Image) -> np.ndarray:
     frame, a table's side) are not text; a row is text when it has enough ink in enough separate
     pieces, so that a horizontal rule (one long run, whatever colour the row takes) is not.
     """
-    ink = _ink(image)
+    return _text_rows(_ink(image))
+
+
+def _text_rows(ink: np.ndarray) -> np.ndarray:
+    """`text_rows` of a picture whose ink (`_ink`) is `ink` [H, W] (left as it is)."""
+    ink = ink.copy()
     width = ink.shape[1]
     ink[:, ink.mean(axis=0) > RULE_COLUMN] = False
     edges = (ink[:, 1:] != ink[:, :-1]).sum(axis=1)
@@ -142,37 +147,37 @@ def _ink(image: Image.Image) -> np.ndarray:
     return np.abs(grey - counts.argmax(axis=1)[:, None]) > INK_DELTA
 
 
-def letter_rows(band: Image.Image) -> np.ndarray:
-    """[H] bool: the rows of `band`'s line of text: of its runs of text rows (`text_rows`, runs
-    parted by `MIN_GAP` blank rows), the one with the most ink. Frames above and below the
-    letters (a button's top and bottom, with their rounded corners) are runs of their own."""
-    rows = text_rows(band)
+def _letter_rows(ink: np.ndarray) -> np.ndarray:
+    """[H] bool: the rows of a band's line of text, from its ink [H, W]: of its runs of text
+    rows (`text_rows`, runs parted by `MIN_GAP` blank rows), the one with the most ink. Frames
+    above and below the letters (a button's top and bottom, with their rounded corners) are
+    runs of their own."""
+    rows = _text_rows(ink)
     on = np.flatnonzero(rows)
     if on.size == 0:
         return rows
     starts = [0, *(np.flatnonzero(np.diff(on) >= MIN_GAP) + 1).tolist()]
     runs = [on[a:b] for a, b in zip(starts, [*starts[1:], on.size], strict=True)]
-    ink = _ink(band).sum(axis=1)
-    best = max(runs, key=lambda run: int(ink[run[0] : run[-1] + 1].sum()))
+    per_row = ink.sum(axis=1)
+    best = max(runs, key=lambda run: int(per_row[run[0] : run[-1] + 1].sum()))
     out = np.zeros_like(rows)
     out[best[0] : best[-1] + 1] = True
     return out
 
 
-def letter_columns(band: Image.Image) -> np.ndarray:
-    """[W] bool: the columns of `band` that hold letters.
-
-    Ink as `text_rows` finds it, in the band's line of text (`letter_rows`), less what no
-    letter draws: columns inked in most rows (a button's or a window's sides) and runs longer
-    than `LONG_RUN` along a row (a button's top and bottom edges, a rule).
-    """
-    ink = _ink(band)
+def _letter_columns(ink: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """[W] bool: the columns of a band, from its ink [H, W] and its line's `rows`, that hold
+    letters: ink less what no letter draws, columns inked in most rows (a button's or a
+    window's sides) and runs longer than `LONG_RUN` along a row (a button's top and bottom
+    edges, a rule)."""
+    ink = ink.copy()
     ink[:, ink.mean(axis=0) > RULE_COLUMN] = False
-    return np.asarray(_without_long_runs(ink[letter_rows(band)]).any(axis=0))
+    return np.asarray(_without_long_runs(ink[rows]).any(axis=0))
 
 
 def _without_long_runs(ink: np.ndarray) -> np.ndarray:
-    """`ink` [H, W] less its runs longer than `LONG_RUN` along a row (edges, rules)."""
+    """`ink` [H, W] with its runs longer than `LONG_RUN` along a row (edges, rules) cleared, in
+    place."""
     for y, x0, x1 in _runs(ink):
         if x1 - x0 > LONG_RUN:
             ink[y, x0:x1] = False
@@ -199,8 +204,10 @@ def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
     buttons came back as its first button only: the model had learnt lines whose words follow
     one another, and stopped at the first wide blank.
     """
-    columns = np.flatnonzero(letter_columns(band))
-    height = int(letter_rows(band).sum())
+    ink = _ink(band)
+    rows = _letter_rows(ink)
+    columns = np.flatnonzero(_letter_columns(ink, rows))
+    height = int(rows.sum())
     if columns.size == 0 or height == 0:
         return [(0, band.width)]
     wide = np.flatnonzero(np.diff(columns) > PIECE_GAP * height)
@@ -212,7 +219,8 @@ def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
         return [(0, band.width)]
     # each piece keeps a margin of blank columns, at most one text height and never past the
     # middle of the gap to a neighbour or into other ink (a button's side)
-    inked = np.asarray(_without_long_runs(_ink(band)).any(axis=0))  # letters and frames' sides
+    # letters and frames' sides (ink's last use: its long runs are cleared in place)
+    inked = np.asarray(_without_long_runs(ink).any(axis=0))
     bounds = [0, *((r + nxt) // 2 for r, nxt in zip(rights, lefts[1:], strict=False)), band.width]
     spans = []
     for left, right, lo, hi in zip(lefts, rights, bounds, bounds[1:], strict=False):
@@ -241,11 +249,12 @@ def reading_pieces(image: Image.Image) -> list[Piece]:
     return pieces
 
 
-def join_readings(pieces: Sequence[Piece], texts: Sequence[str]) -> str:
-    """The text of `pieces` read as `texts` (one each, in order): a band's pieces joined by
-    spaces, bands by newlines; empty readings dropped."""
-    lines: dict[int, list[str]] = {}
-    for piece, text in zip(pieces, texts, strict=True):
+def join_readings(lines: Sequence[int], texts: Sequence[str]) -> str:
+    """The readings `texts` of pieces of the bands `lines` (one each, in reading order, as
+    `Piece.line`): a band's readings joined by spaces, bands by newlines; empty readings
+    dropped."""
+    joined: dict[int, list[str]] = {}
+    for line, text in zip(lines, texts, strict=True):
         if text.strip():
-            lines.setdefault(piece.line, []).append(text.strip())
-    return "\n".join(" ".join(parts) for _, parts in sorted(lines.items()))
+            joined.setdefault(line, []).append(text.strip())
+    return "\n".join(" ".join(parts) for _, parts in sorted(joined.items()))

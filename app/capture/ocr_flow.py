@@ -19,7 +19,7 @@ from app.capture.screenshot import MonitorShot, grab_desktop
 from app.engine_client import ChatResult, EngineClient
 from engine import SamplingParams
 from engine.ocr import MAX_OCR_TOKENS, OCR_PROMPT, ocr_beams, reads_by_lines
-from engine.ocr_lines import Piece, join_readings, reading_pieces
+from engine.ocr_lines import join_readings, reading_pieces
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ class OcrEngineBridge(QtCore.QObject):
         self._params = params
         self._request: int | None = None
         self._is_cancelling = False
-        self._pieces: list[Piece] = []
         self._bands: list[np.ndarray] = []
+        self._lines: list[int] = []  # the text line (band) of each of _bands
         self._band_params = OCR_PARAMS
         self._texts: list[str] = []
         self._connect()
@@ -160,11 +160,11 @@ class OcrEngineBridge(QtCore.QObject):
         self._is_cancelling = False
         info = self._client.model_info
         if info is not None and reads_by_lines(info):
-            self._pieces = reading_pieces(Image.fromarray(crop))
-            self._bands = [np.array(piece.image) for piece in self._pieces]
+            pieces = reading_pieces(Image.fromarray(crop))
+            self._bands = [np.array(piece.image) for piece in pieces]
+            self._lines = [piece.line for piece in pieces]
         else:
-            self._pieces = []
-            self._bands = [crop]
+            self._bands, self._lines = [crop], [0]
         beams = 1 if info is None else ocr_beams(info)
         self._band_params = replace(self._params, num_beams=beams)
         self._texts = []
@@ -187,10 +187,8 @@ class OcrEngineBridge(QtCore.QObject):
             self._texts.append(result.text.strip())
             if len(self._texts) < len(self._bands):
                 self._ask_next()
-            elif self._pieces:
-                self._flow.on_transcribed(join_readings(self._pieces, self._texts))
             else:
-                self._flow.on_transcribed(self._texts[0])
+                self._flow.on_transcribed(join_readings(self._lines, self._texts))
 
     @QtCore.Slot(int, str)
     def _on_generation_failed(self, request_id: int, message: str) -> None:

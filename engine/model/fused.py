@@ -136,11 +136,10 @@ class FusedLinear:
 
     def __call__(self, owner: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Each projection of ``x`` [..., in] (a view of one product when fused)."""
-        fused = self.matrices(owner)
-        if fused is None:
+        whole = self.product(owner, x)
+        if whole is None:
             return tuple(getattr(owner, n)(x) for n in self.names)
-        weight, bias = fused
-        return gemv.linear(x, weight, bias).split(self.sizes, dim=-1)
+        return whole.split(self.sizes, dim=-1)
 
 
 def decode_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -66,15 +66,15 @@ def _timed_choice(
     kernel: Callable[[torch.Tensor], object],
     other: Callable[[torch.Tensor], object],
     what: str = "gemv",
+    prepare: Callable[[], object] | None = None,
 ) -> bool:
-    """``table[key]``, timed first if unknown: True when ``kernel(w)`` runs faster than
-    ``other(w)``, both replayed from a CUDA graph over copies of ``weight`` read from memory.
-    Inside a capture nothing is timed: False, decided again outside."""
-    known = table.get(key)
-    if known is not None:
-        return known
+    """Whether ``kernel(w)`` runs faster than ``other(w)``, both replayed from a CUDA graph over
+    copies of ``weight`` read from memory (``prepare()`` first), recorded as ``table[key]``.
+    Inside a capture nothing runs: False, decided again outside."""
     if torch.cuda.is_current_stream_capturing():
         return False
+    if prepare is not None:
+        prepare()
     from kernels.graph_timing import copies_beyond_l2, graph_us
 
     ws = copies_beyond_l2(weight)
@@ -139,8 +139,6 @@ def _measured_glu_choice(
     from kernels.gemv import gemv_triton
 
     gate, up = gate_up.split(weight.shape[-1], dim=-1)
-    if not torch.cuda.is_current_stream_capturing():
-        linear(swiglu.silu_mul(gate, up), weight, bias)  # linear's own choice, made before timing
     return _timed_choice(
         _glu_choice,
         key,
@@ -148,6 +146,7 @@ def _measured_glu_choice(
         lambda w: gemv_triton.silu_mul_linear(gate_up, w, bias),
         lambda w: linear(swiglu.silu_mul(gate, up), w, bias),
         "gemv with the SwiGLU product",
+        prepare=lambda: linear(swiglu.silu_mul(gate, up), weight, bias),  # linear's own choice
     )
 
 

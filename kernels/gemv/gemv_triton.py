@@ -98,17 +98,28 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         [..., N] in the dtype of ``x``.
     """
     check_inputs(x, weight, bias)
-    N, K = weight.shape
+    K = weight.shape[1]
     assert x.numel() == K and x.stride(-1) == 1 and weight.stride(1) == 1, (
         "one row of x, unit stride on K"
     )
+    return _launch(x, weight, bias, glu=False)
+
+
+def _launch(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, glu: bool
+) -> torch.Tensor:
+    """``gemv_kernel`` over ``weight`` [N, K] for the one row ``x`` (``glu``: ``x`` is
+    [gate | up], 2K): autotuned on CUDA, one fixed tile under ``TRITON_INTERPRET=1``."""
+    N, K = weight.shape
     y = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
     args = (x, weight, weight if bias is None else bias, y, N, weight.stride(0), K)
     if os.environ.get("TRITON_INTERPRET") == "1":
-        gemv_kernel[(triton.cdiv(N, 4),)](*args, HAS_BIAS=bias is not None, BLOCK_N=4, BLOCK_K=128)
+        gemv_kernel[(triton.cdiv(N, 4),)](
+            *args, HAS_BIAS=bias is not None, BLOCK_N=4, BLOCK_K=128, GLU=glu
+        )
         return y
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731 (Triton's grid idiom)
-    gemv_tuned[grid](*args, HAS_BIAS=bias is not None)
+    (gemv_glu_tuned if glu else gemv_tuned)[grid](*args, HAS_BIAS=bias is not None, GLU=glu)
     return y
 
 
@@ -118,17 +129,8 @@ def silu_mul_linear(
     """``linear(SiLU(gate) * up, weight, bias)`` in one launch, ``gate_up`` [..., 2K] one row
     holding gate then up (the MLP's fused gate/up product), unit stride; weight [N, K]."""
     check_inputs(gate_up[..., : weight.shape[-1]], weight, bias)
-    N, K = weight.shape
+    K = weight.shape[1]
     assert gate_up.numel() == 2 * K and gate_up.is_contiguous() and weight.stride(1) == 1, (
         "one contiguous row of [gate | up] (2K), unit stride on K"
     )
-    y = torch.empty(*gate_up.shape[:-1], N, dtype=gate_up.dtype, device=gate_up.device)
-    args = (gate_up, weight, weight if bias is None else bias, y, N, weight.stride(0), K)
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        gemv_kernel[(triton.cdiv(N, 4),)](
-            *args, HAS_BIAS=bias is not None, BLOCK_N=4, BLOCK_K=128, GLU=True
-        )
-        return y
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731 (Triton's grid idiom)
-    gemv_glu_tuned[grid](*args, HAS_BIAS=bias is not None, GLU=True)
-    return y
+    return _launch(gate_up, weight, bias, glu=True)

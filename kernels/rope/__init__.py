@@ -42,7 +42,7 @@ def rotate_qk(
     """
     if use_kernel is None and os.environ.get(SWITCH) != "1":
         use_kernel = False  # opt-in (above)
-    picked = use_fast_path(q, use_kernel, "rope", switch=SWITCH, grad_inputs=(q, k, cos, sin))
+    picked = use_fast_path(q, use_kernel, "rope", grad_inputs=(q, k, cos, sin))
     one_token = q.shape[0] == 1 and q.dim() == 4 and q.shape[2] == 1
     same_dtype = q.dtype == k.dtype == cos.dtype == sin.dtype
     unit = all(x.stride(-1) == 1 for x in (q, k, cos, sin))

@@ -11,7 +11,6 @@ from PIL import Image, ImageDraw, ImageFont
 from engine.ocr_lines import (
     MAX_ENLARGE,
     MIN_TEXT_HEIGHT,
-    Piece,
     band_pieces,
     enlarge_small_text,
     join_readings,
@@ -175,9 +174,8 @@ def test_a_sentence_stays_one_piece_the_band_whole() -> None:
 
 
 def test_join_readings_joins_a_bands_pieces_with_spaces() -> None:
-    blank = Image.new("RGB", (4, 4))
-    pieces = [Piece(blank, 0), Piece(blank, 1), Piece(blank, 1), Piece(blank, 1), Piece(blank, 2)]
+    lines = [0, 1, 1, 1, 2]  # each piece's band (`Piece.line`)
     texts = ["Storage", "Cancel", " ", "Save\n", ""]
-    assert join_readings(pieces, texts) == "Storage\nCancel Save"
+    assert join_readings(lines, texts) == "Storage\nCancel Save"
     with pytest.raises(ValueError):
-        join_readings(pieces, texts[:2])
+        join_readings(lines, texts[:2])
