@@ -6,16 +6,14 @@
 # COMMIT names the tree in the reports (compute it where .git is current: the device's copy of
 # .git can be stale). Carry .train_carry/wheels (pytest, fla-core, ...) and .whl/bnb. Each step
 # gets at most what is left of SECONDS (default 540); the outputs, packed in $OUT/gpu_check.tgz:
-#   gpu_tests_decode.txt   pytest -m gpu over the GEMV, graph timing, RoPE, CUDA graph and fused
-#                   decode tests
-#   gpu_tests_optin.txt    the same with the opt-in decode kernels on (INFINITEVL_ROPE_KERNEL=1,
-#                   INFINITEVL_GEMV_GLU=1)
-#   profile.md, profile_optin.md   decode_profile of the graphed decode step (kernels, GEMV speeds),
-#                   by default and with the opt-in kernels
+#   gpu_tests.txt   pytest -m gpu -v over tests/kernels and tests/engine (first: a run cut short
+#                   still names its failures)
+#   profile.md      decode_profile: the graphed decode step's kernels and GEMV speeds, and the
+#                   frame step's kernels
 #   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
-#   profile_sweep.md   the GEMV tiles on each weight shape, and the frame step's kernels
+#   profile_glu.md  the decode step with INFINITEVL_GEMV_GLU=1 (kernels.gemv.silu_mul_linear)
+#   profile_sweep.md   the GEMV tiles on each weight shape
 #   profile_cublas.md  the decode step with INFINITEVL_GEMV_KERNEL=0 (cuBLAS for every GEMV)
-#   gpu_tests.txt   pytest -m gpu over tests/kernels and tests/engine (what the budget leaves)
 #   quant.md        quant_bench --config 4b: bf16 / int8 / NF4 memory, speed, KL
 #   eval_none.md, eval_int8.md, eval_nf4.md   eval_default_model on the GPU: the task scores of
 #                   the embedded model (or $MODEL, a checkpoint folder on the device) unquantized,
@@ -43,30 +41,21 @@ step() {  # step FILE CAP_SECONDS COMMAND...: run with what is left of the budge
   if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_check.tgz" -C "$out" .; fi
 }
 
-# the tests of what decode dispatches to first, the timings next, the whole GPU suite last
-# one process: xdist's workers would each compile every kernel (the fourteenth session's 90 s
-# were not enough with -n 4)
-decode_tests=(tests/kernels/test_gemv.py tests/kernels/test_graph_timing.py
-  tests/kernels/test_rope.py tests/engine/test_cuda_graph.py tests/engine/test_fused_decode.py)
-step gpu_tests_decode.txt 120 python3 -m pytest -q -m gpu -p no:cacheprovider "${decode_tests[@]}"
-tail -3 "$out/gpu_tests_decode.txt" 2>/dev/null
-# the opt-in decode kernels (kernels/rope, kernels.gemv.silu_mul_linear): on by default once
-# these pass and the profile below shows them faster
-optin=(INFINITEVL_ROPE_KERNEL=1 INFINITEVL_GEMV_GLU=1)
-step gpu_tests_optin.txt 100 env "${optin[@]}" python3 -m pytest -q -m gpu -p no:cacheprovider \
-  "${decode_tests[@]}"
-grep -E "^E  |FAILED|passed|failed" "$out/gpu_tests_optin.txt" 2>/dev/null | head -20
-step profile.md 80 python3 -m benchmarks.decode_profile --prefill 0 --paths fused --no-frames
-step profile_optin.md 80 env "${optin[@]}" python3 -m benchmarks.decode_profile --prefill 0 \
-  --paths fused --no-frames
-grep -hs "^## Decode\|^## Batch\|measured choices" "$out"/profile*.md
+# the whole GPU suite first, -v: each test's result is written as it ends, so a run cut short
+# still names its failures; then the timings
+step gpu_tests.txt 240 python3 -m pytest -v --tb=short -m gpu -n 4 -p no:cacheprovider \
+  tests/kernels tests/engine
+grep -E "FAILED|^E  |passed|failed" "$out/gpu_tests.txt" 2>/dev/null | head -30
+step profile.md 120 python3 -m benchmarks.decode_profile --prefill 0 --paths fused
+grep -hs "^## Decode\|^## Frame\|measured choices" "$out"/profile.md
 step bench.txt 200 python3 -m benchmarks.bench_engine --out "$out" --budget-s 180 --commit "$commit"
+# kernels.gemv.silu_mul_linear (opt-in: on the H100 it timed slower than the two kernels)
+step profile_glu.md 80 env INFINITEVL_GEMV_GLU=1 python3 -m benchmarks.decode_profile \
+  --prefill 0 --paths fused --no-frames
 step profile_sweep.md 150 python3 -m benchmarks.decode_profile --prefill 0 --paths fused \
-  --gemv-sweep
+  --gemv-sweep --no-frames
 step profile_cublas.md 80 env INFINITEVL_GEMV_KERNEL=0 python3 -m benchmarks.decode_profile \
   --prefill 0 --paths fused --no-frames
-step gpu_tests.txt 170 python3 -m pytest -q -m gpu -n 4 -p no:cacheprovider tests/kernels tests/engine
-tail -3 "$out/gpu_tests.txt" 2>/dev/null
 step quant.md 120 python3 -m benchmarks.quant_bench --device cuda --config 4b
 grep -s "^|" "$out/quant.md"
 for q in none int8 nf4; do

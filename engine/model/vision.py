@@ -23,6 +23,8 @@ from engine.config import VisionConfig
 from engine.errors import ConfigError, InputError
 from engine.model.norm import RMSNorm
 from engine.model.padded_mlp import PaddedGatedMLP
+from kernels import rms_norm, swiglu
+from kernels.rope import rotate_vision_qkv
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,10 @@ class VisionMLP(nn.Module):
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         gate_up, bias, down, width = padded
         gu = F.linear(x, gate_up, bias)  # [..., 2 * Ip]
-        # padded columns: act(0) * 0 = 0, then zero columns of down
-        h = self.act(gu[..., :width]) * gu[..., width:]
+        # padded columns: act(0) * 0 = 0, then zero columns of down; SiLU's product in one
+        # launch on CUDA (kernels.swiglu: the halves read in place)
+        gate, up = gu[..., :width], gu[..., width:]
+        h = swiglu.silu_mul(gate, up) if self.act is F.silu else self.act(gate) * up
         return F.linear(h, down, self.down_proj.bias)
 
     def _pads(self, x: torch.Tensor) -> bool:
@@ -118,12 +122,17 @@ class Segments:
     its first row. ``keep[i]`` is None when every block of the group is L_i long, else the pair
     ([n_i, L_i] bool, True on a block's own rows: the keys attended to; [R_i] the positions of
     those rows in the group's flattened output). ``restore`` [N] puts the kept rows of the
-    concatenated group outputs back in sequence order.
+    concatenated group outputs back in sequence order. ``spans[i]`` is the first row of group i
+    when its blocks are unpadded and end to end (rows ``start .. start + n_i * L_i``: a view of
+    the sequence, no gather), else None; ``in_order`` is True when ``restore`` is the identity
+    (a frame's windows, or one block: the outputs are already in sequence order).
     """
 
     groups: list[torch.Tensor]
     keep: list[tuple[torch.Tensor, torch.Tensor] | None]
     restore: torch.Tensor
+    spans: list[int | None]
+    in_order: bool
 
     @classmethod
     def from_lengths(cls, lengths: list[int], device: torch.device) -> Segments:
@@ -151,12 +160,22 @@ class Segments:
                 keep.append(None)
             else:
                 keep.append((own, own.flatten().nonzero().squeeze(1)))
-        restore = torch.argsort(torch.cat(kept_rows))
+        order = torch.cat(kept_rows)
+        restore = torch.argsort(order)
+        spans = [_span(rows) if k is None else None for rows, k in zip(groups, keep, strict=True)]
         return cls(
             [g.to(device) for g in groups],
             [None if k is None else (k[0].to(device), k[1].to(device)) for k in keep],
             restore.to(device),
+            spans,
+            bool(torch.equal(order, torch.arange(len(order)))),
         )
+
+
+def _span(rows: torch.Tensor) -> int | None:
+    """The first row when ``rows`` [n, L] are consecutive (``start + arange(n * L)``), else None."""
+    start = int(rows[0, 0])
+    return start if torch.equal(rows.flatten(), torch.arange(start, start + rows.numel())) else None
 
 
 def block_diagonal_attention(qkv: torch.Tensor, segments: Segments) -> torch.Tensor:
@@ -170,22 +189,18 @@ def block_diagonal_attention(qkv: torch.Tensor, segments: Segments) -> torch.Ten
     """
     N, _, H, D = qkv.shape
     outs = []
-    for idx, keep in zip(segments.groups, segments.keep, strict=True):
+    for idx, keep, start in zip(segments.groups, segments.keep, segments.spans, strict=True):
         n, L = idx.shape
         # [n, L, 3, H, D] -> three [n, H, L, D]: the blocks of one group form one SDPA batch
-        qb, kb, vb = qkv[idx].permute(2, 0, 3, 1, 4).unbind(0)
+        rows = qkv[idx] if start is None else qkv[start : start + n * L].reshape(n, L, 3, H, D)
+        qb, kb, vb = rows.permute(2, 0, 3, 1, 4).unbind(0)
         # a padded block's queries see only its own keys; the padding rows' outputs are dropped
         mask = None if keep is None else keep[0][:, None, None, :]
         o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=D**-0.5)
         o = o.transpose(1, 2).reshape(n * L, H * D)
         outs.append(o if keep is None else o.index_select(0, keep[1]))
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
-    return out[segments.restore]
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    return out if segments.in_order else out[segments.restore]
 
 
 class VisionAttention(nn.Module):
@@ -211,13 +226,9 @@ class VisionAttention(nn.Module):
         """
         N = x.shape[0]
         qkv = self.qkv(x).reshape(N, 3, self.num_heads, -1)  # [N, 3, H, D]
-        cos, sin = (t[:, None, None, :] for t in rope)  # [N, 1, 1, D] float32
         # q and k rotated together in float32 (the float32 cos/sin promote them), as the reference
-        # does, and written back beside v in the activation dtype
-        qk = qkv[:, :2]
-        rotated = qkv.new_empty(qkv.shape)
-        rotated[:, :2] = qk * cos + rotate_half(qk) * sin
-        rotated[:, 2] = qkv[:, 2]
+        # does, and written back beside v in the activation dtype (one Triton launch on CUDA)
+        rotated = rotate_vision_qkv(qkv, *rope)
         return self.proj(block_diagonal_attention(rotated, segments))
 
 
@@ -234,8 +245,11 @@ class VisionBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], segments: Segments
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, segments)
-        return x + self.mlp(self.norm2(x))
+        # the residual add and norm2 in one launch on CUDA (kernels.rms_norm.add_rms_norm)
+        x, normed = rms_norm.add_rms_norm(
+            x, self.attn(self.norm1(x), rope, segments), self.norm2.weight, self.norm2.eps
+        )
+        return x + self.mlp(normed)
 
 
 class PatchMerger(nn.Module):

@@ -1,4 +1,8 @@
-"""Torch reference of the rotary position embedding of q and k: ``x * cos + rotate_half(x) * sin``."""
+"""Torch reference of the rotary position embedding of q and k: ``x * cos + rotate_half(x) * sin``.
+
+``rotate_qk`` is the decoder's (tables in the activations' dtype), ``rotate_vision_qkv`` the
+vision tower's (float32 tables, as Qwen2.5-VL's vision attention rotates in float32).
+"""
 
 import torch
 
@@ -42,3 +46,34 @@ def rotate_qk(
         qk = qk * cos + rotate_half(qk) * sin
         return qk[:, : q.shape[1]], qk[:, q.shape[1] :]
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def check_vision_inputs(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the shapes unless qkv [N, 3, H, D] and float32 cos, sin [N, D]
+    fit one another (D even)."""
+    ok = (
+        qkv.dim() == 4
+        and qkv.shape[1] == 3
+        and cos.shape == sin.shape == (qkv.shape[0], qkv.shape[3])
+        and cos.dtype == sin.dtype == torch.float32
+        and qkv.shape[3] % 2 == 0
+    )
+    if not ok:
+        raise ValueError(
+            f"rope: qkv {tuple(qkv.shape)}, cos {tuple(cos.shape)} {cos.dtype}, sin "
+            f"{tuple(sin.shape)} {sin.dtype} do not fit (qkv [N, 3, H, D], cos/sin [N, D] "
+            "float32, D even)"
+        )
+
+
+def rotate_vision_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """q and k of ``qkv`` [N, 3, H, D] rotated by float32 ``cos``/``sin`` [N, D] (the float32
+    tables promote them: each product and the sum in float32, rounded once to ``qkv``'s dtype),
+    v copied: a new [N, 3, H, D] tensor."""
+    check_vision_inputs(qkv, cos, sin)
+    cos, sin = cos[:, None, None, :], sin[:, None, None, :]
+    qk = qkv[:, :2]
+    rotated = qkv.new_empty(qkv.shape)
+    rotated[:, :2] = qk * cos + rotate_half(qk) * sin
+    rotated[:, 2] = qkv[:, 2]
+    return rotated

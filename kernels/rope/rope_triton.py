@@ -1,12 +1,15 @@
-"""Rotary position embedding of q and k as one Triton kernel (the decode step's RoPE took six
-torch launches a layer).
+"""Rotary position embedding of q and k as one Triton kernel each for the decoder (``rotate_qk``:
+torch's ops take six launches a layer) and the vision tower (``rotate_vision_qkv``: seven, over
+float32 temporaries four times the size of q and k).
 
 One program per (sequence, token) rotates every head of q and k: reads each half of each head
 where the projection left it (views with any strides), and writes one [B, H + Hkv, T, D] tensor
 whose two slices are the rotated q and k. Each product and the sum are rounded to the inputs'
 dtype as torch's ops round, and the kernel is compiled without fused multiply-adds
 (``enable_fp_fusion=False``: in float32 a product fused into the sum skips a rounding torch does),
-so the result equals ``reference.rotate_qk``'s on CUDA.
+so the result equals ``reference.rotate_qk``'s on CUDA. The vision kernel, one program per
+patch, rotates in float32 as the vision reference does (the tables are float32), rounds once to
+the activations' dtype and copies v beside q and k into a new [N, 3, H, D] tensor.
 ``TRITON_INTERPRET=1`` runs it on CPU tensors.
 """
 
@@ -14,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.rope.reference import check_inputs
+from kernels.rope.reference import check_inputs, check_vision_inputs
 
 
 @triton.jit
@@ -81,3 +84,56 @@ def rotate_qk(
         num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
     return out[:, :H], out[:, H:]
+
+
+@triton.jit
+def rope_vision_kernel(
+    qkv, cos, sin, out,
+    H,
+    s_n, s_3, s_h, sc_n, ss_n,
+    HALF: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+):  # fmt: skip
+    n = tl.program_id(0).to(tl.int64)
+    # rows 0..2H-1: q's heads then k's, as they sit in out [N, 3, H, D]
+    offs_r = tl.arange(0, BR)
+    offs_d = tl.arange(0, BD)
+    mask = (offs_r < 2 * H)[:, None] & (offs_d < HALF)[None, :]
+    row = (offs_r // H) * s_3 + (offs_r % H) * s_h
+    p_x = qkv + n * s_n + row[:, None] + offs_d[None, :]
+    x1 = tl.load(p_x, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(p_x + HALF, mask=mask, other=0.0).to(tl.float32)
+    mask_d = offs_d < HALF
+    c1 = tl.load(cos + n * sc_n + offs_d, mask=mask_d, other=0.0)[None, :]
+    c2 = tl.load(cos + n * sc_n + HALF + offs_d, mask=mask_d, other=0.0)[None, :]
+    s1 = tl.load(sin + n * ss_n + offs_d, mask=mask_d, other=0.0)[None, :]
+    s2 = tl.load(sin + n * ss_n + HALF + offs_d, mask=mask_d, other=0.0)[None, :]
+    # in float32, each product and the sum rounded (no fused multiply-add), then once to out's dtype
+    dt = out.dtype.element_ty
+    p_o = out + n * (3 * H * 2 * HALF) + offs_r[:, None] * (2 * HALF) + offs_d[None, :]
+    tl.store(p_o, (x1 * c1 - x2 * s1).to(dt), mask=mask)
+    tl.store(p_o + HALF, (x2 * c2 + x1 * s2).to(dt), mask=mask)
+    # v: copied beside them
+    offs_h = tl.arange(0, BR // 2)
+    offs_v = tl.arange(0, BV)
+    mask_v = (offs_h < H)[:, None] & (offs_v < 2 * HALF)[None, :]
+    p_v = qkv + n * s_n + 2 * s_3 + offs_h[:, None] * s_h + offs_v[None, :]
+    p_ov = out + n * (3 * H * 2 * HALF) + (2 * H + offs_h)[:, None] * (2 * HALF) + offs_v[None, :]
+    tl.store(p_ov, tl.load(p_v, mask=mask_v, other=0.0), mask=mask_v)
+
+
+def rotate_vision_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``reference.rotate_vision_qkv`` in one launch: qkv [N, 3, H, D] with unit stride on D,
+    float32 cos, sin [N, D]. Returns a new contiguous [N, 3, H, D] in the dtype of ``qkv``."""
+    check_vision_inputs(qkv, cos, sin)
+    assert qkv.stride(-1) == 1 and cos.stride(-1) == sin.stride(-1) == 1, "unit stride on D"
+    N, _, H, D = qkv.shape
+    out = torch.empty(N, 3, H, D, dtype=qkv.dtype, device=qkv.device)
+    if out.numel() == 0:
+        return out
+    rope_vision_kernel[(N,)](
+        qkv, cos, sin, out, H,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2), cos.stride(0), sin.stride(0),
+        HALF=D // 2, BR=triton.next_power_of_2(2 * H), BD=triton.next_power_of_2(D // 2),
+        BV=triton.next_power_of_2(D), num_warps=4, enable_fp_fusion=False,
+    )  # fmt: skip
+    return out

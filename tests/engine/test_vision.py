@@ -204,6 +204,24 @@ def test_block_diagonal_attention_keeps_exact_groups_for_few_lengths() -> None:
     assert segments.keep == [None, None, None]
 
 
+def test_a_frames_windows_are_read_in_place() -> None:
+    # a streamed frame: equal windows end to end, so no gather before SDPA nor after it
+    gen = torch.Generator().manual_seed(2)
+    lengths = [16, 16, 16, 16]
+    qkv = torch.randn(64, 3, 2, 8, generator=gen)
+    segments = Segments.from_lengths(lengths, qkv.device)
+    assert segments.spans == [0] and segments.in_order
+    torch.testing.assert_close(
+        block_diagonal_attention(qkv, segments), _per_block_attention(qkv, lengths)
+    )
+    # equal blocks apart from each other (a shorter one between) are gathered, then restored
+    mixed = Segments.from_lengths([16, 8, 16], qkv.device)
+    assert mixed.spans == [None, 16] and not mixed.in_order
+    torch.testing.assert_close(
+        block_diagonal_attention(qkv[:40], mixed), _per_block_attention(qkv[:40], [16, 8, 16])
+    )
+
+
 def test_layout_windows_cover_each_image() -> None:
     config = tiny_config().vision
     layout = vision_layout([(1, 6, 10)], config, torch.device("cpu"))

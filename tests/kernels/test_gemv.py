@@ -140,7 +140,7 @@ def test_fused_silu_mul_gemv_is_opt_in_and_measured(monkeypatch: pytest.MonkeyPa
     w = torch.randn(768, 1024, device=device, dtype=torch.bfloat16) / 32
     gate, up = gate_up.split(1024, dim=-1)
     want = F.linear((F.silu(gate) * up).float(), w.float()).bfloat16()
-    key = (768, 1024, torch.bfloat16, device, False)
+    key = (768, 1024, torch.bfloat16, gate_up.device, False)  # cuda:0, as the table keys it
     with torch.no_grad():
         monkeypatch.delenv("INFINITEVL_GEMV_GLU", raising=False)
         assert_close("off", want, gemv.silu_mul_linear(gate_up, w), 1e-2)

@@ -57,9 +57,7 @@ def test_triton_rope_matches_reference(
         assert_close("k", want_k, got_k, 1e-2)
 
 
-def test_the_kernel_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    # without INFINITEVL_ROPE_KERNEL=1 a decode token takes the reference, on any device
-    monkeypatch.delenv("INFINITEVL_ROPE_KERNEL", raising=False)
+def test_cpu_tensors_take_the_reference() -> None:
     q, k, cos, sin = _inputs(1, 4, 2, 1, 8, torch.float32, torch.device("cpu"))
     got_q, got_k = rope.rotate_qk(q, k, cos, sin)
     want_q, want_k = rope.reference.rotate_qk(q, k, cos, sin)
@@ -67,15 +65,65 @@ def test_the_kernel_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.gpu
-def test_a_decode_token_on_cuda_takes_the_kernel_when_asked(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("switch", ["unset", "0"])
+def test_cuda_takes_the_kernel_unless_switched_off(
+    monkeypatch: pytest.MonkeyPatch, switch: str
 ) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    monkeypatch.setenv("INFINITEVL_ROPE_KERNEL", "1")
+    if switch == "unset":
+        monkeypatch.delenv("INFINITEVL_ROPE_KERNEL", raising=False)
+    else:
+        monkeypatch.setenv("INFINITEVL_ROPE_KERNEL", switch)
     q, k, cos, sin = _inputs(1, 16, 2, 1, 128, torch.bfloat16, torch.device("cuda"))
     got_q, got_k = rope.rotate_qk(q, k, cos, sin)
     # the kernel's output is one [1, H + Hkv, 1, D] tensor; q and k are its slices
-    assert got_k.data_ptr() == got_q.data_ptr() + 16 * 128 * 2
+    one_tensor = got_k.data_ptr() == got_q.data_ptr() + 16 * 128 * 2
     want_q, want_k = rope.reference.rotate_qk(q, k, cos, sin)
     assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+    qkv, vcos, vsin = _vision_inputs(64, 16, 80, torch.bfloat16, torch.device("cuda"))
+    got = rope.rotate_vision_qkv(qkv, vcos, vsin)
+    assert torch.equal(got, rope.reference.rotate_vision_qkv(qkv, vcos, vsin))
+    assert one_tensor == (switch == "unset")
+
+
+def _vision_inputs(N: int, H: int, D: int, dtype: torch.dtype, device: torch.device):
+    gen = torch.Generator().manual_seed(N * 10 + D)
+    # as the vision attention hands it: the qkv projection [N, 3 * H * D] viewed [N, 3, H, D]
+    qkv = torch.randn(N, 3 * H * D, generator=gen).to(device, dtype).view(N, 3, H, D)
+    angle = torch.rand(N, D, generator=gen) * 40.0
+    return qkv, angle.cos().to(device), angle.sin().to(device)
+
+
+def test_vision_reference_rotates_in_float32_and_copies_v() -> None:
+    qkv, cos, sin = _vision_inputs(5, 2, 6, torch.bfloat16, torch.device("cpu"))
+    got = rope.rotate_vision_qkv(qkv, cos, sin)
+    x = qkv.float()
+    x1, x2 = x[:, :2, :, :3], x[:, :2, :, 3:]
+    c, s = cos[:, None, None], sin[:, None, None]
+    want = torch.cat([x1 * c[..., :3] - x2 * s[..., :3], x2 * c[..., 3:] + x1 * s[..., 3:]], -1)
+    assert got.dtype == torch.bfloat16 and got.shape == qkv.shape
+    torch.testing.assert_close(got[:, :2], want.bfloat16(), rtol=0, atol=0)
+    assert torch.equal(got[:, 2], qkv[:, 2])
+    with pytest.raises(ValueError, match=r"rope: qkv \(5, 3, 2, 6\), cos \(5, 6\) torch.bfloat16"):
+        rope.rotate_vision_qkv(qkv, cos.bfloat16(), sin)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("N", "H", "D"), [(1, 1, 2), (37, 3, 6), (256, 16, 80)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_vision_rope_matches_reference(N: int, H: int, D: int, dtype: torch.dtype) -> None:
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+
+    device = device_for_kernel_tests()
+    qkv, cos, sin = _vision_inputs(N, H, D, dtype, device)
+    want = rope.reference.rotate_vision_qkv(qkv, cos, sin)
+    poison_allocator(device)
+    got = rope.rotate_vision_qkv(qkv, cos, sin, use_kernel=True)
+    assert got.shape == qkv.shape and got.dtype == dtype
+    if device.type == "cuda":  # float32 products and sums, no fused multiply-add, one rounding
+        assert torch.equal(got, want)
+    else:  # the interpreter's casts truncate
+        assert_close("qk", want[:, :2], got[:, :2], 1e-2)
+        assert torch.equal(got[:, 2], want[:, 2])
