@@ -233,7 +233,8 @@ class VisionAttention(nn.Module):
 
 
 class VisionBlock(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))`` (the last
+    add left to the next norm: ``forward``)."""
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
@@ -243,13 +244,24 @@ class VisionBlock(nn.Module):
         self.mlp = VisionMLP(config)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], segments: Segments
-    ) -> torch.Tensor:
-        # the residual add and norm2 in one launch on CUDA (kernels.rms_norm.add_rms_norm)
-        x, normed = rms_norm.add_rms_norm(
-            x, self.attn(self.norm1(x), rope, segments), self.norm2.weight, self.norm2.eps
-        )
-        return x + self.mlp(normed)
+        self,
+        x: torch.Tensor,
+        pending: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        segments: Segments,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on ``x + pending`` (the last block's MLP output, not yet added; None for
+        none), each residual add made in one launch with the norm after it on CUDA
+        (``kernels.rms_norm.add_rms_norm``). Returns (the stream before this block's MLP output
+        is added, that output): the block's output is their sum. (Called as a module, so that
+        FSDP's hooks gather the block's parameters.)"""
+        if pending is None:
+            normed = self.norm1(x)
+        else:
+            x, normed = rms_norm.add_rms_norm(x, pending, self.norm1.weight, self.norm1.eps)
+        h = self.attn(normed, rope, segments)
+        x, normed = rms_norm.add_rms_norm(x, h, self.norm2.weight, self.norm2.eps)
+        return x, self.mlp(normed)
 
 
 class PatchMerger(nn.Module):
@@ -265,9 +277,15 @@ class PatchMerger(nn.Module):
             nn.Linear(self.merged_size, config.out_hidden_size),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, hidden] with each group's patches consecutive -> [N / merge^2, out_hidden]."""
-        return self.mlp(self.ln_q(x).reshape(-1, self.merged_size))
+    def forward(self, x: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, hidden] with each group's patches consecutive -> [N / merge^2, out_hidden].
+        ``pending`` [N, hidden], when given, is added to ``x`` first (with ``ln_q``: one launch
+        on CUDA)."""
+        if pending is None:
+            normed = self.ln_q(x)
+        else:
+            _, normed = rms_norm.add_rms_norm(x, pending, self.ln_q.weight, self.ln_q.eps)
+        return self.mlp(normed.reshape(-1, self.merged_size))
 
 
 @dataclass(slots=True)
@@ -405,10 +423,12 @@ class VisionTransformer(nn.Module):
         unit = self.config.spatial_merge_size**2
         # reorder merge units into window order; the blocks run on windows laid end to end
         x = x.reshape(N // unit, unit, hidden)[layout.window_index].reshape(N, hidden)
+        # each block's last residual add is made with the next norm (VisionBlock.forward)
+        pending: torch.Tensor | None = None
         for i, block in enumerate(self.blocks):
             segments = layout.frames if i in self.full_attention_blocks else layout.windows
-            x = block(x, rope, segments)
-        merged = self.merger(x)  # [N / unit, out_hidden], window order
+            x, pending = block(x, pending, rope, segments)
+        merged = self.merger(x, pending)  # [N / unit, out_hidden], window order
         return merged[layout.unit_restore]
 
     def _check_inputs(
