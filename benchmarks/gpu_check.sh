@@ -43,7 +43,7 @@ step() {  # step FILE CAP_SECONDS COMMAND...: run with what is left of the budge
 
 # the whole GPU suite first, -v: each test's result is written as it ends, so a run cut short
 # still names its failures; then the timings
-step gpu_tests.txt 240 python3 -m pytest -v --tb=short -m gpu -n 4 -p no:cacheprovider \
+step gpu_tests.txt 170 python3 -m pytest -v --tb=short -m gpu -n 8 -p no:cacheprovider \
   tests/kernels tests/engine
 grep -E "FAILED|^E  |passed|failed" "$out/gpu_tests.txt" 2>/dev/null | head -30
 step profile.md 120 python3 -m benchmarks.decode_profile --prefill 0 --paths fused
