@@ -348,7 +348,7 @@ def switches() -> dict[str, str]:
     names = (
         "INFINITEVL_GEMV_KERNEL", "INFINITEVL_GATES_KERNEL", "INFINITEVL_NORM_KERNEL",
         "INFINITEVL_SHORT_CONV_KERNEL", "INFINITEVL_ROPE_KERNEL", "INFINITEVL_GEMV_GLU",
-        "INFINITEVL_FUSED_DECODE",
+        "INFINITEVL_PDL", "INFINITEVL_FUSED_DECODE",
     )  # fmt: skip
     return {n: os.environ.get(n, "unset") for n in names}
 

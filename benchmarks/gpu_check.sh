@@ -11,6 +11,8 @@
 #   profile.md      decode_profile: the graphed decode step's kernels and GEMV speeds, and the
 #                   frame step's kernels
 #   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
+#   gpu_tests_pdl.txt, profile_pdl.md   the decode graph's tests and profile with INFINITEVL_PDL=1
+#                   (kernels.pdl: programmatic dependent launch)
 #   profile_glu.md  the decode step with INFINITEVL_GEMV_GLU=1 (kernels.gemv.silu_mul_linear)
 #   profile_sweep.md   the GEMV tiles on each weight shape
 #   profile_cublas.md  the decode step with INFINITEVL_GEMV_KERNEL=0 (cuBLAS for every GEMV)
@@ -48,6 +50,15 @@ step gpu_tests.txt 170 python3 -m pytest -v --tb=short -m gpu -n 8 -p no:cachepr
 grep -E "FAILED|^E  |passed|failed" "$out/gpu_tests.txt" 2>/dev/null | head -30
 step profile.md 120 python3 -m benchmarks.decode_profile --prefill 0 --paths fused
 grep -hs "^## Decode\|^## Frame\|measured choices" "$out"/profile.md
+# kernels.pdl (opt-in, never run on a GPU before): the decode graph with it on, bit for bit, and
+# the decode step's profile with it on
+step gpu_tests_pdl.txt 90 env INFINITEVL_PDL=1 python3 -m pytest -v --tb=short -m gpu \
+  -p no:cacheprovider tests/kernels/test_pdl.py tests/engine/test_cuda_graph.py \
+  -k "pdl or graph_decode_matches_eager"
+grep -E "FAILED|^E  |passed|failed" "$out/gpu_tests_pdl.txt" 2>/dev/null | head -20
+step profile_pdl.md 80 env INFINITEVL_PDL=1 python3 -m benchmarks.decode_profile --prefill 0 \
+  --paths fused --no-frames
+grep -hs "^## Decode" "$out"/profile_pdl.md
 step bench.txt 200 python3 -m benchmarks.bench_engine --out "$out" --budget-s 180 --commit "$commit"
 # kernels.gemv.silu_mul_linear (opt-in: on the H100 it timed slower than the two kernels)
 step profile_glu.md 80 env INFINITEVL_GEMV_GLU=1 python3 -m benchmarks.decode_profile \

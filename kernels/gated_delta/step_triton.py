@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.gated_delta.reference import L2NORM_EPS, check_shapes, check_state
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,11 @@ def gated_delta_step_kernel(
     BV: tl.constexpr,
     USE_QK_L2NORM: tl.constexpr,
     RAW_GATES: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     i_bhv = tl.program_id(0).to(tl.int64)
     i_v = tl.program_id(1)
     i_b, i_hv = i_bhv // HV, i_bhv % HV
@@ -59,9 +64,15 @@ def gated_delta_step_kernel(
     offs_v = i_v * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < K, offs_v < V
 
-    b_q = tl.load(q + i_b * stride_q_b + i_h * stride_q_h + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    b_k = tl.load(k + i_b * stride_k_b + i_h * stride_k_h + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    b_v = tl.load(v + i_b * stride_v_b + i_hv * stride_v_h + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+    b_q = tl.load(q + i_b * stride_q_b + i_h * stride_q_h + offs_k, mask=mask_k, other=0.0).to(
+        tl.float32
+    )
+    b_k = tl.load(k + i_b * stride_k_b + i_h * stride_k_h + offs_k, mask=mask_k, other=0.0).to(
+        tl.float32
+    )
+    b_v = tl.load(v + i_b * stride_v_b + i_hv * stride_v_h + offs_v, mask=mask_v, other=0.0).to(
+        tl.float32
+    )
     b_g = tl.load(g + i_b * stride_g_b + i_hv * stride_g_h).to(tl.float32)
     b_beta = tl.load(beta + i_b * stride_beta_b + i_hv * stride_beta_h).to(tl.float32)
     if RAW_GATES:
@@ -88,7 +99,11 @@ def gated_delta_step_kernel(
 
 def block_v(B: int, HV: int, V: int, device: torch.device) -> int:
     """Columns of V per program: the widest block that still gives every multiprocessor a program."""
-    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    num_sms = (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else 1
+    )
     for BV in (64, 32, 16):
         if B * HV * triton.cdiv(V, BV) >= num_sms:
             return min(BV, triton.next_power_of_2(V))
@@ -122,8 +137,12 @@ def launch_step(
         assert A_log.shape == dt_bias.shape == (v.shape[1],), "A_log, dt_bias must be [HV]"
     B, HV, V = v.shape
     H, K = q.shape[-2], q.shape[-1]
-    assert state.is_contiguous() and o.is_contiguous(), "state and o must be contiguous [B, HV, K, V] / [B, HV, V]"
-    assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1, "q, k, v need unit stride on the last dim"
+    assert state.is_contiguous() and o.is_contiguous(), (
+        "state and o must be contiguous [B, HV, K, V] / [B, HV, V]"
+    )
+    assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1, (
+        "q, k, v need unit stride on the last dim"
+    )
     assert q.stride() == k.stride(), f"q strides {q.stride()} != k strides {k.stride()}"
     grid = (B * HV, triton.cdiv(V, BV))
     gated_delta_step_kernel[grid](
@@ -157,6 +176,7 @@ def launch_step(
         USE_QK_L2NORM=use_qk_l2norm,
         RAW_GATES=raw,
         num_warps=num_warps,
+        **pdl.launch(o),
     )
 
 

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.gemv.reference import check_inputs
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,20 @@ _CONFIGS = [
 
 
 @triton.jit
+def _input_tile(x, k0, offs_k, mask_k, K: tl.constexpr, GLU: tl.constexpr):
+    """The float32 tile of the input row at ``k0``."""
+    if GLU:
+        # x holds [gate | up] (2K): the SwiGLU product made here, rounded as
+        # kernels.swiglu rounds it, so the GEMV reads what the separate kernels would write
+        b_g = tl.load(x + k0 + offs_k, mask=mask_k, other=0.0)
+        b_u = tl.load(x + K + k0 + offs_k, mask=mask_k, other=0.0)
+        g32 = b_g.to(tl.float32)
+        act = (g32 / (1.0 + tl.exp(-g32))).to(b_g.dtype)
+        return (act.to(tl.float32) * b_u.to(tl.float32)).to(b_g.dtype).to(tl.float32)
+    return tl.load(x + k0 + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def gemv_kernel(
     x,
     w,
@@ -50,24 +65,27 @@ def gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GLU: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     p_w = w + offs_n.to(tl.int64)[:, None] * stride_w + offs_k[None, :]
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    start: tl.constexpr = BLOCK_K if PDL else 0
+    if PDL:
+        # kernels.pdl: the first tile of weights (no kernel writes them) is read while the
+        # kernel before ends; the input row only after it has
+        mask_k = offs_k < K
+        b_w = tl.load(
+            p_w, mask=mask_n[:, None] & mask_k[None, :], other=0.0, eviction_policy="evict_first"
+        )
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+        acc += b_w.to(tl.float32) * _input_tile(x, 0, offs_k, mask_k, K, GLU)[None, :]
+    for k0 in range(start, K, BLOCK_K):
         mask_k = (k0 + offs_k) < K
-        if GLU:
-            # x holds [gate | up] (2K): the SwiGLU product made here, rounded as
-            # kernels.swiglu rounds it, so the GEMV reads what the separate kernels would write
-            b_g = tl.load(x + k0 + offs_k, mask=mask_k, other=0.0)
-            b_u = tl.load(x + K + k0 + offs_k, mask=mask_k, other=0.0)
-            g32 = b_g.to(tl.float32)
-            act = (g32 / (1.0 + tl.exp(-g32))).to(b_g.dtype)
-            b_x = (act.to(tl.float32) * b_u.to(tl.float32)).to(b_g.dtype).to(tl.float32)
-        else:
-            b_x = tl.load(x + k0 + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        b_x = _input_tile(x, k0, offs_k, mask_k, K, GLU)
         # weights are read exactly once: keep them from evicting what the next kernels reuse
         b_w = tl.load(
             p_w + k0,
@@ -119,7 +137,9 @@ def _launch(
         )
         return y
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731 (Triton's grid idiom)
-    (gemv_glu_tuned if glu else gemv_tuned)[grid](*args, HAS_BIAS=bias is not None, GLU=glu)
+    (gemv_glu_tuned if glu else gemv_tuned)[grid](
+        *args, HAS_BIAS=bias is not None, GLU=glu, **pdl.launch(x)
+    )
     return y
 
 

@@ -12,13 +12,28 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
+
 log = logging.getLogger(__name__)
 
 
 @triton.jit
 def rms_norm_kernel(
-    x, gate, weight, y, stride_x, stride_g, N, eps, BN: tl.constexpr, GATED: tl.constexpr
+    x,
+    gate,
+    weight,
+    y,
+    stride_x,
+    stride_g,
+    N,
+    eps,
+    BN: tl.constexpr,
+    GATED: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BN)
     mask = offs < N
@@ -35,7 +50,12 @@ def rms_norm_kernel(
 
 
 @triton.jit
-def add_rms_norm_kernel(x, h, weight, s, y, stride_x, stride_h, N, eps, BN: tl.constexpr):
+def add_rms_norm_kernel(
+    x, h, weight, s, y, stride_x, stride_h, N, eps, BN: tl.constexpr, PDL: tl.constexpr = False
+):
+    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BN)
     mask = offs < N
@@ -86,6 +106,7 @@ def _launch(
         BN=BN,
         GATED=gate is not None,
         num_warps=num_warps,
+        **pdl.launch(x2),
     )
     return y
 
@@ -117,6 +138,17 @@ def add_rms_norm(
     s = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     y = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     add_rms_norm_kernel[(x2.shape[0],)](
-        x2, h2, weight, s, y, x2.stride(0), h2.stride(0), N, eps, BN=BN, num_warps=num_warps
+        x2,
+        h2,
+        weight,
+        s,
+        y,
+        x2.stride(0),
+        h2.stride(0),
+        N,
+        eps,
+        BN=BN,
+        num_warps=num_warps,
+        **pdl.launch(x2),
     )
     return s, y

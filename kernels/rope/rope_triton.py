@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.rope.reference import check_inputs, check_vision_inputs
 
 
@@ -30,8 +31,11 @@ def rope_kernel(
     q, k, cos, sin, out,
     H, HKV, T,
     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sc_b, sc_t, ss_b, ss_t,
-    HALF: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
+    HALF: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
+    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     bt = tl.program_id(0).to(tl.int64)
     b, t = bt // T, bt % T
     offs_h = tl.arange(0, BH)
@@ -81,7 +85,7 @@ def rotate_qk(
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1),
         HALF=D // 2, BH=triton.next_power_of_2(H + Hkv), BD=triton.next_power_of_2(D // 2),
-        num_warps=4, enable_fp_fusion=False,
+        num_warps=4, enable_fp_fusion=False, **pdl.launch(q),
     )  # fmt: skip
     return out[:, :H], out[:, H:]
 

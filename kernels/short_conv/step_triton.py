@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.short_conv.reference import check_inputs
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,11 @@ def short_conv_step_kernel(
 @triton.jit
 def short_conv_step3_kernel(
     x0, x1, x2, tail0, tail1, tail2, w0, w1, w2, y, stride_x0, stride_x1, stride_x2, C0, C1, C2,
-    KS: tl.constexpr, BKS: tl.constexpr, BC: tl.constexpr,
+    KS: tl.constexpr, BKS: tl.constexpr, BC: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
+    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     # the channel blocks of the three convolutions side by side; y holds [y0 | y1 | y2] per row
     i_b = tl.program_id(0).to(tl.int64)
     i_c = tl.program_id(1)
@@ -136,6 +140,6 @@ def step3(
     grid = (B, sum(triton.cdiv(c, BC) for c in sizes))
     short_conv_step3_kernel[grid](
         *xs, *tails, *weights, y, *(x.stride(0) for x in xs), *sizes,
-        KS=KS, BKS=triton.next_power_of_2(KS), BC=BC, num_warps=4,
+        KS=KS, BKS=triton.next_power_of_2(KS), BC=BC, num_warps=4, **pdl.launch(y),
     )  # fmt: skip
     return tuple(y.split(sizes, dim=1))  # type: ignore[return-value]

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.swa.reference import check_inputs
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,11 @@ def swa_step_split_kernel(
     NUM_SPLITS: tl.constexpr,
     SEEN_ON_DEVICE: tl.constexpr,
     IEEE: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     i_bk = tl.program_id(0).to(tl.int64)
     i_s = tl.program_id(1)
     i_b, i_kv = i_bk // HKV, i_bk % HKV
@@ -75,8 +80,12 @@ def swa_step_split_kernel(
     start = i_s.to(tl.int64) * SPLIT
     stop = tl.minimum(start + SPLIT, n)
     if (slot >= start) & (slot < start + SPLIT):
-        tl.store(ring_k + ring_base + slot * D + offs_d, b_k_new.to(ring_k.dtype.element_ty), mask=mask_d)
-        tl.store(ring_v + ring_base + slot * D + offs_d, b_v_new.to(ring_v.dtype.element_ty), mask=mask_d)
+        tl.store(
+            ring_k + ring_base + slot * D + offs_d, b_k_new.to(ring_k.dtype.element_ty), mask=mask_d
+        )
+        tl.store(
+            ring_v + ring_base + slot * D + offs_d, b_v_new.to(ring_v.dtype.element_ty), mask=mask_d
+        )
 
     m_i = tl.full([BG], float("-inf"), tl.float32)
     l_i = tl.zeros([BG], tl.float32)
@@ -109,14 +118,26 @@ def swa_step_split_kernel(
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     lse = tl.where(l_i > 0, m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
     row = (i_b * H + i_kv * G + offs_g) * NUM_SPLITS + i_s  # [BG] rows of [B, H, NUM_SPLITS]
-    tl.store(o_part + row[:, None] * D + offs_d[None, :], out, mask=mask_g[:, None] & mask_d[None, :])
+    tl.store(
+        o_part + row[:, None] * D + offs_d[None, :], out, mask=mask_g[:, None] & mask_d[None, :]
+    )
     tl.store(lse_part + row, lse, mask=mask_g)
 
 
 @triton.jit
 def swa_step_combine_kernel(
-    o_part, lse_part, o, D: tl.constexpr, BD: tl.constexpr, NUM_SPLITS: tl.constexpr, BS: tl.constexpr
+    o_part,
+    lse_part,
+    o,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BS: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     i_bh = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BS)
     offs_d = tl.arange(0, BD)
@@ -133,7 +154,11 @@ def swa_step_combine_kernel(
 
 def num_splits(B: int, Hkv: int, W: int, device: torch.device, block_n: int) -> tuple[int, int]:
     """(split size, number of splits): about two programs per multiprocessor, whole blocks per split."""
-    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    num_sms = (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else 1
+    )
     want = max(1, (2 * num_sms) // (B * Hkv))
     split = max(block_n, triton.next_power_of_2(triton.cdiv(W, want)))
     split = triton.cdiv(split, block_n) * block_n
@@ -156,9 +181,15 @@ def launch_step(
     on_device = isinstance(seen, torch.Tensor)
     B, H, D = q.shape
     Hkv, W = ring_k.shape[1], ring_k.shape[2]
-    assert ring_k.is_contiguous() and ring_v.is_contiguous(), "ring buffers must be contiguous [B, Hkv, W, D]"
-    assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1, "q, k, v need unit stride on D"
-    assert not on_device or (seen.numel() == 1 and seen.device == q.device), "seen tensor: one value on q's device"
+    assert ring_k.is_contiguous() and ring_v.is_contiguous(), (
+        "ring buffers must be contiguous [B, Hkv, W, D]"
+    )
+    assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1, (
+        "q, k, v need unit stride on D"
+    )
+    assert not on_device or (seen.numel() == 1 and seen.device == q.device), (
+        "seen tensor: one value on q's device"
+    )
     assert split % block_n == 0, f"split {split} must be a multiple of block_n {block_n}"
     splits = triton.cdiv(W, split)
     o_part = torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
@@ -194,10 +225,18 @@ def launch_step(
         SEEN_ON_DEVICE=on_device,
         IEEE=ieee,
         num_warps=num_warps,
+        **pdl.launch(q),
     )
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     swa_step_combine_kernel[(B * H,)](
-        o_part, lse_part, o, D=D, BD=triton.next_power_of_2(D), NUM_SPLITS=splits, BS=triton.next_power_of_2(splits)
+        o_part,
+        lse_part,
+        o,
+        D=D,
+        BD=triton.next_power_of_2(D),
+        NUM_SPLITS=splits,
+        BS=triton.next_power_of_2(splits),
+        **pdl.launch(o),
     )
     return o
 

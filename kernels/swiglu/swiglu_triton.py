@@ -10,11 +10,17 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.swiglu.reference import check_inputs
 
 
 @triton.jit
-def silu_mul_kernel(gate, up, y, stride_g, stride_u, N, BN: tl.constexpr):
+def silu_mul_kernel(
+    gate, up, y, stride_g, stride_u, N, BN: tl.constexpr, PDL: tl.constexpr = False
+):
+    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     # rows on the first grid axis: a prompt's rows can pass the 65,535 limit of the others
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -38,6 +44,6 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     y = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
     BN = 1024
     silu_mul_kernel[(g2.shape[0], triton.cdiv(N, BN))](
-        g2, u2, y, g2.stride(0), u2.stride(0), N, BN=BN, num_warps=4
+        g2, u2, y, g2.stride(0), u2.stride(0), N, BN=BN, num_warps=4, **pdl.launch(g2)
     )
     return y

@@ -197,6 +197,25 @@ def test_graph_decode_matches_eager(dtype: torch.dtype) -> None:
 
 @pytest.mark.gpu
 @cuda
+def test_graph_decode_with_pdl_is_bit_for_bit_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN the decode kernels launched with programmatic dependent launch (kernels.pdl)
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability 9 or more")
+    model = make_model(HYBRID, "cuda", torch.bfloat16, window=64)
+    state = prefill(model, 20)
+    ref = state.clone()
+    monkeypatch.delenv("INFINITEVL_PDL", raising=False)
+    want = graph_decode(DecodeGraph(model, ref), 5, 220)
+    # WHEN the same 220 tokens come from a graph captured with it on
+    monkeypatch.setenv("INFINITEVL_PDL", "1")
+    got = graph_decode(DecodeGraph(model, state), 5, 220)
+    # THEN the same kernels in the same order give the same bits, the ring wrapped three times
+    assert_same_run(got, want, atol=0.0)
+    assert_states_close(state, ref, atol=0.0)
+
+
+@pytest.mark.gpu
+@cuda
 @pytest.mark.parametrize("full_kernel", ["sdpa", "split_k"])
 def test_graph_decode_full_attention_matches_eager(full_kernel: str) -> None:
     model = make_model(FULL, "cuda", torch.float32)

@@ -1,0 +1,150 @@
+"""Compile the decode step's Triton kernels for a Hopper GPU on a machine without one.
+
+    PYTHONPATH=/tmp/trinp:/tmp/tri:$PWD .venv/bin/python -m kernels.compile_check
+
+(Triton installed as docs/gpu-session.md says.) Each launcher runs once on small CPU tensors of
+the 4B decode step's shapes under Triton's interpreter, in a child process, with its kernel's
+launch captured instead of run; this process then compiles every captured launch for sm_90, with
+``PDL`` off and on (``kernels.pdl``), through ptxas, and prints a line for each. Nothing is
+executed: it catches what only a GPU compile would (code under a constexpr branch that the
+interpreter never traces, such as the ``griddepcontrol`` instructions of PDL) before device time
+is spent. Exit status 1 when any variant fails to compile.
+"""
+
+import importlib
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+# launchers' modules and the kernels they launch
+KERNELS = {
+    "kernels.rms_norm.norm_triton": ["rms_norm_kernel", "add_rms_norm_kernel"],
+    "kernels.swiglu.swiglu_triton": ["silu_mul_kernel"],
+    "kernels.rope.rope_triton": ["rope_kernel"],
+    "kernels.short_conv.step_triton": ["short_conv_step3_kernel"],
+    "kernels.gated_delta.step_triton": ["gated_delta_step_kernel"],
+    "kernels.swa.step_triton": ["swa_step_split_kernel", "swa_step_combine_kernel"],
+    "kernels.gemv.gemv_triton": ["gemv_kernel"],
+}
+POINTER = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float16: "*fp16"}
+OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion", "launch_pdl")
+
+
+def _launch_all() -> None:
+    """Run each launcher at the decode step's shapes (bf16, batch 1)."""
+    from kernels.gated_delta import step_triton as gated_delta
+    from kernels.gemv import gemv_triton
+    from kernels.rms_norm import norm_triton
+    from kernels.rope import rope_triton
+    from kernels.short_conv import step_triton as short_conv
+    from kernels.swa import step_triton as swa
+    from kernels.swiglu import swiglu_triton
+
+    bf = torch.bfloat16
+    x, w = torch.randn(1, 2048, dtype=bf), torch.ones(2048, dtype=bf)
+    norm_triton.rms_norm(x, w, 1e-6)
+    norm_triton.gated_rms_norm(x, x, w, 1e-6)
+    norm_triton.add_rms_norm(x, x, w, 1e-6)
+    swiglu_triton.silu_mul(x, x)
+    q, k = torch.randn(1, 16, 1, 128, dtype=bf), torch.randn(1, 2, 1, 128, dtype=bf)
+    rope_triton.rotate_qk(q, k, torch.randn(1, 1, 128, dtype=bf), torch.randn(1, 1, 128, dtype=bf))
+    sizes = (2048, 2048, 4096)
+    short_conv.step3(
+        tuple(torch.randn(1, n, dtype=bf) for n in sizes),
+        tuple(torch.randn(1, n, 3, dtype=bf) for n in sizes),
+        tuple(torch.randn(n, 4, dtype=bf) for n in sizes),
+    )
+    gemv_triton.linear(x, torch.randn(512, 2048, dtype=bf))
+    B, H, HV, K, V = 1, 16, 32, 128, 128
+    gated_delta.launch_step(
+        torch.randn(B, H, K, dtype=bf), torch.randn(B, H, K, dtype=bf),
+        torch.randn(B, HV, V, dtype=bf), torch.randn(B, HV, dtype=bf), torch.rand(B, HV, dtype=bf),
+        torch.zeros(B, HV, K, V), torch.empty(B, HV, V, dtype=bf), 0.1, True, 32, 4,
+        torch.zeros(HV), torch.zeros(HV),
+    )  # fmt: skip
+    ring = torch.zeros(1, 2, 8192, 128, dtype=bf)
+    kv = torch.randn(1, 2, 128, dtype=bf)
+    swa.launch_step(torch.randn(1, 16, 128, dtype=bf), kv, kv, ring, ring, torch.tensor(9000),
+                    0.088, 1024, 64, 4)  # fmt: skip
+
+
+def _capture(path: str) -> None:
+    """(Child, under the interpreter.) Write each launch's signature, constants and options."""
+    specs = []
+
+    class Capture:
+        def __init__(self, module: str, name: str, fn) -> None:
+            self.module, self.name, self.fn = module, name, fn
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: specs.append(self._spec(args, kwargs))
+
+        def _spec(self, args: tuple, kwargs: dict) -> tuple:
+            params = inspect.signature(self.fn).parameters
+            sig, consts, opts = {}, {}, {}
+            for name, a in zip(params, args, strict=False):
+                if isinstance(a, torch.Tensor):
+                    sig[name] = POINTER[a.dtype] if a.is_floating_point() else "*i64"
+                elif a is None:
+                    sig[name], consts[name] = "constexpr", None
+                elif isinstance(a, bool):
+                    sig[name] = "i1"
+                elif isinstance(a, int):
+                    sig[name] = "i32" if abs(a) < 2**31 else "i64"
+                else:
+                    sig[name] = "fp32"
+            for name, v in kwargs.items():
+                if name in OPTIONS:
+                    opts[name] = v
+                else:
+                    sig[name], consts[name] = "constexpr", v
+            for name, p in params.items():
+                if name not in sig:  # a constexpr left at its default, or the autotuned tile
+                    sig[name] = "constexpr"
+                    consts[name] = {"BLOCK_N": 2, "BLOCK_K": 1024}.get(name, p.default)
+            return self.module, self.name, sig, consts, opts
+
+    for module, names in KERNELS.items():
+        mod = importlib.import_module(module)
+        for name in names:
+            setattr(mod, name, Capture(module, name, getattr(mod, name).fn))
+    _launch_all()
+    with open(path, "w") as f:
+        json.dump(specs, f)
+
+
+def main() -> int:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "specs.json")
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        code = f"from kernels.compile_check import _capture; _capture({path!r})"
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)
+        with open(path) as f:
+            specs = json.load(f)
+    target, failed = GPUTarget("cuda", 90, 32), 0
+    for module, name, sig, consts, opts in specs:
+        fn = getattr(importlib.import_module(module), name)
+        for on in (False, True):
+            try:
+                src = ASTSource(fn, sig, constexprs=dict(consts, PDL=on))
+                kernel = triton.compile(src, target=target, options=dict(opts, launch_pdl=on))
+                pdl_in_ptx = "griddepcontrol" in kernel.asm["ptx"]
+                print(f"{name:26s} PDL={on!s:5s} compiled for sm_90 (griddepcontrol: {pdl_in_ptx})")
+            except Exception as e:  # noqa: BLE001 (each variant reports on its own)
+                failed += 1
+                print(f"{name:26s} PDL={on!s:5s} FAILED: {type(e).__name__}: {str(e)[-400:]}")
+    print(f"{2 * len(specs) - failed} of {2 * len(specs)} compiled")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
