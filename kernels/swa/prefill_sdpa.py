@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
 from kernels.sdpa import SDPA_BACKENDS
-from kernels.swa.reference import banded_attention, check_inputs, ring_in_order
+from kernels.swa.reference import banded_attention, check_inputs, ring_pieces
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,6 @@ def prefill(
     with sdpa_kernel(SDPA_BACKENDS):
         if seen == 0 and T <= W:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-        keys = torch.cat([ring_in_order(ring_k, seen).to(k.dtype), k], dim=2)
-        values = torch.cat([ring_in_order(ring_v, seen).to(v.dtype), v], dim=2)
+        keys = torch.cat([*(p.to(k.dtype) for p in ring_pieces(ring_k, seen)), k], dim=2)
+        values = torch.cat([*(p.to(v.dtype) for p in ring_pieces(ring_v, seen)), v], dim=2)
         return banded_attention(q, keys, values, seen, W, scale, QUERY_BLOCK)

@@ -42,12 +42,16 @@ def check_inputs(
         raise ValueError(f"swa: seen must be >= 0, got {seen}")
 
 
-def ring_in_order(ring: torch.Tensor, seen: int) -> torch.Tensor:
-    """The ring's valid entries in token order: [B, Hkv, min(seen, W), D] for tokens max(0, seen-W)..seen-1."""
+def ring_pieces(ring: torch.Tensor, seen: int) -> list[torch.Tensor]:
+    """The ring's valid entries in token order as views, no copy: one slice while the ring has not
+    wrapped (or is full at a multiple of W), two once it has (the older tokens from slot
+    ``seen % W`` on, then the newer from slot 0); none before any token. Concatenated:
+    [B, Hkv, min(seen, W), D] for tokens max(0, seen - W) .. seen - 1."""
     W = ring.shape[2]
-    n = min(seen, W)
-    slots = torch.arange(seen - n, seen, device=ring.device) % W
-    return ring.index_select(2, slots)
+    if seen <= W:
+        return [ring[:, :, :seen]] if seen else []
+    start = seen % W
+    return [ring[:, :, start:], ring[:, :, :start]] if start else [ring]
 
 
 def prefill(
@@ -70,8 +74,8 @@ def prefill(
         o: [B, H, T, D] in the dtype of q.
     """
     check_inputs(q, k, v, ring_k, ring_v, seen)
-    keys = torch.cat([ring_in_order(ring_k, seen).float(), k.float()], dim=2)
-    values = torch.cat([ring_in_order(ring_v, seen).float(), v.float()], dim=2)
+    keys = torch.cat([*(p.float() for p in ring_pieces(ring_k, seen)), k.float()], dim=2)
+    values = torch.cat([*(p.float() for p in ring_pieces(ring_v, seen)), v.float()], dim=2)
     return banded_attention(q.float(), keys, values, seen, ring_k.shape[2], scale, QUERY_BLOCK).to(q.dtype)
 
 

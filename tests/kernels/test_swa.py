@@ -104,6 +104,17 @@ def test_write_keeps_last_window_in_slots() -> None:
         )
 
 
+@pytest.mark.parametrize("seen", [0, 3, W, W + 3, 2 * W, 2 * W + 5])
+def test_ring_pieces_are_views_in_token_order(seen: int) -> None:
+    # token p sits in slot p % W: the valid tokens max(0, seen - W) .. seen - 1, oldest first
+    ring = torch.arange(W, dtype=torch.float32).view(1, 1, W, 1).expand(B, HKV, W, D).contiguous()
+    pieces = reference.ring_pieces(ring, seen)
+    got = torch.cat(pieces, dim=2) if pieces else ring[:, :, :0]
+    want_slots = [p % W for p in range(max(0, seen - W), seen)]
+    assert got[0, 0, :, 0].tolist() == want_slots
+    assert all(p.untyped_storage().data_ptr() == ring.untyped_storage().data_ptr() for p in pieces)
+
+
 def test_prefill_is_differentiable() -> None:
     q, k, v = (x.requires_grad_() for x in make_qkv(2 * W + 1, seed=3))
     o = swa.prefill(q, k, v, *empty_ring(), 0, scale=SCALE)
