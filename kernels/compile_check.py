@@ -1,14 +1,15 @@
-"""Compile the decode step's Triton kernels for a Hopper GPU on a machine without one.
+"""Compile the project's Triton kernels for a Hopper GPU on a machine without one.
 
     PYTHONPATH=/tmp/trinp:/tmp/tri:$PWD .venv/bin/python -m kernels.compile_check
 
 (Triton installed as docs/gpu-session.md says.) Each launcher runs once on small CPU tensors of
-the 4B decode step's shapes under Triton's interpreter, in a child process, with its kernel's
-launch captured instead of run; this process then compiles every captured launch for sm_90, with
-``PDL`` off and on (``kernels.pdl``), through ptxas, and prints a line for each. Nothing is
-executed: it catches what only a GPU compile would (code under a constexpr branch that the
-interpreter never traces, such as the ``griddepcontrol`` instructions of PDL) before device time
-is spent. Exit status 1 when any variant fails to compile.
+the 4B model's shapes (the decode step's kernels, and those of a prompt or a frame) under
+Triton's interpreter, in a child process, with its kernel's launch captured instead of run; this
+process then compiles every captured launch for sm_90 through ptxas (those that take part in
+``kernels.pdl`` with ``PDL`` off and on) and prints a line for each. Nothing is executed: it
+catches what only a GPU compile would (code under a constexpr branch that the interpreter never
+traces, such as the ``griddepcontrol`` instructions of PDL) before device time is spent. Exit
+status 1 when any variant fails to compile.
 """
 
 import importlib
@@ -25,10 +26,12 @@ import torch
 KERNELS = {
     "kernels.rms_norm.norm_triton": ["rms_norm_kernel", "add_rms_norm_kernel"],
     "kernels.swiglu.swiglu_triton": ["silu_mul_kernel"],
-    "kernels.rope.rope_triton": ["rope_kernel"],
+    "kernels.rope.rope_triton": ["rope_kernel", "rope_vision_kernel"],
     "kernels.short_conv.step_triton": ["short_conv_step3_kernel"],
     "kernels.gated_delta.step_triton": ["gated_delta_step_kernel"],
     "kernels.swa.step_triton": ["swa_step_split_kernel", "swa_step_combine_kernel"],
+    "kernels.swa.prefill_triton": ["swa_prefill_kernel", "swa_prefill_combine_kernel"],
+    "kernels.short_conv.prefill_triton": ["short_conv_prefill_kernel"],
     "kernels.gemv.gemv_triton": ["gemv_kernel"],
 }
 POINTER = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float16: "*fp16"}
@@ -36,12 +39,16 @@ OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion", "launch_pdl")
 
 
 def _launch_all() -> None:
-    """Run each launcher at the decode step's shapes (bf16, batch 1)."""
+    """Run each launcher at the 4B model's shapes (bf16, batch 1): the decode step's kernels,
+    and the prompt and frame kernels of the project's own (rope_vision, sliding-window and
+    convolution prefill)."""
     from kernels.gated_delta import step_triton as gated_delta
     from kernels.gemv import gemv_triton
     from kernels.rms_norm import norm_triton
     from kernels.rope import rope_triton
+    from kernels.short_conv import prefill_triton as conv_prefill
     from kernels.short_conv import step_triton as short_conv
+    from kernels.swa import prefill_triton as swa_prefill
     from kernels.swa import step_triton as swa
     from kernels.swiglu import swiglu_triton
 
@@ -71,6 +78,15 @@ def _launch_all() -> None:
     kv = torch.randn(1, 2, 128, dtype=bf)
     swa.launch_step(torch.randn(1, 16, 128, dtype=bf), kv, kv, ring, ring, torch.tensor(9000),
                     0.088, 1024, 64, 4)  # fmt: skip
+    # a frame: 256 tokens over a full ring, and the vision tower's 1,024 patches
+    T = 256
+    qkv = torch.randn(T, 3, 16, 80, dtype=bf)
+    rope_triton.rotate_vision_qkv(qkv, torch.randn(T, 80), torch.randn(T, 80))
+    keys = torch.randn(1, 2, 8192 + T, 128, dtype=bf)
+    swa_prefill.launch_prefill(torch.randn(1, 16, T, 128, dtype=bf), keys, keys, 8192, 0.088,
+                               num_splits=4)  # fmt: skip
+    conv_prefill.prefill(torch.randn(1, T, 4096, dtype=bf), torch.randn(1, 4096, 3, dtype=bf),
+                         torch.randn(4096, 4, dtype=bf))  # fmt: skip
 
 
 def _capture(path: str) -> None:
@@ -130,19 +146,24 @@ def main() -> int:
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
         with open(path) as f:
             specs = json.load(f)
-    target, failed = GPUTarget("cuda", 90, 32), 0
+    target, failed, total = GPUTarget("cuda", 90, 32), 0, 0
     for module, name, sig, consts, opts in specs:
         fn = getattr(importlib.import_module(module), name)
-        for on in (False, True):
+        # kernels that take part in kernels.pdl compile with it off and on, the others once
+        variants = (False, True) if "PDL" in sig else (None,)
+        for on in variants:
+            total += 1
+            with_pdl = {} if on is None else {"PDL": on}
+            label = "" if on is None else f"PDL={on!s:5s}"
             try:
-                src = ASTSource(fn, sig, constexprs=dict(consts, PDL=on))
-                kernel = triton.compile(src, target=target, options=dict(opts, launch_pdl=on))
+                src = ASTSource(fn, sig, constexprs=dict(consts, **with_pdl))
+                kernel = triton.compile(src, target=target, options=dict(opts, launch_pdl=bool(on)))
                 pdl_in_ptx = "griddepcontrol" in kernel.asm["ptx"]
-                print(f"{name:26s} PDL={on!s:5s} compiled for sm_90 (griddepcontrol: {pdl_in_ptx})")
+                print(f"{name:26s} {label:9s} compiled for sm_90 (griddepcontrol: {pdl_in_ptx})")
             except Exception as e:  # noqa: BLE001 (each variant reports on its own)
                 failed += 1
-                print(f"{name:26s} PDL={on!s:5s} FAILED: {type(e).__name__}: {str(e)[-400:]}")
-    print(f"{2 * len(specs) - failed} of {2 * len(specs)} compiled")
+                print(f"{name:26s} {label:9s} FAILED: {type(e).__name__}: {str(e)[-400:]}")
+    print(f"{total - failed} of {total} compiled")
     return 1 if failed else 0
 
 
