@@ -30,7 +30,7 @@ class Attention(nn.Module):
         layer_type: ``"sliding_attention"`` or ``"full_attention"``.
     """
 
-    # single tokens read q/k/v (and their biases) as one matrix; False keeps them separate
+    # calls without grad read q/k/v (and their biases) as one matrix; False keeps them separate
     fuse_decode: bool = FUSED_DECODE_DEFAULT
 
     def __init__(self, config: TextConfig, layer_type: str) -> None:
@@ -49,10 +49,10 @@ class Attention(nn.Module):
         self._qkv = FusedLinear(("q_proj", "k_proj", "v_proj"))
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q [B, H, T, D], k, v [B, Hkv, T, D] before RoPE; one fused product for a decode token."""
+        """q [B, H, T, D], k, v [B, Hkv, T, D] before RoPE; one fused product without grad."""
         B, T, _ = x.shape
         D = self.head_dim
-        if self.fuse_decode and T == 1 and not torch.is_grad_enabled():
+        if self.fuse_decode and not torch.is_grad_enabled():
             q, k, v = self._qkv(self, x)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)

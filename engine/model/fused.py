@@ -1,8 +1,11 @@
-"""Sibling projections of one input read as one matrix, for the single-token decode step.
+"""Sibling projections of one input read as one matrix, for calls without grad.
 
 A decode token reads every weight once, and a batch-1 matrix-vector product pays a fixed cost per
 launch: Gated DeltaNet's q/k/v/a/b/g, attention's q/k/v and the MLP's gate/up are each read as one
-matrix (one launch instead of six, three, two).
+matrix (one launch instead of six, three, two). Chat turns and streamed frames (a few hundred
+tokens) gain the same way: a 448x448 frame's decoder ran six GEMMs a Gated DeltaNet layer, two of
+them (a and b) with 32 output columns, likely the profile's 54 launches of ~5 us of a small-tile
+cuBLAS kernel (benchmarks/RESULTS_decode_profile.md, commit eee863e).
 
 The fused matrix is the storage of the original parameters: each ``nn.Linear.weight`` (and bias)
 becomes a row-block view of it. So the published names, shapes and ``state_dict`` stay as they

@@ -22,7 +22,7 @@ class MLP(nn.Module):
         config: supplies ``hidden_size`` and ``intermediate_size``.
     """
 
-    # single tokens read gate_proj and up_proj as one matrix; False keeps them separate
+    # calls without grad read gate_proj and up_proj as one matrix; False keeps them separate
     fuse_decode: bool = FUSED_DECODE_DEFAULT
 
     def __init__(self, config: TextConfig) -> None:
@@ -45,5 +45,9 @@ class MLP(nn.Module):
                 return gemv.silu_mul_linear(gate_up, down.weight, down.bias)
             gate, up = self._gate_up(self, x)
             return decode_linear(down, swiglu.silu_mul(gate, up))
+        if self.fuse_decode and not torch.is_grad_enabled():
+            # a prompt or a frame: gate and up as one matrix product too
+            fused = self._gate_up(self, x)
+            return self.down_proj(swiglu.silu_mul(*fused))
         # kernels.swiglu: one Triton launch on CUDA without grad, else F.silu(gate) * up
         return self.down_proj(swiglu.silu_mul(self.gate_proj(x), self.up_proj(x)))

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import pdl
+from kernels import pdl, pdl_triton
 from kernels.gated_delta.reference import L2NORM_EPS, check_shapes, check_state
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ def gated_delta_step_kernel(
     RAW_GATES: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
-    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_triton.begin(PDL)  # kernels.pdl
     i_bhv = tl.program_id(0).to(tl.int64)
     i_v = tl.program_id(1)
     i_b, i_hv = i_bhv // HV, i_bhv % HV

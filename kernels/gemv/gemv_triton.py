@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import pdl
+from kernels import pdl, pdl_triton
 from kernels.gemv.reference import check_inputs
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,7 @@ def gemv_kernel(
         b_w = tl.load(
             p_w, mask=mask_n[:, None] & mask_k[None, :], other=0.0, eviction_policy="evict_first"
         )
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+        pdl_triton.begin(PDL)
         acc += b_w.to(tl.float32) * _input_tile(x, 0, offs_k, mask_k, K, GLU)[None, :]
     for k0 in range(start, K, BLOCK_K):
         mask_k = (k0 + offs_k) < K

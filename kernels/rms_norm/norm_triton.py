@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import pdl
+from kernels import pdl, pdl_triton
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,7 @@ def rms_norm_kernel(
     GATED: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
-    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_triton.begin(PDL)  # kernels.pdl
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BN)
     mask = offs < N
@@ -53,9 +51,7 @@ def rms_norm_kernel(
 def add_rms_norm_kernel(
     x, h, weight, s, y, stride_x, stride_h, N, eps, BN: tl.constexpr, PDL: tl.constexpr = False
 ):
-    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_triton.begin(PDL)  # kernels.pdl
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BN)
     mask = offs < N

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import pdl
+from kernels import pdl, pdl_triton
 from kernels.short_conv.reference import check_inputs
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,7 @@ def short_conv_step3_kernel(
     x0, x1, x2, tail0, tail1, tail2, w0, w1, w2, y, stride_x0, stride_x1, stride_x2, C0, C1, C2,
     KS: tl.constexpr, BKS: tl.constexpr, BC: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
-    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_triton.begin(PDL)  # kernels.pdl
     # the channel blocks of the three convolutions side by side; y holds [y0 | y1 | y2] per row
     i_b = tl.program_id(0).to(tl.int64)
     i_c = tl.program_id(1)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import pdl
+from kernels import pdl, pdl_triton
 from kernels.swa.reference import check_inputs
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,7 @@ def swa_step_split_kernel(
     IEEE: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
-    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_triton.begin(PDL)  # kernels.pdl
     i_bk = tl.program_id(0).to(tl.int64)
     i_s = tl.program_id(1)
     i_b, i_kv = i_bk // HKV, i_bk % HKV
@@ -135,9 +133,7 @@ def swa_step_combine_kernel(
     BS: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
-    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_triton.begin(PDL)  # kernels.pdl
     i_bh = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BS)
     offs_d = tl.arange(0, BD)

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import pdl
+from kernels import pdl, pdl_triton
 from kernels.swiglu.reference import check_inputs
 
 
@@ -18,9 +18,7 @@ from kernels.swiglu.reference import check_inputs
 def silu_mul_kernel(
     gate, up, y, stride_g, stride_u, N, BN: tl.constexpr, PDL: tl.constexpr = False
 ):
-    if PDL:  # kernels.pdl: nothing read or written before the kernel before has ended
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_triton.begin(PDL)  # kernels.pdl
     # rows on the first grid axis: a prompt's rows can pass the 65,535 limit of the others
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BN + tl.arange(0, BN)

@@ -90,6 +90,24 @@ def test_fused_decode_matches_separate_ops() -> None:
     assert_states_close(state, ref_state, atol=1e-5)
 
 
+def test_fused_prompt_projections_match_separate_ops() -> None:
+    # GIVEN two copies of a tiny hybrid model, one reading its sibling projections separately
+    fused, separate = make_model(), make_model()
+    set_fused_decode(separate, False)
+    ids = torch.randint(0, 200, (1, 40), generator=torch.Generator().manual_seed(3))
+    states = fused.new_state(), separate.new_state()
+    # WHEN a prompt goes through both in three pieces (the ring of 16 wraps: turns of a chat)
+    with torch.no_grad():
+        for piece in ids.split((7, 20, 13), dim=1):
+            got = fused(piece, states[0], logits_to_keep=1)
+            want = separate(piece, states[1], logits_to_keep=1)
+    # THEN the fused matrices were read, and logits and states agree to fp32 rounding
+    assert fused.model.language_model.layers[1].self_attn._in_proj.weight is not None
+    assert separate.model.language_model.layers[1].self_attn._in_proj.weight is None
+    assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()
+    assert_states_close(states[0], states[1], atol=1e-5)
+
+
 def test_static_graph_step_matches_separate_ops() -> None:
     # GIVEN the graph's static step (eager on the CPU) over the fused path
     model = make_model()
