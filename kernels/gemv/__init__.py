@@ -27,7 +27,7 @@ __all__ = ["choices", "glu_choices", "linear", "reference", "silu_mul_linear"]
 
 SWITCH = "INFINITEVL_GEMV_KERNEL"  # "0": cuBLAS everywhere; "1": the kernel without timing
 # "1": the MLP's SwiGLU product made inside the down projection's GEMV where that times faster
-# than the two kernels (opt-in: written after the fourteenth session's last GPU run, untried there)
+# than the two kernels (opt-in: on the H100 it timed slower, benchmarks/RESULTS.md run 5)
 GLU_SWITCH = "INFINITEVL_GEMV_GLU"
 
 # (N, K, dtype, device, has bias) -> True when the kernel measured faster than cuBLAS
