@@ -6,6 +6,8 @@
 # COMMIT names the tree in the reports (compute it where .git is current: the device's copy of
 # .git can be stale). Carry .train_carry/wheels (pytest, fla-core, ...) and .whl/bnb. Each step
 # gets at most what is left of SECONDS (default 540); the outputs, packed in $OUT/gpu_check.tgz:
+#   profile_base.md decode_profile of baseline_tree/ (benchmarks/baseline_tree.sh COMMIT, carried),
+#                   when there is one: the same tables for an earlier commit, in the same call
 #   gpu_tests.txt   pytest -m gpu -v over tests/kernels and tests/engine (first: a run cut short
 #                   still names its failures)
 #   profile.md      decode_profile: the graphed decode step's kernels and GEMV speeds, and the
@@ -43,6 +45,14 @@ step() {  # step FILE CAP_SECONDS COMMAND...: run with what is left of the budge
   if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_check.tgz" -C "$out" .; fi
 }
 
+# a baseline commit's decode and frame profile in the same call, when baseline_tree/ was carried
+# (benchmarks/baseline_tree.sh COMMIT): timings compare only within a call
+if [ -f baseline_tree/COMMIT ]; then
+  (cd baseline_tree && step profile_base.md 100 env PYTHONPATH="/tmp/site:$PWD" python3 -m \
+    benchmarks.decode_profile --prefill 0 --paths fused)
+  echo "baseline $(cat baseline_tree/COMMIT):"
+  grep -hs "^## Decode\|^## Frame" "$out"/profile_base.md
+fi
 # the whole GPU suite first, -v: each test's result is written as it ends, so a run cut short
 # still names its failures; then the timings
 step gpu_tests.txt 170 python3 -m pytest -v --tb=short -m gpu -n 8 -p no:cacheprovider \
