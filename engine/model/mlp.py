@@ -46,8 +46,8 @@ class MLP(nn.Module):
             gate, up = self._gate_up(self, x)
             return decode_linear(down, swiglu.silu_mul(gate, up))
         if self.fuse_decode and not torch.is_grad_enabled():
-            # a prompt or a frame: gate and up as one matrix product too
-            fused = self._gate_up(self, x)
-            return self.down_proj(swiglu.silu_mul(*fused))
+            gate, up = self._gate_up(self, x)  # a prompt or a frame: one matrix product too
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
         # kernels.swiglu: one Triton launch on CUDA without grad, else F.silu(gate) * up
-        return self.down_proj(swiglu.silu_mul(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(swiglu.silu_mul(gate, up))

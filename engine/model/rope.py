@@ -53,7 +53,7 @@ def apply_rotary(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate ``q`` [B, H, T, D] and ``k`` [B, H_kv, T, D] by ``cos``/``sin`` [B, T, D]
-    (``kernels.rope``: one Triton launch for a decode token on CUDA, torch elsewhere)."""
+    (``kernels.rope``: one Triton launch on CUDA without grad, torch elsewhere)."""
     return rope.rotate_qk(q, k, cos, sin)
 
 

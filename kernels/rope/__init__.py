@@ -37,9 +37,14 @@ def rotate_qk(
         [B, H + Hkv, T, D] tensor).
     """
     picked = use_fast_path(q, use_kernel, "rope", switch=SWITCH, grad_inputs=(q, k, cos, sin))
-    same_dtype = q.dtype == k.dtype == cos.dtype == sin.dtype
-    unit = all(x.stride(-1) == 1 for x in (q, k, cos, sin))
-    if picked and (use_kernel or (same_dtype and unit)):
+    # the dtype and stride checks only where the kernel may run (CPU calls stop at ``picked``)
+    if picked and (
+        use_kernel
+        or (
+            q.dtype == k.dtype == cos.dtype == sin.dtype
+            and all(x.stride(-1) == 1 for x in (q, k, cos, sin))
+        )
+    ):
         from kernels.rope import rope_triton
 
         return rope_triton.rotate_qk(q, k, cos, sin)

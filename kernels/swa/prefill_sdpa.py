@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
 from kernels.sdpa import SDPA_BACKENDS
-from kernels.swa.reference import banded_attention, check_inputs, ring_pieces
+from kernels.swa.reference import banded_attention, check_inputs, ring_then
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,5 @@ def prefill(
     with sdpa_kernel(SDPA_BACKENDS):
         if seen == 0 and T <= W:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-        keys = torch.cat([*(p.to(k.dtype) for p in ring_pieces(ring_k, seen)), k], dim=2)
-        values = torch.cat([*(p.to(v.dtype) for p in ring_pieces(ring_v, seen)), v], dim=2)
+        keys, values = ring_then(ring_k, k, seen, k.dtype), ring_then(ring_v, v, seen, v.dtype)
         return banded_attention(q, keys, values, seen, W, scale, QUERY_BLOCK)

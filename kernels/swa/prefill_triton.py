@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.swa.reference import check_inputs, ring_pieces
+from kernels.swa.reference import check_inputs, ring_then
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +223,7 @@ def prefill(
     check_inputs(q, k, v, ring_k, ring_v, seen)
     W = ring_k.shape[2]
     if seen:
-        # the ring's slices and the new keys in one copy (no gather of the ring first)
-        keys = torch.cat([*(p.to(k.dtype) for p in ring_pieces(ring_k, seen)), k], dim=2)
-        values = torch.cat([*(p.to(v.dtype) for p in ring_pieces(ring_v, seen)), v], dim=2)
+        keys, values = ring_then(ring_k, k, seen, k.dtype), ring_then(ring_v, v, seen, v.dtype)
     else:
         keys, values = k.contiguous(), v.contiguous()
     if q.stride(-1) != 1:

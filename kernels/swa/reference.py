@@ -54,6 +54,12 @@ def ring_pieces(ring: torch.Tensor, seen: int) -> list[torch.Tensor]:
     return [ring[:, :, start:], ring[:, :, :start]] if start else [ring]
 
 
+def ring_then(ring: torch.Tensor, new: torch.Tensor, seen: int, dtype: torch.dtype) -> torch.Tensor:
+    """The ring's valid entries in token order followed by ``new`` [B, Hkv, T, D], in ``dtype``,
+    made in one copy: [B, Hkv, min(seen, W) + T, D] (the keys or values a prefill attends to)."""
+    return torch.cat([*(p.to(dtype) for p in ring_pieces(ring, seen)), new.to(dtype)], dim=2)
+
+
 def prefill(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -74,8 +80,8 @@ def prefill(
         o: [B, H, T, D] in the dtype of q.
     """
     check_inputs(q, k, v, ring_k, ring_v, seen)
-    keys = torch.cat([*(p.float() for p in ring_pieces(ring_k, seen)), k.float()], dim=2)
-    values = torch.cat([*(p.float() for p in ring_pieces(ring_v, seen)), v.float()], dim=2)
+    keys = ring_then(ring_k, k, seen, torch.float32)
+    values = ring_then(ring_v, v, seen, torch.float32)
     return banded_attention(q.float(), keys, values, seen, ring_k.shape[2], scale, QUERY_BLOCK).to(q.dtype)
 
 
