@@ -12,6 +12,7 @@
 #                   still names its failures)
 #   profile.md      decode_profile: the graphed decode step's kernels and GEMV speeds, and the
 #                   frame step's kernels
+#   profile_prefill.md   decode_profile --prefill 131072: the 128K prefill's kernels
 #   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
 #   gpu_tests_pdl.txt, profile_pdl.md   the decode graph's tests and profile with INFINITEVL_PDL=1
 #                   (kernels.pdl: programmatic dependent launch)
@@ -37,6 +38,8 @@ start=$SECONDS
 step() {  # step FILE CAP_SECONDS COMMAND...: run with what is left of the budget, at most CAP
   local file=$1 cap=$2 left
   shift 2
+  # STEPS="profile.md bench.txt ..." runs only the steps named (a call split in two on a warm machine)
+  if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $file "* ]]; then return; fi
   left=$((budget - (SECONDS - start)))
   if ((left < 20)); then echo "$file: skipped, budget spent"; return; fi
   ((cap > left)) && cap=$left
@@ -54,7 +57,7 @@ if [ -f baseline_tree/COMMIT ]; then
   grep -hs "^## Decode\|^## Frame" "$out"/profile_base.md
 fi
 # the whole GPU suite first, -v: each test's result is written as it ends, so a run cut short
-# still names its failures; then the timings
+# still names its failures; then the timings. STEPS="FILE ..." runs only the steps named.
 step gpu_tests.txt 170 python3 -m pytest -v --tb=short -m gpu -n 8 -p no:cacheprovider \
   tests/kernels tests/engine
 grep -E "FAILED|^E  |passed|failed" "$out/gpu_tests.txt" 2>/dev/null | head -30
@@ -69,6 +72,10 @@ grep -E "FAILED|^E  |passed|failed" "$out/gpu_tests_pdl.txt" 2>/dev/null | head 
 step profile_pdl.md 80 env INFINITEVL_PDL=1 python3 -m benchmarks.decode_profile --prefill 0 \
   --paths fused --no-frames
 grep -hs "^## Decode" "$out"/profile_pdl.md
+# the 128K prefill's kernels (what limits the prefill target)
+step profile_prefill.md 120 python3 -m benchmarks.decode_profile --prefill 131072 --paths fused \
+  --no-frames
+grep -hs "^## Prefill\|prefill ms" "$out"/profile_prefill.md
 step bench.txt 200 python3 -m benchmarks.bench_engine --out "$out" --budget-s 180 --commit "$commit"
 # kernels.gemv.silu_mul_linear (opt-in: on the H100 it timed slower than the two kernels)
 step profile_glu.md 80 env INFINITEVL_GEMV_GLU=1 python3 -m benchmarks.decode_profile \
