@@ -44,6 +44,7 @@ from benchmarks.bench_engine import (
 from engine.config import ModelConfig, tiny_config
 from engine.cuda_graph import DecodeGraph, FrameGraph
 from engine.model.fused import set_fused_decode
+from engine.model.gated_deltanet import GatedDeltaNet
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
 from kernels.graph_timing import copies_beyond_l2, graph_us
 
@@ -175,6 +176,46 @@ def profile_prefill(model: InfiniteVLForConditionalGeneration, context: int, top
         )
     except Exception:  # profile boundary
         out(f"prefill profile ({context}) failed:", traceback.format_exc())
+
+
+def profile_prompt_gemms(model: InfiniteVLForConditionalGeneration, tokens: int) -> None:
+    """TFLOP/s of each decoder projection over ``tokens`` rows (cuBLAS through F.linear), beside
+    the wider products the sibling projections make together: which matrix products of a prompt
+    fall short of the GPU's peak."""
+    dev, dtype = model.device, model.dtype
+    layers = model.model.language_model.layers
+    mixers = [layer.self_attn for layer in layers]
+    gdn = next(m for m in mixers if isinstance(m, GatedDeltaNet))
+    attn = next(m for m in mixers if not isinstance(m, GatedDeltaNet))
+    mlp = layers[0].mlp
+    shapes = {
+        "GDN q (or k)": gdn.q_proj.weight, "GDN v (or g)": gdn.v_proj.weight,
+        "GDN a (or b)": gdn.a_proj.weight, "GDN o_proj": gdn.o_proj.weight,
+        "attn o_proj": attn.o_proj.weight, "MLP down": mlp.down_proj.weight,
+    }  # fmt: skip
+    hidden = gdn.q_proj.weight.shape[1]
+    six = sum(getattr(gdn, n).out_features for n in gdn._in_proj.names)
+    wide = {
+        "GDN q+k together": 2 * gdn.q_proj.out_features,
+        "GDN all six together": six,
+        "MLP gate+up together": 2 * mlp.up_proj.out_features,
+    }
+    for label, rows in wide.items():
+        shapes[label] = torch.randn(rows, hidden, device=dev, dtype=dtype)
+    try:
+        rows_out = []
+        for label, w in shapes.items():
+            x = torch.randn(tokens, w.shape[1], device=dev, dtype=dtype)
+            F.linear(x, w)
+            ms = elapsed_ms(lambda x=x, w=w: F.linear(x, w), dev)
+            flop = 2 * tokens * w.shape[0] * w.shape[1]
+            rows_out.append([label, f"{w.shape[0]:,} x {w.shape[1]:,}", fmt(ms, 2),
+                             fmt(flop / ms / 1e9, 0)])  # fmt: skip
+            del x
+        table(f"Prompt matrix products over {tokens:,} tokens (F.linear, {dtype})",
+              ["projection", "weight", "ms", "TFLOP/s"], rows_out)  # fmt: skip
+    except Exception:  # profile boundary
+        out(f"prompt GEMM table ({tokens}) failed:", traceback.format_exc())
 
 
 def profile_frames(model: InfiniteVLForConditionalGeneration, steps: int, top: int) -> None:
@@ -384,6 +425,7 @@ def main() -> None:
         gemv_sweep(model)
     if args.prefill:
         profile_prefill(model, args.prefill, args.top)
+        profile_prompt_gemms(model, args.prefill)
     if not args.no_frames:
         profile_frames(model, args.steps, args.top)
     from kernels import gemv

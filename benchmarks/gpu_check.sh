@@ -9,13 +9,14 @@
 #   profile_base.md decode_profile of baseline_tree/ (benchmarks/baseline_tree.sh COMMIT, carried),
 #                   when there is one: the same tables for an earlier commit, in the same call
 #   gpu_tests.txt   pytest -m gpu -v over tests/kernels and tests/engine (first: a run cut short
-#                   still names its failures)
+#                   still names its failures; TESTS_S seconds, default 170), then
+#                   gpu_tests_timing.txt: the tests that assert a measured time, alone
 #   profile.md      decode_profile: the graphed decode step's kernels and GEMV speeds, and the
 #                   frame step's kernels
 #   profile_prefill.md   decode_profile --prefill 131072: the 128K prefill's kernels
 #   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
-#   gpu_tests_pdl.txt, profile_pdl.md   the decode graph's tests and profile with INFINITEVL_PDL=1
-#                   (kernels.pdl: programmatic dependent launch)
+#   profile_nopdl.md   the decode step's profile with INFINITEVL_PDL=0 (kernels.pdl, programmatic
+#                   dependent launch, off)
 #   profile_glu.md  the decode step with INFINITEVL_GEMV_GLU=1 (kernels.gemv.silu_mul_linear)
 #   profile_sweep.md   the GEMV tiles on each weight shape
 #   profile_cublas.md  the decode step with INFINITEVL_GEMV_KERNEL=0 (cuBLAS for every GEMV)
@@ -58,25 +59,26 @@ if [ -f baseline_tree/COMMIT ]; then
 fi
 # the whole GPU suite first, -v: each test's result is written as it ends, so a run cut short
 # still names its failures; then the timings. STEPS="FILE ..." runs only the steps named.
-step gpu_tests.txt 170 python3 -m pytest -v --tb=short -m gpu -n 8 -p no:cacheprovider \
-  tests/kernels tests/engine
+# (the tests that assert a measured time run after, alone on the GPU)
+step gpu_tests.txt "${TESTS_S:-170}" python3 -m pytest -v --tb=short -m "gpu and not timing" -n 8 \
+  -p no:cacheprovider tests/kernels tests/engine
 grep -E "FAILED|^E  |passed|failed" "$out/gpu_tests.txt" 2>/dev/null | head -30
+step gpu_tests_timing.txt 60 python3 -m pytest -v --tb=short -m "gpu and timing" -p no:cacheprovider \
+  tests/kernels tests/engine
+grep -E "FAILED|^E  |passed|failed" "$out/gpu_tests_timing.txt" 2>/dev/null | head -10
 step profile.md 120 python3 -m benchmarks.decode_profile --prefill 0 --paths fused
 grep -hs "^## Decode\|^## Frame\|measured choices" "$out"/profile.md
-# kernels.pdl (opt-in, never run on a GPU before): the decode graph with it on, bit for bit, and
-# the decode step's profile with it on
-step gpu_tests_pdl.txt 90 env INFINITEVL_PDL=1 python3 -m pytest -v --tb=short -m gpu \
-  -p no:cacheprovider tests/kernels/test_pdl.py tests/engine/test_cuda_graph.py \
-  -k "pdl or graph_decode_matches_eager"
-grep -E "FAILED|^E  |passed|failed" "$out/gpu_tests_pdl.txt" 2>/dev/null | head -20
-step profile_pdl.md 80 env INFINITEVL_PDL=1 python3 -m benchmarks.decode_profile --prefill 0 \
+# the decode step without kernels.pdl (programmatic dependent launch, on by default): what it buys
+step profile_nopdl.md 80 env INFINITEVL_PDL=0 python3 -m benchmarks.decode_profile --prefill 0 \
   --paths fused --no-frames
-grep -hs "^## Decode" "$out"/profile_pdl.md
+grep -hs "^## Decode" "$out"/profile_nopdl.md
 # the 128K prefill's kernels (what limits the prefill target)
 step profile_prefill.md 120 python3 -m benchmarks.decode_profile --prefill 131072 --paths fused \
   --no-frames
-grep -hs "^## Prefill\|prefill ms" "$out"/profile_prefill.md
-step bench.txt 200 python3 -m benchmarks.bench_engine --out "$out" --budget-s 180 --commit "$commit"
+grep -hs "Prefill of" "$out"/profile_prefill.md
+bench_s=${BENCH_S:-200}  # BENCH_S: the bench's share (a call of its own takes ~400 s for 1K-1M, 1,000 frames)
+step bench.txt "$bench_s" python3 -m benchmarks.bench_engine --out "$out" --budget-s $((bench_s - 20)) \
+  --commit "$commit"
 # kernels.gemv.silu_mul_linear (opt-in: on the H100 it timed slower than the two kernels)
 step profile_glu.md 80 env INFINITEVL_GEMV_GLU=1 python3 -m benchmarks.decode_profile \
   --prefill 0 --paths fused --no-frames

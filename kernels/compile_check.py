@@ -31,7 +31,10 @@ KERNELS = {
     "kernels.gated_delta.step_triton": ["gated_delta_step_kernel"],
     "kernels.swa.step_triton": ["swa_step_split_kernel", "swa_step_combine_kernel"],
     "kernels.swa.prefill_triton": ["swa_prefill_kernel", "swa_prefill_combine_kernel"],
-    "kernels.short_conv.prefill_triton": ["short_conv_prefill_kernel"],
+    "kernels.short_conv.prefill_triton": [
+        "short_conv_prefill_kernel", "short_conv_prefill3_kernel", "short_conv_tail3_kernel",
+    ],
+    "kernels.gated_delta.gates_triton": ["gates_kernel"],
     "kernels.gemv.gemv_triton": ["gemv_kernel"],
 }
 POINTER = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float16: "*fp16"}
@@ -42,6 +45,7 @@ def _launch_all() -> None:
     """Run each launcher at the 4B model's shapes (bf16, batch 1): the decode step's kernels,
     and the prompt and frame kernels of the project's own (rope_vision, sliding-window and
     convolution prefill)."""
+    from kernels.gated_delta import gates_triton
     from kernels.gated_delta import step_triton as gated_delta
     from kernels.gemv import gemv_triton
     from kernels.rms_norm import norm_triton
@@ -87,6 +91,11 @@ def _launch_all() -> None:
                                num_splits=4)  # fmt: skip
     conv_prefill.prefill(torch.randn(1, T, 4096, dtype=bf), torch.randn(1, 4096, 3, dtype=bf),
                          torch.randn(4096, 4, dtype=bf))  # fmt: skip
+    proj = torch.randn(1, T, 12320, dtype=bf)  # a frame's fused Gated DeltaNet projections
+    q, k, v, a, b = proj.split((2048, 2048, 4096, 16, 16, 4096), dim=2)[:5]
+    conv_prefill.prefill3((q, k, v), tuple(torch.randn(1, c, 3, dtype=bf) for c in (2048, 2048, 4096)),
+                          tuple(torch.randn(c, 4, dtype=bf) for c in (2048, 2048, 4096)))  # fmt: skip
+    gates_triton.gates(a, b, torch.randn(16), torch.randn(16, dtype=bf))
 
 
 def _capture(path: str) -> None:

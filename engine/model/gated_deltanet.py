@@ -13,7 +13,6 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.config import TextConfig
@@ -28,6 +27,9 @@ log = logging.getLogger(__name__)
 
 class ShortConvolution(nn.Module):
     """Depthwise causal convolution over time followed by SiLU (fla's ``ShortConvolution``).
+
+    The layer convolves q, k and v together (``short_conv.prefill3`` / ``step3``) with these
+    modules' filters; ``forward`` convolves one input alone, through the same kernels.
 
     Args:
         channels: C, one filter per channel.
@@ -137,12 +139,12 @@ class GatedDeltaNet(nn.Module):
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
             a, b, gate = self.a_proj(x), self.b_proj(x), self.g_proj(x)
-        q, tail_q = self.q_conv1d(q, state.conv_q)
-        k, tail_k = self.k_conv1d(k, state.conv_k)
-        v, tail_v = self.v_conv1d(v, state.conv_v)
+        # the three convolutions, their tails replaced in the state (two launches on CUDA)
+        tails = (state.conv_q, state.conv_k, state.conv_v)
+        q, k, v = short_conv.prefill3((q, k, v), tails, self._taps())
         q, k, v = q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
-        beta = b.sigmoid()  # [B, T, HV]
-        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
+        # g = -exp(A_log) softplus(a + dt_bias) in float32, beta = sigmoid(b): [B, T, HV]
+        g, beta = gated_delta.gates(a, b, self.A_log, self.dt_bias)
         if T == 1 and not needs_grad:
             o = gated_delta.step(
                 q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state.S,
@@ -155,11 +157,12 @@ class GatedDeltaNet(nn.Module):
                 q, k, v, g, beta, scale=self.scale, initial_state=S0, use_qk_l2norm=True
             )
             state.S.copy_(S.detach())
-        state.conv_q.copy_(tail_q)
-        state.conv_k.copy_(tail_k)
-        state.conv_v.copy_(tail_v)
         o = self.o_norm(o, gate.view(B, T, H, V))  # [B, T, HV, V]
         return self.o_proj(o.reshape(B, T, H * V))
+
+    def _taps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The q, k, v convolutions' filters, [C, conv_size] each."""
+        return (self.q_conv1d.weight[:, 0], self.k_conv1d.weight[:, 0], self.v_conv1d.weight[:, 0])
 
     def _decode(self, x: torch.Tensor, state: GDNState) -> torch.Tensor:
         """``forward`` for one token without grad, in few kernels (the CUDA graph's hot path).
@@ -173,8 +176,8 @@ class GatedDeltaNet(nn.Module):
         B = x.shape[0]
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         q, k, v, a, b, gate = self._in_proj(self, x[:, 0])  # [B, H*K] ... [B, H*V]
-        taps = (self.q_conv1d.weight[:, 0], self.k_conv1d.weight[:, 0], self.v_conv1d.weight[:, 0])
-        q, k, v = short_conv.step3((q, k, v), (state.conv_q, state.conv_k, state.conv_v), taps)
+        tails = (state.conv_q, state.conv_k, state.conv_v)
+        q, k, v = short_conv.step3((q, k, v), tails, self._taps())
         o = gated_delta.step_gates(
             q.view(B, H, K), k.view(B, H, K), v.view(B, H, V), a, b, self.A_log, self.dt_bias,
             state.S, scale=self.scale, use_qk_l2norm=True,

@@ -17,12 +17,39 @@ from kernels.gated_delta import chunk_fla, reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["chunk", "recurrent", "reference", "step", "step_gates"]
+__all__ = ["chunk", "gates", "recurrent", "reference", "step", "step_gates"]
 
 
 @functools.cache
 def _warn_once(message: str) -> None:
     log.warning("%s", message)
+
+
+def gates(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    *,
+    use_kernel: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gated DeltaNet's gates from its raw projections, for a prompt (``reference.gates``).
+
+    On CUDA without grad one Triton launch (``gates_triton``) where torch takes seven;
+    ``INFINITEVL_GATES_KERNEL=0`` keeps torch.
+
+    Args:
+        a, b: [..., HV] the a_proj / b_proj outputs.  A_log, dt_bias: [HV].
+        use_kernel: True forces the kernel, False the reference, None picks by device and grad.
+    Returns:
+        g: [..., HV] float32 = -exp(A_log) softplus(a + dt_bias).  beta: [..., HV] = sigmoid(b).
+    """
+    grads = (a, b, A_log, dt_bias)
+    if use_fast_path(a, use_kernel, "gated_delta.gates", switch="INFINITEVL_GATES_KERNEL", grad_inputs=grads):
+        from kernels.gated_delta import gates_triton
+
+        return gates_triton.gates(a, b, A_log, dt_bias)
+    return reference.gates(a, b, A_log, dt_bias)
 
 
 def chunk(

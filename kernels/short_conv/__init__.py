@@ -14,7 +14,7 @@ from kernels.short_conv import reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prefill", "reference", "step", "step3"]
+__all__ = ["prefill", "prefill3", "reference", "step", "step3"]
 
 SWITCH = "INFINITEVL_SHORT_CONV_KERNEL"  # "0" keeps the reference on CUDA
 
@@ -36,6 +36,33 @@ def prefill(
 
         return prefill_triton.prefill(x, tail.contiguous(), weight.contiguous())
     return reference.prefill(x, tail, weight)
+
+
+def prefill3(
+    xs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tails: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    use_kernel: bool | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """``prefill`` for Gated DeltaNet's three convolutions (q, k, v), the tails replaced in place.
+
+    On CUDA without grad: two Triton launches for the three (``prefill_triton.prefill3``), where
+    the separate calls took three launches and six torch ops for the tails.
+
+    Args:
+        xs: three [B, T, C_i].  tails: [B, C_i, KS - 1], updated in place.  weights: [C_i, KS].
+        use_kernel: as for ``prefill``.
+    Returns:
+        the three outputs [B, T, C_i] in the dtype of the inputs.
+    """
+    grads = (*xs, *weights)
+    if use_fast_path(xs[0], use_kernel, "short_conv.prefill3", switch=SWITCH, grad_inputs=grads):
+        from kernels.short_conv import prefill_triton
+
+        assert all(t.is_contiguous() for t in tails), "tails updated in place must be contiguous"
+        return prefill_triton.prefill3(xs, tails, tuple(w.contiguous() for w in weights))
+    return reference.prefill3(xs, tails, weights)
 
 
 def step(

@@ -87,3 +87,25 @@ def prefill(
     for j in range(1, KS):
         y = y + xt[:, :, j : j + T].float() * w[:, j : j + 1]
     return F.silu(y).to(x.dtype).transpose(1, 2), new_tail(x, tail)
+
+
+def prefill3(
+    xs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tails: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    """``prefill`` of Gated DeltaNet's q, k and v, each tail replaced in place by its new one.
+
+    Args:
+        xs: three [B, T, C_i].  tails: [B, C_i, KS - 1], updated in place (detached values).
+        weights: [C_i, KS].
+    Returns:
+        the three outputs [B, T, C_i], differentiable in x and weight as ``prefill`` is.
+    """
+    ys = []
+    for x, tail, weight in zip(xs, tails, weights, strict=True):
+        y, new = prefill(x, tail, weight)
+        with torch.no_grad():
+            tail.copy_(new)
+        ys.append(y)
+    return tuple(ys)

@@ -1,8 +1,8 @@
 """Sliding-window prefill in Triton: flash attention that visits only the key blocks of the band.
 
 One program per (block of BM queries, batch x query head) walks the key blocks that its queries
-can see (at most BM + W keys), with an online softmax in float32; masked-out keys cost nothing
-beyond the two edge blocks. When the query blocks are too few to fill the GPU (a 448x448 frame's
+can see (at most BM + W keys), with an online softmax in float32: first the blocks all its
+queries see whole, without a mask, then the band's edge blocks with it. When the query blocks are too few to fill the GPU (a 448x448 frame's
 256 tokens over a full 8K window: 32 programs), each band is cut into runs of key blocks, one
 program each, and a second kernel combines their partial softmaxes (flash decoding). Keys are the ring's valid entries in token order followed by the new
 keys, so the band is the same whether the ring is empty, partial or wrapped. Forward only: the
@@ -21,6 +21,43 @@ from kernels.swa.reference import check_inputs, ring_then
 log = logging.getLogger(__name__)
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _band_block(
+    b_q, keys, values, kv_base, n0, offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc,
+    W: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    """One key block of the online softmax; MASKED applies the band (and the end of the keys)."""
+    offs_n = n0 + tl.arange(0, BN)
+    p_kv = kv_base + offs_n[:, None] * D + offs_d[None, :]
+    if MASKED:
+        mask_n = offs_n < L
+        b_k = tl.load(keys + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        b_v = tl.load(values + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    else:
+        b_k = tl.load(keys + p_kv, mask=mask_d[None, :], other=0.0)
+        b_v = tl.load(values + p_kv, mask=mask_d[None, :], other=0.0)
+    if IEEE:
+        s = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(b_q, tl.trans(b_k))
+    s = s * qk_scale  # log2 units
+    if MASKED:
+        rel = offs_n[None, :] - (offs_m[:, None] + off)  # key position - query position
+        visible = (rel <= 0) & (rel > -W) & mask_n[None, :]
+        s = tl.where(visible, s, float("-inf"))  # [BM, BN]
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # rows with nothing visible yet keep m = -inf; subtract 0 there instead of -inf
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p, b_v.to(tl.float32), input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v)
+    return m_new, l_i, acc
 
 
 @triton.jit(do_not_specialize=["T", "L"])
@@ -74,30 +111,26 @@ def swa_prefill_kernel(
         per = tl.cdiv(tl.cdiv(hi - lo, BN), NUM_SPLITS) * BN  # keys of each run, whole blocks
         lo = lo + tl.program_id(2) * per
         hi = tl.minimum(lo + per, hi)
-    for n0 in range(lo, hi, BN):
-        offs_n = n0 + tl.arange(0, BN)
-        mask_n = offs_n < L
-        p_kv = kv_base + offs_n[:, None] * D + offs_d[None, :]
-        b_k = tl.load(keys + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        b_v = tl.load(values + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision="ieee")
-        else:
-            s = tl.dot(b_q, tl.trans(b_k))
-        rel = offs_n[None, :] - (offs_m[:, None] + off)  # key position - query position
-        visible = (rel <= 0) & (rel > -W) & mask_n[None, :]
-        s = tl.where(visible, s * qk_scale, float("-inf"))  # [BM, BN], log2 units
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # rows with nothing visible yet keep m = -inf; subtract 0 there instead of -inf
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, b_v.to(tl.float32), input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v)
-        m_i = m_new
+    # the key blocks every query of the block sees whole (no mask: most of a band) first, then the
+    # edge blocks with the band's mask; whole blocks end before L (key n <= query + off < L)
+    m0 = i_m * BM
+    full_lo = tl.minimum(tl.maximum(tl.cdiv(m0 + BM + off - W, BN) * BN, lo), hi)
+    full_hi = tl.maximum(tl.minimum((m0 + off + 1) // BN * BN, hi), full_lo)
+    for n0 in range(full_lo, full_hi, BN):
+        m_i, l_i, acc = _band_block(
+            b_q, keys, values, kv_base, n0, offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i,
+            acc, W, D, BN, IEEE, False,
+        )  # fmt: skip
+    for n0 in range(lo, full_lo, BN):
+        m_i, l_i, acc = _band_block(
+            b_q, keys, values, kv_base, n0, offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i,
+            acc, W, D, BN, IEEE, True,
+        )  # fmt: skip
+    for n0 in range(full_hi, hi, BN):
+        m_i, l_i, acc = _band_block(
+            b_q, keys, values, kv_base, n0, offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i,
+            acc, W, D, BN, IEEE, True,
+        )  # fmt: skip
     if NUM_SPLITS == 1:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         p_o = o + (i_bh * T + offs_m[:, None]) * D + offs_d[None, :]

@@ -204,10 +204,10 @@ def test_graph_decode_with_pdl_is_bit_for_bit_the_same(monkeypatch: pytest.Monke
     model = make_model(HYBRID, "cuda", torch.bfloat16, window=64)
     state = prefill(model, 20)
     ref = state.clone()
-    monkeypatch.delenv("INFINITEVL_PDL", raising=False)
+    monkeypatch.setenv("INFINITEVL_PDL", "0")
     want = graph_decode(DecodeGraph(model, ref), 5, 220)
-    # WHEN the same 220 tokens come from a graph captured with it on
-    monkeypatch.setenv("INFINITEVL_PDL", "1")
+    # WHEN the same 220 tokens come from a graph captured with it on (the default)
+    monkeypatch.delenv("INFINITEVL_PDL", raising=False)
     got = graph_decode(DecodeGraph(model, state), 5, 220)
     # THEN the same kernels in the same order give the same bits, the ring wrapped three times
     assert_same_run(got, want, atol=0.0)

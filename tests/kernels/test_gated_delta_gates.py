@@ -1,4 +1,5 @@
-"""``gated_delta.step_gates``: the decode step from the raw a / b projections.
+"""``gated_delta.step_gates``: the decode step from the raw a / b projections; ``gated_delta.gates``
+for a prompt.
 
 The reference path == the engine's separate gate ops + ``reference.step``; the Triton kernel
 (gates computed inside it) == the reference, including softplus past its threshold (a + dt_bias
@@ -76,3 +77,28 @@ def test_triton_step_gates_matches_reference(dtype: torch.dtype) -> None:
         # bf16 by truncation (CUDA rounds to nearest), which moves the state by ~5e-3 here
         exact = dtype == torch.float32 or device.type == "cuda"
         assert_close(f"state at step {t}", state_ref, state, 1e-5 if exact else 2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("HV_", [4, 5, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_prompt_gates_match_reference(dtype: torch.dtype, HV_: int) -> None:
+    """``gated_delta.gates`` for a prompt: one launch == the engine's torch ops."""
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+
+    device = device_for_kernel_tests()
+    gen = torch.Generator().manual_seed(HV_)
+    T = 70
+    # a and b as a prompt hands them: column blocks of one projection output
+    proj = (torch.randn(B, T, 2 * HV_ + 7, generator=gen) * 4).to(dtype).to(device)
+    proj[0, 3, 0] = 30.0  # softplus's linear branch
+    a, b = proj[..., :HV_], proj[..., HV_ : 2 * HV_]
+    A_log = torch.rand(HV_, generator=gen).mul(3).to(device)
+    dt_bias = torch.randn(HV_, generator=gen).to(dtype).to(device)
+    g_ref, beta_ref = gated_delta.gates(a, b, A_log, dt_bias, use_kernel=False)
+    poison_allocator(device)
+    g, beta = gated_delta.gates(a, b, A_log, dt_bias, use_kernel=True)
+    assert g.dtype == torch.float32 and beta.dtype == dtype
+    assert_close("g", g_ref, g, 1e-5)
+    assert_close("beta", beta_ref.float(), beta.float(), 1e-5 if dtype == torch.float32 else 1e-2)

@@ -16,6 +16,7 @@ def test_copies_beyond_l2_fill_twice_the_cache() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.timing
 def test_graph_us_measures_the_kernel_not_the_launch() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")

@@ -123,3 +123,43 @@ def test_triton_step3_matches_three_reference_steps(dtype: torch.dtype) -> None:
         for i in range(3):
             assert_close(f"y{i} at step {t}", want[i], got[i], ratio)
             assert torch.equal(tails[i], tails_ref[i]), f"tail {i} at step {t}"
+
+
+def test_prefill3_is_three_prefills_with_the_tails_replaced() -> None:
+    gen = torch.Generator().manual_seed(5)
+    sizes = (300, 257, 512)
+    weights = tuple(torch.randn(c, KS, generator=gen) for c in sizes)
+    tails0 = [torch.randn(B, c, KS - 1, generator=gen) for c in sizes]
+    xs = tuple(torch.randn(B, 6, c, generator=gen) for c in sizes)
+    want = [reference.prefill(x, t, w) for x, t, w in zip(xs, tails0, weights, strict=True)]
+    tails = tuple(t.clone() for t in tails0)
+    got = short_conv.prefill3(xs, tails, weights)
+    for i in range(3):
+        assert torch.equal(got[i], want[i][0]), f"y{i}"
+        assert torch.equal(tails[i], want[i][1]), f"tail {i}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 2, 33, 130])
+@pytest.mark.parametrize("KS", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_prefill3_matches_reference(dtype: torch.dtype, KS: int, T: int) -> None:
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+    from kernels.short_conv import prefill_triton
+
+    device = device_for_kernel_tests()
+    gen = torch.Generator().manual_seed(T * 10 + KS)
+    sizes = (300, 257, 512)  # blocks of 128 channels end mid-way in the first two
+    weights = tuple(torch.randn(c, KS, generator=gen).to(dtype).to(device) for c in sizes)
+    tails_ref = [torch.randn(B, c, KS - 1, generator=gen).to(dtype).to(device) for c in sizes]
+    tails = tuple(t.clone() for t in tails_ref)
+    # q, k, v as a prompt hands them: column blocks of one projection output
+    proj = torch.randn(B, T, sum(sizes) + 9, generator=gen).to(dtype).to(device)
+    xs = tuple(proj.split((*sizes, 9), dim=2)[:3])
+    want = [reference.prefill(x, t, w) for x, t, w in zip(xs, tails_ref, weights, strict=True)]
+    poison_allocator(device)
+    got = prefill_triton.prefill3(xs, tails, weights)
+    for i in range(3):
+        assert_close(f"y{i}", want[i][0], got[i], 1e-5 if dtype == torch.float32 else 1e-2)
+        assert torch.equal(tails[i], want[i][1]), f"tail {i}"

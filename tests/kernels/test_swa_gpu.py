@@ -200,3 +200,32 @@ def test_prefill_blocks_and_gradients(
         grads[name] = torch.autograd.grad(o.square().sum(), leaves)
     for n, ga, gb in zip("qkv", grads["reference"], grads["sdpa"], strict=True):
         assert_close(f"grad {n}", ga, gb, 2e-3)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("seen", [0, 900], ids=["empty-ring", "wrapped-ring"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_prefill_whole_blocks_inside_the_band(
+    dtype_name: str, seen: int, num_splits: int, device: torch.device
+) -> None:
+    """A window several key blocks wide: the blocks every query sees whole go unmasked, the edge
+    blocks masked, at the bf16 block shape (128 queries x 64 keys), cut into runs or not."""
+    dtype = DTYPES[dtype_name]
+    shape = (1, 2, 1, 32, 500)
+    B, H, Hkv, D, W = shape
+    gen = torch.Generator().manual_seed(seen + num_splits)
+    ring = filled_ring(shape, dtype, device, gen)
+    T = 700
+    q = randn(B, H, T, D, dtype=dtype, device=device, gen=gen)
+    k, v = (randn(B, Hkv, T, D, dtype=dtype, device=device, gen=gen) for _ in range(2))
+    o_ref = reference.prefill(q, k, v, *ring, seen, scale=D**-0.5)
+    if seen:
+        keys = reference.ring_then(ring[0], k, seen, dtype)
+        values = reference.ring_then(ring[1], v, seen, dtype)
+    else:
+        keys, values = k.contiguous(), v.contiguous()
+    poison_allocator(device)
+    o = prefill_triton.launch_prefill(
+        q, keys, values, W, D**-0.5, 128, 64, 8, 3, num_splits=num_splits
+    )
+    assert_close("prefill", o_ref, o, 2e-3 if dtype == torch.float32 else 1e-2)
