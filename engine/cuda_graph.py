@@ -24,12 +24,11 @@ from engine.model.attention import Attention
 from engine.model.fused import decode_linear
 from engine.model.gated_deltanet import GatedDeltaNet
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
-from engine.model.lm import DecoderLayer, LanguageModel
-from engine.model.norm import RMSNorm
+from engine.model.lm import DecoderLayer
 from engine.model.rope import apply_rotary, mrope_cos_sin, rope_index
 from engine.sampling import Sampler
 from engine.state import FullAttnState, GDNState, LayerState, ModelState, SWAState
-from kernels import rms_norm, swa
+from kernels import swa
 from kernels.sdpa import sdpa_context
 
 log = logging.getLogger(__name__)
@@ -140,44 +139,6 @@ def attention_frame(
     state.k.index_copy_(2, slots, k[:, :, T - n :].to(state.k.dtype))
     state.v.index_copy_(2, slots, v[:, :, T - n :].to(state.v.dtype))
     return attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
-
-
-def _decoder(
-    lm: LanguageModel,
-    x: torch.Tensor,
-    mixers: list[Callable[[torch.Tensor], torch.Tensor]],
-    logits: bool = True,
-) -> torch.Tensor | None:
-    """Every ``DecoderLayer.forward`` with the token mixers given as ``mix(normed x)``.
-
-    Each residual add is done together with the norm that follows it (``rms_norm.add_rms_norm``:
-    one launch for two on CUDA). Returns the final norm's output for the head; with ``logits``
-    False, stops after the last layer's token mixer (the state is written; nothing after it is)
-    and returns None.
-    """
-    h: torch.Tensor | None = None
-    last = len(mixers) - 1
-    for i, (layer, mix) in enumerate(zip(lm.layers, mixers, strict=True)):
-        assert isinstance(layer, DecoderLayer)
-        if h is None:
-            normed = layer.input_layernorm(x)
-        else:
-            x, normed = _add_norm(x, h, layer.input_layernorm)
-        h = mix(normed)
-        if i == last and not logits:
-            return None
-        x, normed = _add_norm(x, h, layer.post_attention_layernorm)
-        h = layer.mlp(normed)
-    assert h is not None
-    return _add_norm(x, h, lm.norm)[1]
-
-
-def _add_norm(
-    x: torch.Tensor, h: torch.Tensor, norm: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x + h, norm(x + h)) for one of the decoder's RMSNorm modules."""
-    assert isinstance(norm, RMSNorm)
-    return rms_norm.add_rms_norm(x, h, norm.weight, norm.eps)
 
 
 def reserve_full_attention(state: ModelState, capacity: int) -> None:
@@ -307,7 +268,7 @@ class DecodeGraph:
         cos, sin = mrope_cos_sin(position_ids, lm.config, x.dtype)
         layers = zip(lm.layers, self.state.layers, strict=True)
         mixers = [self._mixer(layer, st, cos, sin) for layer, st in layers]
-        normed = _decoder(lm, x, mixers)
+        normed = lm.run_layers(x, mixers)
         assert normed is not None
         logits = decode_linear(self.model.lm_head, normed)[:, -1].float()  # [1, vocab]
         self.logits.copy_(logits)
@@ -460,7 +421,7 @@ class FrameGraph:
         layers = zip(lm.layers, self.state.layers, strict=True)
         mixers = [self._mixer(layer, st, cos, sin) for layer, st in layers]
         # no logits: nothing after the last layer's token mixer is needed
-        _decoder(lm, x, mixers, logits=False)
+        lm.run_layers(x, mixers, logits=False)
         self.position.add_(self.position_step)
         self.seen.add_(self.num_tokens)
 

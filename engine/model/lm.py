@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from engine.config import TextConfig
 from engine.model.attention import Attention
@@ -19,6 +22,7 @@ from engine.model.mlp import MLP
 from engine.model.norm import RMSNorm
 from engine.model.rope import mrope_cos_sin
 from engine.state import GDNState, LayerState
+from kernels import rms_norm
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +59,20 @@ class DecoderLayer(nn.Module):
         Returns:
             [B, T, hidden] the residual stream after the block.
         """
-        h = self.input_layernorm(x)
+        x = x + self.mixer(cos, sin, state)(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def mixer(
+        self, cos: torch.Tensor, sin: torch.Tensor, state: LayerState
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer's token mixer over ``state`` as ``mix(normed x)``."""
         if isinstance(self.self_attn, GatedDeltaNet):
             assert isinstance(state, GDNState), f"{self.layer_type} got {type(state).__name__}"
-            h = self.self_attn(h, state)
-        else:
-            assert not isinstance(state, GDNState), f"{self.layer_type} layer got a GDNState"
-            h = self.self_attn(h, cos, sin, state)
-        x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x))
+            gdn = self.self_attn
+            return lambda h: gdn(h, state)
+        assert not isinstance(state, GDNState), f"{self.layer_type} layer got a GDNState"
+        attn = self.self_attn
+        return lambda h: attn(h, cos, sin, state)
 
 
 class LanguageModel(nn.Module):
@@ -100,11 +109,64 @@ class LanguageModel(nn.Module):
         """
         assert len(states) == len(self.layers), f"{len(states)} states, {len(self.layers)} layers"
         cos, sin = mrope_cos_sin(position_ids, self.config, inputs_embeds.dtype)
-        x = inputs_embeds
+        if hidden_states is not None:
+            hidden_states.append(inputs_embeds)
+        layers = cast("list[DecoderLayer]", list(self.layers))
+        if torch.is_grad_enabled() or isinstance(layers[0], FSDPModule):
+            # each layer through its own forward: FSDP gathers a sharded layer's weights in its
+            # hooks, and training keeps the plain ops autograd differentiates
+            x = inputs_embeds
+            for layer, st in zip(layers, states, strict=True):
+                x = layer(x, cos, sin, st)
+                if hidden_states is not None:
+                    hidden_states.append(x)
+            return self.norm(x)
+        mixers = [layer.mixer(cos, sin, st) for layer, st in zip(layers, states, strict=True)]
+        normed = self.run_layers(inputs_embeds, mixers, hidden_states=hidden_states)
+        assert normed is not None
+        return normed
+
+    def run_layers(
+        self,
+        x: torch.Tensor,
+        mixers: list[Callable[[torch.Tensor], torch.Tensor]],
+        *,
+        logits: bool = True,
+        hidden_states: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        """Every ``DecoderLayer.forward`` in turn, with the token mixers given as ``mix(normed x)``
+        (the eager forward's, or the CUDA graphs' own).
+
+        Each residual add is done together with the norm that follows it (``rms_norm.add_rms_norm``:
+        one launch for two on CUDA without grad). Returns the final norm's output; with ``logits``
+        False, stops after the last layer's token mixer (the state is written; nothing after it
+        is) and returns None. ``hidden_states`` gets each layer's output, as ``forward`` says.
+        """
+        h: torch.Tensor | None = None
+        last = len(mixers) - 1
+        for i, (layer, mix) in enumerate(zip(self.layers, mixers, strict=True)):
+            assert isinstance(layer, DecoderLayer)
+            if h is None:
+                normed = layer.input_layernorm(x)
+            else:
+                x, normed = _add_norm(x, h, layer.input_layernorm)
+                if hidden_states is not None:
+                    hidden_states.append(x)  # the output of the layer before
+            h = mix(normed)
+            if i == last and not logits:
+                return None
+            x, normed = _add_norm(x, h, layer.post_attention_layernorm)
+            h = layer.mlp(normed)
+        assert h is not None, "a decoder without layers"
+        x, normed = _add_norm(x, h, self.norm)
         if hidden_states is not None:
             hidden_states.append(x)
-        for layer, state in zip(self.layers, states, strict=True):
-            x = layer(x, cos, sin, state)
-            if hidden_states is not None:
-                hidden_states.append(x)
-        return self.norm(x)
+        return normed
+
+
+def _add_norm(
+    x: torch.Tensor, h: torch.Tensor, norm: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + h, norm(x + h)) for one of the decoder's RMSNorm modules."""
+    assert isinstance(norm, RMSNorm)
+    return rms_norm.add_rms_norm(x, h, norm.weight, norm.eps)
