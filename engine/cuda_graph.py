@@ -118,7 +118,8 @@ def attention_frame(
     """T new tokens through a sliding-window layer whose ring is full (``seen >= W``).
 
     With a full ring the banded mask is the same at every position; only the order of the slots
-    moves, and it is gathered on the device from ``seen``. Same result as the eager prefill.
+    moves, and ``swa.prefill_full_ring`` reads it from ``seen`` on the device. Same result as the
+    eager prefill.
 
     Args:
         x: [B, T, hidden].  cos, sin: [B, T, D].  state: the full ring, written in place.
@@ -129,11 +130,8 @@ def attention_frame(
     B, T, _ = x.shape
     W = state.k.shape[2]
     q, k, v = _qkv(attn, x, cos, sin)
-    # slots from the oldest token to the newest: (seen - W + i) % W == (seen + i) % W
-    order = (torch.arange(W, device=x.device) + seen) % W
-    ring_k, ring_v = state.k.index_select(2, order), state.v.index_select(2, order)
-    # a ring in token order holding W tokens: the dispatcher's seen=W reads it slot by slot
-    o = swa.prefill(q, k, v, ring_k, ring_v, W, scale=attn.scale)
+    # the ring read in place from its oldest slot (seen % W) on, then the new keys
+    o = swa.prefill_full_ring(q, k, v, state.k, state.v, seen, scale=attn.scale)
     n = min(T, W)
     slots = (torch.arange(T - n, T, device=x.device) + seen) % W
     state.k.index_copy_(2, slots, k[:, :, T - n :].to(state.k.dtype))

@@ -89,6 +89,9 @@ def _launch_all() -> None:
     keys = torch.randn(1, 2, 8192 + T, 128, dtype=bf)
     swa_prefill.launch_prefill(torch.randn(1, 16, T, 128, dtype=bf), keys, keys, 8192, 0.088,
                                num_splits=4)  # fmt: skip
+    ring, new = torch.randn(1, 2, 8192, 128, dtype=bf), torch.randn(1, 2, T, 128, dtype=bf)
+    swa_prefill.prefill_full_ring(torch.randn(1, 16, T, 128, dtype=bf), new, new, ring, ring,
+                                  torch.tensor(9000), scale=0.088, num_splits=4)  # fmt: skip
     conv_prefill.prefill(torch.randn(1, T, 4096, dtype=bf), torch.randn(1, 4096, 3, dtype=bf),
                          torch.randn(4096, 4, dtype=bf))  # fmt: skip
     proj = torch.randn(1, T, 12320, dtype=bf)  # a frame's fused Gated DeltaNet projections

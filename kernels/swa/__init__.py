@@ -17,7 +17,7 @@ from kernels.swa import prefill_sdpa, reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prefill", "reference", "step", "write"]
+__all__ = ["prefill", "prefill_full_ring", "reference", "step", "write"]
 
 
 def _resolve(x: torch.Tensor, use_kernel: bool | None, op: str, available: bool) -> bool:
@@ -61,6 +61,46 @@ def prefill(
 
         return prefill_triton.prefill(q, k, v, ring_k, ring_v, seen, scale=scale)
     return reference.prefill(q, k, v, ring_k, ring_v, seen, scale=scale)
+
+
+def prefill_full_ring(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ring_k: torch.Tensor,
+    ring_v: torch.Tensor,
+    seen: torch.Tensor,
+    *,
+    scale: float,
+    use_kernel: bool | None = None,
+) -> torch.Tensor:
+    """``prefill`` over a full ring (``seen >= W``) with ``seen`` a tensor on q's device: no host
+    sync, so one CUDA graph serves every frame (``engine.cuda_graph.attention_frame``).
+
+    The Triton kernel reads the ring in place from its oldest slot (``prefill_triton.
+    prefill_full_ring``); elsewhere, and with grad, the ring is gathered in token order on the
+    device and goes through ``prefill`` as a ring of W tokens.
+
+    Args:
+        q: [B, H, T, D].  k, v: [B, Hkv, T, D].  ring_k, ring_v: [B, Hkv, W, D], full, not modified.
+        seen: 0-d int64 tensor, tokens written before these (>= W).  scale: multiplies q k^T.
+        use_kernel: True forces the Triton kernel, False the gather, None picks by device and grad.
+    Returns:
+        o: [B, H, T, D] in the dtype of q.
+    """
+    runnable = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    fast = runnable and has_triton() and not needs_grad and ring_k.dtype == k.dtype
+    if _resolve(q, use_kernel, "prefill_full_ring", fast):
+        from kernels.swa import prefill_triton
+
+        return prefill_triton.prefill_full_ring(q, k, v, ring_k, ring_v, seen, scale=scale)
+    W = ring_k.shape[2]
+    # slots from the oldest token to the newest: (seen - W + i) % W == (seen + i) % W
+    order = (torch.arange(W, device=q.device) + seen) % W
+    ring_k, ring_v = ring_k.index_select(2, order), ring_v.index_select(2, order)
+    # a ring in token order holding W tokens: prefill's seen=W reads it slot by slot
+    return prefill(q, k, v, ring_k, ring_v, W, scale=scale, use_kernel=use_kernel)
 
 
 def write(ring_k: torch.Tensor, ring_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: int) -> None:

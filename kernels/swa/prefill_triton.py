@@ -24,20 +24,50 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _load_kv(
+    keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, offs_n, offs_d, mask_d, L,
+    W: tl.constexpr, D: tl.constexpr, MASKED: tl.constexpr, RING: tl.constexpr,
+):  # fmt: skip
+    """Keys and values ``offs_n`` of the band: from one [L, D] tensor, or (RING) the first W from a
+    full ring read in place from slot ``start`` on, the rest from the new tokens' own tensors.
+    Only MASKED (edge) blocks can reach past L."""
+    if MASKED:  # noqa: SIM108 (a constexpr branch)
+        mask = (offs_n < L)[:, None] & mask_d[None, :]
+    else:
+        mask = mask_d[None, :]
+    if RING:
+        m_ring = (offs_n < W)[:, None] & mask
+        m_new = (offs_n >= W)[:, None] & mask
+        p_ring = kv_base + ((start + offs_n) % W)[:, None] * D + offs_d[None, :]
+        p_new = new_base + (offs_n - W)[:, None] * stride_new_t + offs_d[None, :]
+        b_k = tl.where(
+            m_ring, tl.load(keys + p_ring, mask=m_ring, other=0.0),
+            tl.load(k_new + p_new, mask=m_new, other=0.0),
+        )  # fmt: skip
+        b_v = tl.where(
+            m_ring, tl.load(values + p_ring, mask=m_ring, other=0.0),
+            tl.load(v_new + p_new, mask=m_new, other=0.0),
+        )  # fmt: skip
+    else:
+        p_kv = kv_base + offs_n[:, None] * D + offs_d[None, :]
+        b_k = tl.load(keys + p_kv, mask=mask, other=0.0)
+        b_v = tl.load(values + p_kv, mask=mask, other=0.0)
+    return b_k, b_v
+
+
+@triton.jit
 def _band_block(
-    b_q, keys, values, kv_base, n0, offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc,
+    b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0, offs_m, offs_d,
+    mask_d, off, L, qk_scale, m_i, l_i, acc,
     W: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
+    RING: tl.constexpr,
 ):  # fmt: skip
     """One key block of the online softmax; MASKED applies the band (and the end of the keys)."""
     offs_n = n0 + tl.arange(0, BN)
-    p_kv = kv_base + offs_n[:, None] * D + offs_d[None, :]
-    if MASKED:
-        mask_n = offs_n < L
-        b_k = tl.load(keys + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        b_v = tl.load(values + p_kv, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-    else:
-        b_k = tl.load(keys + p_kv, mask=mask_d[None, :], other=0.0)
-        b_v = tl.load(values + p_kv, mask=mask_d[None, :], other=0.0)
+    b_k, b_v = _load_kv(
+        keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, offs_n, offs_d, mask_d,
+        L, W, D, MASKED, RING,
+    )  # fmt: skip
     if IEEE:
         s = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision="ieee")
     else:
@@ -45,7 +75,7 @@ def _band_block(
     s = s * qk_scale  # log2 units
     if MASKED:
         rel = offs_n[None, :] - (offs_m[:, None] + off)  # key position - query position
-        visible = (rel <= 0) & (rel > -W) & mask_n[None, :]
+        visible = (rel <= 0) & (rel > -W) & (offs_n < L)[None, :]
         s = tl.where(visible, s, float("-inf"))  # [BM, BN]
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     # rows with nothing visible yet keep m = -inf; subtract 0 there instead of -inf
@@ -65,6 +95,12 @@ def swa_prefill_kernel(
     q,
     keys,
     values,
+    k_new,
+    v_new,
+    seen,
+    stride_new_b,
+    stride_new_h,
+    stride_new_t,
     o,
     o_part,
     m_part,
@@ -84,7 +120,11 @@ def swa_prefill_kernel(
     BN: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     IEEE: tl.constexpr,
+    RING: tl.constexpr = False,
 ):
+    # RING: keys/values are a full ring [B, HKV, W, D] whose oldest slot is seen % W (seen read
+    # from the device: one CUDA graph serves every frame) and k_new/v_new the T new tokens'; else
+    # keys/values hold all L = W' + T in token order and k_new, v_new, seen are not read.
     # NUM_SPLITS > 1: program_id(2) takes one of NUM_SPLITS runs of the band's key blocks and
     # writes its unnormalised output, running max and sum (log2 units) for the combine kernel
     i_m = tl.program_id(0)
@@ -98,7 +138,14 @@ def swa_prefill_kernel(
     mask_m, mask_d = offs_m < T, offs_d < D
     p_q = q + i_b * stride_q_b + i_h * stride_q_h + offs_m[:, None] * stride_q_t + offs_d[None, :]
     b_q = tl.load(p_q, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    kv_base = (i_b * HKV + i_kv) * L * D
+    if RING:
+        kv_base = (i_b * HKV + i_kv) * W * D
+        new_base = i_b * stride_new_b + i_kv * stride_new_h
+        start = tl.load(seen) % W
+    else:
+        kv_base = (i_b * HKV + i_kv) * L * D
+        new_base = kv_base
+        start = 0
 
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
@@ -118,18 +165,18 @@ def swa_prefill_kernel(
     full_hi = tl.maximum(tl.minimum((m0 + off + 1) // BN * BN, hi), full_lo)
     for n0 in range(full_lo, full_hi, BN):
         m_i, l_i, acc = _band_block(
-            b_q, keys, values, kv_base, n0, offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i,
-            acc, W, D, BN, IEEE, False,
+            b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0, offs_m,
+            offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, False, RING,
         )  # fmt: skip
     for n0 in range(lo, full_lo, BN):
         m_i, l_i, acc = _band_block(
-            b_q, keys, values, kv_base, n0, offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i,
-            acc, W, D, BN, IEEE, True,
+            b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0, offs_m,
+            offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, True, RING,
         )  # fmt: skip
     for n0 in range(full_hi, hi, BN):
         m_i, l_i, acc = _band_block(
-            b_q, keys, values, kv_base, n0, offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i,
-            acc, W, D, BN, IEEE, True,
+            b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0, offs_m,
+            offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, True, RING,
         )  # fmt: skip
     if NUM_SPLITS == 1:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -194,6 +241,7 @@ def launch_prefill(
     num_stages: int = 3,
     *,
     num_splits: int = 1,
+    new: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Launch ``swa_prefill_kernel`` with an explicit block shape (for ``prefill`` and the bench).
 
@@ -202,6 +250,9 @@ def launch_prefill(
             last T of them the new tokens'.  W: the window.  scale: multiplies q k^T.
         num_splits: runs of key blocks each query block's band is cut into, one program each;
             more than one adds ``swa_prefill_combine_kernel``.
+        new: (k, v [B, Hkv, T, D] unit stride on D, seen: 1-element int64 tensor): keys and
+            values are then a full ring [B, Hkv, W, D], read in place from slot seen % W on,
+            followed by these (L = W + T).
     Returns:
         o: [B, H, T, D] contiguous, in the dtype of q.
     """
@@ -209,6 +260,14 @@ def launch_prefill(
     Hkv, L = keys.shape[1], keys.shape[2]
     assert keys.is_contiguous() and values.is_contiguous(), "keys/values must be contiguous [B, Hkv, L, D]"
     assert q.stride(-1) == 1, "q needs unit stride on D"
+    if new is not None:
+        assert L == W, f"a ring of {L} slots for a window of {W}"
+        k_new, v_new, _ = new
+        assert k_new.shape == v_new.shape == (B, Hkv, T, D) and k_new.stride() == v_new.stride(), (
+            "new keys and values [B, Hkv, T, D], of one layout"
+        )
+        assert k_new.stride(-1) == 1, "new keys need unit stride on D"
+        L = W + T
     assert L >= T, f"{L} keys for {T} queries"
     o = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     o_part = m_part = l_part = o  # not read with one run
@@ -220,10 +279,13 @@ def launch_prefill(
     ieee = q.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
     BD = triton.next_power_of_2(D)
     grid = (triton.cdiv(T, block_m), B * H, num_splits)
+    ring = new is not None
+    k_new, v_new, seen = new if new is not None else (keys, values, keys)  # not read without a ring
     swa_prefill_kernel[grid](
-        q, keys, values, o, o_part, m_part, l_part, q.stride(0), q.stride(1), q.stride(2), T, L,
-        scale * LOG2E, H=H, HKV=Hkv, W=W, D=D, BD=BD, BM=block_m, BN=block_n,
-        NUM_SPLITS=num_splits, IEEE=ieee, num_warps=num_warps, num_stages=num_stages,
+        q, keys, values, k_new, v_new, seen, k_new.stride(0), k_new.stride(1), k_new.stride(2), o,
+        o_part, m_part, l_part, q.stride(0), q.stride(1), q.stride(2), T, L, scale * LOG2E, H=H,
+        HKV=Hkv, W=W, D=D, BD=BD, BM=block_m, BN=block_n, NUM_SPLITS=num_splits, IEEE=ieee,
+        RING=ring, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     if num_splits > 1:
         swa_prefill_combine_kernel[(triton.cdiv(T, 64), B * H)](
@@ -265,3 +327,42 @@ def prefill(
     block_m, block_n, warps, stages = (64, 32, 4, 2) if q.dtype == torch.float32 else (128, 64, 8, 3)
     splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
     return launch_prefill(q, keys, values, W, scale, block_m, block_n, warps, stages, num_splits=splits)
+
+
+def prefill_full_ring(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ring_k: torch.Tensor,
+    ring_v: torch.Tensor,
+    seen: torch.Tensor,
+    *,
+    scale: float,
+    num_splits: int = 0,
+) -> torch.Tensor:
+    """``prefill`` over a full ring (``seen >= W``) read in place, ``seen`` a tensor on the device.
+
+    The ring's slots are read from the oldest (seen % W) on and the new keys from k, v: no copy
+    of the ring in token order and no host sync (a frame's CUDA graph). Forward only.
+
+    Args:
+        q: [B, H, T, D].  k, v: [B, Hkv, T, D] (unit stride on D).  ring_k, ring_v: [B, Hkv, W, D]
+            contiguous, full, not modified.  seen: 0-d or 1-element int64 tensor, >= W.
+    Returns:
+        o: [B, H, T, D] in the dtype of q.
+    """
+    check_inputs(q, k, v, ring_k, ring_v, 0)
+    assert ring_k.dtype == k.dtype == v.dtype == ring_v.dtype, "ring and new keys of one dtype"
+    assert seen.numel() == 1 and seen.dtype == torch.int64, "seen: one int64 on the device"
+    W = ring_k.shape[2]
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
+    if k.stride() != v.stride():
+        k, v = k.contiguous(), v.contiguous()
+    block_m, block_n, warps, stages = (64, 32, 4, 2) if q.dtype == torch.float32 else (128, 64, 8, 3)
+    splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
+    return launch_prefill(
+        q, ring_k, ring_v, W, scale, block_m, block_n, warps, stages, num_splits=splits,
+        new=(k, v, seen.reshape(1)),
+    )  # fmt: skip

@@ -229,3 +229,63 @@ def test_prefill_whole_blocks_inside_the_band(
         q, keys, values, W, D**-0.5, 128, 64, 8, 3, num_splits=num_splits
     )
     assert_close("prefill", o_ref, o, 2e-3 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize(("T", "seen"), [(7, 100), (100, 137), (250, 305), (64, 1000)])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_full_ring_prefill_reads_the_ring_in_place(
+    dtype_name: str, T: int, seen: int, num_splits: int, device: torch.device
+) -> None:
+    """A frame's attention: the full ring read from its oldest slot on, seen on the device."""
+    dtype = DTYPES[dtype_name]
+    B, H, Hkv, D, W = SHAPES["small"]
+    gen = torch.Generator().manual_seed(T + seen + num_splits)
+    ring = filled_ring(SHAPES["small"], dtype, device, gen)
+    ring_copy = [r.clone() for r in ring]
+    q = randn(B, H, T, D, dtype=dtype, device=device, gen=gen)
+    # k, v as the attention layer hands them: [B, T, Hkv, D] seen as [B, Hkv, T, D]
+    k, v = (
+        randn(B, T, Hkv, D, dtype=dtype, device=device, gen=gen).transpose(1, 2) for _ in range(2)
+    )
+    o_ref = reference.prefill(q, k, v, *ring, seen, scale=D**-0.5)
+    poison_allocator(device)
+    seen_t = torch.tensor(seen, device=device)
+    o = prefill_triton.prefill_full_ring(
+        q, k, v, *ring, seen_t, scale=D**-0.5, num_splits=num_splits
+    )
+    assert_close("full-ring prefill", o_ref, o, 2e-3 if dtype == torch.float32 else 1e-2)
+    assert all(torch.equal(a, b) for a, b in zip(ring, ring_copy, strict=True)), "ring changed"
+
+
+@pytest.mark.parametrize("seen", [500, 623])
+def test_full_ring_prefill_whole_blocks(seen: int, device: torch.device) -> None:
+    """A window several key blocks wide read in place: whole blocks straddle the ring's wrap and
+    the boundary between the ring and the new keys (bf16 block shape, in float32)."""
+    shape = (1, 2, 1, 32, 500)
+    B, H, Hkv, D, W = shape
+    gen = torch.Generator().manual_seed(seen)
+    ring = filled_ring(shape, torch.float32, device, gen)
+    T = 300
+    q = randn(B, H, T, D, dtype=torch.float32, device=device, gen=gen)
+    k, v = (randn(B, Hkv, T, D, dtype=torch.float32, device=device, gen=gen) for _ in range(2))
+    o_ref = reference.prefill(q, k, v, *ring, seen, scale=D**-0.5)
+    poison_allocator(device)
+    seen_t = torch.tensor([seen], device=device)
+    blocks = (128, 64, 8, 3)  # the bf16 shape: whole blocks of 64 keys
+    o = prefill_triton.launch_prefill(q, *ring, W, D**-0.5, *blocks, new=(k, v, seen_t))
+    assert_close("full-ring prefill", o_ref, o, 2e-3)
+
+
+def test_full_ring_dispatcher_kernel_equals_gather(device: torch.device) -> None:
+    """``swa.prefill_full_ring``: the in-place kernel == the ring gathered in token order."""
+    B, H, Hkv, D, W = SHAPES["small"]
+    gen = torch.Generator().manual_seed(11)
+    ring = filled_ring(SHAPES["small"], torch.float32, device, gen)
+    q = randn(B, H, 40, D, dtype=torch.float32, device=device, gen=gen)
+    k, v = (randn(B, Hkv, 40, D, dtype=torch.float32, device=device, gen=gen) for _ in range(2))
+    seen = torch.tensor(W * 3 + 41, device=device)
+    with torch.no_grad():
+        want = swa.prefill_full_ring(q, k, v, *ring, seen, scale=D**-0.5, use_kernel=False)
+        got = swa.prefill_full_ring(q, k, v, *ring, seen, scale=D**-0.5, use_kernel=True)
+    assert_close("full ring", want, got, 2e-3)
