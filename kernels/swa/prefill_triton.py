@@ -323,10 +323,15 @@ def prefill(
         keys, values = k.contiguous(), v.contiguous()
     if q.stride(-1) != 1:
         q = q.contiguous()
-    # float32 tiles are twice as wide: smaller blocks and stages keep them in shared memory
-    block_m, block_n, warps, stages = (64, 32, 4, 2) if q.dtype == torch.float32 else (128, 64, 8, 3)
+    block_m, block_n, warps, stages = _blocks(q)
     splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
     return launch_prefill(q, keys, values, W, scale, block_m, block_n, warps, stages, num_splits=splits)
+
+
+def _blocks(q: torch.Tensor) -> tuple[int, int, int, int]:
+    """(block_m, block_n, num_warps, num_stages) for queries of q's dtype: float32 tiles are
+    twice as wide, so smaller blocks and stages keep them in shared memory."""
+    return (64, 32, 4, 2) if q.dtype == torch.float32 else (128, 64, 8, 3)
 
 
 def prefill_full_ring(
@@ -360,7 +365,7 @@ def prefill_full_ring(
     k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
     if k.stride() != v.stride():
         k, v = k.contiguous(), v.contiguous()
-    block_m, block_n, warps, stages = (64, 32, 4, 2) if q.dtype == torch.float32 else (128, 64, 8, 3)
+    block_m, block_n, warps, stages = _blocks(q)
     splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
     return launch_prefill(
         q, ring_k, ring_v, W, scale, block_m, block_n, warps, stages, num_splits=splits,
