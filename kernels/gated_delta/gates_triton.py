@@ -17,6 +17,14 @@ log = logging.getLogger(__name__)
 
 
 @triton.jit
+def log_decay(a, dt_bias, A_log):
+    """g = -exp(A_log) softplus(a + dt_bias) in float32 (softplus with torch's threshold: x itself
+    above 20); shared with the decode step's kernel (``step_triton``, raw gates)."""
+    x = a + dt_bias
+    return -tl.exp(A_log) * tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
 def gates_kernel(
     a, b, A_log, dt_bias, g, beta, stride_a, stride_b, N, HV,
     BN: tl.constexpr, BH: tl.constexpr,
@@ -28,11 +36,9 @@ def gates_kernel(
     rows = offs_n.to(tl.int64)[:, None]
     b_a = tl.load(a + rows * stride_a + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
     b_bias = tl.load(dt_bias + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    b_decay = tl.exp(tl.load(A_log + offs_h, mask=mask_h, other=0.0).to(tl.float32))
-    b_x = b_a + b_bias[None, :]
-    # softplus with torch's threshold: x itself above 20
-    b_sp = tl.where(b_x > 20.0, b_x, tl.log(1.0 + tl.exp(tl.minimum(b_x, 20.0))))
-    tl.store(g + rows * HV + offs_h[None, :], -b_decay[None, :] * b_sp, mask=mask)
+    b_A = tl.load(A_log + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    b_g = log_decay(b_a, b_bias[None, :], b_A[None, :])
+    tl.store(g + rows * HV + offs_h[None, :], b_g, mask=mask)
     b_b = tl.load(b + rows * stride_b + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(beta + rows * HV + offs_h[None, :], tl.sigmoid(b_b).to(beta.dtype.element_ty), mask=mask)
 

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from kernels import pdl, pdl_triton
+from kernels.gated_delta.gates_triton import log_decay
 from kernels.gated_delta.reference import L2NORM_EPS, check_shapes, check_state
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,9 @@ def gated_delta_step_kernel(
     b_beta = tl.load(beta + i_b * stride_beta_b + i_hv * stride_beta_h).to(tl.float32)
     if RAW_GATES:
         # g and beta hold the raw a / b projections: g = -exp(A_log) softplus(a + dt_bias)
-        b_x = b_g + tl.load(dt_bias + i_hv).to(tl.float32)
-        b_sp = tl.where(b_x > 20.0, b_x, tl.log(1.0 + tl.exp(tl.minimum(b_x, 20.0))))
-        b_g = -tl.exp(tl.load(A_log + i_hv).to(tl.float32)) * b_sp
+        b_g = log_decay(
+            b_g, tl.load(dt_bias + i_hv).to(tl.float32), tl.load(A_log + i_hv).to(tl.float32)
+        )
         # rounded to b's dtype, as sigmoid(b_proj x) is in the layer
         b_beta = tl.sigmoid(b_beta).to(beta.dtype.element_ty).to(tl.float32)
     if USE_QK_L2NORM:
