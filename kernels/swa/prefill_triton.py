@@ -218,6 +218,13 @@ def swa_prefill_combine_kernel(
     tl.store(p_o, out.to(o.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` (one shape) step alike along every dimension longer than one: the
+    kernel reads both with ``a``'s strides. A dimension of size 1 is never stepped along, and
+    ``.contiguous()`` leaves any stride there (a head or batch of one)."""
+    return all(n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride(), strict=True))
+
+
 def prefill_splits(B: int, H: int, T: int, block_m: int, device: torch.device) -> int:
     """How many runs of key blocks each query block is cut into: enough programs for about two
     per multiprocessor (a few hundred queries over a full 8K window otherwise keep most of the GPU
@@ -263,7 +270,7 @@ def launch_prefill(
     if new is not None:
         assert L == W, f"a ring of {L} slots for a window of {W}"
         k_new, v_new, _ = new
-        assert k_new.shape == v_new.shape == (B, Hkv, T, D) and k_new.stride() == v_new.stride(), (
+        assert k_new.shape == v_new.shape == (B, Hkv, T, D) and same_layout(k_new, v_new), (
             "new keys and values [B, Hkv, T, D], of one layout"
         )
         assert k_new.stride(-1) == 1, "new keys need unit stride on D"
@@ -363,7 +370,7 @@ def prefill_full_ring(
     if q.stride(-1) != 1:
         q = q.contiguous()
     k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
-    if k.stride() != v.stride():
+    if not same_layout(k, v):
         k, v = k.contiguous(), v.contiguous()
     block_m, block_n, warps, stages = _blocks(q)
     splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)

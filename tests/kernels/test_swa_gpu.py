@@ -277,6 +277,27 @@ def test_full_ring_prefill_whole_blocks(seen: int, device: torch.device) -> None
     assert_close("full-ring prefill", o_ref, o, 2e-3)
 
 
+def test_full_ring_prefill_takes_the_layers_layouts(device: torch.device) -> None:
+    """One batch and one key/value head, as a frame's layer hands them: k rotated into a [B, T,
+    Hkv, D] tensor of its own, v a slice of the fused q/k/v product. Their strides differ only
+    along dimensions of size 1, which the kernel never steps along (the frame graph's first GPU
+    run failed here)."""
+    B, H, Hkv, D, W = 1, 2, 1, 32, 48
+    T = 16
+    gen = torch.Generator().manual_seed(5)
+    ring = filled_ring((B, H, Hkv, D, W), torch.float32, device, gen)
+    q = randn(B, H, T, D, dtype=torch.float32, device=device, gen=gen)
+    fused = randn(B, T, (H + 2 * Hkv) * D, dtype=torch.float32, device=device, gen=gen)
+    k = fused[..., H * D : (H + Hkv) * D].view(B, T, Hkv, D).clone().transpose(1, 2)
+    v = fused[..., (H + Hkv) * D :].view(B, T, Hkv, D).transpose(1, 2)
+    assert k.is_contiguous() and k.stride() != v.contiguous().stride()
+    o_ref = reference.prefill(q, k, v, *ring, W + 7, scale=D**-0.5)
+    o = prefill_triton.prefill_full_ring(
+        q, k, v, *ring, torch.tensor(W + 7, device=device), scale=D**-0.5
+    )
+    assert_close("full-ring prefill", o_ref, o, 2e-3)
+
+
 def test_full_ring_dispatcher_kernel_equals_gather(device: torch.device) -> None:
     """``swa.prefill_full_ring``: the in-place kernel == the ring gathered in token order."""
     B, H, Hkv, D, W = SHAPES["small"]
