@@ -102,3 +102,39 @@ def test_triton_add_rms_norm_matches_reference(N: int, dtype: torch.dtype) -> No
         assert torch.equal(s, s_ref)  # one rounding of the same float32 sum
     assert_close("s", s_ref, s, 1e-6 if dtype == torch.float32 else 1e-2)
     assert_close("y", y_ref, y, 1e-6 if dtype == torch.float32 else 1e-2 if exact else 2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_norms_of_a_prompt_match_reference(dtype: torch.dtype) -> None:
+    """A prompt's rows share programs (blocks of rows, the last one partial): Gated DeltaNet's
+    gated norm of one 128-wide row per head and token, its gate a slice of the projections, and
+    the residual add + norm of 2,048-wide rows."""
+    pytest.importorskip("triton")
+    from kernels._testing import device_for_kernel_tests, poison_allocator
+    from kernels.rms_norm import norm_triton
+
+    device = device_for_kernel_tests()
+    gen = torch.Generator().manual_seed(3)
+    T, H, D = 131, 8, 128  # 1,048 rows: 32 blocks of 32 and a partial one
+    o = (torch.randn(1, T, H, D, generator=gen) * 3).to(dtype).to(device)
+    proj = torch.randn(1, T, H * D + 64, generator=gen).to(dtype).to(device)
+    gate = proj[..., 64:].view(1, T, H, D)  # rows H * D + 64 apart between tokens
+    w = (torch.randn(D, generator=gen) * 0.2 + 1).to(dtype).to(device)
+    exact = dtype == torch.float32 or device.type == "cuda"
+    ratio = 1e-6 if dtype == torch.float32 else 1e-2 if exact else 2e-2
+    want = reference.gated_rms_norm(o, gate, w, 1e-6)
+    poison_allocator(device)
+    got = norm_triton.gated_rms_norm(o, gate, w, 1e-6)
+    assert_close("gated_rms_norm", want, got, ratio)
+    N = 2048
+    x = (torch.randn(1030, N, generator=gen) * 3).to(dtype).to(device)
+    h = torch.randn(1030, N, generator=gen).to(dtype).to(device)
+    w2 = (torch.randn(N, generator=gen) * 0.2 + 1).to(dtype).to(device)
+    s_ref, y_ref = reference.add_rms_norm(x, h, w2, 1e-6)
+    poison_allocator(device)
+    s, y = norm_triton.add_rms_norm(x, h, w2, 1e-6)
+    assert_close("s", s_ref, s, 1e-6 if dtype == torch.float32 else 1e-2)
+    assert_close("y", y_ref, y, ratio)
+    want_n = reference.rms_norm(x, w2, 1e-6)
+    assert_close("rms_norm", want_n, norm_triton.rms_norm(x, w2, 1e-6), ratio)
