@@ -14,6 +14,7 @@
 #   profile.md      decode_profile: the graphed decode step's kernels and GEMV speeds, and the
 #                   frame step's kernels
 #   profile_prefill.md   decode_profile --prefill 131072: the 128K prefill's kernels
+#   conv_blocks.md  benchmarks/conv_blocks.py: the prompt convolution's block shapes, timed
 #   RESULTS.md      bench_engine: prefill/decode per context, roofline, streaming, Transformer
 #   profile_nopdl.md   the decode step's profile with INFINITEVL_PDL=0 (kernels.pdl, programmatic
 #                   dependent launch, off)
@@ -76,6 +77,8 @@ grep -hs "^## Decode" "$out"/profile_nopdl.md
 step profile_prefill.md 120 python3 -m benchmarks.decode_profile --prefill 131072 --paths fused \
   --no-frames
 grep -hs "Prefill of" "$out"/profile_prefill.md
+# the prompt convolution's block shapes at 256 and 8,192 tokens (kernels.short_conv.prefill_triton)
+step conv_blocks.md 60 python3 -m benchmarks.conv_blocks
 bench_s=${BENCH_S:-200}  # BENCH_S: the bench's share (a call of its own takes ~400 s for 1K-1M, 1,000 frames)
 step bench.txt "$bench_s" python3 -m benchmarks.bench_engine --out "$out" --budget-s $((bench_s - 20)) \
   --commit "$commit"

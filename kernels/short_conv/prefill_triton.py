@@ -136,8 +136,17 @@ def short_conv_tail3_kernel(
         _tail_block(x2, tail2, stride_x2_b, stride_x2_t, T, C2, i_c - n0 - n1, i_b, KS, BKS, BC)
 
 
-# a program's block: 64 tokens x 128 channels, 8 warps (16-byte loads, 32 values a thread)
-BT, BC, WARPS = 64, 128, 8
+# a program's block: 128 channels (16-byte loads) by 16 tokens up to SHORT_PROMPT tokens (a frame's
+# 256: enough programs to fill the GPU), else 32; 4 warps. On the H100 (benchmarks/conv_blocks.py,
+# the three convolutions of a 4B layer): 9.0 us at 256 tokens and 163 us at 8,192, where the
+# former 64 x 128 with 8 warps took 15.7 and 224 us.
+BC, WARPS = 128, 4
+SHORT_PROMPT = 1024
+
+
+def block_tokens(T: int) -> int:
+    """BT, the tokens of a program's block, for a prompt of T."""
+    return 16 if T <= SHORT_PROMPT else 32
 
 
 def prefill(
@@ -158,6 +167,7 @@ def prefill(
         "x unit stride on C, tail and weight contiguous"
     )
     y = torch.empty(B, T, C, dtype=x.dtype, device=x.device)
+    BT = block_tokens(T)
     short_conv_prefill_kernel[(triton.cdiv(T, BT), triton.cdiv(C, BC), B)](
         x, tail, weight, y, x.stride(0), x.stride(1), T, C, KS=KS, BT=BT, BC=BC, num_warps=WARPS
     )
@@ -193,6 +203,7 @@ def prefill3(
     ys = tuple(torch.empty(B, T, c, dtype=xs[0].dtype, device=xs[0].device) for c in Cs)
     strides = [s for x in xs for s in (x.stride(0), x.stride(1))]
     blocks = sum(triton.cdiv(c, BC) for c in Cs)
+    BT = block_tokens(T)
     short_conv_prefill3_kernel[(triton.cdiv(T, BT), blocks, B)](
         *xs, *tails, *weights, *ys, *strides, T, *Cs, KS=KS, BT=BT, BC=BC, num_warps=WARPS
     )

@@ -140,7 +140,7 @@ def test_prefill3_is_three_prefills_with_the_tails_replaced() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("T", [1, 2, 33, 130])
+@pytest.mark.parametrize("T", [1, 2, 33, 130, 1100])
 @pytest.mark.parametrize("KS", [2, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_triton_prefill3_matches_reference(dtype: torch.dtype, KS: int, T: int) -> None:
