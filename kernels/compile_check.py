@@ -10,6 +10,12 @@ process then compiles every captured launch for sm_90 through ptxas (those that 
 catches what only a GPU compile would (code under a constexpr branch that the interpreter never
 traces, such as the ``griddepcontrol`` instructions of PDL) before device time is spent. Exit
 status 1 when any variant fails to compile.
+
+It compiles what a GPU launch would: an ``IEEE`` constexpr (the float32 upcast the launchers take
+under the interpreter only) is set False, and the arguments a launch would specialize as 16-byte
+aligned (tensors whose storage is, integers divisible by 16 outside ``do_not_specialize``) carry
+that hint, which decides whether loads become vector and asynchronous copies. Each line gives the
+shared memory a program takes (a Hopper SM has 228 KiB).
 """
 
 import importlib
@@ -106,16 +112,21 @@ def _capture(path: str) -> None:
     specs = []
 
     class Capture:
-        def __init__(self, module: str, name: str, fn) -> None:
-            self.module, self.name, self.fn = module, name, fn
+        def __init__(self, module: str, name: str, jit) -> None:
+            self.module, self.name, self.jit, self.fn = module, name, jit, jit.fn
 
         def __getitem__(self, grid):
             return lambda *args, **kwargs: specs.append(self._spec(args, kwargs))
 
         def _spec(self, args: tuple, kwargs: dict) -> tuple:
             params = inspect.signature(self.fn).parameters
-            sig, consts, opts = {}, {}, {}
-            for name, a in zip(params, args, strict=False):
+            fixed = set(getattr(self.jit, "do_not_specialize", ()))
+            sig, consts, opts, aligned = {}, {}, {}, []
+            for i, (name, a) in enumerate(zip(params, args, strict=False)):
+                tensor16 = isinstance(a, torch.Tensor) and a.data_ptr() % 16 == 0
+                int16 = type(a) is int and a % 16 == 0 and name not in fixed and i not in fixed
+                if tensor16 or int16:
+                    aligned.append(i)
                 if isinstance(a, torch.Tensor):
                     sig[name] = POINTER[a.dtype] if a.is_floating_point() else "*i64"
                 elif a is None:
@@ -135,12 +146,14 @@ def _capture(path: str) -> None:
                 if name not in sig:  # a constexpr left at its default, or the autotuned tile
                     sig[name] = "constexpr"
                     consts[name] = {"BLOCK_N": 2, "BLOCK_K": 1024}.get(name, p.default)
-            return self.module, self.name, sig, consts, opts
+            if "IEEE" in consts:  # the interpreter's float32 upcast: a GPU takes the bf16 dots
+                consts["IEEE"] = False
+            return self.module, self.name, sig, consts, opts, aligned
 
     for module, names in KERNELS.items():
         mod = importlib.import_module(module)
         for name in names:
-            setattr(mod, name, Capture(module, name, getattr(mod, name).fn))
+            setattr(mod, name, Capture(module, name, getattr(mod, name)))
     _launch_all()
     with open(path, "w") as f:
         json.dump(specs, f)
@@ -159,7 +172,7 @@ def main() -> int:
         with open(path) as f:
             specs = json.load(f)
     target, failed, total = GPUTarget("cuda", 90, 32), 0, 0
-    for module, name, sig, consts, opts in specs:
+    for module, name, sig, consts, opts, aligned in specs:
         fn = getattr(importlib.import_module(module), name)
         # kernels that take part in kernels.pdl compile with it off and on, the others once
         variants = (False, True) if "PDL" in sig else (None,)
@@ -168,10 +181,14 @@ def main() -> int:
             with_pdl = {} if on is None else {"PDL": on}
             label = "" if on is None else f"PDL={on!s:5s}"
             try:
-                src = ASTSource(fn, sig, constexprs=dict(consts, **with_pdl))
+                attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+                src = ASTSource(fn, sig, constexprs=dict(consts, **with_pdl), attrs=attrs)
                 kernel = triton.compile(src, target=target, options=dict(opts, launch_pdl=bool(on)))
                 pdl_in_ptx = "griddepcontrol" in kernel.asm["ptx"]
-                print(f"{name:26s} {label:9s} compiled for sm_90 (griddepcontrol: {pdl_in_ptx})")
+                print(
+                    f"{name:26s} {label:9s} compiled for sm_90 (griddepcontrol: {pdl_in_ptx}; "
+                    f"shared {kernel.metadata.shared // 1024} KiB)"
+                )
             except Exception as e:  # noqa: BLE001 (each variant reports on its own)
                 failed += 1
                 print(f"{name:26s} {label:9s} FAILED: {type(e).__name__}: {str(e)[-400:]}")

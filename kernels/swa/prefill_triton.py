@@ -23,23 +23,36 @@ log = logging.getLogger(__name__)
 LOG2E = 1.4426950408889634
 
 
+# where a key block's keys and values come from (``_load_kv``'s SRC)
+SRC_KEYS = tl.constexpr(0)  # one [L, D] tensor in token order
+SRC_RING = tl.constexpr(1)  # a full ring read in place from slot ``start`` on (keys before W)
+SRC_NEW = tl.constexpr(2)  # the new tokens' own tensors (keys from W on)
+SRC_BOTH = tl.constexpr(3)  # a block across W (only when W is not a multiple of the block)
+
+
 @triton.jit
 def _load_kv(
     keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, offs_n, offs_d, mask_d, L,
-    W: tl.constexpr, D: tl.constexpr, MASKED: tl.constexpr, RING: tl.constexpr,
+    W: tl.constexpr, D: tl.constexpr, MASKED: tl.constexpr, SRC: tl.constexpr,
 ):  # fmt: skip
-    """Keys and values ``offs_n`` of the band: from one [L, D] tensor, or (RING) the first W from a
-    full ring read in place from slot ``start`` on, the rest from the new tokens' own tensors.
+    """Keys and values ``offs_n`` of the band, from where SRC says. One source a block keeps one
+    load per operand (the loop's pipelined copies); only SRC_BOTH loads twice and selects.
     Only MASKED (edge) blocks can reach past L."""
     if MASKED:  # noqa: SIM108 (a constexpr branch)
         mask = (offs_n < L)[:, None] & mask_d[None, :]
     else:
         mask = mask_d[None, :]
-    if RING:
+    p_ring = kv_base + ((start + offs_n) % W)[:, None] * D + offs_d[None, :]
+    p_new = new_base + (offs_n - W)[:, None] * stride_new_t + offs_d[None, :]
+    if SRC == SRC_RING:
+        b_k = tl.load(keys + p_ring, mask=mask, other=0.0)
+        b_v = tl.load(values + p_ring, mask=mask, other=0.0)
+    elif SRC == SRC_NEW:
+        b_k = tl.load(k_new + p_new, mask=mask, other=0.0)
+        b_v = tl.load(v_new + p_new, mask=mask, other=0.0)
+    elif SRC == SRC_BOTH:
         m_ring = (offs_n < W)[:, None] & mask
         m_new = (offs_n >= W)[:, None] & mask
-        p_ring = kv_base + ((start + offs_n) % W)[:, None] * D + offs_d[None, :]
-        p_new = new_base + (offs_n - W)[:, None] * stride_new_t + offs_d[None, :]
         b_k = tl.where(
             m_ring, tl.load(keys + p_ring, mask=m_ring, other=0.0),
             tl.load(k_new + p_new, mask=m_new, other=0.0),
@@ -60,13 +73,13 @@ def _band_block(
     b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0, offs_m, offs_d,
     mask_d, off, L, qk_scale, m_i, l_i, acc,
     W: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
-    RING: tl.constexpr,
+    SRC: tl.constexpr,
 ):  # fmt: skip
     """One key block of the online softmax; MASKED applies the band (and the end of the keys)."""
     offs_n = n0 + tl.arange(0, BN)
     b_k, b_v = _load_kv(
         keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, offs_n, offs_d, mask_d,
-        L, W, D, MASKED, RING,
+        L, W, D, MASKED, SRC,
     )  # fmt: skip
     if IEEE:
         s = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision="ieee")
@@ -88,6 +101,48 @@ def _band_block(
     else:
         acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _band_run(
+    b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n_lo, n_hi, offs_m,
+    offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc,
+    W: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
+    RING: tl.constexpr,
+):  # fmt: skip
+    """The key blocks from ``n_lo`` (a multiple of BN) to ``n_hi``. RING: the blocks before W from
+    the ring alone, those from W on from the new keys alone, and a block across W (W not a
+    multiple of BN) from both."""
+    if RING:
+        w_lo: tl.constexpr = W // BN * BN
+        w_hi: tl.constexpr = (W + BN - 1) // BN * BN
+        for n0 in range(n_lo, tl.minimum(n_hi, w_lo), BN):
+            m_i, l_i, acc = _band_block(
+                b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0,
+                offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, MASKED,
+                SRC_RING,
+            )  # fmt: skip
+        if w_hi != w_lo:  # a constexpr branch: the 4B model's window is whole blocks
+            for n0 in range(tl.maximum(n_lo, w_lo), tl.minimum(n_hi, w_hi), BN):
+                m_i, l_i, acc = _band_block(
+                    b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0,
+                    offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE,
+                    MASKED, SRC_BOTH,
+                )  # fmt: skip
+        for n0 in range(tl.maximum(n_lo, w_hi), n_hi, BN):
+            m_i, l_i, acc = _band_block(
+                b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0,
+                offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, MASKED,
+                SRC_NEW,
+            )  # fmt: skip
+    else:
+        for n0 in range(n_lo, n_hi, BN):
+            m_i, l_i, acc = _band_block(
+                b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0,
+                offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, MASKED,
+                SRC_KEYS,
+            )  # fmt: skip
+    return m_i, l_i, acc
 
 
 @triton.jit(do_not_specialize=["T", "L"])
@@ -163,21 +218,18 @@ def swa_prefill_kernel(
     m0 = i_m * BM
     full_lo = tl.minimum(tl.maximum(tl.cdiv(m0 + BM + off - W, BN) * BN, lo), hi)
     full_hi = tl.maximum(tl.minimum((m0 + off + 1) // BN * BN, hi), full_lo)
-    for n0 in range(full_lo, full_hi, BN):
-        m_i, l_i, acc = _band_block(
-            b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0, offs_m,
-            offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, False, RING,
-        )  # fmt: skip
-    for n0 in range(lo, full_lo, BN):
-        m_i, l_i, acc = _band_block(
-            b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0, offs_m,
-            offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, True, RING,
-        )  # fmt: skip
-    for n0 in range(full_hi, hi, BN):
-        m_i, l_i, acc = _band_block(
-            b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, n0, offs_m,
-            offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, True, RING,
-        )  # fmt: skip
+    m_i, l_i, acc = _band_run(
+        b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, full_lo, full_hi,
+        offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, False, RING,
+    )  # fmt: skip
+    m_i, l_i, acc = _band_run(
+        b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, lo, full_lo,
+        offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, True, RING,
+    )  # fmt: skip
+    m_i, l_i, acc = _band_run(
+        b_q, keys, values, k_new, v_new, kv_base, new_base, stride_new_t, start, full_hi, hi,
+        offs_m, offs_d, mask_d, off, L, qk_scale, m_i, l_i, acc, W, D, BN, IEEE, True, RING,
+    )  # fmt: skip
     if NUM_SPLITS == 1:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         p_o = o + (i_bh * T + offs_m[:, None]) * D + offs_d[None, :]

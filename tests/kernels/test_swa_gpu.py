@@ -258,12 +258,15 @@ def test_full_ring_prefill_reads_the_ring_in_place(
     assert all(torch.equal(a, b) for a, b in zip(ring, ring_copy, strict=True)), "ring changed"
 
 
-@pytest.mark.parametrize("seen", [500, 623])
-def test_full_ring_prefill_whole_blocks(seen: int, device: torch.device) -> None:
-    """A window several key blocks wide read in place: whole blocks straddle the ring's wrap and
-    the boundary between the ring and the new keys (bf16 block shape, in float32)."""
-    shape = (1, 2, 1, 32, 500)
+@pytest.mark.parametrize("W", [500, 512])
+@pytest.mark.parametrize("past_full", [0, 123])
+def test_full_ring_prefill_whole_blocks(past_full: int, W: int, device: torch.device) -> None:
+    """A window several key blocks wide read in place: whole blocks straddle the ring's wrap, and
+    the boundary between the ring and the new keys falls inside a block (W = 500) or between two
+    (W = 512, as the 4B model's 8,192) (bf16 block shape, in float32)."""
+    shape = (1, 2, 1, 32, W)
     B, H, Hkv, D, W = shape
+    seen = W + past_full  # the oldest slot: 0, or 123 with the wrap inside the ring
     gen = torch.Generator().manual_seed(seen)
     ring = filled_ring(shape, torch.float32, device, gen)
     T = 300
