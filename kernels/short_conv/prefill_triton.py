@@ -149,6 +149,17 @@ def block_tokens(T: int) -> int:
     return 16 if T <= SHORT_PROMPT else 32
 
 
+def _check_launch(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> int:
+    """KS, after ``reference.check_prefill_inputs`` and the layout the kernels read."""
+    check_prefill_inputs(x, tail, weight)
+    KS = weight.shape[1]
+    assert KS >= 2, f"conv_size {KS} leaves no tail"
+    assert x.stride(2) == 1 and tail.is_contiguous() and weight.is_contiguous(), (
+        "x unit stride on C, tail and weight contiguous"
+    )
+    return KS
+
+
 def prefill(
     x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,13 +170,8 @@ def prefill(
     Returns:
         y: [B, T, C] contiguous, in the dtype of x.  tail: [B, C, KS - 1] the last inputs.
     """
-    check_prefill_inputs(x, tail, weight)
+    KS = _check_launch(x, tail, weight)
     B, T, C = x.shape
-    KS = weight.shape[1]
-    assert KS >= 2, f"conv_size {KS} leaves no tail"
-    assert x.stride(2) == 1 and tail.is_contiguous() and weight.is_contiguous(), (
-        "x unit stride on C, tail and weight contiguous"
-    )
     y = torch.empty(B, T, C, dtype=x.dtype, device=x.device)
     BT = block_tokens(T)
     short_conv_prefill_kernel[(triton.cdiv(T, BT), triton.cdiv(C, BC), B)](
@@ -189,13 +195,9 @@ def prefill3(
         three [B, T, C_i] contiguous, in the dtype of the inputs.
     """
     for x, tail, weight in zip(xs, tails, weights, strict=True):
-        check_prefill_inputs(x, tail, weight)
-        assert x.stride(2) == 1 and tail.is_contiguous() and weight.is_contiguous(), (
-            "x unit stride on C, tail and weight contiguous"
-        )
+        _check_launch(x, tail, weight)
     B, T, _ = xs[0].shape
     KS = weights[0].shape[1]
-    assert KS >= 2, f"conv_size {KS} leaves no tail"
     assert all(x.shape[:2] == (B, T) and w.shape[1] == KS for x, w in zip(xs, weights, strict=True)), (
         "the three inputs share B, T and the taps"
     )

@@ -380,17 +380,23 @@ def prefill(
         keys, values = ring_then(ring_k, k, seen, k.dtype), ring_then(ring_v, v, seen, v.dtype)
     else:
         keys, values = k.contiguous(), v.contiguous()
+    return _launch_default(q, keys, values, W, scale, num_splits)
+
+
+def _launch_default(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, W: int, scale: float,
+    num_splits: int, new: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """``launch_prefill`` with the block shape of q's dtype (float32 tiles are twice as wide, so
+    smaller blocks and stages keep them in shared memory) and, for ``num_splits`` 0, the runs
+    ``prefill_splits`` picks."""
     if q.stride(-1) != 1:
         q = q.contiguous()
-    block_m, block_n, warps, stages = _blocks(q)
+    block_m, block_n, warps, stages = (64, 32, 4, 2) if q.dtype == torch.float32 else (128, 64, 8, 3)
     splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
-    return launch_prefill(q, keys, values, W, scale, block_m, block_n, warps, stages, num_splits=splits)
-
-
-def _blocks(q: torch.Tensor) -> tuple[int, int, int, int]:
-    """(block_m, block_n, num_warps, num_stages) for queries of q's dtype: float32 tiles are
-    twice as wide, so smaller blocks and stages keep them in shared memory."""
-    return (64, 32, 4, 2) if q.dtype == torch.float32 else (128, 64, 8, 3)
+    return launch_prefill(
+        q, keys, values, W, scale, block_m, block_n, warps, stages, num_splits=splits, new=new
+    )
 
 
 def prefill_full_ring(
@@ -418,15 +424,8 @@ def prefill_full_ring(
     check_inputs(q, k, v, ring_k, ring_v, 0)
     assert ring_k.dtype == k.dtype == v.dtype == ring_v.dtype, "ring and new keys of one dtype"
     assert seen.numel() == 1 and seen.dtype == torch.int64, "seen: one int64 on the device"
-    W = ring_k.shape[2]
-    if q.stride(-1) != 1:
-        q = q.contiguous()
     k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
     if not same_layout(k, v):
         k, v = k.contiguous(), v.contiguous()
-    block_m, block_n, warps, stages = _blocks(q)
-    splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
-    return launch_prefill(
-        q, ring_k, ring_v, W, scale, block_m, block_n, warps, stages, num_splits=splits,
-        new=(k, v, seen.reshape(1)),
-    )  # fmt: skip
+    W = ring_k.shape[2]
+    return _launch_default(q, ring_k, ring_v, W, scale, num_splits, new=(k, v, seen.reshape(1)))
