@@ -55,6 +55,9 @@ PIECE_GAP = 3.0  # blank columns, in heights of a band's text, that part two pie
 MIN_PIECE = 1.0  # the narrowest piece of letters, in heights of the band's text (else no cut)
 MIN_TEXT_HEIGHT = 16  # rows of text a band is enlarged to, when its text is lower
 MAX_ENLARGE = 2.0  # the most a band is enlarged
+PATCH_PAIR = 28  # pixels: the vision tower's 14 px patches, merged 2x2; the resize before it
+# makes each side of a picture a multiple of this
+NARROW = 224  # pieces narrower than this are widened to a multiple of PATCH_PAIR, not resized
 
 
 def text_rows(image: Image.Image) -> np.ndarray:
@@ -128,6 +131,43 @@ def enlarge_small_text(band: Image.Image) -> Image.Image:
     scale = min(MAX_ENLARGE, MIN_TEXT_HEIGHT / height)
     size = (round(band.width * scale), round(band.height * scale))
     return band.resize(size, Image.Resampling.BICUBIC)
+
+
+def patch_width(width: int) -> int:
+    """The width `widen_to_patches` gives a piece `width` pixels wide."""
+    if width >= NARROW:
+        return width
+    return max(2 * PATCH_PAIR, -(-width // PATCH_PAIR) * PATCH_PAIR)
+
+
+def widen_to_patches(piece: Image.Image) -> Image.Image:
+    """`piece`, when narrower than `NARROW`, centred on a strip of its sides' colour whose width
+    is a multiple of `PATCH_PAIR` (`patch_width`); else `piece` itself.
+
+    The resize before the vision tower rounds each side to a multiple of 28 pixels: up to 14
+    pixels on a 60-pixel word, a quarter of it squashed or stretched ("trick" read as "nick",
+    "inspect" as "intEpcrf"). Widened, a narrow piece keeps its letters' shapes. On the 40
+    held-out single words the shipped model's CER went from 0.112 to 0.045 (72% -> 85% exact),
+    the other sets unchanged within their noise (eval_default_model.py, `engine/train/README.md`).
+    Wide pieces keep the resize: 14 pixels are little there.
+    """
+    width = patch_width(piece.width)
+    if width == piece.width:
+        return piece
+    out = Image.new(piece.mode, (width, piece.height), _side_colour(piece))
+    out.paste(piece, ((width - piece.width) // 2, 0))
+    return out
+
+
+def _side_colour(image: Image.Image) -> tuple[int, ...] | int:
+    """The most common colour of the first and last columns of `image` (its background)."""
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    sides = np.concatenate([pixels[:, 0], pixels[:, -1]])
+    colours, counts = np.unique(sides, axis=0, return_counts=True)
+    colour = tuple(int(c) for c in colours[counts.argmax()])
+    return colour[0] if len(colour) == 1 else colour
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,17 +276,22 @@ def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
 def reading_pieces(image: Image.Image) -> list[Piece]:
     """The pictures a model that reads line by line is shown, in reading order: each band of
     text lines (`split_lines`), cut into its pieces where they stand far apart (`band_pieces`),
-    each with small text enlarged (`enlarge_small_text`)."""
+    each shown as `as_shown` says (small text enlarged, narrow pieces widened)."""
     pieces = []
     for line, band in enumerate(split_lines(image)):
         spans = band_pieces(band)
         if len(spans) == 1:
-            pieces.append(Piece(enlarge_small_text(band), line))
+            pieces.append(Piece(as_shown(band), line))
             continue
         for left, right in spans:
-            crop = band.crop((left, 0, right, band.height))
-            pieces.append(Piece(enlarge_small_text(crop), line))
+            pieces.append(Piece(as_shown(band.crop((left, 0, right, band.height))), line))
     return pieces
+
+
+def as_shown(piece: Image.Image) -> Image.Image:
+    """`piece` as the model is shown it: small text enlarged (`enlarge_small_text`), then, when
+    narrow, widened to whole patches (`widen_to_patches`)."""
+    return widen_to_patches(enlarge_small_text(piece))
 
 
 def join_readings(lines: Sequence[int], texts: Sequence[str]) -> str:

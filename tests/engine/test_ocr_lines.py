@@ -11,6 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 from engine.ocr_lines import (
     MAX_ENLARGE,
     MIN_TEXT_HEIGHT,
+    NARROW,
+    PATCH_PAIR,
     band_pieces,
     enlarge_small_text,
     join_readings,
@@ -18,6 +20,7 @@ from engine.ocr_lines import (
     reading_pieces,
     split_lines,
     text_height,
+    widen_to_patches,
 )
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -131,6 +134,38 @@ def test_reading_pieces_are_the_bands_with_small_text_enlarged() -> None:
     assert pieces[0].image.tobytes() == bands[0].tobytes()
     assert pieces[1].image.width > image.width
     assert text_height(pieces[1].image) >= MIN_TEXT_HEIGHT - 2
+
+
+def test_a_narrow_piece_is_widened_to_whole_patches_not_resized() -> None:
+    # GIVEN a single short word on a coloured background, 61 px wide: the vision tower's resize
+    # would make it 56 (squashed) or 84 px wide
+    word = Image.new("RGB", (61, 30), (30, 40, 120))
+    ImageDraw.Draw(word).text((4, 6), "trick", font=_font(16), fill="white")
+    wide = widen_to_patches(word)
+    # THEN it stands unchanged in the middle of a strip of whole patches of its background
+    assert wide.size == (84, 30) and wide.width % PATCH_PAIR == 0
+    left = (84 - 61) // 2
+    assert wide.crop((left, 0, left + 61, 30)).tobytes() == word.tobytes()
+    sides = np.asarray(wide)[:, list(range(left)) + list(range(left + 61, 84))]
+    assert (sides == (30, 40, 120)).all()
+    # and a tiny one is widened to two patches at least; a whole number of patches stays as it is
+    assert widen_to_patches(Image.new("L", (20, 20), 255)).size == (2 * PATCH_PAIR, 20)
+    exact = Image.new("RGB", (3 * PATCH_PAIR, 30), "white")
+    assert widen_to_patches(exact) is exact
+
+
+def test_a_wide_piece_is_left_to_the_resize() -> None:
+    band = _line(14, "Download complete: 536 MB of 2.1 GB").crop((0, 0, 410, 40))
+    assert band.width >= NARROW and band.width % PATCH_PAIR != 0
+    assert widen_to_patches(band) is band
+
+
+def test_reading_pieces_widen_a_single_word() -> None:
+    image = Image.new("RGB", (47, 21), "white")
+    ImageDraw.Draw(image).text((3, 4), "88620", font=_font(11), fill="black")
+    (piece,) = reading_pieces(image)
+    assert piece.image.width % PATCH_PAIR == 0
+    assert text_height(piece.image) >= MIN_TEXT_HEIGHT - 2  # enlarged first, then widened
 
 
 def _button_row(labels: list[str], size: int = 12) -> tuple[Image.Image, list[tuple[int, int]]]:

@@ -14,7 +14,7 @@ import random
 import string
 from pathlib import Path
 
-from engine.ocr_lines import enlarge_small_text
+from engine.ocr_lines import enlarge_small_text, widen_to_patches
 from engine.train.synthetic.canvas import (
     Canvas,
     Rendered,
@@ -120,18 +120,20 @@ def render_line(
 
 
 def as_read(rendered: Rendered) -> Rendered:
-    """`rendered` as `infinitevl ocr` and the screen capture show it to the model: text lower
-    than `engine.ocr_lines.MIN_TEXT_HEIGHT` rows enlarged (`enlarge_small_text`), the glyph
-    centres scaled with the picture.
+    """`rendered` as `infinitevl ocr` and the screen capture show it to the model
+    (`engine.ocr_lines.as_shown`): text lower than `MIN_TEXT_HEIGHT` rows enlarged, a narrow
+    picture widened to whole patches; the glyph centres moved with the picture.
 
     A toolkit's labels are ~12 px high; OCR enlarges them, blurred by the bicubic resampling, so
     a model that learns from such lines learns what it will be shown.
     """
-    image = enlarge_small_text(rendered.image)
+    enlarged = enlarge_small_text(rendered.image)
+    image = widen_to_patches(enlarged)
     if image is rendered.image:
         return rendered
-    sx, sy = image.width / rendered.image.width, image.height / rendered.image.height
+    sx, sy = enlarged.width / rendered.image.width, enlarged.height / rendered.image.height
+    left = (image.width - enlarged.width) // 2
     glyphs = rendered.glyphs
     if glyphs is not None:
-        glyphs = tuple(Glyph(g.char, g.x * sx, g.y * sy) for g in glyphs)
+        glyphs = tuple(Glyph(g.char, left + g.x * sx, g.y * sy) for g in glyphs)
     return dataclasses.replace(rendered, image=image, glyphs=glyphs)

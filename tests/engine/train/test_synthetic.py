@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ConfigError
-from engine.ocr_lines import MIN_TEXT_HEIGHT, reading_pieces, text_height
+from engine.ocr_lines import MIN_TEXT_HEIGHT, enlarge_small_text, reading_pieces, text_height
 from engine.train.config import TrainConfig
 from engine.train.fonts import draws_latin, find_fonts
 from engine.train.synthetic.dialogs import BUTTONS, render_dialog
@@ -115,10 +115,13 @@ def test_size_multiple_pads_without_changing_the_text(src: TextSource, fonts: li
     assert np.array_equal(np.asarray(padded.images[0])[:ph, :pw], np.asarray(plain.images[0]))
 
 
-def test_reading_view_shows_small_lines_as_ocr_shows_them(src: TextSource, fonts: list) -> None:
-    # GIVEN toolkit-sized lines (9-11 px fonts) drawn plain and in the reading view
-    plain = TaskMix({"ocr_unseen": 1.0}, line_size=(9, 11))
-    shown = TaskMix({"ocr_unseen": 1.0}, line_size=(9, 11), reading_view=True)
+@pytest.mark.parametrize("task", ["ocr_unseen", "ocr_word"])
+def test_reading_view_shows_small_lines_as_ocr_shows_them(
+    src: TextSource, fonts: list, task: str
+) -> None:
+    # GIVEN toolkit-sized lines or single words (9-11 px fonts), plain and in the reading view
+    plain = TaskMix({task: 1.0}, line_size=(9, 11))
+    shown = TaskMix({task: 1.0}, line_size=(9, 11), reading_view=True)
     for seed in range(6):
         a = make_sample(random.Random(seed), src, fonts, plain)
         b = make_sample(random.Random(seed), src, fonts, shown)
@@ -129,10 +132,13 @@ def test_reading_view_shows_small_lines_as_ocr_shows_them(src: TextSource, fonts
         band = piece.image
         assert b.images[0].size == band.size and b.images[0].height > a.images[0].height
         assert np.array_equal(np.asarray(b.images[0]), np.asarray(band))
-        # AND the glyph centres moved with the picture
-        scale = b.images[0].width / a.images[0].width
+        # AND the glyph centres moved with the picture: scaled, then shifted by the widening
+        enlarged = enlarge_small_text(a.images[0])
+        scale = enlarged.width / a.images[0].width
+        left = (b.images[0].width - enlarged.width) // 2
         first_a, first_b = a.glyphs[0][0], b.glyphs[0][0]  # type: ignore[index]
-        assert first_b.char == first_a.char and first_b.x == pytest.approx(first_a.x * scale)
+        assert first_b.char == first_a.char
+        assert first_b.x == pytest.approx(left + first_a.x * scale)
 
 
 def test_line_size_comes_from_the_config_and_is_checked() -> None:
