@@ -12,6 +12,8 @@ import argparse
 
 import torch
 
+from kernels.graph_timing import graph_us
+
 # (tokens per block, channels per block, warps)
 SHAPES = [
     (64, 128, 8), (32, 128, 4), (16, 128, 4), (16, 256, 4), (32, 256, 8), (8, 256, 4), (64, 64, 4)
@@ -32,22 +34,9 @@ def time_shape(T: int, shape: tuple[int, int, int]) -> float:
     prefill_triton.block_tokens = lambda _T: shape[0]
     prefill_triton.BC, prefill_triton.WARPS = shape[1], shape[2]
     try:
-        for _ in range(3):  # compile and warm
-            prefill_triton.prefill3(xs, tails, weights)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(REPLAYS):
-                prefill_triton.prefill3(xs, tails, weights)
-        graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
+        return graph_us(lambda _: prefill_triton.prefill3(xs, tails, weights), calls=REPLAYS)
     finally:
         prefill_triton.block_tokens, prefill_triton.BC, prefill_triton.WARPS = saved
-    return start.elapsed_time(end) / REPLAYS * 1e3
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ import argparse
 
 import torch
 
+from kernels.graph_timing import graph_us
+
 H, HKV, D, W = 16, 2, 128, 8192
 # (query rows per block, keys per block, warps, stages, splits; 0 splits: prefill_splits picks)
 FRAME_SHAPES = [
@@ -44,25 +46,12 @@ def time_shape(T: int, shape: tuple[int, int, int, int, int]) -> float:
         k, v = (torch.randn(1, HKV, T, D, device=dev, dtype=dtype) for _ in range(2))
         new = (k, v, torch.full((1,), 3 * W + 5, device=dev, dtype=torch.int64))
 
-    def run() -> None:
+    def run(_: int) -> None:
         prefill_triton.launch_prefill(
             q, keys, values, W, D**-0.5, block_m, block_n, warps, stages, num_splits=splits, new=new
         )  # fmt: skip
 
-    for _ in range(3):  # compile and warm
-        run()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(REPLAYS):
-            run()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / REPLAYS * 1e3
+    return graph_us(run, calls=REPLAYS)
 
 
 def main() -> None:
