@@ -17,28 +17,30 @@ from kernels.graph_timing import graph_us
 
 H, HKV, D, W = 16, 2, 128, 8192
 # (query rows per block, keys per block, warps, stages, splits; 0 splits: prefill_splits picks)
-FRAME_SHAPES = [
+Shape = tuple[int, int, int, int, int]
+FRAME_TOKENS = 1024  # up to this many tokens: a frame, over a full ring; more: a plain prompt
+FRAME_SHAPES: list[Shape] = [
     (128, 64, 8, 3, 0), (128, 64, 8, 3, 4), (128, 64, 8, 3, 16), (64, 64, 4, 3, 0),
     (64, 64, 4, 3, 4), (64, 64, 4, 3, 8), (64, 128, 4, 3, 4), (64, 128, 8, 3, 4),
     (64, 64, 4, 4, 8), (128, 128, 8, 2, 8), (32, 64, 4, 3, 4),
 ]  # fmt: skip
-PROMPT_SHAPES = [
+PROMPT_SHAPES: list[Shape] = [
     (128, 64, 8, 3, 0), (128, 128, 8, 3, 0), (128, 64, 4, 3, 0), (64, 64, 4, 3, 0),
     (128, 32, 4, 3, 0), (128, 64, 8, 4, 0), (64, 128, 4, 3, 0),
 ]  # fmt: skip
 REPLAYS = 10
 
 
-def time_shape(T: int, shape: tuple[int, int, int, int, int]) -> float:
-    """Microseconds of one ``launch_prefill`` (with its combine launch, when split) at T tokens:
-    over a full ring plus T new keys when T is at most 1,024 (a frame), else a plain prompt."""
+def time_shape(T: int, shape: Shape) -> float:
+    """Microseconds of one ``launch_prefill`` (with its combine launch, when split) at T tokens
+    with ``shape`` (its splits given): over a full ring plus T new keys when T is at most
+    ``FRAME_TOKENS``, else a plain prompt."""
     from kernels.swa import prefill_triton
 
     dev, dtype = torch.device("cuda"), torch.bfloat16
     block_m, block_n, warps, stages, splits = shape
-    splits = splits or prefill_triton.prefill_splits(1, H, T, block_m, dev)
     q = torch.randn(1, H, T, D, device=dev, dtype=dtype)
-    ring = T <= 1024
+    ring = T <= FRAME_TOKENS
     L = W if ring else T
     keys, values = (torch.randn(1, HKV, L, D, device=dev, dtype=dtype) for _ in range(2))
     new = None
@@ -67,19 +69,22 @@ def main() -> None:
     print()
     print("| tokens | keys | rows/block | keys/block | warps | stages | splits | us | default |")
     print("|---|---|---|---|---|---|---|---|---|")
+
+    def resolved(shape: Shape, T: int) -> Shape:
+        """``shape`` with its splits, 0 replaced by what ``prefill_splits`` picks."""
+        return (*shape[:4], shape[4] or prefill_triton.prefill_splits(1, H, T, shape[0], dev))
+
     for T in (int(t) for t in args.tokens.split(",")):
-        block_m, block_n, warps, stages = prefill_triton.block_shape(T, torch.bfloat16)
-        chosen = (
-            block_m, block_n, warps, stages, prefill_triton.prefill_splits(1, H, T, block_m, dev)
-        )  # fmt: skip
-        for shape in FRAME_SHAPES if T <= 1024 else PROMPT_SHAPES:
-            full = (*shape[:4], shape[4] or prefill_triton.prefill_splits(1, H, T, shape[0], dev))
+        frame = T <= FRAME_TOKENS
+        default = resolved((*prefill_triton.block_shape(torch.bfloat16), 0), T)
+        for shape in FRAME_SHAPES if frame else PROMPT_SHAPES:
+            full = resolved(shape, T)
             try:
-                us = f"{time_shape(T, shape):.1f}"
+                us = f"{time_shape(T, full):.1f}"
             except Exception as e:  # a shape over the shared memory: named, the rest still timed
                 us = f"failed ({type(e).__name__})"
-            keys = "ring + new" if T <= 1024 else "band"
-            mark = "yes" if full == chosen else ""
+            keys = "ring + new" if frame else "band"
+            mark = "yes" if full == default else ""
             print(f"| {T:,} | {keys} | {' | '.join(str(n) for n in full)} | {us} | {mark} |")
 
 

@@ -288,9 +288,8 @@ def prefill_splits(B: int, H: int, T: int, block_m: int, device: torch.device) -
     return max(1, min(16, (2 * sms) // programs))
 
 
-def block_shape(T: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(query rows per block, keys per block, warps, stages) of a prefill of T queries in dtype:
-    float32 tiles are twice as wide, so smaller blocks and stages keep them in shared memory
+def block_shape(dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(query rows per block, keys per block, warps, stages) of a prefill in dtype: float32 tiles are twice as wide, so smaller blocks and stages keep them in shared memory
     (benchmarks/swa_blocks.py times the bf16 choices)."""
     if dtype == torch.float32:
         return 64, 32, 4, 2
@@ -400,7 +399,7 @@ def _launch_default(
     ``prefill_splits`` picks."""
     if q.stride(-1) != 1:
         q = q.contiguous()
-    block_m, block_n, warps, stages = block_shape(q.shape[2], q.dtype)
+    block_m, block_n, warps, stages = block_shape(q.dtype)
     splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
     return launch_prefill(
         q, keys, values, W, scale, block_m, block_n, warps, stages, num_splits=splits, new=new
