@@ -76,7 +76,9 @@ def main() -> None:
 
     for T in (int(t) for t in args.tokens.split(",")):
         frame = T <= FRAME_TOKENS
-        default = resolved((*prefill_triton.block_shape(torch.bfloat16), 0), T)
+        limit = prefill_triton.shared_limit(dev)
+        picked = prefill_triton.block_shape(torch.bfloat16, ring=frame, tokens=T, limit=limit)
+        default = resolved((*picked, 0), T)
         for shape in FRAME_SHAPES if frame else PROMPT_SHAPES:
             full = resolved(shape, T)
             try:

@@ -95,6 +95,12 @@ def _launch_all() -> None:
     keys = torch.randn(1, 2, 8192 + T, 128, dtype=bf)
     swa_prefill.launch_prefill(torch.randn(1, 16, T, 128, dtype=bf), keys, keys, 8192, 0.088,
                                num_splits=4)  # fmt: skip
+    # a long prompt's wider key blocks, and the shapes fitted to a GPU of 99 KiB (an RTX 4090)
+    for limit in (None, 99 * 1024):
+        for ring_mode, tokens in ((False, swa_prefill.LONG_PROMPT), (False, T), (True, T)):
+            shape = swa_prefill.block_shape(bf, ring=ring_mode, tokens=tokens, limit=limit)
+            swa_prefill.launch_prefill(torch.randn(1, 16, T, 128, dtype=bf), keys, keys, 8192,
+                                       0.088, *shape, num_splits=1)  # fmt: skip
     ring, new = torch.randn(1, 2, 8192, 128, dtype=bf), torch.randn(1, 2, T, 128, dtype=bf)
     swa_prefill.prefill_full_ring(torch.randn(1, 16, T, 128, dtype=bf), new, new, ring, ring,
                                   torch.tensor(9000), scale=0.088, num_splits=4)  # fmt: skip

@@ -288,12 +288,59 @@ def prefill_splits(B: int, H: int, T: int, block_m: int, device: torch.device) -
     return max(1, min(16, (2 * sms) // programs))
 
 
-def block_shape(dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(query rows per block, keys per block, warps, stages) of a prefill in dtype: float32 tiles are twice as wide, so smaller blocks and stages keep them in shared memory
-    (benchmarks/swa_blocks.py times the bf16 choices)."""
+# prompts of at least this many tokens take wider key blocks (benchmarks/swa_blocks.py on an H100:
+# 1,816 -> 1,721 us at 16,384 tokens; the 128K prefill's 9 launches 195 -> 181 ms)
+LONG_PROMPT = 16384
+
+
+def shared_bytes(block_m: int, block_n: int, stages: int, head_dim: int, itemsize: int) -> int:
+    """Shared memory one program of the prefill kernel takes: its query block and ``stages``
+    buffers of a key and a value block (``python -m kernels.compile_check`` prints what the
+    compiler allots: 128 KiB for 128 rows, 64 keys and 3 stages in bf16 at 128 dims)."""
+    return (block_m + 2 * stages * block_n) * head_dim * itemsize
+
+
+def shared_limit(device: torch.device) -> int | None:
+    """The most shared memory a program may take on ``device`` (None off CUDA: the interpreter
+    has no limit). A Hopper GPU allows 227 KiB, an RTX 4090 or 3090 99 KiB, a T4 64 KiB."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "shared_memory_per_block_optin", 48 * 1024))
+
+
+def block_shape(
+    dtype: torch.dtype, *, ring: bool = False, tokens: int = 0, head_dim: int = 128,
+    limit: int | None = None,
+) -> tuple[int, int, int, int]:  # fmt: skip
+    """(query rows per block, keys per block, warps, stages) of a prefill.
+
+    bf16/fp16 shapes are the fastest ``benchmarks/swa_blocks.py`` timed on an H100: a frame over a
+    full ring read in place (``ring``) takes 64 rows and 64 keys (49 against 64 us at 256
+    tokens, with the 4 splits ``prefill_splits`` then picks), a prompt of ``LONG_PROMPT`` tokens
+    or more 128 rows and 128 keys, shorter prompts 128 and 64. float32 tiles are twice as wide,
+    so smaller blocks. Where a shape needs more shared memory than ``limit`` bytes (the GPU's,
+    ``shared_limit``), stages, then keys, then rows are halved until it fits.
+    """
     if dtype == torch.float32:
-        return 64, 32, 4, 2
-    return 128, 64, 8, 3
+        block_m, block_n, warps, stages = 64, 32, 4, 2
+    elif ring:
+        block_m, block_n, warps, stages = 64, 64, 4, 3
+    elif tokens >= LONG_PROMPT:
+        block_m, block_n, warps, stages = 128, 128, 8, 3
+    else:
+        block_m, block_n, warps, stages = 128, 64, 8, 3
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    while limit is not None and shared_bytes(block_m, block_n, stages, head_dim, itemsize) > limit:
+        if stages > 2:
+            stages -= 1
+        elif block_n > 16:
+            block_n //= 2
+        elif block_m > 16:
+            block_m, warps = block_m // 2, 4
+        else:
+            break
+    return block_m, block_n, warps, stages
 
 
 def launch_prefill(
@@ -399,7 +446,10 @@ def _launch_default(
     ``prefill_splits`` picks."""
     if q.stride(-1) != 1:
         q = q.contiguous()
-    block_m, block_n, warps, stages = block_shape(q.dtype)
+    block_m, block_n, warps, stages = block_shape(
+        q.dtype, ring=new is not None, tokens=q.shape[2], head_dim=triton.next_power_of_2(q.shape[-1]),
+        limit=shared_limit(q.device),
+    )  # fmt: skip
     splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
     return launch_prefill(
         q, keys, values, W, scale, block_m, block_n, warps, stages, num_splits=splits, new=new

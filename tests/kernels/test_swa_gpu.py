@@ -313,3 +313,55 @@ def test_full_ring_dispatcher_kernel_equals_gather(device: torch.device) -> None
         want = swa.prefill_full_ring(q, k, v, *ring, seen, scale=D**-0.5, use_kernel=False)
         got = swa.prefill_full_ring(q, k, v, *ring, seen, scale=D**-0.5, use_kernel=True)
     assert_close("full ring", want, got, 2e-3)
+
+
+# the shared memory a program may take: Hopper (227 KiB), an RTX 4090 or 3090 (99), a T4 (64)
+SHARED_LIMITS = {"hopper": 227 * 1024, "rtx4090": 99 * 1024, "t4": 64 * 1024}
+
+
+@pytest.mark.parametrize("limit_name", list(SHARED_LIMITS))
+def test_block_shapes_fit_the_gpus_shared_memory(limit_name: str) -> None:
+    """Every prefill shape the launcher can pick fits the GPU's shared memory (a shape over it
+    fails to launch): frames over a full ring, short and long prompts, in each dtype."""
+    limit = SHARED_LIMITS[limit_name]
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for ring, tokens in ((True, 256), (False, 256), (False, prefill_triton.LONG_PROMPT)):
+            bm, bn, _, stages = prefill_triton.block_shape(
+                dtype, ring=ring, tokens=tokens, limit=limit
+            )
+            need = prefill_triton.shared_bytes(bm, bn, stages, 128, dtype.itemsize)
+            assert need <= limit, (limit_name, dtype, ring, tokens, (bm, bn, stages), need)
+            assert stages >= 2 and min(bm, bn) >= 16
+
+
+def test_block_shapes_on_hopper_are_the_measured_ones() -> None:
+    """Where shared memory allows, the shapes benchmarks/swa_blocks.py timed fastest stand."""
+    hopper, bf16 = SHARED_LIMITS["hopper"], torch.bfloat16
+    shape = prefill_triton.block_shape
+    assert shape(bf16, ring=True, tokens=256, limit=hopper) == (64, 64, 4, 3)
+    assert shape(bf16, tokens=prefill_triton.LONG_PROMPT, limit=hopper) == (128, 128, 8, 3)
+    assert shape(bf16, tokens=4096, limit=hopper) == (128, 64, 8, 3)
+
+
+@pytest.mark.parametrize("limit_name", ["rtx4090", "t4"])
+def test_prefill_on_a_gpu_with_less_shared_memory_matches_reference(
+    limit_name: str, device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shapes fitted to a smaller GPU compute what the reference does, over a partial ring
+    and over a full ring read in place."""
+    monkeypatch.setattr(prefill_triton, "shared_limit", lambda _: SHARED_LIMITS[limit_name])
+    dtype = torch.bfloat16
+    B, H, Hkv, D, W = SHAPES["small"]
+    gen = torch.Generator().manual_seed(7)
+    ring = filled_ring(SHAPES["small"], dtype, device, gen)
+    T = 150
+    q = randn(B, H, T, D, dtype=dtype, device=device, gen=gen)
+    k, v = (randn(B, Hkv, T, D, dtype=dtype, device=device, gen=gen) for _ in range(2))
+    for seen in (60, 333):
+        o_ref = reference.prefill(q, k, v, *ring, seen, scale=D**-0.5)
+        o = prefill_triton.prefill(q, k, v, *ring, seen, scale=D**-0.5)
+        assert_close("prefill", o_ref, o, 1e-2)
+    seen_t = torch.tensor(333, device=device)
+    o = prefill_triton.prefill_full_ring(q, k, v, *ring, seen_t, scale=D**-0.5)
+    o_ref = reference.prefill(q, k, v, *ring, 333, scale=D**-0.5)
+    assert_close("full-ring prefill", o_ref, o, 1e-2)
