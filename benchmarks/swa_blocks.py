@@ -13,6 +13,7 @@ import argparse
 
 import torch
 
+from kernels import shared_memory
 from kernels.graph_timing import graph_us
 
 H, HKV, D, W = 16, 2, 128, 8192
@@ -76,7 +77,7 @@ def main() -> None:
 
     for T in (int(t) for t in args.tokens.split(",")):
         frame = T <= FRAME_TOKENS
-        limit = prefill_triton.shared_limit(dev)
+        limit = shared_memory.limit(dev)
         picked = prefill_triton.block_shape(torch.bfloat16, ring=frame, tokens=T, limit=limit)
         default = resolved((*picked, 0), T)
         for shape in FRAME_SHAPES if frame else PROMPT_SHAPES:

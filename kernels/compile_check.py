@@ -88,6 +88,9 @@ def _launch_all() -> None:
     kv = torch.randn(1, 2, 128, dtype=bf)
     swa.launch_step(torch.randn(1, 16, 128, dtype=bf), kv, kv, ring, ring, torch.tensor(9000),
                     0.088, 1024, 64, 4)  # fmt: skip
+    block_n, stages = swa.block_shape(128, 8, 2, 99 * 1024)  # fitted to an RTX 4090
+    swa.launch_step(torch.randn(1, 16, 128, dtype=bf), kv, kv, ring, ring, torch.tensor(9000),
+                    0.088, 1024, block_n, 4, stages)  # fmt: skip
     # a frame: 256 tokens over a full ring, and the vision tower's 1,024 patches
     T = 256
     qkv = torch.randn(T, 3, 16, 80, dtype=bf)

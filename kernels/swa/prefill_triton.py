@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import shared_memory
 from kernels.swa.reference import check_inputs, ring_then
 
 log = logging.getLogger(__name__)
@@ -300,15 +301,6 @@ def shared_bytes(block_m: int, block_n: int, stages: int, head_dim: int, itemsiz
     return (block_m + 2 * stages * block_n) * head_dim * itemsize
 
 
-def shared_limit(device: torch.device) -> int | None:
-    """The most shared memory a program may take on ``device`` (None off CUDA: the interpreter
-    has no limit). A Hopper GPU allows 227 KiB, an RTX 4090 or 3090 99 KiB, a T4 64 KiB."""
-    if device.type != "cuda":
-        return None
-    props = torch.cuda.get_device_properties(device)
-    return int(getattr(props, "shared_memory_per_block_optin", 48 * 1024))
-
-
 def block_shape(
     dtype: torch.dtype, *, ring: bool = False, tokens: int = 0, head_dim: int = 128,
     limit: int | None = None,
@@ -320,7 +312,7 @@ def block_shape(
     tokens, with the 4 splits ``prefill_splits`` then picks), a prompt of ``LONG_PROMPT`` tokens
     or more 128 rows and 128 keys, shorter prompts 128 and 64. float32 tiles are twice as wide,
     so smaller blocks. Where a shape needs more shared memory than ``limit`` bytes (the GPU's,
-    ``shared_limit``), stages, then keys, then rows are halved until it fits.
+    ``kernels.shared_memory.limit``), stages, then keys, then rows are halved until it fits.
     """
     if dtype == torch.float32:
         block_m, block_n, warps, stages = 64, 32, 4, 2
@@ -448,7 +440,7 @@ def _launch_default(
         q = q.contiguous()
     block_m, block_n, warps, stages = block_shape(
         q.dtype, ring=new is not None, tokens=q.shape[2], head_dim=triton.next_power_of_2(q.shape[-1]),
-        limit=shared_limit(q.device),
+        limit=shared_memory.limit(q.device),
     )  # fmt: skip
     splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)
     return launch_prefill(

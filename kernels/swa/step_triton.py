@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import pdl, pdl_triton
+from kernels import pdl, pdl_triton, shared_memory
 from kernels.swa.reference import check_inputs
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ def launch_step(
     split: int,
     block_n: int,
     num_warps: int,
+    num_stages: int = 3,
 ) -> torch.Tensor:
     """Launch the split and combine kernels with explicit block sizes (for ``step`` and the bench)."""
     on_device = isinstance(seen, torch.Tensor)
@@ -221,6 +222,7 @@ def launch_step(
         SEEN_ON_DEVICE=on_device,
         IEEE=ieee,
         num_warps=num_warps,
+        num_stages=num_stages,
         **pdl.launch(q),
     )
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
@@ -258,6 +260,32 @@ def step(
     """
     check_inputs(q, k, v, ring_k, ring_v, 0 if isinstance(seen, torch.Tensor) else seen)
     B, Hkv, W, D = ring_k.shape
-    block_n = 64 if D <= 128 else 32
+    H = q.shape[1]
+    block_n, stages = block_shape(D, H // Hkv, q.element_size(), shared_memory.limit(q.device))
     split, _ = num_splits(B, Hkv, W, q.device, block_n)
-    return launch_step(q, k, v, ring_k, ring_v, seen, scale, split, block_n, num_warps=4)
+    return launch_step(q, k, v, ring_k, ring_v, seen, scale, split, block_n, 4, stages)
+
+
+def shared_bytes(group: int, block_n: int, stages: int, head_dim: int, itemsize: int) -> int:
+    """Shared memory one program of the split kernel takes: its group of query heads (padded to
+    16 rows) and ``stages`` buffers of a key and a value block (``python -m kernels.
+    compile_check``: 100 KiB for 64 keys and 3 stages in bf16 at 128 dims)."""
+    bd = triton.next_power_of_2(head_dim)
+    return (max(16, triton.next_power_of_2(group)) + 2 * stages * block_n) * bd * itemsize
+
+
+def block_shape(head_dim: int, group: int, itemsize: int, limit: int | None) -> tuple[int, int]:
+    """(keys per block, pipeline stages) of a decode step: 64 keys (32 past 128 dims) in 3
+    stages, with stages, then keys, then the pipelining cut until the program fits ``limit`` bytes
+    of shared memory (an RTX 4090's 99 KiB takes 2 stages at the 4B model's shape)."""
+    block_n, stages = (64 if head_dim <= 128 else 32), 3
+    while limit is not None and shared_bytes(group, block_n, stages, head_dim, itemsize) > limit:
+        if stages > 2:
+            stages -= 1
+        elif block_n > 16:
+            block_n //= 2
+        elif stages > 1:  # no pipelining: one buffer of each
+            stages = 1
+        else:
+            break
+    return block_n, stages

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernels import swa  # noqa: E402
+from kernels import shared_memory, swa  # noqa: E402
 from kernels._testing import assert_close, device_for_kernel_tests, poison_allocator  # noqa: E402
 from kernels.swa import prefill_sdpa, prefill_triton, reference, step_triton  # noqa: E402
 
@@ -349,7 +349,7 @@ def test_prefill_on_a_gpu_with_less_shared_memory_matches_reference(
 ) -> None:
     """The shapes fitted to a smaller GPU compute what the reference does, over a partial ring
     and over a full ring read in place."""
-    monkeypatch.setattr(prefill_triton, "shared_limit", lambda _: SHARED_LIMITS[limit_name])
+    monkeypatch.setattr(shared_memory, "limit", lambda _: SHARED_LIMITS[limit_name])
     dtype = torch.bfloat16
     B, H, Hkv, D, W = SHAPES["small"]
     gen = torch.Generator().manual_seed(7)
@@ -365,3 +365,36 @@ def test_prefill_on_a_gpu_with_less_shared_memory_matches_reference(
     o = prefill_triton.prefill_full_ring(q, k, v, *ring, seen_t, scale=D**-0.5)
     o_ref = reference.prefill(q, k, v, *ring, 333, scale=D**-0.5)
     assert_close("full-ring prefill", o_ref, o, 1e-2)
+
+
+@pytest.mark.parametrize("limit_name", list(SHARED_LIMITS))
+def test_step_shapes_fit_the_gpus_shared_memory(limit_name: str) -> None:
+    """The decode step's split kernel fits each GPU's shared memory at the 4B model's shape (8
+    query heads a key/value head, 128 dims) and a wider one; Hopper keeps the tuned shape."""
+    limit = SHARED_LIMITS[limit_name]
+    for dtype in (torch.bfloat16, torch.float32):
+        for head_dim, group in ((128, 8), (256, 16)):
+            block_n, stages = step_triton.block_shape(head_dim, group, dtype.itemsize, limit)
+            need = step_triton.shared_bytes(group, block_n, stages, head_dim, dtype.itemsize)
+            assert need <= limit, (limit_name, dtype, head_dim, block_n, stages, need)
+    assert step_triton.block_shape(128, 8, 2, SHARED_LIMITS["hopper"]) == (64, 3)
+
+
+@pytest.mark.parametrize("limit_name", ["rtx4090", "t4"])
+def test_step_on_a_gpu_with_less_shared_memory_matches_reference(
+    limit_name: str, device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decode steps with the shapes fitted to a smaller GPU match the reference, past the wrap."""
+    monkeypatch.setattr(shared_memory, "limit", lambda _: SHARED_LIMITS[limit_name])
+    dtype = torch.bfloat16
+    B, H, Hkv, D, W = SHAPES["small"]
+    gen = torch.Generator().manual_seed(11)
+    ring = filled_ring(SHAPES["small"], dtype, device, gen)
+    ring_ref = [r.clone() for r in ring]
+    for seen in (W - 2, W - 1, W, W + 37):
+        q = randn(B, H, D, dtype=dtype, device=device, gen=gen)
+        k, v = (randn(B, Hkv, D, dtype=dtype, device=device, gen=gen) for _ in range(2))
+        o_ref = reference.step(q, k, v, *ring_ref, seen, scale=D**-0.5)
+        o = step_triton.step(q, k, v, *ring, seen, scale=D**-0.5)
+        assert_close("step", o_ref, o, 1e-2)
+    assert all(torch.equal(a, b) for a, b in zip(ring, ring_ref, strict=True)), "rings differ"
