@@ -75,9 +75,9 @@ def main() -> None:
         """``shape`` with its splits, 0 replaced by what ``prefill_splits`` picks."""
         return (*shape[:4], shape[4] or prefill_triton.prefill_splits(1, H, T, shape[0], dev))
 
+    limit = shared_memory.limit(dev)
     for T in (int(t) for t in args.tokens.split(",")):
         frame = T <= FRAME_TOKENS
-        limit = shared_memory.limit(dev)
         picked = prefill_triton.block_shape(torch.bfloat16, ring=frame, tokens=T, limit=limit)
         default = resolved((*picked, 0), T)
         for shape in FRAME_SHAPES if frame else PROMPT_SHAPES:

@@ -294,13 +294,6 @@ def prefill_splits(B: int, H: int, T: int, block_m: int, device: torch.device) -
 LONG_PROMPT = 16384
 
 
-def shared_bytes(block_m: int, block_n: int, stages: int, head_dim: int, itemsize: int) -> int:
-    """Shared memory one program of the prefill kernel takes: its query block and ``stages``
-    buffers of a key and a value block (``python -m kernels.compile_check`` prints what the
-    compiler allots: 128 KiB for 128 rows, 64 keys and 3 stages in bf16 at 128 dims)."""
-    return (block_m + 2 * stages * block_n) * head_dim * itemsize
-
-
 def block_shape(
     dtype: torch.dtype, *, ring: bool = False, tokens: int = 0, head_dim: int = 128,
     limit: int | None = None,
@@ -322,16 +315,12 @@ def block_shape(
         block_m, block_n, warps, stages = 128, 128, 8, 3
     else:
         block_m, block_n, warps, stages = 128, 64, 8, 3
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    while limit is not None and shared_bytes(block_m, block_n, stages, head_dim, itemsize) > limit:
-        if stages > 2:
-            stages -= 1
-        elif block_n > 16:
-            block_n //= 2
-        elif block_m > 16:
-            block_m, warps = block_m // 2, 4
-        else:
-            break
+    block_n, stages = shared_memory.fit(block_m, block_n, stages, head_dim, dtype.itemsize, limit)
+    while (
+        limit is not None and block_m > 16
+        and shared_memory.program_bytes(block_m, block_n, stages, head_dim, dtype.itemsize) > limit
+    ):  # fmt: skip
+        block_m, warps = block_m // 2, 4
     return block_m, block_n, warps, stages
 
 
@@ -439,7 +428,7 @@ def _launch_default(
     if q.stride(-1) != 1:
         q = q.contiguous()
     block_m, block_n, warps, stages = block_shape(
-        q.dtype, ring=new is not None, tokens=q.shape[2], head_dim=triton.next_power_of_2(q.shape[-1]),
+        q.dtype, ring=new is not None, tokens=q.shape[2], head_dim=q.shape[-1],
         limit=shared_memory.limit(q.device),
     )  # fmt: skip
     splits = num_splits or prefill_splits(q.shape[0], q.shape[1], q.shape[2], block_m, q.device)

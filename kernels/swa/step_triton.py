@@ -215,7 +215,7 @@ def launch_step(
         W=W,
         D=D,
         BD=triton.next_power_of_2(D),
-        BG=max(16, triton.next_power_of_2(H // Hkv)),
+        BG=group_rows(H // Hkv),
         BN=block_n,
         SPLIT=split,
         NUM_SPLITS=splits,
@@ -266,26 +266,23 @@ def step(
     return launch_step(q, k, v, ring_k, ring_v, seen, scale, split, block_n, 4, stages)
 
 
-def shared_bytes(group: int, block_n: int, stages: int, head_dim: int, itemsize: int) -> int:
-    """Shared memory one program of the split kernel takes: its group of query heads (padded to
-    16 rows) and ``stages`` buffers of a key and a value block (``python -m kernels.
-    compile_check``: 100 KiB for 64 keys and 3 stages in bf16 at 128 dims)."""
-    bd = triton.next_power_of_2(head_dim)
-    return (max(16, triton.next_power_of_2(group)) + 2 * stages * block_n) * bd * itemsize
+def group_rows(group: int) -> int:
+    """Query rows a split program holds for ``group`` query heads a key/value head: a power of two,
+    at least 16 (the least a tensor-core dot takes)."""
+    return max(16, triton.next_power_of_2(group))
 
 
 def block_shape(head_dim: int, group: int, itemsize: int, limit: int | None) -> tuple[int, int]:
     """(keys per block, pipeline stages) of a decode step: 64 keys (32 past 128 dims) in 3
     stages, with stages, then keys, then the pipelining cut until the program fits ``limit`` bytes
     of shared memory (an RTX 4090's 99 KiB takes 2 stages at the 4B model's shape)."""
-    block_n, stages = (64 if head_dim <= 128 else 32), 3
-    while limit is not None and shared_bytes(group, block_n, stages, head_dim, itemsize) > limit:
-        if stages > 2:
-            stages -= 1
-        elif block_n > 16:
-            block_n //= 2
-        elif stages > 1:  # no pipelining: one buffer of each
-            stages = 1
-        else:
-            break
+    rows = group_rows(group)
+    block_n, stages = shared_memory.fit(
+        rows, 64 if head_dim <= 128 else 32, 3, head_dim, itemsize, limit
+    )  # fmt: skip
+    if (
+        limit is not None
+        and shared_memory.program_bytes(rows, block_n, stages, head_dim, itemsize) > limit
+    ):
+        stages = 1  # no pipelining: one buffer of each
     return block_n, stages

@@ -329,7 +329,7 @@ def test_block_shapes_fit_the_gpus_shared_memory(limit_name: str) -> None:
             bm, bn, _, stages = prefill_triton.block_shape(
                 dtype, ring=ring, tokens=tokens, limit=limit
             )
-            need = prefill_triton.shared_bytes(bm, bn, stages, 128, dtype.itemsize)
+            need = shared_memory.program_bytes(bm, bn, stages, 128, dtype.itemsize)
             assert need <= limit, (limit_name, dtype, ring, tokens, (bm, bn, stages), need)
             assert stages >= 2 and min(bm, bn) >= 16
 
@@ -375,7 +375,8 @@ def test_step_shapes_fit_the_gpus_shared_memory(limit_name: str) -> None:
     for dtype in (torch.bfloat16, torch.float32):
         for head_dim, group in ((128, 8), (256, 16)):
             block_n, stages = step_triton.block_shape(head_dim, group, dtype.itemsize, limit)
-            need = step_triton.shared_bytes(group, block_n, stages, head_dim, dtype.itemsize)
+            rows = step_triton.group_rows(group)
+            need = shared_memory.program_bytes(rows, block_n, stages, head_dim, dtype.itemsize)
             assert need <= limit, (limit_name, dtype, head_dim, block_n, stages, need)
     assert step_triton.block_shape(128, 8, 2, SHARED_LIMITS["hopper"]) == (64, 3)
 
