@@ -32,6 +32,7 @@ import torch
 KERNELS = {
     "kernels.rms_norm.norm_triton": ["rms_norm_kernel", "add_rms_norm_kernel"],
     "kernels.swiglu.swiglu_triton": ["silu_mul_kernel"],
+    "kernels.splitk.reduce_triton": ["reduce_kernel"],
     "kernels.rope.rope_triton": ["rope_kernel", "rope_vision_kernel"],
     "kernels.short_conv.step_triton": ["short_conv_step3_kernel"],
     "kernels.gated_delta.step_triton": ["gated_delta_step_kernel"],
@@ -58,6 +59,7 @@ def _launch_all() -> None:
     from kernels.rope import rope_triton
     from kernels.short_conv import prefill_triton as conv_prefill
     from kernels.short_conv import step_triton as short_conv
+    from kernels.splitk import reduce_triton
     from kernels.swa import prefill_triton as swa_prefill
     from kernels.swa import step_triton as swa
     from kernels.swiglu import swiglu_triton
@@ -68,6 +70,7 @@ def _launch_all() -> None:
     norm_triton.gated_rms_norm(x, x, w, 1e-6)
     norm_triton.add_rms_norm(x, x, w, 1e-6)
     swiglu_triton.silu_mul(x, x)
+    reduce_triton.reduce(torch.randn(4, 2, 2048), None, bf)
     q, k = torch.randn(1, 16, 1, 128, dtype=bf), torch.randn(1, 2, 1, 128, dtype=bf)
     rope_triton.rotate_qk(q, k, torch.randn(1, 1, 128, dtype=bf), torch.randn(1, 1, 128, dtype=bf))
     sizes = (2048, 2048, 4096)

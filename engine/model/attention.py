@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import TextConfig
-from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear
+from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear, rows_linear
 from engine.model.rope import apply_rotary
 from engine.state import FullAttnState, SWAState
 from kernels import swa
@@ -85,7 +85,7 @@ class Attention(nn.Module):
             o = self._forward_sliding(q, k, v, state)
         else:
             o = self._forward_full(q, k, v, state)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        return rows_linear(self.o_proj, o.transpose(1, 2).reshape(B, T, -1))  # kernels.splitk
 
     def _forward_sliding(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: SWAState

@@ -26,7 +26,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from kernels import gemv
+from kernels import gemv, splitk
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,15 @@ def decode_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     layer computes itself."""
     if type(module) is nn.Linear:
         return gemv.linear(x, module.weight, module.bias)
+    return module(x)
+
+
+def rows_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for a prompt's or a frame's rows: a plain ``nn.Linear`` goes through
+    ``kernels.splitk`` (a few hundred rows on CUDA split along K where that measures faster than
+    cuBLAS, ``F.linear`` everywhere else); a quantized or adapted layer computes itself."""
+    if type(module) is nn.Linear:
+        return splitk.linear(x, module.weight, module.bias)
     return module(x)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from engine.config import TextConfig
 from engine.errors import ConfigError
-from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear, decode_linear
+from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear, decode_linear, rows_linear
 from engine.model.norm import GatedRMSNorm
 from engine.state import GDNState
 from kernels import gated_delta, short_conv
@@ -158,7 +158,7 @@ class GatedDeltaNet(nn.Module):
             )
             state.S.copy_(S.detach())
         o = self.o_norm(o, gate.view(B, T, H, V))  # [B, T, HV, V]
-        return self.o_proj(o.reshape(B, T, H * V))
+        return rows_linear(self.o_proj, o.reshape(B, T, H * V))  # kernels.splitk
 
     def _taps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The q, k, v convolutions' filters, [C, conv_size] each."""

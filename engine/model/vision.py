@@ -21,6 +21,7 @@ from torch import nn
 
 from engine.config import VisionConfig
 from engine.errors import ConfigError, InputError
+from engine.model.fused import rows_linear
 from engine.model.norm import RMSNorm
 from engine.model.padded_mlp import PaddedGatedMLP
 from kernels import rms_norm, swiglu
@@ -285,7 +286,9 @@ class PatchMerger(nn.Module):
             normed = self.ln_q(x)
         else:
             _, normed = rms_norm.add_rms_norm(x, pending, self.ln_q.weight, self.ln_q.eps)
-        return self.mlp(normed.reshape(-1, self.merged_size))
+        fc1, act, fc2 = self.mlp  # the published names: mlp.0, mlp.2
+        # kernels.splitk: a frame's 256 merged rows against K = 5,120, split where that is faster
+        return rows_linear(fc2, act(fc1(normed.reshape(-1, self.merged_size))))
 
 
 @dataclass(slots=True)

@@ -1,0 +1,34 @@
+"""Torch reference of the split-K linear layer: ``F.linear`` itself, and the sum of K-slice
+partial products that the fast path computes, written in torch."""
+
+import torch
+import torch.nn.functional as F
+
+
+def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Raise ValueError naming the shapes when ``x`` [..., K], ``weight`` [N, K], ``bias`` [N]
+    don't fit."""
+    if (
+        weight.dim() != 2
+        or x.shape[-1] != weight.shape[1]
+        or (bias is not None and bias.shape != weight.shape[:1])
+    ):
+        got = None if bias is None else tuple(bias.shape)
+        raise ValueError(
+            f"splitk: x {tuple(x.shape)}, weight {tuple(weight.shape)}, bias {got} do not fit"
+        )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias``: [..., K] -> [..., N] in the dtype of ``x``."""
+    check_inputs(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def reduce(partials: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The sum over the first axis of float32 ``partials`` [S, M, N], plus ``bias`` [N], rounded
+    once to ``dtype``: [M, N]."""
+    total = partials.float().sum(0)
+    if bias is not None:
+        total = total + bias.float()
+    return total.to(dtype)
