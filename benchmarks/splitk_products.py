@@ -1,9 +1,10 @@
-"""A 448x448 frame's narrow products with and without split-K, timed: each of the InfiniteVL-4B
-products ``kernels.splitk`` may split (256 rows), through ``F.linear`` and through each split
-that divides K, replayed from a CUDA graph over weights read from memory (``kernels.graph_timing``),
-beside the floor of its bytes at the copy bandwidth and what ``kernels.splitk.linear`` picks.
+"""A 448x448 frame's narrow products with and without split-K, timed: each InfiniteVL-4B
+product that ``kernels.splitk`` may split (256 decoder rows, 1,024 vision rows), through
+``F.linear`` and through each split that divides K, replayed from a CUDA graph over weights read
+from memory (``kernels.graph_timing``), beside the floor of its bytes at the copy bandwidth and
+what ``kernels.splitk.linear`` picks.
 
-    python -m benchmarks.splitk_products [--rows 256] [--bandwidth 3.0e12]
+    python -m benchmarks.splitk_products [--bandwidth 3.0e12]
 
 Needs CUDA.
 """
@@ -17,13 +18,15 @@ from kernels import splitk
 from kernels.graph_timing import copies_beyond_l2, graph_us
 from kernels.splitk.partials import slice_width
 
-# (name, N, K, bias): the frame's products with a 2,048-wide output (InfiniteVL-4B)
+# (name, rows, N, K, bias): a frame's products with few output tiles (InfiniteVL-4B)
 PRODUCTS = [
-    ("MLP down", 2048, 11008, False),
-    ("Gated DeltaNet o", 2048, 4096, False),
-    ("attention o", 2048, 2048, False),
-    ("merger fc2", 2048, 5120, True),
-    ("merger fc1", 5120, 5120, True),
+    ("MLP down", 256, 2048, 11008, False),
+    ("Gated DeltaNet o", 256, 2048, 4096, False),
+    ("attention o", 256, 2048, 2048, False),
+    ("merger fc2", 256, 2048, 5120, True),
+    ("merger fc1", 256, 5120, 5120, True),
+    ("vision attention proj", 1024, 1280, 1280, True),
+    ("vision MLP down (padded)", 1024, 1280, 3424, True),
 ]
 
 
@@ -47,22 +50,22 @@ def time_product(M: int, N: int, K: int, bias: bool) -> tuple[list[str], object]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=256, help="activation rows (a frame: 256)")
     parser.add_argument("--bandwidth", type=float, default=3.0e12, help="copy bytes/s, the floor")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("needs CUDA")
-    M = args.rows
-    print(f"# split-K products on {torch.cuda.get_device_name()}, bf16, {M} rows, us a call")
+    print(f"# split-K products on {torch.cuda.get_device_name()}, bf16, us a call")
     print()
     head = " | ".join(f"{s} slices" for s in splitk.SPLITS)
-    print(f"| product | N | K | F.linear | {head} | floor | picked |")
-    print("|---|---|---|---|" + "---|" * len(splitk.SPLITS) + "---|---|")
+    print(f"| product | rows | N | K | F.linear | {head} | floor | picked |")
+    print("|---|---|---|---|---|" + "---|" * len(splitk.SPLITS) + "---|---|")
     with torch.no_grad():
-        for name, N, K, bias in PRODUCTS:
+        for name, M, N, K, bias in PRODUCTS:
             cells, picked = time_product(M, N, K, bias)
             floor = (N * K + M * K + M * N) * 2 / args.bandwidth * 1e6
-            print(f"| {name} | {N:,} | {K:,} | {' | '.join(cells)} | {floor:.1f} | {picked} |")
+            print(
+                f"| {name} | {M:,} | {N:,} | {K:,} | {' | '.join(cells)} | {floor:.1f} | {picked} |"
+            )
 
 
 if __name__ == "__main__":

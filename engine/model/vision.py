@@ -24,7 +24,7 @@ from engine.errors import ConfigError, InputError
 from engine.model.fused import rows_linear
 from engine.model.norm import RMSNorm
 from engine.model.padded_mlp import PaddedGatedMLP
-from kernels import rms_norm, swiglu
+from kernels import rms_norm, splitk, swiglu
 from kernels.rope import rotate_vision_qkv
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class VisionMLP(nn.Module):
         # launch on CUDA (kernels.swiglu: the halves read in place)
         gate, up = gu[..., :width], gu[..., width:]
         h = swiglu.silu_mul(gate, up) if self.act is F.silu else self.act(gate) * up
-        return F.linear(h, down, self.down_proj.bias)
+        return splitk.linear(h, down, self.down_proj.bias)  # a frame's 1,024 rows: maybe split
 
     def _pads(self, x: torch.Tensor) -> bool:
         if self.pad_matmuls is False or torch.is_grad_enabled():
@@ -230,7 +230,7 @@ class VisionAttention(nn.Module):
         # q and k rotated together in float32 (the float32 cos/sin promote them), as the reference
         # does, and written back beside v in the activation dtype (one Triton launch on CUDA)
         rotated = rotate_vision_qkv(qkv, *rope)
-        return self.proj(block_diagonal_attention(rotated, segments))
+        return rows_linear(self.proj, block_diagonal_attention(rotated, segments))  # kernels.splitk
 
 
 class VisionBlock(nn.Module):
@@ -288,7 +288,7 @@ class PatchMerger(nn.Module):
             _, normed = rms_norm.add_rms_norm(x, pending, self.ln_q.weight, self.ln_q.eps)
         fc1, act, fc2 = self.mlp  # the published names: mlp.0, mlp.2
         # kernels.splitk: a frame's 256 merged rows against K = 5,120, split where that is faster
-        return rows_linear(fc2, act(fc1(normed.reshape(-1, self.merged_size))))
+        return rows_linear(fc2, act(rows_linear(fc1, normed.reshape(-1, self.merged_size))))
 
 
 @dataclass(slots=True)
