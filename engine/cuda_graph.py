@@ -28,7 +28,7 @@ from engine.model.lm import DecoderLayer
 from engine.model.rope import apply_rotary, mrope_cos_sin, rope_index
 from engine.sampling import Sampler
 from engine.state import FullAttnState, GDNState, LayerState, ModelState, SWAState
-from kernels import swa
+from kernels import splitk, swa
 from kernels.sdpa import sdpa_context
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,8 @@ class _Replayable:
             # warm-up on a side stream, as torch's graph docs ask (cuBLAS workspaces, autotuning)
             stream = _warmup_stream(self._device)
             stream.wait_stream(torch.cuda.current_stream(self._device))
-            with torch.cuda.stream(stream):
+            # kernels.splitk times its shapes here: a split runs only inside the graph
+            with torch.cuda.stream(stream), splitk.preparing_capture():
                 self._body()
             torch.cuda.current_stream(self._device).wait_stream(stream)
             return

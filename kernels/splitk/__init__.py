@@ -10,20 +10,26 @@ S slices, computes every slice's product in one batched cuBLAS call with float32
 The vision tower's 1,024 rows of a frame against its 1,280-wide outputs (attention output, MLP
 down projection) are 80 tiles: timed the same way.
 
-``linear`` decides per shape, by timing, between ``F.linear`` and each split that divides K
-(2, 4, 8), the first time a shape is seen outside a CUDA graph capture: each candidate replayed
-from a CUDA graph over weights read from memory (``kernels.graph_timing``), as the frame step
-runs it. The rows are bucketed to the next power of two, so a chat prompt of any length below
-``MAX_ROWS`` costs at most one timing per bucket; a shape first met during a capture keeps
-cuBLAS. Only calls where split-K can help are timed: CUDA, half precision, no autograd, 2 to
-``MAX_ROWS`` rows, fewer 128x128 output tiles than the GPU has multiprocessors.
-``INFINITEVL_SPLITK=0`` keeps cuBLAS everywhere; ``=S`` takes S slices wherever they fit,
-without timing (comparisons).
+A split paid only inside a CUDA graph: on the H100 the graphed frame took 10.36 ms with the
+timed splits against 10.50 ms without, and the eager frame forward, which launches each kernel
+from Python, 78.6 ms against 68.6 ms (one process, benchmarks/RESULTS.md run 13, when eager calls
+split too). So ``linear`` splits only while a graph is captured, and is ``F.linear`` in every eager call but one kind: the
+warm-up before a capture (``preparing_capture()``, which ``engine.cuda_graph`` enters), where
+each shape not yet seen is timed, ``F.linear`` against each split that divides K (2, 4, 8),
+each candidate replayed from a CUDA graph over weights read from memory
+(``kernels.graph_timing``), as the captured step runs it, and the fastest is recorded and run.
+The rows are bucketed to the next power of two; a shape first met in a capture without a
+warm-up keeps cuBLAS. Only calls where split-K can help are considered: CUDA, half precision,
+no autograd, 2 to ``MAX_ROWS`` rows, fewer 128x128 output tiles than the GPU has
+multiprocessors. ``INFINITEVL_SPLITK=0`` keeps cuBLAS everywhere; ``=S`` takes S slices wherever
+they fit, eager calls included, without timing (comparisons).
 """
 
+import contextlib
 import functools
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +40,9 @@ from kernels.splitk.partials import partials, slice_width
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_ROWS", "SPLITS", "choices", "linear", "reference", "split_linear"]
+__all__ = [
+    "MAX_ROWS", "SPLITS", "choices", "linear", "preparing_capture", "reference", "split_linear",
+]  # fmt: skip
 
 SWITCH = "INFINITEVL_SPLITK"  # "0": cuBLAS everywhere; "S": S slices wherever they fit
 MAX_ROWS = 1024  # more rows fill the GPU with output tiles: never split
@@ -42,6 +50,19 @@ SPLITS = (2, 4, 8)  # the candidates timed against F.linear
 
 # (row bucket, N, K, dtype, device, has bias) -> the fastest split, 1 for F.linear
 _choice: dict[tuple, int] = {}
+_preparing = 0  # depth of preparing_capture() blocks
+
+
+@contextlib.contextmanager
+def preparing_capture() -> Iterator[None]:
+    """Eager calls inside this block warm up a CUDA graph capture: ``linear`` times the shapes
+    it has not seen and runs the split the capture will run."""
+    global _preparing
+    _preparing += 1
+    try:
+        yield
+    finally:
+        _preparing -= 1
 
 
 def choices() -> dict[tuple, int]:
@@ -132,8 +153,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     reference.check_inputs(x, weight, bias)
     if switch and switch.isdigit():
         splits = int(switch) if slice_width(K, int(switch)) else 1
-    else:
+    elif _preparing or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
         splits = _measured_splits(x.reshape(-1, K), weight, bias)
+    else:
+        splits = 1  # an eager call: one launch costs less host time than two
     if splits == 1:
         return F.linear(x, weight, bias)
     return split_linear(x, weight, bias, splits)

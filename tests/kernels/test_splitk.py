@@ -115,7 +115,7 @@ def test_frame_shapes_take_the_fastest_split_and_match_cublas(
         x = (torch.randn(256, K, generator=gen) / K**0.5).bfloat16().to(device)
         w = torch.randn(N, K, generator=gen).bfloat16().to(device)
         b = torch.randn(N, generator=gen).bfloat16().to(device) if bias else None
-        with torch.no_grad():
+        with torch.no_grad(), splitk.preparing_capture():
             got = splitk.linear(x, w, b)
         key = (256, N, K, torch.bfloat16, x.device, bias)
         assert splitk.choices()[key] in (1, *splitk.SPLITS)
@@ -137,7 +137,7 @@ def test_frame_shapes_take_the_fastest_split_and_match_cublas(
 
 
 @pytest.mark.gpu
-def test_a_shape_first_met_in_a_capture_keeps_cublas_and_is_timed_later(
+def test_a_shape_is_timed_only_in_a_capture_warm_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     device = _cuda()
@@ -158,5 +158,43 @@ def test_a_shape_first_met_in_a_capture_keeps_cublas_and_is_timed_later(
     assert key not in splitk.choices()
     torch.testing.assert_close(y, F.linear(x, w))
     with torch.no_grad():
+        splitk.linear(x, w)  # eager, not before a capture: cuBLAS, nothing timed
+    assert key not in splitk.choices()
+    with torch.no_grad(), splitk.preparing_capture():
         splitk.linear(x, w)
     assert key in splitk.choices()
+
+
+def test_only_a_capture_warm_up_splits_and_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the dispatch rule, on the CPU: eligibility and the timed choice stand in for the GPU's
+    timed: list[tuple[int, ...]] = []
+
+    def measured(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> int:
+        timed.append(tuple(x2.shape))
+        return 4
+
+    monkeypatch.delenv(splitk.SWITCH, raising=False)
+    monkeypatch.setattr(splitk, "_eligible", lambda x, weight, rows: True)
+    monkeypatch.setattr(splitk, "_measured_splits", measured)
+    split_calls: list[int] = []
+    real_split = splitk.split_linear
+
+    def counting_split(x, weight, bias, splits):  # type: ignore[no-untyped-def]
+        split_calls.append(splits)
+        return real_split(x, weight, bias, splits)
+
+    monkeypatch.setattr(splitk, "split_linear", counting_split)
+    gen = torch.Generator().manual_seed(4)
+    x, w = torch.randn(2, 3, 256, generator=gen), torch.randn(16, 256, generator=gen)
+    assert torch.equal(splitk.linear(x, w), F.linear(x, w))  # eager: one launch, nothing timed
+    assert timed == [] and split_calls == []
+    with splitk.preparing_capture():
+        got = splitk.linear(x, w)
+    assert timed == [(6, 256)] and split_calls == [4]
+    torch.testing.assert_close(got, F.linear(x, w))
+    monkeypatch.setenv(splitk.SWITCH, "0")
+    with splitk.preparing_capture():
+        assert torch.equal(splitk.linear(x, w), F.linear(x, w))
+    monkeypatch.setenv(splitk.SWITCH, "2")  # forced: eager calls split too
+    splitk.linear(x, w)
+    assert split_calls == [4, 2] and len(timed) == 1
