@@ -4,8 +4,11 @@ import torch
 import torch.nn.functional as F
 
 
-def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """Raise ValueError naming the shapes when ``x`` [..., K], ``weight`` [N, K], ``bias`` [N] don't fit."""
+def check_inputs(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, op: str = "gemv"
+) -> None:
+    """Raise ValueError naming ``op`` and the shapes when ``x`` [..., K], ``weight`` [N, K],
+    ``bias`` [N] don't fit (``kernels.splitk`` shares it)."""
     if (
         weight.dim() != 2
         or x.shape[-1] != weight.shape[1]
@@ -13,7 +16,7 @@ def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     ):
         got = None if bias is None else tuple(bias.shape)
         raise ValueError(
-            f"gemv: x {tuple(x.shape)}, weight {tuple(weight.shape)}, bias {got} do not fit"
+            f"{op}: x {tuple(x.shape)}, weight {tuple(weight.shape)}, bias {got} do not fit"
         )
 
 

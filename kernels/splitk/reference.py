@@ -4,19 +4,13 @@ partial products that the fast path computes, written in torch."""
 import torch
 import torch.nn.functional as F
 
+from kernels.gemv import reference as gemv_reference
+
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """Raise ValueError naming the shapes when ``x`` [..., K], ``weight`` [N, K], ``bias`` [N]
     don't fit."""
-    if (
-        weight.dim() != 2
-        or x.shape[-1] != weight.shape[1]
-        or (bias is not None and bias.shape != weight.shape[:1])
-    ):
-        got = None if bias is None else tuple(bias.shape)
-        raise ValueError(
-            f"splitk: x {tuple(x.shape)}, weight {tuple(weight.shape)}, bias {got} do not fit"
-        )
+    gemv_reference.check_inputs(x, weight, bias, op="splitk")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
