@@ -45,8 +45,7 @@ def time_product(M: int, N: int, K: int, bias: bool) -> tuple[list[str], object]
         cells.append(f"{us:.1f}")
     with splitk.preparing_capture():
         splitk.linear(x, ws[0], b)  # the dispatcher's own timed choice, as before a capture
-    key = (1 << (M - 1).bit_length(), N, K, dtype, x.device, bias)
-    return cells, splitk.choices().get(key, "not eligible")
+    return cells, splitk.choices().get(splitk.choice_key(x, ws[0], b), "not eligible")
 
 
 def main() -> None:

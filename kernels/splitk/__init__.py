@@ -13,12 +13,12 @@ down projection) are 80 tiles: timed the same way.
 A split paid only inside a CUDA graph: on the H100 the graphed frame took 10.36 ms with the
 timed splits against 10.50 ms without, and the eager frame forward, which launches each kernel
 from Python, 78.6 ms against 68.6 ms (one process, benchmarks/RESULTS.md run 13, when eager calls
-split too). So ``linear`` splits only while a graph is captured, and is ``F.linear`` in every eager call but one kind: the
-warm-up before a capture (``preparing_capture()``, which ``engine.cuda_graph`` enters), where
-each shape not yet seen is timed, ``F.linear`` against each split that divides K (2, 4, 8),
-each candidate replayed from a CUDA graph over weights read from memory
-(``kernels.graph_timing``), as the captured step runs it, and the fastest is recorded and run.
-The rows are bucketed to the next power of two; a shape first met in a capture without a
+split too). So ``linear`` splits only while a graph is captured, and is ``F.linear`` in every
+eager call but one kind: the warm-up before a capture (``preparing_capture()``, which
+``engine.cuda_graph`` enters), where each shape not yet seen is timed, ``F.linear`` against each
+split that divides K (2, 4, 8), each candidate replayed from a CUDA graph over weights read from
+memory (``kernels.graph_timing``), as the captured step runs it, and the fastest is recorded and
+run. The rows are bucketed to the next power of two; a shape first met in a capture without a
 warm-up keeps cuBLAS. Only calls where split-K can help are considered: CUDA, half precision,
 no autograd, 2 to ``MAX_ROWS`` rows, fewer 128x128 output tiles than the GPU has
 multiprocessors. ``INFINITEVL_SPLITK=0`` keeps cuBLAS everywhere; ``=S`` takes S slices wherever
@@ -41,7 +41,8 @@ from kernels.splitk.partials import partials, slice_width
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MAX_ROWS", "SPLITS", "choices", "linear", "preparing_capture", "reference", "split_linear",
+    "MAX_ROWS", "SPLITS", "choice_key", "choices", "linear", "preparing_capture", "reference",
+    "split_linear",
 ]  # fmt: skip
 
 SWITCH = "INFINITEVL_SPLITK"  # "0": cuBLAS everywhere; "S": S slices wherever they fit
@@ -68,6 +69,13 @@ def preparing_capture() -> Iterator[None]:
 def choices() -> dict[tuple, int]:
     """A copy of the per-shape decisions made so far (benchmarks print them)."""
     return dict(_choice)
+
+
+def choice_key(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """The key of ``choices()`` that rows ``x2`` [M, K] against ``weight`` [N, K] fall under:
+    (M rounded up to a power of two, N, K, dtype, device, has bias)."""
+    rows = x2.shape[0]
+    return (1 << (rows - 1).bit_length(), *weight.shape, x2.dtype, x2.device, bias is not None)
 
 
 @functools.cache
@@ -112,9 +120,8 @@ def _eligible(x: torch.Tensor, weight: torch.Tensor, rows: int) -> bool:
 
 
 def _measured_splits(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> int:
-    rows = x2.shape[0]
-    key = (1 << (rows - 1).bit_length(), *weight.shape, x2.dtype, x2.device, bias is not None)
-    known = _choice.get(key)  # the frame step's eager calls stop here
+    key = choice_key(x2, weight, bias)
+    known = _choice.get(key)  # the capture, and every warm-up after the first, stop here
     if known is not None:
         return known
     if torch.cuda.is_current_stream_capturing():
@@ -145,18 +152,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Returns:
         [..., N] in the dtype of ``x``.
     """
-    K = weight.shape[-1]
-    rows = x.numel() // K if K else 0
-    switch = os.environ.get(SWITCH)
-    if switch == "0" or not _eligible(x, weight, rows):
+    switch = os.environ.get(SWITCH, "")
+    forced = int(switch) if switch.isdigit() else None  # 0: F.linear everywhere
+    # an eager call outside a capture's warm-up is F.linear at once: one launch costs less host
+    # time than two, and nothing below need run on the eager path
+    if forced == 0 or not (
+        forced or _preparing or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    ):
         return reference.linear(x, weight, bias)
     reference.check_inputs(x, weight, bias)
-    if switch and switch.isdigit():
-        splits = int(switch) if slice_width(K, int(switch)) else 1
-    elif _preparing or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-        splits = _measured_splits(x.reshape(-1, K), weight, bias)
+    K = weight.shape[1]
+    if not _eligible(x, weight, x.numel() // K if K else 0):
+        return F.linear(x, weight, bias)
+    if forced:
+        splits = forced if slice_width(K, forced) else 1
     else:
-        splits = 1  # an eager call: one launch costs less host time than two
+        splits = _measured_splits(x.reshape(-1, K), weight, bias)
     if splits == 1:
         return F.linear(x, weight, bias)
     return split_linear(x, weight, bias, splits)
