@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_engine [--out DIR] [--budget-s 480] [--frames 1000]
     python -m benchmarks.bench_engine --tiny --device cpu      # the same flow on a tiny config
+    python -m benchmarks.bench_engine --skip decode,transformer \
+        --stream-ab INFINITEVL_CHUNK_KERNEL=0   # streaming with a switch set, unset, set, unset
 
 Random weights at the published config (tests/reference/infinitevl-4b.config.json), bf16,
 batch 1, one process, every number measured in this run (CUDA events, or wall clock on CPU).
@@ -16,6 +18,7 @@ next token reads; only the RoPE position and the ring's slot index change).
 import argparse
 import gc
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -480,6 +483,31 @@ def bench_streaming(
     )
 
 
+def stream_ab(
+    setup: Setup, report: Report, model: InfiniteVLForConditionalGeneration, setting: str
+) -> None:
+    """``bench_streaming`` four times on one model: with ``setting`` (NAME=VALUE), without, with,
+    without; each round captures its own frame graph, so the setting applies where it is read."""
+    name, value = setting.split("=", 1)
+    before = os.environ.get(name)
+    try:
+        for label in (setting, f"{name} unset", setting, f"{name} unset"):
+            if left(setup) < 45:
+                report.add("", f"Streaming rounds stopped before `{label}`: no time left.")
+                break
+            if label == setting:
+                os.environ[name] = value
+            else:
+                os.environ.pop(name, None)
+            report.add("", f"### Streaming round: `{label}`")
+            bench_streaming(setup, report, model)
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def bench_transformer(setup: Setup, report: Report) -> None:
     """The engine as a Transformer (all layers full attention) until memory or time runs out."""
     dev = setup.device
@@ -619,7 +647,17 @@ def main() -> None:
         help="comma list of sections to skip: decode (the contexts and the roofline: the model is "
         "still built for the streaming rows), stream, transformer",
     )
+    parser.add_argument(
+        "--stream-ab",
+        metavar="NAME=VALUE",
+        default=None,
+        help="time the streaming rows four times on one model, alternately with the environment "
+        "variable NAME set to VALUE and unset (e.g. INFINITEVL_CHUNK_KERNEL=0): a change's effect "
+        "measured in one process",
+    )
     args = parser.parse_args()
+    if args.stream_ab is not None and "=" not in args.stream_ab:
+        parser.error(f"--stream-ab: expected NAME=VALUE, got {args.stream_ab!r}")
     skip = set(args.skip.split(",")) - {""}
     unknown = skip - {"decode", "stream", "transformer"}
     if unknown:
@@ -642,7 +680,9 @@ def main() -> None:
         f"random weights; one run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
     )  # fmt: skip
     model = bench_hybrid(setup, report, bandwidth)
-    if "stream" not in skip:
+    if "stream" not in skip and args.stream_ab:
+        stream_ab(setup, report, model, args.stream_ab)
+    elif "stream" not in skip:
         bench_streaming(setup, report, model)
     del model
     reset_peak(dev)

@@ -42,6 +42,7 @@ KERNELS = {
         "short_conv_prefill_kernel", "short_conv_prefill3_kernel", "short_conv_tail3_kernel",
     ],
     "kernels.gated_delta.gates_triton": ["gates_kernel"],
+    "kernels.gated_delta.chunk_triton": ["wy_kernel", "chunk_state_kernel"],
     "kernels.gemv.gemv_triton": ["gemv_kernel"],
 }
 POINTER = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float16: "*fp16"}
@@ -52,7 +53,7 @@ def _launch_all() -> None:
     """Run each launcher at the 4B model's shapes (bf16, batch 1): the decode step's kernels,
     and the prompt and frame kernels of the project's own (rope_vision, sliding-window and
     convolution prefill)."""
-    from kernels.gated_delta import gates_triton
+    from kernels.gated_delta import chunk_triton, gates_triton
     from kernels.gated_delta import step_triton as gated_delta
     from kernels.gemv import gemv_triton
     from kernels.rms_norm import norm_triton
@@ -116,7 +117,10 @@ def _launch_all() -> None:
     q, k, v, a, b = proj.split((2048, 2048, 4096, 16, 16, 4096), dim=2)[:5]
     conv_prefill.prefill3((q, k, v), tuple(torch.randn(1, c, 3, dtype=bf) for c in (2048, 2048, 4096)),
                           tuple(torch.randn(c, 4, dtype=bf) for c in (2048, 2048, 4096)))  # fmt: skip
-    gates_triton.gates(a, b, torch.randn(16), torch.randn(16, dtype=bf))
+    g, beta = gates_triton.gates(a, b, torch.randn(16), torch.randn(16, dtype=bf))
+    chunk_triton.chunk(q.view(1, T, 16, 128), k.view(1, T, 16, 128), v.reshape(1, T, 16, 256), g,
+                       beta, scale=0.088, initial_state=torch.zeros(1, 16, 128, 256),
+                       use_qk_l2norm=True)  # fmt: skip
 
 
 def _capture(path: str) -> None:

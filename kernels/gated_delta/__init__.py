@@ -17,7 +17,10 @@ from kernels.gated_delta import chunk_fla, reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["chunk", "gates", "recurrent", "reference", "step", "step_gates"]
+__all__ = ["SHORT_PROMPT", "chunk", "gates", "recurrent", "reference", "step", "step_gates"]
+
+SHORT_PROMPT = 512  # tokens: chunk_triton up to here, fla beyond (python -m benchmarks.gdn_chunk)
+SHORT_SWITCH = "INFINITEVL_CHUNK_KERNEL"  # "0": fla for short prompts too
 
 
 @functools.cache
@@ -67,18 +70,33 @@ def chunk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked gated delta rule for prefill.
 
+    On CUDA without grad, prompts of up to ``SHORT_PROMPT`` tokens (a frame, a chat turn) run the
+    project's two Triton launches (``chunk_triton``; ``INFINITEVL_CHUNK_KERNEL=0`` sends them to
+    fla), longer ones and grad calls fla's kernel (``chunk_fla``) where it runs, the reference
+    elsewhere. ``use_kernel=True`` insists on one of the two (``chunk_triton`` also under
+    ``TRITON_INTERPRET=1``).
+
     Args:
         q, k: [B, T, H, K].  v: [B, T, HV, V].  g (log decay), beta: [B, T, HV]; HV % H == 0.
         scale: multiplies q.  initial_state: [B, HV, K, V] float32 or None; never modified.
-        use_qk_l2norm: L2-normalise q and k per head.  chunk_size: tokens per chunk.
+        use_qk_l2norm: L2-normalise q and k per head.  chunk_size: tokens per chunk of fla and
+        the reference (``chunk_triton`` takes its own, ``CHUNK``).
         use_kernel: True forces the fast path, False the reference, None picks by device.
     Returns:
         o: [B, T, HV, V] in the dtype of v.  final_state: [B, HV, K, V] float32.
     """
+    T = q.shape[1]
+    leaves = (q, k, v, g, beta, initial_state)
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in leaves)
+    short = 0 < T <= SHORT_PROMPT and not needs_grad
+    if short and use_fast_path(q, use_kernel, "gated_delta.chunk", switch=SHORT_SWITCH):
+        from kernels.gated_delta import chunk_triton
+
+        return chunk_triton.chunk(
+            q, k, v, g, beta, scale=scale, initial_state=initial_state, use_qk_l2norm=use_qk_l2norm
+        )
     fla = chunk_fla.is_available() and q.is_cuda
-    if use_fast_path(q, use_kernel, "gated_delta.chunk", available=fla) and q.shape[1] > 0:
-        leaves = (q, k, v, g, beta, initial_state)
-        needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in leaves)
+    if use_fast_path(q, use_kernel, "gated_delta.chunk", available=fla) and T > 0:
         if needs_grad and not chunk_fla.backward_is_safe(q.device):
             # fla's forward would succeed and its backward raise: train through the reference
             _warn_once("gated_delta.chunk: fla's backward is unsafe on this GPU/Triton: the reference takes grad calls")

@@ -1,6 +1,7 @@
-"""Gated delta rule fast paths against the torch reference: the Triton step and fla's chunk.
+"""Gated delta rule fast paths against the torch reference: the Triton step, the Triton chunk
+for short prompts and fla's chunk.
 
-Runs on CUDA (``make test-gpu``); the Triton step also runs on the CPU under
+Runs on CUDA (``make test-gpu``); the Triton step and chunk also run on the CPU under
 ``TRITON_INTERPRET=1 pytest -m gpu tests/kernels``. fla's chunk needs CUDA.
 """
 
@@ -11,7 +12,7 @@ pytest.importorskip("triton")
 
 from kernels import gated_delta  # noqa: E402
 from kernels._testing import assert_close, device_for_kernel_tests, poison_allocator  # noqa: E402
-from kernels.gated_delta import chunk_fla, reference, step_triton  # noqa: E402
+from kernels.gated_delta import chunk_fla, chunk_triton, reference, step_triton  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -184,7 +185,7 @@ def test_chunk_fla_matches_reference(
     kw = {"scale": K**-0.5, "initial_state": S0, "use_qk_l2norm": True}
     o_ref, S_ref = reference.chunk(**x, **kw)
     poison_allocator(device)
-    o, S = gated_delta.chunk(**x, **kw)  # the dispatcher picks fla on CUDA
+    o, S = chunk_fla.chunk(**x, **kw)
     assert o.dtype == dtype and S.dtype == torch.float32
     assert_close("fla o", o_ref, o, FLA_RATIO[dtype])
     assert_close("fla S", S_ref, S, FLA_RATIO[dtype])
@@ -223,3 +224,92 @@ def test_chunk_gradients_on_cuda_match_reference(path: str) -> None:
     fn = gated_delta.chunk if path == "dispatcher" else chunk_fla.chunk
     for n, ga, gb in zip(x, grads_of(reference.chunk, x, K, V), grads_of(fn, x, K, V), strict=True):
         assert_close(f"grad {n}", ga, gb, 1e-2)
+
+
+# the Triton chunk: one token, a chunk less one, one chunk, one more, several chunks and a tail
+SHORT_TS = [1, 15, 16, 17, 100]
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "initial-state"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("T", SHORT_TS, ids=[f"T{t}" for t in SHORT_TS])
+def test_chunk_triton_matches_reference(
+    T: int, dtype_name: str, with_state: bool, device: torch.device
+) -> None:
+    shape, dtype = SHAPES["gva"], DTYPES[dtype_name]
+    B, _, HV, K, V = shape
+    x = make_inputs(shape, T, dtype, device, seed=T)
+    S0 = torch.randn(B, HV, K, V, device=device) if with_state else None
+    S0_copy = S0.clone() if with_state else None
+    kw = {"scale": K**-0.5, "initial_state": S0, "use_qk_l2norm": True}
+    o_ref, S_ref = reference.chunk(**x, **kw)
+    poison_allocator(device)
+    o, S = chunk_triton.chunk(**x, **kw)
+    assert o.dtype == dtype and S.dtype == torch.float32
+    assert_close("chunk_triton o", o_ref, o, FLA_RATIO[dtype])
+    assert_close("chunk_triton S", S_ref, S, FLA_RATIO[dtype])
+    if with_state:
+        assert torch.equal(S0, S0_copy), "chunk_triton must leave initial_state untouched"
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_chunk_triton_frame_shape_from_strided_views(dtype_name: str, device: torch.device) -> None:
+    """The published layer at a frame's length, q and k read in place from one projection."""
+    shape, dtype = SHAPES["4b"], DTYPES[dtype_name]
+    B, H, HV, K, V = shape
+    T = 256 if device.type == "cuda" else 40  # the interpreter is slow
+    x = make_inputs(shape, T, dtype, device, seed=5)
+    qk = torch.stack([x["q"], x["k"]], dim=2)  # [B, T, 2, H, K]: q, k strided in T
+    x["q"], x["k"] = qk[:, :, 0], qk[:, :, 1]
+    S0 = torch.randn(B, HV, K, V, device=device)
+    kw = {"scale": K**-0.5, "initial_state": S0, "use_qk_l2norm": True}
+    o_ref, S_ref = reference.chunk(**x, **kw)
+    poison_allocator(device)
+    o, S = gated_delta.chunk(**x, **kw, use_kernel=True)  # the dispatcher's short path
+    assert_close("frame o", o_ref, o, FLA_RATIO[dtype])
+    assert_close("frame S", S_ref, S, FLA_RATIO[dtype])
+
+
+def test_chunk_triton_in_two_calls_matches_one(device: torch.device) -> None:
+    shape = SHAPES["gva"]
+    x = make_inputs(shape, 70, torch.float32, device, seed=12)
+    kw = {"scale": shape[3] ** -0.5, "use_qk_l2norm": True}
+    o_one, S_one = chunk_triton.chunk(**x, **kw)
+    o1, S1 = chunk_triton.chunk(**{n: t[:, :21] for n, t in x.items()}, **kw)
+    o2, S2 = chunk_triton.chunk(**{n: t[:, 21:] for n, t in x.items()}, initial_state=S1, **kw)
+    assert_close("two-call o", o_one, torch.cat([o1, o2], dim=1), 1e-5)
+    assert_close("two-call S", S_one, S2, 1e-5)
+
+
+def test_chunk_triton_strong_decay_and_no_l2norm_stay_finite(device: torch.device) -> None:
+    """A decay of e^-80 a token underflows to 0 without NaN; unnormalised keys as the reference."""
+    shape = SHAPES["gva"]
+    x = make_inputs(shape, 40, torch.float32, device, seed=3)
+    x["g"] = torch.full_like(x["g"], -80.0)
+    kw = {"scale": 0.1, "use_qk_l2norm": False}
+    x["k"] = x["k"] * 0.2  # keeps (I + A) well conditioned without the norm
+    o_ref, S_ref = reference.chunk(**x, **kw)
+    o, S = chunk_triton.chunk(**x, **kw)
+    assert_close("strong decay o", o_ref, o, 1e-5)
+    assert_close("strong decay S", S_ref, S, 1e-5)
+
+
+def test_chunk_dispatcher_sends_short_prompts_to_chunk_triton(
+    device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to SHORT_PROMPT tokens without grad: chunk_triton; not with grad (it has no backward),
+    nor with INFINITEVL_CHUNK_KERNEL=0."""
+    calls = []
+    real = chunk_triton.chunk
+    monkeypatch.setattr(chunk_triton, "chunk", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = make_inputs(SHAPES["gva"], 20, torch.float32, device, seed=1)
+    use = None if device.type == "cuda" else True  # the interpreter needs use_kernel=True
+    gated_delta.chunk(**x, scale=0.25, use_kernel=use)
+    assert calls == [1]
+    if device.type == "cuda":
+        monkeypatch.setenv("INFINITEVL_CHUNK_KERNEL", "0")
+        gated_delta.chunk(**x, scale=0.25)
+        monkeypatch.delenv("INFINITEVL_CHUNK_KERNEL")
+        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+        gated_delta.chunk(**leaves, scale=0.25)
+        assert calls == [1], "grad calls and the switch must not reach chunk_triton (no backward)"
