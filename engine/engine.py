@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from engine import default_model, picture_turn
-from engine.beam import StepFn, beam_search
+from engine.beam import StepFn, beam_search, beam_search_groups
 from engine.config import ModelConfig
 from engine.errors import Cancelled, CheckpointError, EngineError, InputError, StateError
 from engine.loader import load_model, weight_files, weights_fingerprint
@@ -545,24 +545,7 @@ class Session:
         is never fed."""
         if self._next_logits is None:
             raise InputError("nothing to answer: call add_user_message first")
-        engine = self._engine
-        pads = list(engine.placeholder_ids)
-        beams = self._state
-
-        def step(parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
-            nonlocal beams
-            # inference_mode, not no_grad: the beams' states die with the search (the reply is
-            # fed to the session's own state afterwards), and each op costs less (~5% of a
-            # screen region's OCR on a CPU)
-            with torch.inference_mode(), sdpa_context(engine.device):
-                beams = beams.select(parents)  # a copy, never the session's own state
-                ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=engine.device)
-                logits = engine.model(ids, beams, logits_to_keep=1)[:, -1]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            logprobs[:, pads] = float("-inf")
-            return logprobs
-
-        return step
+        return _rows_step(self._engine, self._state)
 
     def add_assistant_message(self, text: str, cancel: CancelToken | None = None) -> None:
         """Feed a reply written elsewhere (history replay) as the assistant's turn.
@@ -751,6 +734,58 @@ class Session:
                 logits_to_keep=1,
             )
         return logits[0, -1]
+
+
+def beam_generate_together(
+    sessions: Sequence[Session], params: SamplingParams, cancel: CancelToken | None = None
+) -> list[str]:
+    """The beam-searched replies of sessions that each await one, searched together: each
+    session's beams are rows of one batch, fed in one model call a step (``engine.beam.
+    beam_search_groups``), so that k short replies cost about the steps of the longest, not k
+    times its calls. Each reply is what ``generate`` with ``params`` would find for that session
+    alone, up to the float rounding of a wider batch. The sessions stay awaiting their replies
+    (their states are never fed): OCR reads its pieces this way and drops the sessions.
+
+    Raises:
+        InputError: a session of another engine, or one not awaiting a reply.
+        StateError: sessions whose prompts differ in length or image geometry (their rows could
+            not step as one: ``ModelState.stack``).
+        Cancelled: ``cancel`` was set (checked before each step).
+    """
+    if not sessions:
+        return []
+    engine = sessions[0]._engine
+    if any(s._engine is not engine for s in sessions):
+        raise InputError("beam_generate_together: the sessions must share one engine")
+    firsts = [s.next_token_logprobs() for s in sessions]  # InputError unless awaiting
+    step = _rows_step(engine, ModelState.stack([s._state for s in sessions]))
+    replies = beam_search_groups(
+        firsts, step, num_beams=params.num_beams, max_new_tokens=params.max_new_tokens,
+        eos=engine.reply_end_ids, cancel=cancel,
+    )  # fmt: skip
+    return [engine.tokenizer.decode(ids, skip_special_tokens=True) for ids in replies]
+
+
+def _rows_step(engine: Engine, state: ModelState) -> StepFn:
+    """``engine.beam``'s step over the rows of ``state`` (never fed itself): the rows kept at a
+    step are copied from their parents, fed one token each in one model call."""
+    pads = list(engine.placeholder_ids)
+    rows = state
+
+    def step(parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        nonlocal rows
+        # inference_mode, not no_grad: the beams' states die with the search (a session's reply
+        # is fed to its own state afterwards), and each op costs less (~5% of a screen region's
+        # OCR on a CPU)
+        with torch.inference_mode(), sdpa_context(engine.device):
+            rows = rows.select(parents)  # a copy, never the session's own state
+            ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=engine.device)
+            logits = engine.model(ids, rows, logits_to_keep=1)[:, -1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logprobs[:, pads] = float("-inf")
+        return logprobs
+
+    return step
 
 
 def _state_key(state: ModelState) -> tuple[object, ...]:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from engine.engine import CancelToken, Engine, ModelInfo
-from engine.ocr_lines import join_readings, reading_pieces
-from engine.preprocess import open_picture, to_pil, to_rgb
+from engine.engine import CancelToken, Engine, ModelInfo, beam_generate_together
+from engine.ocr_lines import grid_groups, join_readings, reading_pieces
+from engine.preprocess import open_picture, smart_resize, to_pil, to_rgb
 from engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def ocr_image(
     if not reads_by_lines(engine.info, lines):
         return _read(engine, image, max_new_tokens, cancel, beams)
     pieces = reading_pieces(to_rgb(to_pil(open_picture(image))))
-    texts = [_read(engine, piece.image, max_new_tokens, cancel, beams) for piece in pieces]
+    texts = _read_pieces(engine, [piece.image for piece in pieces], max_new_tokens, cancel, beams)
     return join_readings([piece.line for piece in pieces], texts)
 
 
@@ -90,6 +90,37 @@ def _read(
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, num_beams=num_beams)
     text = "".join(delta.text for delta in session.generate(params, cancel))
     return text.strip()
+
+
+def _read_pieces(
+    engine: Engine | GGUFEngine, images: list[Image.Image], max_new_tokens: int,
+    cancel: CancelToken | None, num_beams: int,
+) -> list[str]:  # fmt: skip
+    """The readings of a region's pieces. With beams and this project's engine, pieces that the
+    vision tower sees at one size (`engine.ocr_lines.grid_groups`) are read together: each
+    prompt is read on its own, then their beam searches step as one batch
+    (`engine.engine.beam_generate_together`): on a 2-core CPU a step of the embedded model over
+    16 rows took 21 ms, one over 4 rows 12.7 (ad hoc, twenty-first session). Otherwise, and for
+    a piece of a size of its own, one by one."""
+    if num_beams < 2 or not isinstance(engine, Engine):
+        return [_read(engine, im, max_new_tokens, cancel, num_beams) for im in images]
+    p = engine.image_params
+    groups = grid_groups(
+        images, lambda h, w: smart_resize(h, w, p.factor, p.min_pixels, p.max_pixels)
+    )
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    texts = [""] * len(images)
+    for group in groups:
+        if len(group) == 1:
+            texts[group[0]] = _read(engine, images[group[0]], max_new_tokens, cancel, num_beams)
+            continue
+        sessions = []
+        for i in group:
+            sessions.append(engine.new_session())
+            sessions[-1].add_user_message(OCR_PROMPT, [images[i]], cancel=cancel)
+        for i, text in zip(group, beam_generate_together(sessions, params, cancel), strict=True):
+            texts[i] = text.strip()
+    return texts
 
 
 def ocr_images(

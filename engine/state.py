@@ -210,6 +210,46 @@ class ModelState:
                 layers.append(type(st)(k, v, st.seen))
         return ModelState(layers, self.layer_types, self.position, self.tokens_seen)
 
+    @classmethod
+    def stack(cls, states: Sequence[ModelState]) -> ModelState:
+        """One state whose rows are the rows of ``states``, in order (copies): sequences that
+        have read prompts of the same geometry, decoded together (``engine.engine.
+        beam_generate_together``).
+
+        Raises:
+            StateError: no states, or states that differ in layers, position, tokens seen, a
+                ring's fill or a full-attention cache (their rows could not step as one).
+        """
+        if not states:
+            raise StateError("stack: no states given")
+        first = states[0]
+        if any(isinstance(st, FullAttnState) for st in first.layers):
+            raise StateError("stack: a full-attention cache grows per sequence; it cannot stack")
+        for other in states[1:]:
+            same = (
+                other.layer_types == first.layer_types
+                and (other.position, other.tokens_seen) == (first.position, first.tokens_seen)
+                and all(
+                    getattr(a, "seen", None) == getattr(b, "seen", None)
+                    for a, b in zip(other.layers, first.layers, strict=True)
+                )
+            )
+            if not same:
+                raise StateError(
+                    f"stack: states must share layers, position ({first.position} vs "
+                    f"{other.position}), tokens seen ({first.tokens_seen} vs "
+                    f"{other.tokens_seen}) and each ring's fill"
+                )
+        layers: list[LayerState] = []
+        for i, st in enumerate(first.layers):
+            rows = [s.layers[i].tensors() for s in states]
+            joined = {name: torch.cat([r[name] for r in rows]) for name in st.tensors()}
+            if isinstance(st, GDNState):
+                layers.append(GDNState(**joined))
+            else:
+                layers.append(type(st)(joined["k"], joined["v"], st.seen))
+        return cls(layers, first.layer_types, first.position, first.tokens_seen)
+
     def nbytes(self) -> int:
         """Bytes held by the state's tensors (a full-attention cache counts its allocated size)."""
         total = 0

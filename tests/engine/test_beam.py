@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.beam import beam_search, fork_step
-from engine.engine import CancelToken, Engine, Session
-from engine.errors import Cancelled, InputError
+from engine.beam import beam_search, beam_search_groups, fork_step
+from engine.engine import CancelToken, Engine, Session, beam_generate_together
+from engine.errors import Cancelled, InputError, StateError
 from engine.sampling import SamplingParams
 from tests.engine.fakes import (
     ASSISTANT_OPEN,
@@ -98,6 +98,52 @@ def test_beam_search_finds_the_likelier_reply_that_greedy_misses() -> None:
     assert _search(num_beams=1) in (b"ax", b"ay")  # greedy: 0.6 x 0.35 = 0.21
     assert _search(num_beams=2) == b"b"  # 0.4 x 0.9 = 0.36
     assert _search(num_beams=2, max_new_tokens=1) in (b"a", b"b")  # cut at the limit
+
+
+# a second tree, where the likeliest first token also leads to the likeliest reply
+TREE_2 = {b"": {ord("c"): 0.9, END: 0.1}, b"c": {ord("d"): 0.5, END: 0.5}, b"cd": {END: 1.0}}
+
+
+def _trees_first_and_step(
+    trees: list[dict[bytes, dict[int, float]]],
+) -> tuple[list[torch.Tensor], Callable[..., torch.Tensor]]:
+    """`beam_search_groups`' inputs for several trees at once: row r of a step is a reply of
+    the tree its first row came from."""
+
+    def row(tree: dict[bytes, dict[int, float]], reply: bytes) -> torch.Tensor:
+        out = torch.full((VOCAB,), -math.inf)
+        for token, p in tree.get(reply, {END: 1.0}).items():
+            out[token] = math.log(p)
+        return out
+
+    rows = [(tree, b"") for tree in trees]
+    fed: list[int] = []
+
+    def step(parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        rows[:] = [
+            (rows[p][0], rows[p][1] + bytes([t])) for p, t in zip(parents, tokens, strict=True)
+        ]
+        fed.append(len(parents))
+        return torch.stack([row(tree, reply) for tree, reply in rows])
+
+    step.fed = fed  # type: ignore[attr-defined]
+    return [row(tree, b"") for tree in trees], step
+
+
+def test_groups_find_what_each_search_finds_alone() -> None:
+    trees = [TREE, TREE_2, TREE]
+    firsts, step = _trees_first_and_step(trees)
+    together = beam_search_groups(firsts, step, num_beams=2, max_new_tokens=8, eos={END})
+    alone = []
+    for tree in trees:
+        (first,), own_step = _trees_first_and_step([tree])
+        alone.append(beam_search(first, own_step, num_beams=2, max_new_tokens=8, eos={END}))
+    assert together == alone
+    assert [bytes(ids) for ids in together] == [b"b", b"cd", b"b"]  # scored by the mean
+    # one call a step for all groups, never more rows than groups x beams
+    assert max(step.fed) <= 3 * 2  # type: ignore[attr-defined]
+    with pytest.raises(InputError, match="at least one prompt"):
+        beam_search_groups([], step, num_beams=2, max_new_tokens=8, eos={END})
 
 
 def test_cancel_and_bad_arguments() -> None:
@@ -244,6 +290,50 @@ def test_state_select_copies_rows(tiny: Engine) -> None:
         for name, t in mine.tensors().items():
             assert torch.equal(t[2], theirs.tensors()[name][0])
             assert t.data_ptr() != theirs.tensors()[name].data_ptr()
+
+
+def _shown(tiny: Engine, seed: int, size: tuple[int, int] = (84, 56)) -> Session:
+    """A session asked to read a random picture of `size` (height, width)."""
+    pixels = torch.Generator().manual_seed(seed)
+    image = (torch.rand(*size, 3, generator=pixels) * 255).to(torch.uint8).numpy()
+    session = tiny.new_session()
+    session.add_user_message("read", [image])
+    return session
+
+
+def test_replies_searched_together_match_each_alone(tiny: Engine) -> None:
+    params = SamplingParams(num_beams=3, max_new_tokens=6)
+    together = beam_generate_together([_shown(tiny, s) for s in range(3)], params)
+    assert together == [_beamed(_shown(tiny, s), 3) for s in range(3)]
+    sessions = [_shown(tiny, 0), _shown(tiny, 1)]
+    seen = [s.tokens_seen for s in sessions]
+    beam_generate_together(sessions, params)
+    # the sessions' own states are never fed: they still await their replies
+    assert [s.tokens_seen for s in sessions] == seen and all(s.is_awaiting_reply for s in sessions)
+    assert beam_generate_together([], params) == []
+
+
+def test_together_refuses_prompts_of_another_geometry(tiny: Engine) -> None:
+    params = SamplingParams(num_beams=2, max_new_tokens=4)
+    # another picture size: more image tokens, another position; the rows cannot step as one
+    with pytest.raises(StateError, match="position"):
+        beam_generate_together([_shown(tiny, 0), _shown(tiny, 1, (56, 112))], params)
+    answered = _shown(tiny, 2)
+    _beamed(answered, 2)
+    with pytest.raises(InputError, match="nothing to answer"):
+        beam_generate_together([_shown(tiny, 0), answered], params)
+
+
+def test_state_stack_puts_rows_after_one_another(tiny: Engine) -> None:
+    a, b = _shown(tiny, 0)._state, _shown(tiny, 1)._state
+    both = type(a).stack([a, b.select([0, 0])])
+    assert both.batch == 3 and (both.position, both.tokens_seen) == (a.position, a.tokens_seen)
+    for mine, first, second in zip(both.layers, a.layers, b.layers, strict=True):
+        for name, t in mine.tensors().items():
+            assert torch.equal(t[0], first.tensors()[name][0])
+            assert torch.equal(t[2], second.tensors()[name][0])
+    with pytest.raises(StateError, match="no states"):
+        type(a).stack([])
 
 
 def test_batched_step_on_a_full_attention_model(tiny_teacher_checkpoint: Path) -> None:
