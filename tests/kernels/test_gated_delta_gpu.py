@@ -177,7 +177,15 @@ TS = [1, 63, 64, 65, 1000]
 def test_chunk_fla_matches_reference(
     shape_name: str, T: int, dtype_name: str, with_state: bool
 ) -> None:
-    device, shape, dtype = torch.device("cuda"), FLA_SHAPES[shape_name], DTYPES[dtype_name]
+    _check_chunk(chunk_fla.chunk, FLA_SHAPES[shape_name], T, DTYPES[dtype_name], with_state,
+                 torch.device("cuda"))  # fmt: skip
+
+
+def _check_chunk(
+    fn, shape: tuple[int, ...], T: int, dtype: torch.dtype, with_state: bool, device: torch.device
+) -> None:
+    """``fn`` (a fast chunked rule) against ``reference.chunk``: outputs in ``dtype``, the final
+    state, an initial state left untouched, over an allocator poisoned with NaN."""
     B, _, HV, K, V = shape
     x = make_inputs(shape, T, dtype, device, seed=T)
     S0 = torch.randn(B, HV, K, V, device=device) if with_state else None
@@ -185,12 +193,12 @@ def test_chunk_fla_matches_reference(
     kw = {"scale": K**-0.5, "initial_state": S0, "use_qk_l2norm": True}
     o_ref, S_ref = reference.chunk(**x, **kw)
     poison_allocator(device)
-    o, S = chunk_fla.chunk(**x, **kw)
+    o, S = fn(**x, **kw)
     assert o.dtype == dtype and S.dtype == torch.float32
-    assert_close("fla o", o_ref, o, FLA_RATIO[dtype])
-    assert_close("fla S", S_ref, S, FLA_RATIO[dtype])
+    assert_close(f"{fn.__module__} o", o_ref, o, FLA_RATIO[dtype])
+    assert_close(f"{fn.__module__} S", S_ref, S, FLA_RATIO[dtype])
     if with_state:
-        assert torch.equal(S0, S0_copy), "fla must leave initial_state untouched"
+        assert torch.equal(S0, S0_copy), f"{fn.__module__} must leave initial_state untouched"
 
 
 @needs_fla
@@ -236,20 +244,7 @@ SHORT_TS = [1, 15, 16, 17, 100]
 def test_chunk_triton_matches_reference(
     T: int, dtype_name: str, with_state: bool, device: torch.device
 ) -> None:
-    shape, dtype = SHAPES["gva"], DTYPES[dtype_name]
-    B, _, HV, K, V = shape
-    x = make_inputs(shape, T, dtype, device, seed=T)
-    S0 = torch.randn(B, HV, K, V, device=device) if with_state else None
-    S0_copy = S0.clone() if with_state else None
-    kw = {"scale": K**-0.5, "initial_state": S0, "use_qk_l2norm": True}
-    o_ref, S_ref = reference.chunk(**x, **kw)
-    poison_allocator(device)
-    o, S = chunk_triton.chunk(**x, **kw)
-    assert o.dtype == dtype and S.dtype == torch.float32
-    assert_close("chunk_triton o", o_ref, o, FLA_RATIO[dtype])
-    assert_close("chunk_triton S", S_ref, S, FLA_RATIO[dtype])
-    if with_state:
-        assert torch.equal(S0, S0_copy), "chunk_triton must leave initial_state untouched"
+    _check_chunk(chunk_triton.chunk, SHAPES["gva"], T, DTYPES[dtype_name], with_state, device)
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
