@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from kernels import pdl, pdl_triton
+from kernels.gated_delta import step_triton
 from kernels.gated_delta.reference import L2NORM_EPS, check_shapes, check_state
 
 CHUNK = 16  # tokens per chunk: the substitution's rows (16 is tl.dot's least, and timed best)
@@ -223,20 +224,6 @@ def chunk_state_kernel(
     tl.store(S + p_S, b_S, mask=mask_S)
 
 
-def block_v(B: int, HV: int, V: int, device: torch.device) -> int:
-    """Columns of V per state program: the widest of 64, 32, 16 that still gives nearly every
-    multiprocessor a program (a frame's 16 heads x 256 columns: 32, 128 programs on 132)."""
-    num_sms = (
-        torch.cuda.get_device_properties(device).multi_processor_count
-        if device.type == "cuda"
-        else 1
-    )
-    for BV in (64, 32):
-        if B * HV * triton.cdiv(V, BV) >= 0.9 * num_sms:
-            return min(BV, max(16, triton.next_power_of_2(V)))
-    return 16
-
-
 def chunk(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -258,7 +245,8 @@ def chunk(
         on V).  g (log decay), beta: [B, T, HV] (the same strides).
         scale: multiplies q.  initial_state: [B, HV, K, V] float32 or None; never modified.
         use_qk_l2norm: L2-normalise q and k per head.  chunk_size (16, 32 or 64), BV, num_warps:
-        tokens a chunk, the state kernel's block of V columns (None: ``block_v``) and warps; the
+        tokens a chunk, the state kernel's block of V columns (None: ``step_triton.block_v``'s
+        pick for 90% of the multiprocessors) and warps; the
         defaults are what ``benchmarks/gdn_chunk.py`` measured best, the others are for it.
     Returns:
         o: [B, T, HV, V] in the dtype of v.  final_state: [B, HV, K, V] float32.
@@ -292,7 +280,9 @@ def chunk(
         H=H, HV=HV, K=K, V=V, BK=BK, BVU=min(64, max(16, triton.next_power_of_2(V))), CHUNK=chunk_size,
         USE_QK_L2NORM=use_qk_l2norm, IEEE=ieee, num_warps=4, **pdl.launch(v),
     )  # fmt: skip
-    BV = BV or block_v(B, HV, V, v.device)
+    # nearly every multiprocessor a program (a frame's 16 heads x 256 columns: 32, 128 programs
+    # on 132), and at least 16 columns, tl.dot's least
+    BV = BV or max(16, step_triton.block_v(B, HV, V, v.device, share=0.9))
     chunk_state_kernel[(B * HV, triton.cdiv(V, BV))](
         q, k, g, beta, w, u, initial_state if initial_state is not None else S, o, S, T,
         *strides, *o.stride()[:3], scale, L2NORM_EPS,

@@ -96,15 +96,16 @@ def gated_delta_step_kernel(
     tl.store(o + i_bhv * V + offs_v, b_o.to(o.dtype.element_ty), mask=mask_v)
 
 
-def block_v(B: int, HV: int, V: int, device: torch.device) -> int:
-    """Columns of V per program: the widest block that still gives every multiprocessor a program."""
+def block_v(B: int, HV: int, V: int, device: torch.device, share: float = 1.0) -> int:
+    """Columns of V per program: the widest block (64, 32, 16) that still gives every
+    multiprocessor (or ``share`` of them) a program."""
     num_sms = (
         torch.cuda.get_device_properties(device).multi_processor_count
         if device.type == "cuda"
         else 1
     )
     for BV in (64, 32, 16):
-        if B * HV * triton.cdiv(V, BV) >= num_sms:
+        if B * HV * triton.cdiv(V, BV) >= share * num_sms:
             return min(BV, triton.next_power_of_2(V))
     return min(16, triton.next_power_of_2(V))
 
