@@ -273,19 +273,29 @@ def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
     return spans
 
 
+def piece_boxes(image: Image.Image) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """Where in `image` the pieces that `reading_pieces` shows lie, in reading order: each
+    piece's band index and its (left, top, right, bottom) box (right and bottom exclusive).
+    A picture of one band or none is one piece, the whole picture."""
+    bands = line_bands(image)
+    if len(bands) <= 1:
+        bands = [(0, image.height)]
+    boxes = []
+    for line, (top, bottom) in enumerate(bands):
+        band = image.crop((0, top, image.width, bottom)) if len(bands) > 1 else image
+        boxes += [(line, (left, top, right, bottom)) for left, right in band_pieces(band)]
+    return boxes
+
+
 def reading_pieces(image: Image.Image) -> list[Piece]:
     """The pictures a model that reads line by line is shown, in reading order: each band of
     text lines (`split_lines`), cut into its pieces where they stand far apart (`band_pieces`),
     each shown as `as_shown` says (small text enlarged, narrow pieces widened)."""
-    pieces = []
-    for line, band in enumerate(split_lines(image)):
-        spans = band_pieces(band)
-        if len(spans) == 1:
-            pieces.append(Piece(as_shown(band), line))
-            continue
-        for left, right in spans:
-            pieces.append(Piece(as_shown(band.crop((left, 0, right, band.height))), line))
-    return pieces
+    whole = (0, 0, image.width, image.height)
+    return [
+        Piece(as_shown(image if box == whole else image.crop(box)), line)
+        for line, box in piece_boxes(image)
+    ]
 
 
 def as_shown(piece: Image.Image) -> Image.Image:

@@ -6,6 +6,8 @@
 #
 #   .train_carry/fonts   copies of Debian's fonts-dejavu-core, fonts-liberation and
 #                        fonts-freefont-ttf (engine/train/fonts.py; the device has no fonts)
+#   .train_carry/fonts.tar.xz  the same packed: 6 MB against 19, for a call that carries a
+#                        data set too (carry one of the two; gpu_run.sh unpacks it)
 #   .train_carry/wheels  what the device's Python 3.12 lacks: fla-core, peft, tqdm, pytest and
 #                        its plugins, hypothesis (engine/train/gpu_run.sh and
 #                        benchmarks/gpu_check.sh install them to /tmp/site)
@@ -38,6 +40,11 @@ if [ ! -d .train_carry/fonts ]; then
   mv .train_carry/fonts.tmp .train_carry/fonts
 fi
 
+if [ ! -f .train_carry/fonts.tar.xz ]; then
+  tar -cJf .train_carry/fonts.tar.xz.tmp -C .train_carry fonts
+  mv .train_carry/fonts.tar.xz.tmp .train_carry/fonts.tar.xz
+fi
+
 if [ ! -d .train_carry/wheels ]; then
   rm -rf .train_carry/wheels.tmp
   # shellcheck disable=SC2086
@@ -55,4 +62,4 @@ if [ ! -d .whl/bnb ]; then
   mv .whl/bnb.tmp .whl/bnb
 fi
 
-du -sh .train_carry/fonts .train_carry/wheels .whl/bnb
+du -sh .train_carry/fonts .train_carry/fonts.tar.xz .train_carry/wheels .whl/bnb

@@ -8,7 +8,10 @@
 #                                            (and the stages named in $KEEP, e.g. KEEP=teacher)
 #
 # Needs: fonts in .train_carry/fonts (copies of Debian's fonts-dejavu, -liberation and -freefont,
-# see engine/train/fonts.py) and, optionally, .train_carry/start (a write_start folder; made here
+# see engine/train/fonts.py), or the same packed as .train_carry/fonts.tar.xz (a third of the
+# bytes a call carries); optionally .train_carry/sharegpt (a LLaVA-style set, e.g. from
+# `python -m app.widget_dialogs`: copied to $W/sharegpt, out of the tree that each call
+# replaces, so name $W/sharegpt/train.json in sft.data.sharegpt), .train_carry/start (a write_start folder; made here
 # when absent), .train_carry/STAGE for each stage named in FROM (checkpoints of an earlier run:
 # reading and teacher continue from theirs; a distill_layerwise, distill_kl or sft counts as done,
 # and the stages after it start from it: e.g. FROM=distill_kl STAGES=sft,lora; a .train_carry
@@ -37,6 +40,12 @@ start)
   # replaces the tree, and a data worker opening a font there meanwhile kills the run
   if [ -d .train_carry/fonts ]; then
     mkdir -p /usr/share/fonts/truetype && cp -rn .train_carry/fonts/. /usr/share/fonts/truetype/
+  elif [ -f .train_carry/fonts.tar.xz ]; then
+    mkdir -p /usr/share/fonts/truetype && tar -xJf .train_carry/fonts.tar.xz --skip-old-files \
+      --strip-components=1 -C /usr/share/fonts/truetype || exit 1
+  fi
+  if [ -d .train_carry/sharegpt ]; then
+    rm -rf "$W/sharegpt"; cp -r .train_carry/sharegpt "$W/sharegpt"
   fi
   if [ -d .train_carry/start ]; then rm -rf "$W/start"; cp -r .train_carry/start "$W/start"; fi
   # a checkpoint named in FROM takes that stage's place; reading and teacher continue from

@@ -38,7 +38,8 @@ def _word(rng: random.Random, src: TextSource) -> str:
     return src.phrase(rng, 1).strip(".,;:()'\"").lower() or "file"
 
 
-def _file(rng: random.Random, src: TextSource) -> str:
+def file_name(rng: random.Random, src: TextSource) -> str:
+    """A file name: a word, a number and an extension."""
     sep = rng.choice(["_", "-", ""])
     return f"{_word(rng, src)}{sep}{rng.randint(1, 2030)}.{rng.choice(EXTENSIONS)}"
 
@@ -54,19 +55,19 @@ def _date(rng: random.Random) -> str:
 
 
 MESSAGES: tuple[Callable[[random.Random, TextSource], str], ...] = (
-    lambda r, s: f"Are you sure you want to delete {_file(r, s)}?",
+    lambda r, s: f"Are you sure you want to delete {file_name(r, s)}?",
     lambda r, s: f"{r.randint(2, 500)} items selected ({_amount(r)})",
-    lambda r, s: f"Copying {_file(r, s)} ({r.randint(1, 99)}%)",
+    lambda r, s: f"Copying {file_name(r, s)} ({r.randint(1, 99)}%)",
     lambda r, s: f"Welcome back, {s.name(r)}",
     lambda r, s: f"Your free trial ends on {_date(r)}",
     lambda r, s: f"Connection lost. Retrying in {r.randint(2, 60)} s",
-    lambda r, s: f"Send {_file(r, s)} to {s.name(r)}?",
+    lambda r, s: f"Send {file_name(r, s)} to {s.name(r)}?",
     lambda r, s: "Your changes have been saved",
     lambda r, s: f"Unable to reach server {_word(r, s)}.example.org",
     lambda r, s: f"{r.randint(2, 30)} networks found near {s.city(r)}",
     lambda r, s: f"Estimated time left: {r.randint(1, 59)} min {r.randint(0, 59)} s",
     lambda r, s: f"{s.name(r)} invited you to {_word(r, s)}",
-    lambda r, s: f"Replace the existing {_file(r, s)}?",
+    lambda r, s: f"Replace the existing {file_name(r, s)}?",
     lambda r, s: f"Used {_amount(r)} of {r.randint(5, 2000)} GB",
     lambda r, s: f"Brightness {r.randint(0, 100)}%",
     lambda r, s: f"Next alarm: {r.randint(0, 23):02d}:{r.randint(0, 59):02d}",
@@ -131,7 +132,7 @@ def render_dialog(rng: random.Random, src: TextSource, fonts: list[Path], width:
     if rng.random() < 0.4:
         y = _check_box(c, rng, (margin, y), font, fg, frame, face) + spacing
     if rng.random() < 0.4:
-        y = _field(c, _file(rng, src), (margin, y, width - margin), font, fg, frame) + spacing
+        y = _field(c, file_name(rng, src), (margin, y, width - margin), font, fg, frame) + spacing
     y = _buttons(c, rng, (margin, y, width - margin), font, fg, frame, face)
     c.image = c.image.crop((0, 0, width, y + margin))
     c.lines = [ln for ln in c.lines if ln]
