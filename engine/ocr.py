@@ -100,8 +100,9 @@ def _read_pieces(
     vision tower sees at one size (`engine.ocr_lines.grid_groups`) are read together: each
     prompt is read on its own, then their beam searches step as one batch
     (`engine.engine.beam_generate_together`): on a 2-core CPU a step of the embedded model over
-    16 rows took 21 ms, one over 4 rows 12.7 (ad hoc, twenty-first session). Otherwise, and for
-    a piece of a size of its own, one by one."""
+    16 rows took 21 ms, one over 4 rows 12.7 (ad hoc, twenty-first session). A piece of a size
+    of its own is searched the same way, alone: its session is dropped unfed, where `generate`
+    would feed it the reply it found. Greedy reading, and GGUF models, read one by one."""
     if num_beams < 2 or not isinstance(engine, Engine):
         return [_read(engine, im, max_new_tokens, cancel, num_beams) for im in images]
     p = engine.image_params
@@ -111,9 +112,6 @@ def _read_pieces(
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, num_beams=num_beams)
     texts = [""] * len(images)
     for group in groups:
-        if len(group) == 1:
-            texts[group[0]] = _read(engine, images[group[0]], max_new_tokens, cancel, num_beams)
-            continue
         sessions = []
         for i in group:
             sessions.append(engine.new_session())
