@@ -11,10 +11,11 @@
 # see engine/train/fonts.py), or the same packed as .train_carry/fonts.tar.xz (a third of the
 # bytes a call carries); optionally .train_carry/sharegpt (a LLaVA-style set, e.g. from
 # `python -m app.widget_dialogs`: copied to $W/sharegpt, out of the tree that each call
-# replaces, so name $W/sharegpt/train.json in sft.data.sharegpt), .train_carry/start (a write_start folder; made here
-# when absent), .train_carry/STAGE for each stage named in FROM (checkpoints of an earlier run:
-# reading and teacher continue from theirs; a distill_layerwise, distill_kl or sft counts as done,
-# and the stages after it start from it: e.g. FROM=distill_kl STAGES=sft,lora; a .train_carry
+# replaces, so name $W/sharegpt/train.json in sft.data.sharegpt), .train_carry/start (a
+# write_start folder; made here when absent), .train_carry/STAGE for each stage named in FROM
+# (checkpoints of an earlier run: reading and teacher continue from theirs; a distill_layerwise,
+# distill_kl or sft counts as done, and the stages after it start from it: e.g. FROM=distill_kl
+# STAGES=sft,lora; a .train_carry
 # folder not named in FROM is ignored, since the device keeps a warm machine's ignored folders
 # from call to call, and a checkpoint carried by an earlier call would otherwise take a stage's
 # place unseen, as it did in the seventh session) and .train_carry/wheels
