@@ -283,8 +283,7 @@ def write_set(out: Path, dialogs: int, seed: int, src: TextSource | None = None)
         summary.bands_written += len({b[1] for b, _ in written})
         for k, (box, text) in enumerate(written):
             name = f"pieces/{d:06d}_{k:02d}.png"
-            whole = box == (0, 0, image.width, image.height)
-            _compact(as_shown(image if whole else image.crop(box))).save(out / name, optimize=True)
+            _compact(as_shown(image.crop(box))).save(out / name, optimize=True)
             records.append(record(name, text))
         if (d + 1) % 200 == 0:
             log.info("%d of %d dialogs, %d pieces", d + 1, dialogs, len(records))

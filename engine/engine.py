@@ -774,9 +774,9 @@ def _rows_step(engine: Engine, state: ModelState) -> StepFn:
 
     def step(parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
         nonlocal rows
-        # inference_mode, not no_grad: the beams' states die with the search (a session's reply
-        # is fed to its own state afterwards), and each op costs less (~5% of a screen region's
-        # OCR on a CPU)
+        # inference_mode, not no_grad: the beams' states die with the search (`generate` feeds
+        # the reply to the session's own state afterwards; OCR drops its sessions), and each op
+        # costs less (~5% of a screen region's OCR on a CPU)
         with torch.inference_mode(), sdpa_context(engine.device):
             rows = rows.select(parents)  # a copy, never the session's own state
             ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=engine.device)

@@ -62,6 +62,9 @@ def average_checkpoints(
     return model
 
 
+_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}  # safetensors' names
+
+
 def stored_dtype(path: str | Path) -> torch.dtype:
     """The dtype a checkpoint stores its weights in (that of its first tensor but `A_log`,
     which every checkpoint keeps in float32)."""
@@ -72,8 +75,11 @@ def stored_dtype(path: str | Path) -> torch.dtype:
     for file in weight_files(Path(path)):
         with safe_open(file, framework="pt", device="cpu") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if not name.endswith("A_log"):
-                    return f.get_tensor(name).dtype
+                if not name.endswith("A_log"):  # read from the header, not the tensor's bytes
+                    stored = f.get_slice(name).get_dtype()
+                    if stored not in _DTYPES:
+                        raise ConfigError(f"{path}: weights stored as {stored}; cannot average")
+                    return _DTYPES[stored]
     raise ConfigError(f"{path}: no weights")
 
 
