@@ -254,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         "--device", default="cpu", choices=["cpu", "cuda"],
         help="where the model runs (cuda: in its stored dtype, bf16 for the embedded model)",
     )  # fmt: skip
+    p.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16"],
+        help="the activations' dtype (default: the engine's choice, float32 for the embedded model "
+        "on a CPU)",
+    )  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest OCR reply read")
     add_reading_arguments(p)
     p.add_argument(
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         log.setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
-    engine = Engine.load(args.model, device=args.device, quant=args.quant)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
     has_tesseract = shutil.which("tesseract") is not None
     lines = LINES_MODES[args.lines]
     ocr_rows = eval_ocr(engine, args.num, has_tesseract, args.max_new_tokens, lines, args.beams)

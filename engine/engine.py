@@ -771,6 +771,9 @@ def _rows_step(engine: Engine, state: ModelState) -> StepFn:
     step are copied from their parents, fed one token each in one model call."""
     pads = list(engine.placeholder_ids)
     rows = state
+    # the rows are copied into one of two zeroed buffers in turn, reused while the batch fits:
+    # a copy needs only the cache slots written (`ModelState.select`), never a new zeroed ring
+    buffers: list[ModelState | None] = [None, None]
 
     def step(parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
         nonlocal rows
@@ -778,7 +781,11 @@ def _rows_step(engine: Engine, state: ModelState) -> StepFn:
         # the reply to the session's own state afterwards; OCR drops its sessions), and each op
         # costs less (~5% of a screen region's OCR on a CPU)
         with torch.inference_mode(), sdpa_context(engine.device):
-            rows = rows.select(parents)  # a copy, never the session's own state
+            spare = buffers[0]
+            if spare is None or spare.batch < len(parents):
+                spare = rows.zeros_like(len(parents))
+            buffers[0], buffers[1] = buffers[1], spare
+            rows = rows.select(parents, out=spare)  # a copy, never the session's own state
             ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=engine.device)
             logits = engine.model(ids, rows, logits_to_keep=1)[:, -1]
         logprobs = torch.log_softmax(logits.float(), dim=-1)

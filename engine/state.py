@@ -107,6 +107,42 @@ def _grow(buf: torch.Tensor, capacity: int, valid: int) -> torch.Tensor:
     return out
 
 
+def _fits(out: ModelState, state: ModelState, rows: int) -> bool:
+    """Whether ``out`` can take ``rows`` rows of ``state`` (``ModelState.select``)."""
+    if out is state or out.layer_types != state.layer_types or out.batch < rows:
+        return False
+    return all(
+        not isinstance(a, FullAttnState)
+        and all(
+            x.shape[1:] == y.shape[1:] and x.dtype == y.dtype and x.data_ptr() != y.data_ptr()
+            for x, y in zip(a.tensors().values(), b.tensors().values(), strict=True)
+        )
+        for a, b in zip(out.layers, state.layers, strict=True)
+    )
+
+
+def _select_rows(t: torch.Tensor, index: torch.Tensor, into: torch.Tensor | None) -> torch.Tensor:
+    if into is None:
+        return t.index_select(0, index)
+    return torch.index_select(t, 0, index, out=into[: index.numel()])
+
+
+def _select_slots(
+    buf: torch.Tensor, index: torch.Tensor, seen: int, into: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rows ``index`` of a cache ``buf`` [B, H_kv, slots, D] of which ``seen`` tokens were
+    written: only the written slots are copied (a beam search over a short prompt copies a few
+    dozen of a 512-slot ring each step, not all of it); the others are zero, as in a new state
+    (``into``, when given, has them zero already)."""
+    written = min(seen, buf.shape[2])
+    if written == buf.shape[2]:
+        return _select_rows(buf, index, into)
+    rows = index.numel()
+    out = buf.new_zeros((rows, *buf.shape[1:])) if into is None else into[:rows]
+    out[:, :, :written] = buf[:, :, :written].index_select(0, index)
+    return out
+
+
 LayerState = GDNState | SWAState | FullAttnState
 
 
@@ -196,17 +232,48 @@ class ModelState:
                 layers.append(type(st)(st.k.clone(), st.v.clone(), st.seen))
         return ModelState(layers, self.layer_types, self.position, self.tokens_seen)
 
-    def select(self, rows: Sequence[int]) -> ModelState:
-        """A new state whose row ``i`` is a copy of this state's row ``rows[i]`` (beam search:
-        the beams kept at a step, from the rows they continue)."""
-        device = next(iter(self.layers[0].tensors().values())).device
-        index = torch.tensor(list(rows), dtype=torch.long, device=device)
+    def zeros_like(self, batch: int) -> ModelState:
+        """A zero state of ``batch`` rows with this one's layers, cache sizes, dtypes and device
+        (a full-attention cache starts empty)."""
         layers: list[LayerState] = []
         for st in self.layers:
+            zeros = {n: t.new_zeros((batch, *t.shape[1:])) for n, t in st.tensors().items()}
             if isinstance(st, GDNState):
-                layers.append(GDNState(*(t.index_select(0, index) for t in st.tensors().values())))
+                layers.append(GDNState(**zeros))
             else:
-                k, v = st.k.index_select(0, index), st.v.index_select(0, index)
+                k, v = zeros["k"], zeros["v"]
+                if isinstance(st, FullAttnState):
+                    k, v = k[:, :, :0].contiguous(), v[:, :, :0].contiguous()
+                layers.append(type(st)(k, v))
+        return ModelState(layers, self.layer_types)
+
+    def select(self, rows: Sequence[int], out: ModelState | None = None) -> ModelState:
+        """A state whose row ``i`` is a copy of this state's row ``rows[i]`` (beam search: the
+        beams kept at a step, from the rows they continue).
+
+        Args:
+            out: where to copy, instead of new tensors: a state of at least ``len(rows)`` rows,
+                other than this one, with caches of the same sizes, whose cache slots past this
+                state's written ones are zero (a new state, or one this search selected into
+                before: it has written fewer slots). Its first ``len(rows)`` rows become the
+                returned state, which shares their memory; ignored when it does not fit.
+        """
+        device = next(iter(self.layers[0].tensors().values())).device
+        index = torch.tensor(list(rows), dtype=torch.long, device=device)
+        if out is not None and not _fits(out, self, len(rows)):
+            out = None
+        layers: list[LayerState] = []
+        for i, st in enumerate(self.layers):
+            into = None if out is None else out.layers[i].tensors()
+            if isinstance(st, GDNState):
+                taken = {
+                    name: _select_rows(t, index, None if into is None else into[name])
+                    for name, t in st.tensors().items()
+                }
+                layers.append(GDNState(**taken))
+            else:
+                k = _select_slots(st.k, index, st.seen, None if into is None else into["k"])
+                v = _select_slots(st.v, index, st.seen, None if into is None else into["v"])
                 layers.append(type(st)(k, v, st.seen))
         return ModelState(layers, self.layer_types, self.position, self.tokens_seen)
 

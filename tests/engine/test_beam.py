@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from engine.beam import beam_search, beam_search_groups, fork_step
+from engine.config import tiny_config
 from engine.engine import CancelToken, Engine, Session, beam_generate_together
 from engine.errors import Cancelled, InputError, StateError
 from engine.sampling import SamplingParams
+from engine.testing import write_tiny_checkpoint
 from tests.engine.fakes import (
     ASSISTANT_OPEN,
     SPECIAL,
@@ -334,6 +336,24 @@ def test_state_stack_puts_rows_after_one_another(tiny: Engine) -> None:
             assert torch.equal(t[2], second.tensors()[name][0])
     with pytest.raises(StateError, match="no states"):
         type(a).stack([])
+
+
+# past REORDERS: two beams, then four (more rows than the step before), then fewer again
+FILLING = [
+    *REORDERS,
+    ([0, 1], [48, 49]),
+    ([1, 0, 1, 0], [50, 51, 52, 53]),
+    ([3, 3, 0], [54, 55, 56]),
+]
+
+
+def test_batched_step_as_the_ring_fills_and_wraps(tmp_path: Path) -> None:
+    # a window a little longer than the prompt: the beams' copies take only the written slots
+    # of the rings, into buffers reused from step to step, until the rings fill and wrap
+    checkpoint = write_tiny_checkpoint(tmp_path, tiny_config(sliding_window=60))
+    session = _asked(Engine.load(checkpoint, device="cpu"))
+    assert session.tokens_seen < 60 < session.tokens_seen + len(FILLING)
+    _assert_batched_matches_forks(session, FILLING, 1e-4)
 
 
 def test_batched_step_on_a_full_attention_model(tiny_teacher_checkpoint: Path) -> None:

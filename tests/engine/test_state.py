@@ -87,6 +87,70 @@ def test_clone_is_independent():
     assert not torch.equal(state.layers[1].S, fork.layers[1].S) and state.position == 9
 
 
+def _partly_written(written: int, batch: int = 3) -> ModelState:
+    """A state whose rings hold `written` tokens (slots past them zero, as a new state's)."""
+    state = _filled(batch=batch)
+    for st in state.layers:
+        if not isinstance(st, GDNState):
+            st.k[:, :, written:] = 0
+            st.v[:, :, written:] = 0
+            st.seen = written
+    return state
+
+
+def _assert_rows(picked: ModelState, state: ModelState, rows: list[int]) -> None:
+    index = torch.tensor(rows)
+    assert picked.batch == len(rows) and picked.position == state.position
+    for mine, theirs in zip(picked.layers, state.layers, strict=True):
+        assert getattr(mine, "seen", None) == getattr(theirs, "seen", None)
+        for name, t in mine.tensors().items():
+            assert torch.equal(t, theirs.tensors()[name].index_select(0, index)), name
+
+
+@pytest.mark.parametrize("written", [0, 5, CFG.text.sliding_window, 3 * CFG.text.sliding_window])
+def test_select_copies_rows_of_a_partly_written_ring(written):
+    state = _partly_written(written)
+    _assert_rows(state.select([2, 0, 2, 1]), state, [2, 0, 2, 1])
+
+
+def test_select_into_a_buffer_reuses_its_rows():
+    state = _partly_written(5)
+    buffer = state.zeros_like(4)
+    picked = state.select([1, 1, 0], out=buffer)
+    _assert_rows(picked, state, [1, 1, 0])
+    for mine, theirs in zip(picked.layers, buffer.layers, strict=True):
+        for name, t in mine.tensors().items():
+            assert t.data_ptr() == theirs.tensors()[name].data_ptr()
+    # the buffer's slots past the ones written stay zero, so a later, longer copy into it is whole
+    later = _partly_written(7)
+    _assert_rows(later.select([0, 2], out=buffer), later, [0, 2])
+
+
+def test_select_ignores_a_buffer_it_cannot_use():
+    state = _partly_written(5)
+    other_window = ModelState.new(tiny_config(sliding_window=16).text, 4, dtype=torch.bfloat16)
+    for out in (state.zeros_like(2), state, other_window, state.zeros_like(4).select([0])):
+        picked = state.select([2, 1, 0], out=out)
+        _assert_rows(picked, state, [2, 1, 0])
+        assert all(
+            t.data_ptr() != u.data_ptr()
+            for mine, theirs in zip(picked.layers, out.layers, strict=True)
+            for t, u in zip(mine.tensors().values(), theirs.tensors().values(), strict=True)
+        )
+
+
+def test_zeros_like_has_the_sizes_and_dtypes_of_the_state():
+    state = _filled()
+    zeros = state.zeros_like(5)
+    assert zeros.batch == 5 and (zeros.position, zeros.tokens_seen) == (0, 0)
+    for mine, theirs in zip(zeros.layers, state.layers, strict=True):
+        assert getattr(mine, "seen", 0) == 0
+        for name, t in mine.tensors().items():
+            other = theirs.tensors()[name]
+            assert t.shape[1:] == other.shape[1:] and t.dtype == other.dtype
+            assert not t.any()
+
+
 def test_nbytes_counts_every_tensor():
     state = ModelState.new(CFG.text, dtype=torch.bfloat16)
     expected = sum(t.nbytes for st in state.layers for t in st.tensors().values())
