@@ -186,12 +186,17 @@ def run_cli(argv: Sequence[str]) -> int:
         help="checkpoint directory or GGUF model with its mmproj (default: the embedded model)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default=None,
+        help="default: as stored; on a CPU, float32 for a model of at most 256 MiB of weights "
+        "(bfloat16 can be faster where the CPU has BF16 instructions: docs/quantization.md)",
+    )  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=MAX_OCR_TOKENS)
     add_reading_arguments(p)
     args = p.parse_args(list(argv))
     from engine.backends import load_engine
 
-    engine = load_engine(args.model, device=args.device)
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
     texts = ocr_images(
         engine, args.images, max_new_tokens=args.max_new_tokens, lines=LINES_MODES[args.lines],
         num_beams=args.beams,

@@ -69,6 +69,33 @@ def test_beams_choice_and_the_cli_flag(
     assert exit_info.value.code == 2
 
 
+def test_the_cli_dtype_flag_reads_in_that_dtype(
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from PIL import Image
+
+    import engine.backends as backends
+
+    loaded: list[Engine] = []
+    load = backends.load_engine
+
+    def spy(*a: object, **kw: object) -> Engine:
+        loaded.append(load(*a, **kw))  # type: ignore[arg-type]
+        return loaded[-1]
+
+    monkeypatch.setattr(backends, "load_engine", spy)
+    path = tmp_path / "w.png"
+    Image.new("RGB", (60, 40), "white").save(path)
+    args = [str(path), "--model", engine.info.path, "--device", "cpu", "--max-new-tokens", "4"]
+    assert run_cli([*args, "--dtype", "bfloat16"]) == 0
+    assert [e.info.dtype for e in loaded] == ["bfloat16"] and engine.info.dtype == "float32"
+    assert capsys.readouterr().out == ocr_images(loaded[0], [path], max_new_tokens=4)[0] + "\n"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli([*args, "--dtype", "float16"])
+    assert exit_info.value.code == 2
+
+
 def test_pieces_of_one_size_are_read_together_as_one_by_one(engine: Engine) -> None:
     """Lines the vision tower sees at one size are searched as one batch (engine.ocr's
     `_read_pieces`): the text is what reading each line on its own gives."""
