@@ -28,6 +28,7 @@ from engine.config import ModelConfig
 from engine.errors import Cancelled, CheckpointError, EngineError, InputError, StateError
 from engine.loader import load_model, weight_files, weights_fingerprint
 from engine.model.infinitevl import InfiniteVLForConditionalGeneration
+from engine.model.stack_rows import stack_rows
 from engine.preprocess import ImageParams, image_token_count, open_picture, preprocess_images
 from engine.quant import METHODS as QUANT_METHODS
 from engine.quant import decodes_eagerly_on, num_quantized_weights
@@ -742,14 +743,15 @@ def beam_generate_together(
     """The beam-searched replies of sessions that each await one, searched together: each
     session's beams are rows of one batch, fed in one model call a step (``engine.beam.
     beam_search_groups``), so that k short replies cost about the steps of the longest, not k
-    times its calls. Each reply is what ``generate`` with ``params`` would find for that session
-    alone, up to the float rounding of a wider batch. The sessions stay awaiting their replies
-    (their states are never fed): OCR reads its pieces this way and drops the sessions.
+    times its calls. Prompts of different lengths or image sizes are aligned to one position
+    (``engine.model.stack_rows``). Each reply is what ``generate`` with ``params`` would find
+    for that session alone, up to the float rounding of a wider batch and of the alignment. The
+    sessions stay awaiting their replies (their states are never fed): OCR reads its pieces this
+    way and drops the sessions.
 
     Raises:
         InputError: a session of another engine, or one not awaiting a reply.
-        StateError: sessions whose prompts differ in length or image geometry (their rows could
-            not step as one: ``ModelState.stack``).
+        StateError: sessions of a model with full attention (a growing cache per sequence).
         Cancelled: ``cancel`` was set (checked before each step).
     """
     if not sessions:
@@ -758,7 +760,7 @@ def beam_generate_together(
     if any(s._engine is not engine for s in sessions):
         raise InputError("beam_generate_together: the sessions must share one engine")
     firsts = [s.next_token_logprobs() for s in sessions]  # InputError unless awaiting
-    step = _rows_step(engine, ModelState.stack([s._state for s in sessions]))
+    step = _rows_step(engine, stack_rows([s._state for s in sessions], engine.config.text))
     replies = beam_search_groups(
         firsts, step, num_beams=params.num_beams, max_new_tokens=params.max_new_tokens,
         eos=engine.reply_end_ids, cancel=cancel,

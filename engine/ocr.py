@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from engine.engine import CancelToken, Engine, ModelInfo, beam_generate_together
-from engine.ocr_lines import grid_groups, join_readings, reading_pieces
-from engine.preprocess import open_picture, smart_resize, to_pil, to_rgb
+from engine.ocr_lines import join_readings, reading_pieces
+from engine.preprocess import open_picture, to_pil, to_rgb
 from engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ LINES_MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 # on unseen text), and batched they cost ~0.25 s more on an 800x200 region; 8 read screens better
 # still but take that region to ~1 s (benchmarks/eval_default_model.py --beams, README)
 EMBEDDED_OCR_BEAMS = 4
+# pieces of a region searched as one batch (a batch holds pieces x beams rows, each with its own
+# copy of the state: ~1 MB for the embedded model); a page of more lines goes in several batches
+PIECES_TOGETHER = 16
 
 ImageInput = str | Path | np.ndarray | Image.Image
 
@@ -96,28 +99,22 @@ def _read_pieces(
     engine: Engine | GGUFEngine, images: list[Image.Image], max_new_tokens: int,
     cancel: CancelToken | None, num_beams: int,
 ) -> list[str]:  # fmt: skip
-    """The readings of a region's pieces. With beams and this project's engine, pieces that the
-    vision tower sees at one size (`engine.ocr_lines.grid_groups`) are read together: each
-    prompt is read on its own, then their beam searches step as one batch
-    (`engine.engine.beam_generate_together`): on a 2-core CPU a step of the embedded model over
-    16 rows took 21 ms, one over 4 rows 12.7 (ad hoc, twenty-first session). A piece of a size
-    of its own is searched the same way, alone: its session is dropped unfed, where `generate`
-    would feed it the reply it found. Greedy reading, and GGUF models, read one by one."""
+    """The readings of a region's pieces. With beams and this project's engine the pieces are
+    read together, up to `PIECES_TOGETHER` at a time: each prompt is read on its own, then
+    their beam searches step as one batch (`engine.engine.beam_generate_together`, which aligns
+    prompts of different lengths), so a region costs about the steps of its longest reading
+    instead of the sum of all of them. The sessions are dropped unfed, where `generate` would
+    feed each the reply it found. Greedy reading, and GGUF models, read one by one."""
     if num_beams < 2 or not isinstance(engine, Engine):
         return [_read(engine, im, max_new_tokens, cancel, num_beams) for im in images]
-    p = engine.image_params
-    groups = grid_groups(
-        images, lambda h, w: smart_resize(h, w, p.factor, p.min_pixels, p.max_pixels)
-    )
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, num_beams=num_beams)
-    texts = [""] * len(images)
-    for group in groups:
+    texts: list[str] = []
+    for at in range(0, len(images), PIECES_TOGETHER):
         sessions = []
-        for i in group:
+        for image in images[at : at + PIECES_TOGETHER]:
             sessions.append(engine.new_session())
-            sessions[-1].add_user_message(OCR_PROMPT, [images[i]], cancel=cancel)
-        for i, text in zip(group, beam_generate_together(sessions, params, cancel), strict=True):
-            texts[i] = text.strip()
+            sessions[-1].add_user_message(OCR_PROMPT, [image], cancel=cancel)
+        texts += [text.strip() for text in beam_generate_together(sessions, params, cancel)]
     return texts
 
 

@@ -37,7 +37,7 @@ checkpoint, the region 2.07 s).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -302,22 +302,6 @@ def as_shown(piece: Image.Image) -> Image.Image:
     """`piece` as the model is shown it: small text enlarged (`enlarge_small_text`), then, when
     narrow, widened to whole patches (`widen_to_patches`)."""
     return widen_to_patches(enlarge_small_text(piece))
-
-
-def grid_groups(
-    images: Sequence[Image.Image], size: Callable[[int, int], tuple[int, int]]
-) -> list[list[int]]:
-    """The indices of `images` grouped by the size the resize before the vision tower gives
-    them (`size(height, width) -> (height, width)`), groups in the order of their first image:
-    pieces of one group become prompts of one length, which a model reads together
-    (`engine.ocr`). Lines of one text size and one length (a page's justified lines, a row of
-    buttons) fall together; nothing is padded to make more of them, since a blank strip beside
-    a line changes what the model reads (ad-hoc run, twenty-first session: pieces padded to the
-    widest of their height took the held-out screenshots' CER from 0.065 to 0.080)."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        groups.setdefault(size(im.height, im.width), []).append(i)
-    return list(groups.values())
 
 
 def join_readings(lines: Sequence[int], texts: Sequence[str]) -> str:

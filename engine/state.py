@@ -57,11 +57,15 @@ class SWAState:
         k: [B, H_kv, W, D]; token ``i`` lives in slot ``i % W``.
         v: [B, H_kv, W, D].
         seen: tokens written so far (the next one goes to slot ``seen % W``).
+        pads: None, or [B] int64: row ``b``'s first ``pads[b]`` tokens are padding that attention
+            skips (rows of prompts of different lengths aligned to one ``seen`` to decode as one
+            batch: ``engine.model.stack_rows``). Such a state decodes one token at a time.
     """
 
     k: torch.Tensor
     v: torch.Tensor
     seen: int = 0
+    pads: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"k": self.k, "v": self.v}
@@ -228,8 +232,11 @@ class ModelState:
         for st in self.layers:
             if isinstance(st, GDNState):
                 layers.append(GDNState(*(t.clone() for t in st.tensors().values())))
+            elif isinstance(st, SWAState):
+                pads = None if st.pads is None else st.pads.clone()
+                layers.append(SWAState(st.k.clone(), st.v.clone(), st.seen, pads))
             else:
-                layers.append(type(st)(st.k.clone(), st.v.clone(), st.seen))
+                layers.append(FullAttnState(st.k.clone(), st.v.clone(), st.seen))
         return ModelState(layers, self.layer_types, self.position, self.tokens_seen)
 
     def zeros_like(self, batch: int) -> ModelState:
@@ -274,7 +281,11 @@ class ModelState:
             else:
                 k = _select_slots(st.k, index, st.seen, None if into is None else into["k"])
                 v = _select_slots(st.v, index, st.seen, None if into is None else into["v"])
-                layers.append(type(st)(k, v, st.seen))
+                if isinstance(st, SWAState):
+                    pads = None if st.pads is None else st.pads.index_select(0, index)
+                    layers.append(SWAState(k, v, st.seen, pads))
+                else:
+                    layers.append(FullAttnState(k, v, st.seen))
         return ModelState(layers, self.layer_types, self.position, self.tokens_seen)
 
     @classmethod
@@ -292,6 +303,8 @@ class ModelState:
         first = states[0]
         if any(isinstance(st, FullAttnState) for st in first.layers):
             raise StateError("stack: a full-attention cache grows per sequence; it cannot stack")
+        if any(s.has_pads() for s in states):
+            raise StateError("stack: states of aligned rows (with padding) do not stack again")
         for other in states[1:]:
             same = (
                 other.layer_types == first.layer_types
@@ -316,6 +329,10 @@ class ModelState:
             else:
                 layers.append(type(st)(joined["k"], joined["v"], st.seen))
         return cls(layers, first.layer_types, first.position, first.tokens_seen)
+
+    def has_pads(self) -> bool:
+        """Whether rows were aligned with padding (``SWAState.pads``)."""
+        return any(isinstance(st, SWAState) and st.pads is not None for st in self.layers)
 
     def nbytes(self) -> int:
         """Bytes held by the state's tensors (a full-attention cache counts its allocated size)."""
@@ -352,6 +369,8 @@ class ModelState:
             path: destination ``.safetensors`` file.
             fingerprint: the model's fingerprint (config and weights); ``load`` insists on it.
         """
+        if self.has_pads():
+            raise StateError("a state of rows aligned with padding is a search's, never saved")
         path = Path(path)
         tensors = {k: v.cpu() for k, v in self._flat().items()}
         meta = self._header(fingerprint)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import TextConfig
+from engine.errors import StateError
 from engine.model.fused import FUSED_DECODE_DEFAULT, FusedLinear, rows_linear
 from engine.model.rope import apply_rotary
 from engine.state import FullAttnState, SWAState
@@ -95,7 +96,11 @@ class Attention(nn.Module):
         # prefill path, which writes detached keys
         if T == 1 and not (torch.is_grad_enabled() and k.requires_grad):
             q1, k1, v1 = q[:, :, 0], k[:, :, 0], v[:, :, 0]
-            o = swa.step(q1, k1, v1, state.k, state.v, state.seen, scale=self.scale).unsqueeze(2)
+            o = swa.step(
+                q1, k1, v1, state.k, state.v, state.seen, scale=self.scale, pads=state.pads
+            ).unsqueeze(2)
+        elif state.pads is not None:
+            raise StateError("rows aligned with padding are fed one token at a time")
         else:
             ring_k, ring_v = state.k, state.v
             if torch.is_grad_enabled() and q.requires_grad:

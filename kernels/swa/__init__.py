@@ -118,6 +118,7 @@ def step(
     *,
     scale: float,
     use_kernel: bool | None = None,
+    pads: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode token: store k, v at slot seen % W, then attend over min(seen + 1, W) entries.
 
@@ -126,9 +127,16 @@ def step(
         seen: tokens before this one; the Triton path also takes a 0-d int64 tensor on q's device
             (one CUDA graph then serves every position).  scale: multiplies q k^T.
         use_kernel: True forces the fast path, False the reference, None picks by device.
+        pads: None, or [B] int64: row b's tokens before index pads[b] are padding, left out
+            (rows aligned to decode as one batch: a beam search's, never a graph's). Only the
+            reference reads them; None picks the path as above.
     Returns:
         o: [B, H, D] in the dtype of q.
     """
+    if pads is not None:
+        if use_kernel:
+            raise ValueError("swa.step: the Triton step takes no padded rows")
+        return reference.step(q, k, v, ring_k, ring_v, int(seen), scale=scale, pads=pads)
     # Triton's interpreter runs kernels on CPU tensors: how the kernel tests run without a GPU
     runnable = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     if _resolve(q, use_kernel, "step", runnable and has_triton()):

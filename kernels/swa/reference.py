@@ -146,12 +146,15 @@ def step(
     seen: int,
     *,
     scale: float,
+    pads: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode token: write k, v at slot seen % W, then attend over min(seen + 1, W) entries.
 
     Args:
         q: [B, H, D].  k, v: [B, Hkv, D].  ring_k, ring_v: [B, Hkv, W, D], modified.
         seen: tokens before this one.  scale: multiplies q k^T.
+        pads: None, or [B] int64: tokens before index ``pads[b]`` of row ``b`` are padding, left
+            out of its attention (at most ``seen``: the new token is never padding).
     Returns:
         o: [B, H, D] in the dtype of q.
     """
@@ -164,5 +167,12 @@ def step(
     n = min(seen + 1, W)
     keys, values = ring_k[:, :, :n].float(), ring_v[:, :, :n].float()  # [B, Hkv, n, D]
     qg = q.float().view(B, Hkv, H // Hkv, D)
-    p = torch.softmax(qg @ keys.transpose(-1, -2) * scale, dim=-1)  # [B, Hkv, G, n]
+    scores = qg @ keys.transpose(-1, -2) * scale  # [B, Hkv, G, n]
+    if pads is not None:
+        # slot s holds token seen - ((seen - s) mod W), the one of the window that lands there
+        slots = torch.arange(n, device=q.device)
+        token = seen - torch.remainder(seen - slots, W)
+        padding = token[None, :] < pads.to(q.device)[:, None]  # [B, n]
+        scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+    p = torch.softmax(scores, dim=-1)
     return (p @ values).reshape(B, H, D).to(q.dtype)

@@ -15,6 +15,7 @@ from engine.beam import beam_search, beam_search_groups, fork_step
 from engine.config import tiny_config
 from engine.engine import CancelToken, Engine, Session, beam_generate_together
 from engine.errors import Cancelled, InputError, StateError
+from engine.model.stack_rows import stack_rows
 from engine.sampling import SamplingParams
 from engine.testing import write_tiny_checkpoint
 from tests.engine.fakes import (
@@ -315,15 +316,53 @@ def test_replies_searched_together_match_each_alone(tiny: Engine) -> None:
     assert beam_generate_together([], params) == []
 
 
-def test_together_refuses_prompts_of_another_geometry(tiny: Engine) -> None:
-    params = SamplingParams(num_beams=2, max_new_tokens=4)
-    # another picture size: more image tokens, another position; the rows cannot step as one
-    with pytest.raises(StateError, match="position"):
-        beam_generate_together([_shown(tiny, 0), _shown(tiny, 1, (56, 112))], params)
+def test_prompts_of_another_geometry_are_searched_together(tiny: Engine) -> None:
+    params = SamplingParams(num_beams=2, max_new_tokens=5)
+    # other picture sizes and a text prompt: other lengths and positions, aligned to step as one
+    sessions = [_shown(tiny, 0), _shown(tiny, 1, (56, 112)), _asked(tiny, "describe")]
+    alone = [_shown(tiny, 0), _shown(tiny, 1, (56, 112)), _asked(tiny, "describe")]
+    assert len({s.tokens_seen for s in sessions}) == 3
+    assert beam_generate_together(sessions, params) == [_beamed(s, 2, 5) for s in alone]
     answered = _shown(tiny, 2)
     _beamed(answered, 2)
     with pytest.raises(InputError, match="nothing to answer"):
         beam_generate_together([_shown(tiny, 0), answered], params)
+
+
+@pytest.mark.parametrize("window", [8, 64, 200])
+def test_aligned_rows_step_as_their_own_sessions(tmp_path: Path, window: int) -> None:
+    # window 8: every ring full and wrapping; 64: the text prompt's ring fills while the
+    # pictures' are full; 200: none fills. Each row gives its own session's next logits.
+    checkpoint = write_tiny_checkpoint(tmp_path, tiny_config(sliding_window=window))
+    engine = Engine.load(checkpoint, device="cpu")
+    sessions = [_asked(engine), _shown(engine, 0, (56, 112)), _shown(engine, 1, (112, 112))]
+    rows = stack_rows([s._state for s in sessions], engine.config.text)
+    assert rows.has_pads() and rows.batch == 3
+    own = [s._state.clone() for s in sessions]
+    with torch.no_grad():
+        for step in range(12):
+            tokens = [40 + step, 60 + step, 80 + step]
+            ids = torch.tensor([[t] for t in tokens])
+            got = engine.model(ids, rows, logits_to_keep=1)[:, -1]
+            for i, state in enumerate(own):
+                want = engine.model(ids[i : i + 1], state, logits_to_keep=1)[0, -1]
+                torch.testing.assert_close(got[i], want, atol=1e-4, rtol=1e-4)
+        # an aligned state steps one token a row at a time, and is never saved nor stacked again
+        with pytest.raises(StateError, match="one token at a time"):
+            engine.model(torch.tensor([[40, 41]] * 3), rows, logits_to_keep=1)
+    with pytest.raises(StateError, match="never saved"):
+        rows.save(tmp_path / "rows.safetensors", engine.fingerprint)
+    with pytest.raises(StateError, match="do not stack again"):
+        stack_rows([rows, own[0]], engine.config.text)
+
+
+def test_stack_rows_refuses_full_attention_rows(tiny_teacher_checkpoint: Path) -> None:
+    teacher = Engine.load(tiny_teacher_checkpoint, device="cpu")
+    states = [_asked(teacher)._state, _shown(teacher, 0)._state]
+    with pytest.raises(StateError, match="full-attention"):
+        stack_rows(states, teacher.config.text)
+    with pytest.raises(StateError, match="no states"):
+        stack_rows([], teacher.config.text)
 
 
 def test_state_stack_puts_rows_after_one_another(tiny: Engine) -> None:

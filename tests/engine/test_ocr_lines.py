@@ -15,7 +15,6 @@ from engine.ocr_lines import (
     PATCH_PAIR,
     band_pieces,
     enlarge_small_text,
-    grid_groups,
     join_readings,
     line_bands,
     reading_pieces,
@@ -215,15 +214,3 @@ def test_join_readings_joins_a_bands_pieces_with_spaces() -> None:
     assert join_readings(lines, texts) == "Storage\nCancel Save"
     with pytest.raises(ValueError):
         join_readings(lines, texts[:2])
-
-
-def test_grid_groups_gather_pieces_the_resize_makes_one_size() -> None:
-    # (height, width) -> the resize to whole 28-px patches, as engine.preprocess.smart_resize
-    def size(h: int, w: int) -> tuple[int, int]:
-        return (max(28, round(h / 28) * 28), max(28, round(w / 28) * 28))
-
-    sizes = [(30, 800), (31, 853), (29, 805), (60, 800), (30, 100), (41, 810)]
-    images = [Image.new("RGB", (w, h), "white") for h, w in sizes]
-    # 800, 805 and 810 wide round to 812 at a height of 28; 853 to 840; 60 rows to 56
-    assert grid_groups(images, size) == [[0, 2, 5], [1], [3], [4]]
-    assert grid_groups([], size) == []
