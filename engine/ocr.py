@@ -36,9 +36,12 @@ LINES_MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 # on unseen text), and batched they cost ~0.25 s more on an 800x200 region; 8 read screens better
 # still but take that region to ~1 s (benchmarks/eval_default_model.py --beams, README)
 EMBEDDED_OCR_BEAMS = 4
-# pieces of a region searched as one batch (a batch holds pieces x beams rows, each with its own
-# copy of the state: ~1 MB for the embedded model); a page of more lines goes in several batches
+# pieces of a region searched as one batch, at most: a batch holds pieces x beams rows, each
+# with its own copy of the state (three copies live during a step), so fewer pieces go together
+# where the rows' states would pass ROWS_STATE_BYTES (the embedded model's state is ~1 MB a row,
+# the 4B model's ~127 MiB: one piece at a time there)
 PIECES_TOGETHER = 16
+ROWS_STATE_BYTES = 256 * 2**20
 
 ImageInput = str | Path | np.ndarray | Image.Image
 
@@ -100,7 +103,7 @@ def _read_pieces(
     cancel: CancelToken | None, num_beams: int,
 ) -> list[str]:  # fmt: skip
     """The readings of a region's pieces. With beams and this project's engine the pieces are
-    read together, up to `PIECES_TOGETHER` at a time: each prompt is read on its own, then
+    read together, up to `pieces_together` at a time: each prompt is read on its own, then
     their beam searches step as one batch (`engine.engine.beam_generate_together`, which aligns
     prompts of different lengths), so a region costs about the steps of its longest reading
     instead of the sum of all of them. The sessions are dropped unfed, where `generate` would
@@ -108,14 +111,22 @@ def _read_pieces(
     if num_beams < 2 or not isinstance(engine, Engine):
         return [_read(engine, im, max_new_tokens, cancel, num_beams) for im in images]
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    together = pieces_together(engine.info.state_nbytes, num_beams)
     texts: list[str] = []
-    for at in range(0, len(images), PIECES_TOGETHER):
+    for at in range(0, len(images), together):
         sessions = []
-        for image in images[at : at + PIECES_TOGETHER]:
+        for image in images[at : at + together]:
             sessions.append(engine.new_session())
             sessions[-1].add_user_message(OCR_PROMPT, [image], cancel=cancel)
         texts += [text.strip() for text in beam_generate_together(sessions, params, cancel)]
     return texts
+
+
+def pieces_together(state_nbytes: int, num_beams: int) -> int:
+    """How many pieces OCR searches as one batch with a model whose state takes `state_nbytes`
+    a row: `PIECES_TOGETHER`, fewer where their rows' states would pass `ROWS_STATE_BYTES`."""
+    fits = ROWS_STATE_BYTES // max(1, 3 * num_beams * state_nbytes)
+    return max(1, min(PIECES_TOGETHER, fits))
 
 
 def ocr_images(

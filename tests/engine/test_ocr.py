@@ -96,10 +96,18 @@ def test_the_cli_dtype_flag_reads_in_that_dtype(
     assert exit_info.value.code == 2
 
 
-def test_pieces_are_read_together_as_one_by_one(engine: Engine) -> None:
+@pytest.mark.parametrize("at_once", [16, 2])
+def test_pieces_are_read_together_as_one_by_one(
+    engine: Engine, at_once: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A region's pieces are searched as one batch (engine.ocr's `_read_pieces`), lines of
-    other lengths aligned to one position: the text is what reading each on its own gives."""
+    other lengths aligned to one position, or in batches of `at_once`: the text is what
+    reading each on its own gives, in order."""
     from PIL import Image, ImageDraw
+
+    from engine import ocr
+
+    monkeypatch.setattr(ocr, "PIECES_TOGETHER", at_once)
 
     from engine.ocr import _read
     from engine.ocr_lines import reading_pieces
@@ -113,3 +121,14 @@ def test_pieces_are_read_together_as_one_by_one(engine: Engine) -> None:
     alone = [_read(engine, p.image, 5, None, 3) for p in pieces]
     together = ocr_images(engine, [image], max_new_tokens=5, lines=True, num_beams=3)[0]
     assert together == "\n".join(t for t in alone if t)
+
+
+def test_pieces_together_keeps_the_rows_states_bounded() -> None:
+    from engine.ocr import PIECES_TOGETHER, ROWS_STATE_BYTES, pieces_together
+
+    assert pieces_together(1_084_928, 4) == PIECES_TOGETHER  # the embedded model's state
+    assert pieces_together(133_447_680, 4) == 1  # the 4B model's: one piece at a time
+    for nbytes in (2**20, 5 * 2**20, 9 * 2**20, 30 * 2**20):
+        n = pieces_together(nbytes, 4)
+        assert 1 <= n <= PIECES_TOGETHER and (n == 1 or 3 * 4 * n * nbytes <= ROWS_STATE_BYTES)
+    assert 1 < pieces_together(8 * 2**20, 4) < PIECES_TOGETHER
