@@ -93,6 +93,36 @@ def test_step_decode_matches_banded_full_attention_past_wrap(prompt: int) -> Non
     assert_close("decode", banded_full(q, k, v), torch.cat(outs, dim=2), 1e-6)
 
 
+@pytest.mark.parametrize("pads", [(3, 0), (W + 2, 5)], ids=["in-window", "past-window"])
+def test_step_with_pads_leaves_each_rows_padding_out(pads: tuple[int, int]) -> None:
+    # rows aligned to one position (engine.model.stack_rows): row b's tokens before pads[b] are
+    # padding; its queries see keys max(t - W + 1, pads[b]) ... t, past the ring's wrap too
+    T = 3 * W + 7
+    q, k, v = make_qkv(T, seed=7)
+    ring_k, ring_v = empty_ring()
+    first = max(pads)
+    swa.write(ring_k, ring_v, k[:, :, :first], v[:, :, :first], 0)
+    padding = torch.tensor(pads)
+    outs = [
+        swa.step(q[:, :, t], k[:, :, t], v[:, :, t], ring_k, ring_v, t, scale=SCALE, pads=padding)
+        for t in range(first, T)
+    ]
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    group = H // HKV
+    k64, v64 = (x.double().repeat_interleave(group, dim=1) for x in (k, v))
+    for b, pad in enumerate(pads):
+        mask = (j <= i) & (j > i - W) & (j >= pad)
+        want = F.scaled_dot_product_attention(
+            q[b : b + 1, :, first:].double(), k64[b : b + 1], v64[b : b + 1],
+            attn_mask=mask[first:], scale=SCALE,
+        )  # fmt: skip
+        got = torch.stack([o[b] for o in outs], dim=1)[None]
+        assert_close(f"row {b}", want, got, 1e-6)
+    with pytest.raises(ValueError, match="no padded rows"):
+        swa.step(q[:, :, 0], k[:, :, 0], v[:, :, 0], ring_k, ring_v, T, scale=SCALE,
+                 pads=padding, use_kernel=True)  # fmt: skip
+
+
 def test_write_keeps_last_window_in_slots() -> None:
     _, k, v = make_qkv(2 * W + 3)
     ring_k, ring_v = empty_ring()
