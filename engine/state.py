@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -147,6 +148,15 @@ def _select_slots(
     return out
 
 
+def _joined_pads(rings: Sequence[SWAState]) -> torch.Tensor | None:
+    """The padding of rings stacked in order: None when none has any, else zero for theirs."""
+    if all(r.pads is None for r in rings):
+        return None
+    return torch.cat(
+        [r.k.new_zeros(r.k.shape[0], dtype=torch.long) if r.pads is None else r.pads for r in rings]
+    )
+
+
 LayerState = GDNState | SWAState | FullAttnState
 
 
@@ -244,14 +254,15 @@ class ModelState:
         (a full-attention cache starts empty)."""
         layers: list[LayerState] = []
         for st in self.layers:
+            if isinstance(st, FullAttnState):
+                empty = (batch, st.k.shape[1], 0, st.k.shape[3])
+                layers.append(FullAttnState(st.k.new_zeros(empty), st.v.new_zeros(empty)))
+                continue
             zeros = {n: t.new_zeros((batch, *t.shape[1:])) for n, t in st.tensors().items()}
             if isinstance(st, GDNState):
                 layers.append(GDNState(**zeros))
             else:
-                k, v = zeros["k"], zeros["v"]
-                if isinstance(st, FullAttnState):
-                    k, v = k[:, :, :0].contiguous(), v[:, :, :0].contiguous()
-                layers.append(type(st)(k, v))
+                layers.append(SWAState(zeros["k"], zeros["v"]))
         return ModelState(layers, self.layer_types)
 
     def select(self, rows: Sequence[int], out: ModelState | None = None) -> ModelState:
@@ -290,8 +301,9 @@ class ModelState:
 
     @classmethod
     def stack(cls, states: Sequence[ModelState]) -> ModelState:
-        """One state whose rows are the rows of ``states``, in order (copies): sequences that
-        have read prompts of the same geometry, decoded together (``engine.engine.
+        """One state whose rows are the rows of ``states``, in order (copies, padding included):
+        sequences that have read prompts of the same geometry, or were aligned to one
+        (``engine.model.stack_rows``), decoded together (``engine.engine.
         beam_generate_together``).
 
         Raises:
@@ -303,8 +315,6 @@ class ModelState:
         first = states[0]
         if any(isinstance(st, FullAttnState) for st in first.layers):
             raise StateError("stack: a full-attention cache grows per sequence; it cannot stack")
-        if any(s.has_pads() for s in states):
-            raise StateError("stack: states of aligned rows (with padding) do not stack again")
         for other in states[1:]:
             same = (
                 other.layer_types == first.layer_types
@@ -327,7 +337,8 @@ class ModelState:
             if isinstance(st, GDNState):
                 layers.append(GDNState(**joined))
             else:
-                layers.append(type(st)(joined["k"], joined["v"], st.seen))
+                rings = [cast(SWAState, s.layers[i]) for s in states]  # the layer types are equal
+                layers.append(SWAState(joined["k"], joined["v"], st.seen, _joined_pads(rings)))
         return cls(layers, first.layer_types, first.position, first.tokens_seen)
 
     def has_pads(self) -> bool:

@@ -35,7 +35,7 @@ def stack_rows(states: Sequence[ModelState], config: TextConfig) -> ModelState:
 
     Raises:
         StateError: no states, states of other layers, a full-attention cache (it grows per
-            sequence), or a row already aligned with padding.
+            sequence), or, where the rows differ, a row already aligned with padding.
     """
     if not states:
         raise StateError("stack_rows: no states given")
@@ -48,31 +48,34 @@ def stack_rows(states: Sequence[ModelState], config: TextConfig) -> ModelState:
         raise StateError("stack_rows: a full-attention cache grows per sequence; it cannot stack")
     if any(s.has_pads() for s in states):
         raise StateError("stack_rows: states of aligned rows (with padding) do not stack again")
+    fills = [max(getattr(s.layers[i], "seen", 0) for s in states) for i in range(len(first.layers))]
     position = max(s.position for s in states)
-    layers: list[LayerState] = []
-    for i, st in enumerate(first.layers):
-        if isinstance(st, GDNState):
-            names = st.tensors()
-            rows = [s.layers[i].tensors() for s in states]
-            layers.append(GDNState(**{n: torch.cat([r[n] for r in rows]) for n in names}))
-            continue
-        rings = [cast(SWAState, s.layers[i]) for s in states]  # the layer types are equal
-        seen = max(r.seen for r in rings)
-        pads = [seen - r.seen for r in rings]
-        k, v = [], []
-        for s, ring, pad in zip(states, rings, pads, strict=True):
-            W = ring.k.shape[2]
-            k.append(_rotated(torch.roll(ring.k, pad % W, dims=2), position - s.position, config))
-            v.append(torch.roll(ring.v, pad % W, dims=2))
-        padding = torch.tensor(pads, dtype=torch.long, device=st.k.device)
-        layers.append(SWAState(torch.cat(k), torch.cat(v), seen, padding))
     tokens_seen = max(s.tokens_seen for s in states)
-    return ModelState(layers, first.layer_types, position, tokens_seen)
+    return ModelState.stack([_aligned(s, fills, position, tokens_seen, config) for s in states])
 
 
 def _geometry(state: ModelState) -> tuple[int, ...]:
     seen = [getattr(st, "seen", -1) for st in state.layers]
     return (state.position, state.tokens_seen, *seen)
+
+
+def _aligned(
+    state: ModelState, fills: list[int], position: int, tokens_seen: int, config: TextConfig
+) -> ModelState:
+    """``state`` moved to ``position`` and each ring to the fill ``fills[i]``: its rings rolled,
+    keys rotated and leading slots marked padding; its Gated DeltaNet layers shared, not copied
+    (``ModelState.stack`` copies them)."""
+    layers: list[LayerState] = []
+    for st, fill in zip(state.layers, fills, strict=True):
+        if isinstance(st, GDNState):
+            layers.append(st)
+            continue
+        ring = cast(SWAState, st)  # stack_rows refuses full attention
+        pad, W = fill - ring.seen, ring.k.shape[2]
+        k = _rotated(torch.roll(ring.k, pad % W, dims=2), position - state.position, config)
+        pads = torch.full((ring.k.shape[0],), pad, dtype=torch.long, device=ring.k.device)
+        layers.append(SWAState(k, torch.roll(ring.v, pad % W, dims=2), fill, pads))
+    return ModelState(layers, state.layer_types, position, tokens_seen)
 
 
 def _rotated(keys: torch.Tensor, shift: int, config: TextConfig) -> torch.Tensor:

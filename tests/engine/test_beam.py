@@ -17,6 +17,7 @@ from engine.engine import CancelToken, Engine, Session, beam_generate_together
 from engine.errors import Cancelled, InputError, StateError
 from engine.model.stack_rows import stack_rows
 from engine.sampling import SamplingParams
+from engine.state import SWAState
 from engine.testing import write_tiny_checkpoint
 from tests.engine.fakes import (
     ASSISTANT_OPEN,
@@ -336,12 +337,14 @@ def test_aligned_rows_step_as_their_own_sessions(tmp_path: Path, window: int) ->
     checkpoint = write_tiny_checkpoint(tmp_path, tiny_config(sliding_window=window))
     engine = Engine.load(checkpoint, device="cpu")
     sessions = [_asked(engine), _shown(engine, 0, (56, 112)), _shown(engine, 1, (112, 112))]
-    rows = stack_rows([s._state for s in sessions], engine.config.text)
-    assert rows.has_pads() and rows.batch == 3
-    own = [s._state.clone() for s in sessions]
+    # the second state holds two rows (its copy twice): each row of a state is padded alike
+    states = [sessions[0]._state, sessions[1]._state.select([0, 0]), sessions[2]._state]
+    rows = stack_rows(states, engine.config.text)
+    assert rows.has_pads() and rows.batch == 4
+    own = [s._state.clone() for s in (sessions[0], sessions[1], sessions[1], sessions[2])]
     with torch.no_grad():
         for step in range(12):
-            tokens = [40 + step, 60 + step, 80 + step]
+            tokens = [40 + step, 60 + step, 70 + step, 80 + step]
             ids = torch.tensor([[t] for t in tokens])
             got = engine.model(ids, rows, logits_to_keep=1)[:, -1]
             for i, state in enumerate(own):
@@ -349,11 +352,17 @@ def test_aligned_rows_step_as_their_own_sessions(tmp_path: Path, window: int) ->
                 torch.testing.assert_close(got[i], want, atol=1e-4, rtol=1e-4)
         # an aligned state steps one token a row at a time, and is never saved nor stacked again
         with pytest.raises(StateError, match="one token at a time"):
-            engine.model(torch.tensor([[40, 41]] * 3), rows, logits_to_keep=1)
+            engine.model(torch.tensor([[40, 41]] * 4), rows, logits_to_keep=1)
     with pytest.raises(StateError, match="never saved"):
         rows.save(tmp_path / "rows.safetensors", engine.fingerprint)
     with pytest.raises(StateError, match="do not stack again"):
         stack_rows([rows, own[0]], engine.config.text)
+    # rows of one geometry stack as they are, padding included
+    twice = type(rows).stack([rows, rows.select([3])])
+    for mine, theirs in zip(twice.layers, rows.layers, strict=True):
+        if isinstance(mine, SWAState):
+            assert theirs.pads is not None and mine.pads is not None
+            assert mine.pads.tolist() == [*theirs.pads.tolist(), theirs.pads[3].item()]
 
 
 def test_stack_rows_refuses_full_attention_rows(tiny_teacher_checkpoint: Path) -> None:
