@@ -60,10 +60,14 @@ DARK_SHARE = 0.25  # dialogs drawn in a dark palette
 
 @dataclass(slots=True)
 class Label:
-    """A text a dialog shows, and the widget's box in the dialog's picture."""
+    """A text a dialog shows, and the widget's box in the dialog's picture; for a plain label,
+    a check box or a radio button, also where each of its words is drawn:
+    (word, left, right) columns of the picture, so that a text OCR cuts between its words
+    (`engine.ocr_lines.word_cuts`) is parted with it."""
 
     text: str
     box: Box
+    words: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -197,9 +201,68 @@ def draw_dialog(rng: random.Random, src: TextSource) -> tuple[Image.Image, list[
         w, h = widget.width(), widget.height()
         if isinstance(widget, QGroupBox):  # its title, on the top of its frame
             h = widget.fontMetrics().height() + 2
-        labels.append(Label(text, (at.x(), at.y(), at.x() + w, at.y() + h)))
+        words = _word_columns(widget, at.x())
+        labels.append(Label(text, (at.x(), at.y(), at.x() + w, at.y() + h), words))
     dialog.deleteLater()
     return image, labels
+
+
+def _text_left(widget: Any) -> int | None:
+    """The column of `widget` where its text starts, for the widgets that draw it left-aligned
+    from a known edge: a plain QLabel (no frame, so no indent) from its contents' left edge, a
+    check box or radio button from its style's contents rectangle (past the indicator); None
+    for others."""
+    from PySide6.QtWidgets import QCheckBox, QLabel, QRadioButton, QStyle, QStyleOptionButton
+
+    if type(widget) is QLabel:
+        return int(widget.contentsRect().x() + widget.margin())
+    contents = {QCheckBox: QStyle.SubElement.SE_CheckBoxContents,
+                QRadioButton: QStyle.SubElement.SE_RadioButtonContents}  # fmt: skip
+    element = contents.get(type(widget))
+    if element is None:
+        return None
+    option = QStyleOptionButton()
+    widget.initStyleOption(option)
+    return int(widget.style().subElementRect(element, option, widget).x())
+
+
+def _word_columns(widget: Any, x: int) -> tuple[tuple[str, int, int], ...]:
+    """(word, left, right) columns of each word of `widget`, whose left edge is at column `x`
+    of the dialog, where its text is drawn left-aligned (`_text_left`): each word where the
+    font's advance of the text before it ends; () for widgets that draw it otherwise."""
+    start = _text_left(widget)
+    if start is None:
+        return ()
+    metrics = widget.fontMetrics()
+    text = widget.text()
+    left = x + start
+    out = []
+    at = 0
+    for word in text.split():
+        start = text.index(word, at)
+        at = start + len(word)
+        out.append((word, left + metrics.horizontalAdvance(text[:start]),
+                    left + metrics.horizontalAdvance(text[:at])))  # fmt: skip
+    return tuple(out)
+
+
+def _split_by_words(label: Label, pieces: Sequence[Box]) -> list[tuple[int, Label]] | None:
+    """`label` parted among the `pieces` it spans, by where its words are drawn: (piece index,
+    the words in that piece as a label of their own); None where it has no word columns or a
+    word overlaps two pieces."""
+    parts: dict[int, list[tuple[str, int, int]]] = {}
+    for word in label.words:
+        hits = [i for i, p in enumerate(pieces) if _overlap((p[0], p[2]), word[1:]) > 0]
+        if len(hits) != 1:
+            return None
+        parts.setdefault(hits[0], []).append(word)
+    if not parts:
+        return None
+    top, bottom = label.box[1], label.box[3]
+    return [
+        (i, Label(" ".join(w for w, _, _ in ws), (ws[0][1], top, ws[-1][2], bottom)))
+        for i, ws in sorted(parts.items())
+    ]
 
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> int:
@@ -212,8 +275,9 @@ def piece_texts(
     """The texts of the pieces `boxes` (`engine.ocr_lines.piece_boxes` of a dialog) from the
     widgets' `labels`: ([(piece box, text)] of the bands whose widgets are placed plainly,
     bands left out). A widget belongs to the band that holds its middle row and to the piece of
-    that band its columns overlap; a band is left out when a widget overlaps two of its pieces,
-    a piece holds none, or a piece holds widgets above one another."""
+    that band its columns overlap; a label or check box that OCR cut between its words, each
+    word to the piece it lies in. A band is left out when another widget overlaps two of its
+    pieces, a word does, a piece holds none, or a piece holds widgets above one another."""
     bands: dict[int, list[Box]] = {}
     for line, box in boxes:
         bands.setdefault(line, []).append(box)
@@ -227,10 +291,15 @@ def piece_texts(
         for lb in inside:
             hits = [i for i, p in enumerate(pieces)
                     if _overlap((p[0], p[2]), (lb.box[0], lb.box[2])) > 0]  # fmt: skip
-            if len(hits) != 1:
+            if len(hits) == 1:
+                held[hits[0]].append(lb)
+                continue
+            parts = _split_by_words(lb, pieces) if len(hits) > 1 else None
+            if parts is None:
                 plain = False
                 break
-            held[hits[0]].append(lb)
+            for i, part in parts:
+                held[i].append(part)
         plain = plain and all(held) and all(_side_by_side(h) for h in held)
         if not plain:
             left_out += 1

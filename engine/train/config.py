@@ -44,7 +44,8 @@ class DataConfig:
             windows, far fewer attention calls per batch on a GPU).
         line_size: (low, high) font pixels of the single words and lines (`ocr_word`,
             `ocr_line`, `ocr_unseen`).
-        reading_view: those lines as OCR shows them to the model: text under 16 rows enlarged
+        reading_view: those lines as OCR shows them to the model: one of the pieces OCR cuts
+            a long line into (`synthetic.lines.one_piece`), text under 16 rows enlarged
             (`synthetic.lines.as_read`).
     """
 

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from engine.ocr_lines import (
     MAX_ENLARGE,
+    MAX_PIECE,
     MIN_TEXT_HEIGHT,
     NARROW,
     PATCH_PAIR,
@@ -21,6 +22,7 @@ from engine.ocr_lines import (
     split_lines,
     text_height,
     widen_to_patches,
+    word_cuts,
 )
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -126,7 +128,7 @@ def test_reading_pieces_are_the_bands_with_small_text_enlarged() -> None:
     image = Image.new("RGB", (420, 120), (239, 239, 239))
     draw = ImageDraw.Draw(image)
     draw.text((8, 10), "Storage", font=_font(22), fill="black")
-    draw.text((8, 60), "Download complete: 536 MB", font=_font(10), fill="black")
+    draw.text((8, 60), "Saved: 536 MB", font=_font(10), fill="black")
     bands = split_lines(image)
     pieces = reading_pieces(image)
     assert len(bands) == len(pieces) == 2 and [p.line for p in pieces] == [0, 1]
@@ -173,7 +175,7 @@ def _button_row(labels: list[str], size: int = 12) -> tuple[Image.Image, list[tu
     line of text; and each button's (left, right) columns."""
     image = Image.new("RGB", (120 * len(labels) + 20, 70), (239, 239, 239))
     draw = ImageDraw.Draw(image)
-    draw.text((10, 6), "Do you want to save changes?", font=_font(size), fill=(20, 20, 20))
+    draw.text((10, 6), "Save changes?", font=_font(size), fill=(20, 20, 20))
     boxes = []
     for i, label in enumerate(labels):
         left = 10 + i * 120
@@ -200,12 +202,53 @@ def test_a_row_of_buttons_is_read_button_by_button() -> None:
     assert all(p.image.height > 0 for p in pieces)
 
 
-def test_a_sentence_stays_one_piece_the_band_whole() -> None:
+def test_a_few_words_stay_one_piece_the_band_whole() -> None:
     for size in (10, 14, 22):
-        band = _line(size, "Invoice 8492 is due on 14 October, total $12.50")
+        band = _line(size, "Invoice 8492 is due")
         assert band_pieces(band) == [(0, band.width)]
     blank = Image.new("RGB", (200, 30), "white")
     assert band_pieces(blank) == [(0, 200)]
+
+
+def _words_at(size: int, text: str, width: int) -> tuple[Image.Image, list[tuple[int, int]]]:
+    """`text` on one line `width` px wide, and each word's (left, right) inked columns."""
+    font = _font(size)
+    image = Image.new("RGB", (width, size * 2 + 12), (239, 239, 239))
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), text, font=font, fill=(30, 30, 30))
+    spans, at = [], 0
+    for word in text.split():
+        start = text.index(word, at)
+        at = start + len(word)
+        right = draw.textbbox((8, 6), text[:at], font=font)[2]
+        spans.append((8 + round(draw.textlength(text[:start], font=font)), right))
+    return image, spans
+
+
+@pytest.mark.parametrize("size", [10, 14, 22])
+def test_a_long_line_is_cut_between_words_into_pieces_of_a_few(size: int) -> None:
+    # GIVEN a line far wider than MAX_PIECE heights of its text
+    text = "Could not open thesis_98.zip: file not found, try again later or ask Kofi"
+    image, words = _words_at(size, text, 60 * size)
+    height = text_height(image)
+    pieces = band_pieces(image)
+    # THEN it is cut into pieces that tile the band, each at most MAX_PIECE heights of letters
+    assert len(pieces) >= 2
+    assert pieces[0][0] == 0 and pieces[-1][1] == image.width
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:], strict=False))
+    for left, right in pieces:
+        inside = [w for w in words if left <= w[0] and w[1] <= right]
+        assert inside, (left, right)
+        assert inside[-1][1] - inside[0][0] <= MAX_PIECE * height + 2
+    # and every cut falls in the blank between two words, never inside one
+    for _, cut in pieces[:-1]:
+        assert not any(left < cut < right for left, right in words), (cut, words)
+
+
+def test_a_long_run_of_letters_without_spaces_is_not_cut() -> None:
+    image = _line(12, "x" * 90)
+    assert band_pieces(image) == [(0, image.width)]
+    assert word_cuts((5, 30), np.zeros(40, dtype=bool), 10) == [(5, 30)]
 
 
 def test_join_readings_joins_a_bands_pieces_with_spaces() -> None:

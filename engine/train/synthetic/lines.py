@@ -14,7 +14,7 @@ import random
 import string
 from pathlib import Path
 
-from engine.ocr_lines import enlarge_small_text, widen_to_patches
+from engine.ocr_lines import band_pieces, enlarge_small_text, widen_to_patches
 from engine.train.synthetic.canvas import (
     Canvas,
     Rendered,
@@ -117,6 +117,30 @@ def render_line(
     c = Canvas(width, line_height(font) + 2 * pad_y, bg)
     c.write((pad_x, pad_y), text, font, fg)
     return c.result()
+
+
+def one_piece(rng: random.Random, rendered: Rendered) -> Rendered:
+    """One of the pieces OCR cuts the line `rendered` into (`engine.ocr_lines.band_pieces`:
+    between words, at most `MAX_PIECE` heights of its text wide), drawn at random, with the
+    text of the characters drawn in it; `rendered` itself when it is one piece.
+
+    OCR never shows the embedded model a longer line (`engine.ocr_lines.word_cuts`), so it
+    learns the pieces it will read: a few words, ending wherever the cut fell ("complete:",
+    "rain,"), not only where sentences end.
+    """
+    spans = band_pieces(rendered.image)
+    if len(spans) < 2 or rendered.glyphs is None:
+        return rendered
+    left, right = rng.choice(spans)
+    text = rendered.text
+    where = [i for i, ch in enumerate(text) if not ch.isspace()]  # one glyph each, in order
+    inside = [(g, i) for g, i in zip(rendered.glyphs, where, strict=True) if left <= g.x < right]
+    if not inside:
+        return rendered
+    piece_text = text[inside[0][1] : inside[-1][1] + 1]
+    image = rendered.image.crop((left, 0, right, rendered.image.height))
+    glyphs = tuple(Glyph(g.char, g.x - left, g.y) for g, _ in inside)
+    return dataclasses.replace(rendered, image=image, lines=[piece_text], glyphs=glyphs)
 
 
 def as_read(rendered: Rendered) -> Rendered:

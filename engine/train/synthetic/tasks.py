@@ -19,7 +19,14 @@ from engine.train.synthetic.charts import render_bar_chart
 from engine.train.synthetic.dialogs import render_dialog
 from engine.train.synthetic.documents import render_code, render_page, render_receipt, render_table
 from engine.train.synthetic.glyphs import Glyph
-from engine.train.synthetic.lines import as_read, line_text, render_line, unseen_text, word_text
+from engine.train.synthetic.lines import (
+    as_read,
+    line_text,
+    one_piece,
+    render_line,
+    unseen_text,
+    word_text,
+)
 from engine.train.synthetic.screens import render_screen
 from engine.train.text_sources import TextSource
 
@@ -61,8 +68,9 @@ class TaskMix:
         num_pages: (low, high) pages of a long document.
         size_multiple: if > 1, images are padded to multiples of it (see `pad_to_multiple`).
         line_size: (low, high) font pixels of single words and lines.
-        reading_view: show single words and lines as OCR shows them to the model, small text
-            enlarged (`lines.as_read`).
+        reading_view: show single words and lines as OCR shows them to the model: a line
+            wider than a piece cut between words and one of its pieces shown
+            (`lines.one_piece`), small text enlarged (`lines.as_read`).
     """
 
     weights: dict[str, float]
@@ -180,7 +188,9 @@ def _line_sample(
     rng: random.Random, text: str, fonts: list[Path], mix: TaskMix, task: str
 ) -> Sample:
     rendered = render_line(rng, text, fonts, mix.screen_width[1], mix.line_size)
-    return ocr_sample(as_read(rendered) if mix.reading_view else rendered, task)
+    if not mix.reading_view:
+        return ocr_sample(rendered, task)
+    return ocr_sample(as_read(one_piece(rng, rendered)), task)
 
 
 def _make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskMix) -> Sample:
