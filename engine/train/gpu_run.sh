@@ -11,7 +11,9 @@
 # see engine/train/fonts.py), or the same packed as .train_carry/fonts.tar.xz (a third of the
 # bytes a call carries); optionally .train_carry/sharegpt (a LLaVA-style set, e.g. from
 # `python -m app.widget_dialogs`: copied to $W/sharegpt, out of the tree that each call
-# replaces, so name $W/sharegpt/train.json in sft.data.sharegpt), .train_carry/start (a
+# replaces, so name $W/sharegpt/train.json in sft.data.sharegpt; or the same packed as
+# .train_carry/sharegpt.tar.xz, `tar -C DIR -cJf .train_carry/sharegpt.tar.xz .`: thousands of
+# small pictures pass the 64 MiB a call carries sooner than their bytes say), .train_carry/start (a
 # write_start folder; made here when absent), .train_carry/STAGE for each stage named in FROM
 # (checkpoints of an earlier run: reading and teacher continue from theirs; a distill_layerwise,
 # distill_kl or sft counts as done, and the stages after it start from it: e.g. FROM=distill_kl
@@ -47,6 +49,9 @@ start)
   fi
   if [ -d .train_carry/sharegpt ]; then
     rm -rf "$W/sharegpt"; cp -r .train_carry/sharegpt "$W/sharegpt"
+  elif [ -f .train_carry/sharegpt.tar.xz ]; then
+    rm -rf "$W/sharegpt"; mkdir -p "$W/sharegpt"
+    tar -xJf .train_carry/sharegpt.tar.xz -C "$W/sharegpt" || exit 1
   fi
   if [ -d .train_carry/start ]; then rm -rf "$W/start"; cp -r .train_carry/start "$W/start"; fi
   # a checkpoint named in FROM takes that stage's place; reading and teacher continue from
