@@ -56,7 +56,8 @@ def ocr_image(
         image: a path, a PIL image or a uint8 [H, W, 3] RGB array.
         max_new_tokens: the longest reply read (for each piece, when split).
         lines: read each band of text lines on its own, cut where its pieces stand far apart
-            (`engine.ocr_lines.reading_pieces`: small text enlarged), and join the readings;
+            and between words into pieces of a few words (`engine.ocr_lines.reading_pieces`:
+            small text enlarged), and join the readings;
             None (auto) does so for the embedded default model, which reads a line far better
             than a page, and reads the whole image at once with any other model.
         num_beams: above 1, each read is a beam search of that width (`engine.beam`); None
@@ -161,7 +162,8 @@ def add_reading_arguments(p: argparse.ArgumentParser) -> None:
     `ocr_image`'s `lines` and `num_beams` take."""
     p.add_argument(
         "--lines", choices=tuple(LINES_MODES), default="auto",
-        help="read each band of text lines on its own (cut where its parts stand far apart, "
+        help="read each band of text lines on its own (cut where its parts stand far apart "
+        "and between words into pieces of a few words, "
         "small text enlarged), then join them: "
         "on, off, or auto (on for the embedded model, which reads a line far better than a "
         "page; off for others)",

@@ -33,6 +33,21 @@ model's CER on the 40 Qt widget dialogs went from 0.288 to 0.253, screenshots fr
 heights and took any fragment for a piece: filled buttons on a dark window fell apart into
 slivers of their fill, read as invented words (screenshots 0.143 with the fourteenth session's
 checkpoint, the region 2.07 s).
+
+A piece wider than `MAX_PIECE` heights of its text is cut between words (`word_cuts`): past 30
+or so letters the embedded model loses its place and recites what it learnt ("Temperature: 28
+C, light rain" read "Temporarily: 28 C Jight rani"). With the twenty-third session's model, 40
+images a set (`eval_default_model.py --num 40 --docs 0 --max-new-tokens 96 --threads 2 --lines
+on --beams 4`), whole against cut: the Qt widget dialogs 0.140 -> 0.085, unseen text lines 0.166
+-> 0.126, text lines 0.047 -> 0.040, words 0.025 both; the generator's screenshots 0.059 ->
+0.080 and pages 0.072 -> 0.077, whose sentences come from the training text, which the model
+recites better from a whole line (a cut line reads "Decoding 50643" for "Decoding: 50643": a
+piece ending in a colon); the region 0.77 s. Ad hoc, on the dialogs, screenshots and unseen
+lines: cuts at 10 heights 0.088 / 0.090 / 0.128, at 15 0.086 / 0.089 / 0.126, at 20 0.109 /
+0.073 / 0.157. Cutting at any gap of `WORD_GAP` rather than the widest in reach cut inside words
+("unreach hable"), as did gaps measured on the letters' rows alone (an underscore sits below
+them). The training shows the model the same pieces (`engine.train.synthetic.lines.one_piece`,
+`app.widget_dialogs`).
 """
 
 from __future__ import annotations
@@ -301,8 +316,7 @@ def word_cuts(span: tuple[int, int], letters: np.ndarray, height: int) -> list[t
     The embedded model reads a few words far better than a long line: past 30 or so letters
     it loses its place and recites what it has learnt, not what the line says. Lines of the
     held-out Qt dialogs read ~"Temporarily: 28 C Jight rani" for "Temperature: 28 C, light
-    rain" whole; cut, the dialogs' CER went from 0.140 to 0.086 and that of unseen text lines
-    from 0.166 to 0.126 (docs/ocr.md has the numbers and what it costs).
+    rain" whole. What cutting bought and cost is in the module's notes above.
     """
     left, right = span
     columns = np.flatnonzero(letters[left:right]) + left
@@ -344,8 +358,9 @@ def piece_boxes(image: Image.Image) -> list[tuple[int, tuple[int, int, int, int]
 
 def reading_pieces(image: Image.Image) -> list[Piece]:
     """The pictures a model that reads line by line is shown, in reading order: each band of
-    text lines (`split_lines`), cut into its pieces where they stand far apart (`band_pieces`),
-    each shown as `as_shown` says (small text enlarged, narrow pieces widened)."""
+    text lines (`split_lines`), cut into its pieces where they stand far apart and between
+    words where a piece would be too wide (`band_pieces`), each shown as `as_shown` says (small
+    text enlarged, narrow pieces widened)."""
     whole = (0, 0, image.width, image.height)
     return [
         Piece(as_shown(image if box == whole else image.crop(box)), line)
