@@ -230,18 +230,18 @@ def _word_columns(widget: Any, x: int) -> tuple[tuple[str, int, int], ...]:
     """(word, left, right) columns of each word of `widget`, whose left edge is at column `x`
     of the dialog, where its text is drawn left-aligned (`_text_left`): each word where the
     font's advance of the text before it ends; () for widgets that draw it otherwise."""
-    start = _text_left(widget)
-    if start is None:
+    text_left = _text_left(widget)
+    if text_left is None:
         return ()
     metrics = widget.fontMetrics()
     text = widget.text()
-    left = x + start
+    left = x + text_left
     out = []
     at = 0
     for word in text.split():
-        start = text.index(word, at)
-        at = start + len(word)
-        out.append((word, left + metrics.horizontalAdvance(text[:start]),
+        begin = text.index(word, at)
+        at = begin + len(word)
+        out.append((word, left + metrics.horizontalAdvance(text[:begin]),
                     left + metrics.horizontalAdvance(text[:at])))  # fmt: skip
     return tuple(out)
 

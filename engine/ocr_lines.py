@@ -308,10 +308,10 @@ def word_cuts(span: tuple[int, int], letters: np.ndarray, height: int) -> list[t
     wider than `MAX_PIECE` text heights; `[span]` when they are not.
 
     `letters` [W] marks the band's columns that hold letters (descenders and underscores
-    included: `_with_descenders`), `height` is its text's height. A
-    gap between words is a run of at least `WORD_GAP` heights of blank columns; of those in the
-    latter part of a piece's reach (`CUT_FROM` to `MAX_PIECE` heights from its start), the
-    widest is cut, in its middle: a word's space is wider than the gaps between its letters.
+    included: `_with_descenders`), `height` is its text's height. A gap between words is a run
+    of at least `WORD_GAP` heights of blank columns; of those in the latter part of a piece's
+    reach (`CUT_FROM` * `MAX_PIECE` to `MAX_PIECE` heights from its start), the widest is cut,
+    in its middle: a word's space is wider than the gaps between its letters.
 
     The embedded model reads a few words far better than a long line: past 30 or so letters
     it loses its place and recites what it has learnt, not what the line says. Lines of the
