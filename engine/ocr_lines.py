@@ -290,17 +290,52 @@ def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
     # each piece keeps a margin of blank columns, at most one text height and never past the
     # middle of the gap to a neighbour or into other ink (a button's side)
     # letters and frames' sides (ink's last use: its long runs are cleared in place)
+    tall = ink.mean(axis=0) > RULE_COLUMN
     inked = np.asarray(_without_long_runs(ink).any(axis=0))
     bounds = [0, *((r + nxt) // 2 for r, nxt in zip(rights, lefts[1:], strict=False)), band.width]
     spans = []
     for left, right, lo, hi in zip(lefts, rights, bounds, bounds[1:], strict=False):
         lo, hi = max(lo, left - height), min(hi, right + height)
+        left, right = _with_stems(left, right, lo, hi, tall, inked, round(WORD_GAP * height))
         while left > lo and not inked[left - 1]:
             left -= 1
         while right < hi and not inked[right]:
             right += 1
         spans += word_cuts((left, right), letters, height)
     return spans
+
+
+def _with_stems(
+    left: int, right: int, lo: int, hi: int, tall: np.ndarray, inked: np.ndarray, reach: int
+) -> tuple[int, int]:
+    """The piece (left, right) of a band widened, within (lo, hi), over the tall columns (inked
+    in more than `RULE_COLUMN` of the band's rows) that stand less than `reach` blank columns
+    from its first or last letter: those are the stems of letters such as F, H or l, not a
+    frame's sides (a button's padding keeps those farther from its label).
+
+    In a band of large text with little blank above and below (a menu bar), such a stem counts
+    as a frame's side, and the piece began or ended past it: "File" was shown as "ile" and read
+    "ell", "Total" as "Tota", read "Trea".
+    """
+    while True:
+        x = left - 1
+        while x >= lo and left - 1 - x < reach and not inked[x]:
+            x -= 1
+        if x < lo or not tall[x]:
+            break
+        while x >= lo and tall[x]:
+            x -= 1
+        left = x + 1
+    while True:
+        x = right
+        while x < hi and x - right < reach and not inked[x]:
+            x += 1
+        if x >= hi or not tall[x]:
+            break
+        while x < hi and tall[x]:
+            x += 1
+        right = x
+    return left, right
 
 
 def word_cuts(span: tuple[int, int], letters: np.ndarray, height: int) -> list[tuple[int, int]]:

@@ -202,6 +202,26 @@ def test_a_row_of_buttons_is_read_button_by_button() -> None:
     assert all(p.image.height > 0 for p in pieces)
 
 
+def test_a_piece_keeps_the_stems_of_its_first_and_last_letters() -> None:
+    # GIVEN a menu bar as the sample screenshot draws it: large words far apart, whose first or
+    # last letters are one tall stroke (F, E, H, l) inked in more than half the band's rows, as
+    # a frame's side is
+    image = Image.new("RGB", (420, 29), (245, 245, 245))
+    draw = ImageDraw.Draw(image)
+    words = ["File", "Edit", "Help", "Total"]
+    for i, word in enumerate(words):
+        draw.text((20 + 100 * i, 4), word, font=_font(20), fill=(30, 30, 30))
+    ink = np.asarray(image.convert("L")) < 160
+    # WHEN it is cut into pieces
+    spans = band_pieces(image)
+    # THEN each word is one piece holding every inked column of the word: no stem left out
+    assert len(spans) == len(words), spans
+    for i, (left, right) in enumerate(spans):
+        word = np.flatnonzero(ink[:, 20 + 100 * i - 5 : 20 + 100 * i + 90].any(axis=0))
+        assert left <= 20 + 100 * i - 5 + word[0] and 20 + 100 * i - 5 + word[-1] < right
+    # AND a framed button's sides still stay out of its piece (test_a_row_of_buttons_...)
+
+
 def test_a_few_words_stay_one_piece_the_band_whole() -> None:
     for size in (10, 14, 22):
         band = _line(size, "Invoice 8492 is due")
