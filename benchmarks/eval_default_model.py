@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument(
         "--dtype", default=None, choices=["float32", "bfloat16"],
-        help="the activations' dtype (default: the engine's choice, float32 for the embedded model "
-        "on a CPU)",
+        help="the activations' dtype (default: the engine's choice; for the embedded model on a "
+        "CPU, float32 or bfloat16, whichever that CPU timed faster: engine/cpu_dtype.py)",
     )  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest OCR reply read")
     add_reading_arguments(p)

@@ -248,7 +248,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--dtype",
         choices=("float32", "bfloat16"),
         default=None,
-        help="default: as stored; on a CPU, float32 for a model of at most 256 MiB of weights",
+        help="default: as stored; on a CPU, for a model of at most 256 MiB of weights, float32 or "
+        "bfloat16, whichever this CPU runs it faster (timed on its first load, remembered; "
+        "INFINITEVL_CPU_DTYPE pins one)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import default_model, picture_turn
+from engine import cpu_dtype, default_model, picture_turn
 from engine.beam import StepFn, beam_search, beam_search_groups
 from engine.config import ModelConfig
 from engine.errors import Cancelled, CheckpointError, EngineError, InputError, StateError
@@ -158,7 +158,9 @@ class Engine:
             path: a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json).
             device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
             dtype: "float32", "bfloat16", "float16", or None: as stored, except on CPU where a
-                checkpoint of at most 256 MiB of weights runs in float32 (``cpu_default_dtype``).
+                checkpoint of at most 256 MiB of weights (``cpu_default_dtype``) runs in float32
+                or bfloat16, whichever this CPU runs faster (timed on its first load here and
+                remembered, ``engine.cpu_dtype``; ``INFINITEVL_CPU_DTYPE`` pins one).
             quant: "int8", "int4" or "nf4" quantizes the linear layers as they load ("none" or
                 None: as stored; docs/quantization.md).
 
@@ -179,6 +181,23 @@ class Engine:
         quant = None if quant == "none" else quant
         if torch_dtype is None and quant is None and resolved.type == "cpu":
             torch_dtype = cpu_default_dtype(path)
+            if torch_dtype is not None:  # small: float32 or bfloat16, whichever is faster here
+                torch_dtype = cpu_dtype.pinned() or cpu_dtype.remembered(path)
+                if torch_dtype is None:
+                    return cpu_dtype.timed_choice(
+                        path, lambda dt: cls._load(path, resolved, dt, None, is_default)
+                    )
+        return cls._load(path, resolved, torch_dtype, quant, is_default)
+
+    @classmethod
+    def _load(
+        cls,
+        path: Path,
+        resolved: torch.device,
+        torch_dtype: torch.dtype | None,
+        quant: str | None,
+        is_default: bool,
+    ) -> Engine:
         model, config = load_model(path, device=resolved, dtype=torch_dtype, quant=quant)
         model.eval()
         tokenizer = Tokenizer.from_dir(path)
@@ -950,14 +969,15 @@ def resolve_dtype(dtype: str | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
-# on CPU a model this small (stored bytes) runs in float32: decoding the embedded model there is
-# ~27% faster than in bfloat16 (measured on 2 cores), and float32 costs it little memory
+# on CPU a model this small (stored bytes) may run in float32, which costs it little memory;
+# whether float32 or bfloat16 is faster depends on the CPU (engine.cpu_dtype times both)
 CPU_FLOAT32_MAX_STORED_BYTES = 256 * 2**20
 
 
 def cpu_default_dtype(path: Path) -> torch.dtype | None:
-    """float32 for a checkpoint of at most ``CPU_FLOAT32_MAX_STORED_BYTES`` of weights (bfloat16
-    matmuls are slower than float32 ones on most CPUs); None (as stored) for larger ones."""
+    """float32 for a checkpoint of at most ``CPU_FLOAT32_MAX_STORED_BYTES`` of weights (then
+    `Engine.load` keeps it or bfloat16, whichever `engine.cpu_dtype` finds faster on this CPU);
+    None (as stored) for larger ones."""
     try:
         stored = sum(f.stat().st_size for f in weight_files(path))
     except (CheckpointError, OSError):

@@ -198,8 +198,9 @@ def run_cli(argv: Sequence[str]) -> int:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default=None,
-        help="default: as stored; on a CPU, float32 for a model of at most 256 MiB of weights "
-        "(bfloat16 can be faster where the CPU has BF16 instructions: docs/quantization.md)",
+        help="default: as stored; on a CPU, for a model of at most 256 MiB of weights, float32 "
+        "or bfloat16, whichever this CPU runs it faster (timed on its first load, remembered in "
+        "~/.cache/infinitevl/cpu_dtype.json; INFINITEVL_CPU_DTYPE=float32 or bfloat16 pins one)",
     )  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=MAX_OCR_TOKENS)
     add_reading_arguments(p)

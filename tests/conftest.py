@@ -1,5 +1,6 @@
 """Fixtures every test may use: tiny checkpoints in the published format, built once per session."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from engine.testing import write_tiny_checkpoint, write_tiny_tokenizer
 
 # the test machines share few cores between many processes
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# small checkpoints compute in float32 on the CPU, as the references they are compared with, not in
+# whichever dtype this CPU timed faster (engine/cpu_dtype.py; tests/engine/test_cpu_dtype.py
+# times both); subprocesses (the CLI's tests) inherit it
+os.environ["INFINITEVL_CPU_DTYPE"] = "float32"
 
 TEACHER_LAYER_TYPES = ("full_attention",) * 4
 

@@ -704,9 +704,11 @@ def test_small_bfloat16_checkpoint_runs_in_float32_on_cpu(
     from engine import engine as engine_module
     from engine.testing import write_tiny_checkpoint
 
-    # GIVEN a small checkpoint stored in bfloat16 (as the embedded model is)
+    # GIVEN a small checkpoint stored in bfloat16 (as the embedded model is), on a CPU where
+    # float32 is the pinned choice (tests/engine/test_cpu_dtype.py times the two)
+    monkeypatch.setenv("INFINITEVL_CPU_DTYPE", "float32")
     ckpt = write_tiny_checkpoint(tmp_path / "bf16", dtype=torch.bfloat16)
-    # WHEN it loads on the CPU with no dtype asked THEN it runs in float32 (faster there)
+    # WHEN it loads on the CPU with no dtype asked THEN it runs in float32
     assert Engine.load(ckpt, device="cpu").info.dtype == "float32"
     # an explicit dtype is kept
     assert Engine.load(ckpt, device="cpu", dtype="bfloat16").info.dtype == "bfloat16"
