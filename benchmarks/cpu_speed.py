@@ -15,7 +15,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,26 +23,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.cpu_dtype import prefill_and_step  # noqa: E402
 from engine.engine import Engine  # noqa: E402
-from engine.ocr import OCR_PROMPT  # noqa: E402
-from engine.sampling import SamplingParams  # noqa: E402
 from engine.train.recipe import write_untrained  # noqa: E402
 
 
 def measure(engine: Engine, image: np.ndarray, tokens: int, repeats: int) -> tuple[float, float]:
     """(median prefill seconds, median decode seconds per token) over ``repeats`` runs."""
-    prefills, per_token = [], []
-    params = SamplingParams(max_new_tokens=tokens)
-    for _ in range(repeats + 1):  # the first run warms up
-        session = engine.new_session()
-        t = time.perf_counter()
-        session.add_user_message(OCR_PROMPT, images=[image])
-        t1 = time.perf_counter()
-        n = sum(len(delta.token_ids) for delta in session.generate(params))
-        t2 = time.perf_counter()
-        prefills.append(t1 - t)
-        per_token.append((t2 - t1) / max(n, 1))
-    return statistics.median(prefills[1:]), statistics.median(per_token[1:])
+    runs = [prefill_and_step(engine, image, tokens) for _ in range(repeats + 1)]
+    # the first run warms up
+    return statistics.median(r[0] for r in runs[1:]), statistics.median(r[1] for r in runs[1:])
 
 
 def main() -> int:

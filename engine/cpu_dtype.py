@@ -130,19 +130,27 @@ def remember(checkpoint: Path, name: str, seconds: dict[str, float]) -> None:
         log.warning("could not remember the CPU dtype in %s: %s", path, e)
 
 
-def reply_seconds(engine: _Answers, picture: np.ndarray) -> float:
-    """Seconds `engine` would take to read `picture` and reply in `REPLY_TOKENS` tokens: the
-    prefill, plus that many times the mean decode step over up to `TIMED_TOKENS` greedy ones."""
+def prefill_and_step(engine: _Answers, picture: np.ndarray, tokens: int) -> tuple[float, float]:
+    """Seconds `engine` takes to read `picture` in with the OCR prompt, and seconds per decoded
+    token over a greedy reply of up to `tokens` (`benchmarks/cpu_speed.py` prints both)."""
+    from engine.ocr import OCR_PROMPT
     from engine.sampling import SamplingParams
 
     session = engine.new_session()
     start = time.perf_counter()
-    session.add_user_message("Read the text in the image.", images=[picture])
+    session.add_user_message(OCR_PROMPT, images=[picture])
     prefilled = time.perf_counter()
-    reply = session.generate(SamplingParams(max_new_tokens=TIMED_TOKENS))
+    reply = session.generate(SamplingParams(max_new_tokens=tokens))
     steps = sum(len(delta.token_ids) for delta in reply)
     decoded = time.perf_counter()
-    return (prefilled - start) + REPLY_TOKENS * (decoded - prefilled) / max(steps, 1)
+    return prefilled - start, (decoded - prefilled) / max(steps, 1)
+
+
+def reply_seconds(engine: _Answers, picture: np.ndarray) -> float:
+    """Seconds `engine` would take to read `picture` and reply in `REPLY_TOKENS` tokens: the
+    prefill, plus that many times the mean decode step over up to `TIMED_TOKENS` greedy ones."""
+    prefill, per_token = prefill_and_step(engine, picture, TIMED_TOKENS)
+    return prefill + REPLY_TOKENS * per_token
 
 
 def timed_choice(
