@@ -88,11 +88,17 @@ def text_rows(image: Image.Image) -> np.ndarray:
     return _text_rows(_ink(image))
 
 
+def _tall_columns(ink: np.ndarray) -> np.ndarray:
+    """[W] bool: the columns of `ink` [H, W] inked in more than `RULE_COLUMN` of its rows: a
+    frame's or a table's sides, or in a band of large text the stems of its letters."""
+    return ink.mean(axis=0) > RULE_COLUMN
+
+
 def _text_rows(ink: np.ndarray) -> np.ndarray:
     """`text_rows` of a picture whose ink (`_ink`) is `ink` [H, W] (left as it is)."""
     ink = ink.copy()
     width = ink.shape[1]
-    ink[:, ink.mean(axis=0) > RULE_COLUMN] = False
+    ink[:, _tall_columns(ink)] = False
     edges = (ink[:, 1:] != ink[:, :-1]).sum(axis=1)
     return (ink.sum(axis=1) >= max(MIN_INK, width // 100)) & (edges >= MIN_EDGES)
 
@@ -229,7 +235,7 @@ def _letter_columns(ink: np.ndarray, rows: np.ndarray) -> np.ndarray:
     window's sides) and runs longer than `LONG_RUN` along a row (a button's top and bottom
     edges, a rule)."""
     ink = ink.copy()
-    ink[:, ink.mean(axis=0) > RULE_COLUMN] = False
+    ink[:, _tall_columns(ink)] = False
     return np.asarray(_without_long_runs(ink[rows]).any(axis=0))
 
 
@@ -290,7 +296,7 @@ def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
     # each piece keeps a margin of blank columns, at most one text height and never past the
     # middle of the gap to a neighbour or into other ink (a button's side)
     # letters and frames' sides (ink's last use: its long runs are cleared in place)
-    tall = ink.mean(axis=0) > RULE_COLUMN
+    tall = _tall_columns(ink)
     inked = np.asarray(_without_long_runs(ink).any(axis=0))
     bounds = [0, *((r + nxt) // 2 for r, nxt in zip(rights, lefts[1:], strict=False)), band.width]
     spans = []
@@ -308,34 +314,33 @@ def band_pieces(band: Image.Image) -> list[tuple[int, int]]:
 def _with_stems(
     left: int, right: int, lo: int, hi: int, tall: np.ndarray, inked: np.ndarray, reach: int
 ) -> tuple[int, int]:
-    """The piece (left, right) of a band widened, within (lo, hi), over the tall columns (inked
-    in more than `RULE_COLUMN` of the band's rows) that stand less than `reach` blank columns
-    from its first or last letter: those are the stems of letters such as F, H or l, not a
-    frame's sides (a button's padding keeps those farther from its label).
+    """The piece (left, right) of a band widened, within (lo, hi), over the tall columns
+    (`_tall_columns`) that stand less than `reach` blank columns from its first or last
+    letter: those are the stems of letters such as F, H or l, not a frame's sides (a button's
+    padding keeps those farther from its label).
 
     In a band of large text with little blank above and below (a menu bar), such a stem counts
     as a frame's side, and the piece began or ended past it: "File" was shown as "ile" and read
     "ell", "Total" as "Tota", read "Trea".
     """
+    width = tall.size
+    # the left side is the right side of the columns read from right to left
+    left = width - _past_stems(width - left, width - lo, tall[::-1], inked[::-1], reach)
+    return left, _past_stems(right, hi, tall, inked, reach)
+
+
+def _past_stems(end: int, hi: int, tall: np.ndarray, inked: np.ndarray, reach: int) -> int:
+    """`end`, the column after a piece's last letter, moved past each run of `tall` columns
+    that starts less than `reach` blank columns after it, up to `hi` (see `_with_stems`)."""
     while True:
-        x = left - 1
-        while x >= lo and left - 1 - x < reach and not inked[x]:
-            x -= 1
-        if x < lo or not tall[x]:
-            break
-        while x >= lo and tall[x]:
-            x -= 1
-        left = x + 1
-    while True:
-        x = right
-        while x < hi and x - right < reach and not inked[x]:
+        x = end
+        while x < hi and x - end < reach and not inked[x]:
             x += 1
         if x >= hi or not tall[x]:
-            break
+            return end
         while x < hi and tall[x]:
             x += 1
-        right = x
-    return left, right
+        end = x
 
 
 def word_cuts(span: tuple[int, int], letters: np.ndarray, height: int) -> list[tuple[int, int]]:
