@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from engine.ocr import OCR_PROMPT
-from engine.ocr_lines import as_shown, piece_boxes
+from engine.ocr_lines import as_shown, band_text_heights, piece_boxes
 from engine.train.synthetic.dialogs import BUTTONS, CHECKS, TITLES, file_name, ui_message
 from engine.train.synthetic.tasks import IMAGE_TAG
 from engine.train.text_sources import TextSource
@@ -346,13 +346,15 @@ def write_set(out: Path, dialogs: int, seed: int, src: TextSource | None = None)
     for d in range(dialogs):
         image, labels = draw_dialog(random.Random(seed * 1_000_003 + d), src)
         boxes = piece_boxes(image)
+        heights = band_text_heights(image, boxes)
         written, left_out = piece_texts(boxes, labels)
         summary.dialogs += 1
         summary.bands_left_out += left_out
         summary.bands_written += len({b[1] for b, _ in written})
         for k, (box, text) in enumerate(written):
             name = f"pieces/{d:06d}_{k:02d}.png"
-            _compact(as_shown(image.crop(box))).save(out / name, optimize=True)
+            shown = as_shown(image.crop(box), heights[box[1], box[3]])
+            _compact(shown).save(out / name, optimize=True)
             records.append(record(name, text))
         if (d + 1) % 200 == 0:
             log.info("%d of %d dialogs, %d pieces", d + 1, dialogs, len(records))

@@ -146,15 +146,18 @@ def text_height(image: Image.Image) -> int:
     return 0 if rows.size == 0 else int(rows[-1] - rows[0] + 1)
 
 
-def enlarge_small_text(band: Image.Image) -> Image.Image:
-    """`band`, enlarged (bicubic) until its text is `MIN_TEXT_HEIGHT` rows high, at most
-    `MAX_ENLARGE` times; `band` itself when its text is that high already, or there is none."""
-    height = text_height(band)
+def enlarge_small_text(piece: Image.Image, height: int | None = None) -> Image.Image:
+    """`piece`, enlarged (bicubic) until text `height` rows high is `MIN_TEXT_HEIGHT` rows high,
+    at most `MAX_ENLARGE` times; `piece` itself when its text is that high already, or there is
+    none. `height` is the text height of the band `piece` was cut from (`band_text_heights`),
+    `text_height(piece)` when not given (a band shown whole)."""
+    if height is None:
+        height = text_height(piece)
     if height == 0 or height >= MIN_TEXT_HEIGHT:
-        return band
+        return piece
     scale = min(MAX_ENLARGE, MIN_TEXT_HEIGHT / height)
-    size = (round(band.width * scale), round(band.height * scale))
-    return band.resize(size, Image.Resampling.BICUBIC)
+    size = (round(piece.width * scale), round(piece.height * scale))
+    return piece.resize(size, Image.Resampling.BICUBIC)
 
 
 def patch_width(width: int) -> int:
@@ -396,22 +399,39 @@ def piece_boxes(image: Image.Image) -> list[tuple[int, tuple[int, int, int, int]
     return boxes
 
 
+def band_text_heights(
+    image: Image.Image, boxes: Sequence[tuple[int, tuple[int, int, int, int]]]
+) -> dict[tuple[int, int], int]:
+    """The text height (`text_height`) of each band of `image` that `boxes` (`piece_boxes`)
+    cut, by its (top, bottom) rows: measured on the whole band, since a piece of a few letters
+    is too little to measure. "File" in a menu bar 16 rows high measured 8 rows on its own (its
+    tall stems are cleared as a frame's sides, and the rows across its top have too few edges
+    to count as text) and was shown enlarged twice."""
+    heights: dict[tuple[int, int], int] = {}
+    for _, (_, top, _, bottom) in boxes:
+        if (top, bottom) not in heights:
+            heights[top, bottom] = text_height(image.crop((0, top, image.width, bottom)))
+    return heights
+
+
 def reading_pieces(image: Image.Image) -> list[Piece]:
     """The pictures a model that reads line by line is shown, in reading order: each band of
     text lines (`split_lines`), cut into its pieces where they stand far apart and between
-    words where a piece would be too wide (`band_pieces`), each shown as `as_shown` says (small
-    text enlarged, narrow pieces widened)."""
+    words where a piece would be too wide (`band_pieces`), each shown as `as_shown` says (text
+    smaller than its band's enlarged, narrow pieces widened)."""
     whole = (0, 0, image.width, image.height)
+    boxes = piece_boxes(image)
+    heights = band_text_heights(image, boxes)
     return [
-        Piece(as_shown(image if box == whole else image.crop(box)), line)
-        for line, box in piece_boxes(image)
+        Piece(as_shown(image if box == whole else image.crop(box), heights[box[1], box[3]]), line)
+        for line, box in boxes
     ]
 
 
-def as_shown(piece: Image.Image) -> Image.Image:
-    """`piece` as the model is shown it: small text enlarged (`enlarge_small_text`), then, when
-    narrow, widened to whole patches (`widen_to_patches`)."""
-    return widen_to_patches(enlarge_small_text(piece))
+def as_shown(piece: Image.Image, height: int | None = None) -> Image.Image:
+    """`piece` as the model is shown it: enlarged when its band's text is small (`height` rows,
+    `enlarge_small_text`), then, when narrow, widened to whole patches (`widen_to_patches`)."""
+    return widen_to_patches(enlarge_small_text(piece, height))
 
 
 def join_readings(lines: Sequence[int], texts: Sequence[str]) -> str:

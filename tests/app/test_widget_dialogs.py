@@ -13,7 +13,7 @@ from PIL import Image
 
 from app.widget_dialogs import Label, draw_dialog, main, piece_texts, write_set
 from engine.ocr import OCR_PROMPT
-from engine.ocr_lines import as_shown, piece_boxes
+from engine.ocr_lines import as_shown, band_text_heights, piece_boxes
 from engine.train.sharegpt import ShareGPTSource
 from engine.train.synthetic.tasks import IMAGE_TAG
 from engine.train.text_sources import TextSource
@@ -112,9 +112,10 @@ def test_the_written_set_reads_back_as_ocr_samples(tmp_path: Path, src: TextSour
     assert first.messages[0].content == f"{IMAGE_TAG}{OCR_PROMPT}"
     # the first piece of the first dialog is its title, shown as OCR shows it
     image, labels = draw_dialog(random.Random(3 * 1_000_003), src)
-    line, box = piece_boxes(image)[0]
+    boxes = piece_boxes(image)
+    line, box = boxes[0]
     assert first.messages[1].content == labels[0].text
-    shown = as_shown(image.crop(box))
+    shown = as_shown(image.crop(box), band_text_heights(image, boxes)[box[1], box[3]])
     assert first.images[0].size == shown.size
     assert first.images[0].convert("RGB").tobytes() == shown.convert("RGB").tobytes()
     stored = Image.open(tmp_path / records[0]["images"][0])

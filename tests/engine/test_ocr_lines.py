@@ -222,6 +222,25 @@ def test_a_piece_keeps_the_stems_of_its_first_and_last_letters() -> None:
     # AND a framed button's sides still stay out of its piece (test_a_row_of_buttons_...)
 
 
+def test_each_piece_of_a_band_is_shown_at_its_bands_scale() -> None:
+    # GIVEN menu bars as the sample screenshot draws them (large words far apart, little blank
+    # above and below), in text large enough to read as it is and in a toolkit's small text
+    for size, rows in ((22, 31), (20, 29), (11, 19)):
+        image = Image.new("RGB", (420, rows), (245, 245, 245))
+        draw = ImageDraw.Draw(image)
+        for i, word in enumerate(["File", "Edit", "Help", "Total"]):
+            draw.text((20 + 100 * i, 4), word, font=_font(size), fill=(30, 30, 30))
+        band = text_height(image)
+        # WHEN OCR cuts the bar into the pieces it shows the model
+        pieces = reading_pieces(image)
+        assert len(pieces) == 4
+        # THEN every word is scaled as its band is. Alone, "File" measures too few rows of text
+        # (its stems look like a frame's sides) and was shown nearly twice as large as "Help"
+        scale = min(MAX_ENLARGE, MIN_TEXT_HEIGHT / band) if band < MIN_TEXT_HEIGHT else 1.0
+        for piece in pieces:
+            assert piece.image.height == round(rows * scale), (size, piece.image.size)
+
+
 def test_a_few_words_stay_one_piece_the_band_whole() -> None:
     for size in (10, 14, 22):
         band = _line(size, "Invoice 8492 is due")

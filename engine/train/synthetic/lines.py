@@ -143,15 +143,17 @@ def one_piece(rng: random.Random, rendered: Rendered) -> Rendered:
     return dataclasses.replace(rendered, image=image, lines=[piece_text], glyphs=glyphs)
 
 
-def as_read(rendered: Rendered) -> Rendered:
+def as_read(rendered: Rendered, height: int | None = None) -> Rendered:
     """`rendered` as `infinitevl ocr` and the screen capture show it to the model
-    (`engine.ocr_lines.as_shown`): text lower than `MIN_TEXT_HEIGHT` rows enlarged, a narrow
-    picture widened to whole patches; the glyph centres moved with the picture.
+    (`engine.ocr_lines.as_shown`): enlarged when the text of its line, `height` rows
+    (`text_height` of the whole line, for a piece `one_piece` cut), is lower than
+    `MIN_TEXT_HEIGHT`; a narrow picture widened to whole patches; the glyph centres moved with
+    the picture.
 
     A toolkit's labels are ~12 px high; OCR enlarges them, blurred by the bicubic resampling, so
     a model that learns from such lines learns what it will be shown.
     """
-    enlarged = enlarge_small_text(rendered.image)
+    enlarged = enlarge_small_text(rendered.image, height)
     image = widen_to_patches(enlarged)
     if image is rendered.image:
         return rendered

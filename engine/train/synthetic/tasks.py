@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from engine.ocr import OCR_PROMPT  # the prompt `infinitevl ocr` and the app send
+from engine.ocr_lines import text_height  # a piece is enlarged by its whole line's text height
 from engine.train.synthetic.canvas import Rendered
 from engine.train.synthetic.charts import render_bar_chart
 from engine.train.synthetic.dialogs import render_dialog
@@ -190,7 +191,7 @@ def _line_sample(
     rendered = render_line(rng, text, fonts, mix.screen_width[1], mix.line_size)
     if not mix.reading_view:
         return ocr_sample(rendered, task)
-    return ocr_sample(as_read(one_piece(rng, rendered)), task)
+    return ocr_sample(as_read(one_piece(rng, rendered), text_height(rendered.image)), task)
 
 
 def _make_sample(rng: random.Random, src: TextSource, fonts: list[Path], mix: TaskMix) -> Sample:

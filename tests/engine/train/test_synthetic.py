@@ -151,8 +151,10 @@ def test_reading_view_shows_small_lines_as_ocr_shows_them(
         # AND the glyph centres moved with the picture: scaled, then shifted by the widening
         (left, right) = band_pieces(a.images[0])[at[0]]
         crop = a.images[0].crop((left, 0, right, a.images[0].height))
-        enlarged = enlarge_small_text(crop)
+        enlarged = enlarge_small_text(crop, text_height(a.images[0]))
         scale = enlarged.width / crop.width
+        # (a piece is scaled as its whole line is, however few rows its own letters fill)
+        assert enlarged.height / crop.height == pytest.approx(b.images[0].height / crop.height)
         pad = (b.images[0].width - enlarged.width) // 2
         first_a = next(g for g in a.glyphs[0] if left <= g.x < right)  # type: ignore[index]
         first_b = b.glyphs[0][0]  # type: ignore[index]
