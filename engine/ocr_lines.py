@@ -23,6 +23,18 @@ lines stayed (0.099, 0.32), and the 800x200 region took 0.95 s instead of 0.89 s
 a set, 14 and 18 rows did worse (mean CER over the six sets 0.189 and 0.215 against 16's 0.182:
 18 rows took words to 0.17, screenshots to 0.155 and dialogs to 0.39).
 
+Each piece of a band is enlarged as the whole band is, by the band's text height
+(`band_text_heights`), not by its own: a piece of a few letters is too little to measure. In a
+menu bar 16 rows high, "File" measured 8 rows alone (its tall stems cleared as a frame's sides,
+the rows across its top too few edges to count as text) and was shown twice as large as "View",
+and a piece of letters without ascenders ("on a run") measured its x-height. The training shows
+the model the same scale (`engine.train.synthetic.tasks`, `app.widget_dialogs`). With the model
+shipped before (`eval_default_model.py --num 40 --docs 0 --max-new-tokens 96 --lines on --beams
+4 --dtype float32`), own heights against the band's: Qt widget dialogs 0.079 -> 0.076,
+screenshots 0.078 -> 0.082, text lines 0.021 -> 0.026, pages 0.067 -> 0.070; the model then
+trained on pieces scaled by their band (twenty-sixth session, engine/train/README.md) reads them
+at 0.070, 0.074, 0.026 and 0.057.
+
 A band is read in pieces where its letters stand far apart (`band_pieces`: a blank of at least
 `PIECE_GAP` text heights). Read whole, a dialog's row of buttons came back as its first button:
 the model learnt lines whose words follow one another. With pieces, the thirteenth session's
