@@ -26,7 +26,7 @@ a set, 14 and 18 rows did worse (mean CER over the six sets 0.189 and 0.215 agai
 Each piece of a band is enlarged as the whole band is, by the band's text height
 (`band_text_heights`), not by its own: a piece of a few letters is too little to measure. In a
 menu bar 16 rows high, "File" measured 8 rows alone (its tall stems cleared as a frame's sides,
-the rows across its top too few edges to count as text) and was shown twice as large as "View",
+the rows across its top too few edges to count as text) and was enlarged twice, "View" 1.33 times,
 and a piece of letters without ascenders ("on a run") measured its x-height. The training shows
 the model the same scale (`engine.train.synthetic.tasks`, `app.widget_dialogs`). With the model
 shipped before (`eval_default_model.py --num 40 --docs 0 --max-new-tokens 96 --lines on --beams

@@ -235,7 +235,7 @@ def test_each_piece_of_a_band_is_shown_at_its_bands_scale() -> None:
         pieces = reading_pieces(image)
         assert len(pieces) == 4
         # THEN every word is scaled as its band is. Alone, "File" measures too few rows of text
-        # (its stems look like a frame's sides) and was shown nearly twice as large as "Help"
+        # (its stems look like a frame's sides) and was shown larger than "Help"
         scale = min(MAX_ENLARGE, MIN_TEXT_HEIGHT / band) if band < MIN_TEXT_HEIGHT else 1.0
         for piece in pieces:
             assert piece.image.height == round(rows * scale), (size, piece.image.size)
