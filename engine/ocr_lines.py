@@ -416,9 +416,7 @@ def band_text_heights(
 ) -> dict[tuple[int, int], int]:
     """The text height (`text_height`) of each band of `image` that `boxes` (`piece_boxes`)
     cut, by its (top, bottom) rows: measured on the whole band, since a piece of a few letters
-    is too little to measure. "File" in a menu bar 16 rows high measured 8 rows on its own (its
-    tall stems are cleared as a frame's sides, and the rows across its top have too few edges
-    to count as text) and was shown enlarged twice."""
+    is too little to measure (the module's docstring: "File" alone measured half its height)."""
     heights: dict[tuple[int, int], int] = {}
     for _, (_, top, _, bottom) in boxes:
         if (top, bottom) not in heights:
