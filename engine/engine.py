@@ -158,7 +158,7 @@ class Engine:
             path: a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json).
             device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
             dtype: "float32", "bfloat16", "float16", or None: as stored, except on CPU where a
-                checkpoint of at most 256 MiB of weights (``cpu_default_dtype``) runs in float32
+                checkpoint of at most 256 MiB of weights (``is_small``) runs in float32
                 or bfloat16, whichever this CPU runs faster (timed on its first load here and
                 remembered, ``engine.cpu_dtype``; ``INFINITEVL_CPU_DTYPE`` pins one).
             quant: "int8", "int4" or "nf4" quantizes the linear layers as they load ("none" or
@@ -179,14 +179,13 @@ class Engine:
         if quant not in (None, "none", *QUANT_METHODS):
             raise InputError(f"quant must be none, {', '.join(QUANT_METHODS)}, got {quant!r}")
         quant = None if quant == "none" else quant
-        if torch_dtype is None and quant is None and resolved.type == "cpu":
-            torch_dtype = cpu_default_dtype(path)
-            if torch_dtype is not None:  # small: float32 or bfloat16, whichever is faster here
-                torch_dtype = cpu_dtype.pinned() or cpu_dtype.remembered(path)
-                if torch_dtype is None:
-                    return cpu_dtype.timed_choice(
-                        path, lambda dt: cls._load(path, resolved, dt, None, is_default)
-                    )
+        if torch_dtype is None and quant is None and resolved.type == "cpu" and is_small(path):
+            # float32 or bfloat16, whichever is faster on this CPU
+            torch_dtype = cpu_dtype.pinned() or cpu_dtype.remembered(path)
+            if torch_dtype is None:
+                return cpu_dtype.timed_choice(
+                    path, lambda dt: cls._load(path, resolved, dt, None, is_default)
+                )
         return cls._load(path, resolved, torch_dtype, quant, is_default)
 
     @classmethod
@@ -974,15 +973,15 @@ def resolve_dtype(dtype: str | None) -> torch.dtype | None:
 CPU_FLOAT32_MAX_STORED_BYTES = 256 * 2**20
 
 
-def cpu_default_dtype(path: Path) -> torch.dtype | None:
-    """float32 for a checkpoint of at most ``CPU_FLOAT32_MAX_STORED_BYTES`` of weights (then
-    `Engine.load` keeps it or bfloat16, whichever `engine.cpu_dtype` finds faster on this CPU);
-    None (as stored) for larger ones."""
+def is_small(path: Path) -> bool:
+    """Whether the checkpoint at `path` holds at most ``CPU_FLOAT32_MAX_STORED_BYTES`` of
+    weights: on a CPU, `Engine.load` then runs it in float32 or bfloat16, whichever
+    `engine.cpu_dtype` finds faster there; a larger one runs as stored."""
     try:
         stored = sum(f.stat().st_size for f in weight_files(path))
     except (CheckpointError, OSError):
-        return None  # the loader names what is wrong
-    return torch.float32 if stored <= CPU_FLOAT32_MAX_STORED_BYTES else None
+        return False  # the loader names what is wrong
+    return stored <= CPU_FLOAT32_MAX_STORED_BYTES
 
 
 def model_info(
