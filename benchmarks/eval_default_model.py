@@ -60,6 +60,7 @@ log = logging.getLogger("eval_default_model")
 
 EVAL_SEED = 90_001
 QT_SET = "Qt widget dialogs"
+DARK_QT_SET = "Qt dialogs, dark theme"
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -112,7 +113,8 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
     """Single words and numbers, single text lines (up to 800 px wide), lines of unseen text (no
     source repeats it: read, never recalled), screenshots (224-800 x 56-224 px), document pages
     (336 px), from eval seeds; and, where PySide6 is installed, dialogs drawn by real Qt widgets
-    (`benchmarks/qt_screens.py`: not the training generator's drawing)."""
+    (`benchmarks/qt_screens.py`: not the training generator's drawing), in the toolkit's default
+    theme and the same dialogs in a dark one."""
     src, fonts = TextSource.from_stdlib(), find_fonts()
     sets: dict[str, list[tuple[Image.Image, str]]] = {
         "single words": [],
@@ -123,6 +125,7 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
     }
     if qt_screens.has_qt():
         sets[QT_SET] = []
+        sets[DARK_QT_SET] = []
     for i in range(num):
         rng = random.Random(EVAL_SEED + 70_000 + i)
         r = render_line(rng, word_text(rng, src), fonts, 800)
@@ -143,6 +146,8 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
         if QT_SET in sets:
             rng = random.Random(EVAL_SEED + 110_000 + i)
             sets[QT_SET].append(qt_screens.widget_screen(rng))
+            rng = random.Random(EVAL_SEED + 110_000 + i)  # the same dialog, in a dark theme
+            sets[DARK_QT_SET].append(qt_screens.widget_screen(rng, dark=True))
     return sets
 
 

@@ -8,6 +8,9 @@ check box and a filled-in text field, and a row of buttons, rendered offscreen b
 files, numbers and times drawn from a seeded generator, so no training text repeats them.
 
 The truth of a screen is its texts top to bottom, the buttons of a row left to right.
+
+`widget_screen(rng, dark=True)` draws the same dialog in a dark theme (`DARK_PALETTE`: light
+text on dark grey, as many Linux desktops show it).
 """
 
 from __future__ import annotations
@@ -62,6 +65,27 @@ MESSAGES: list[Callable[[random.Random], str]] = [
 ]
 
 
+# a dark theme's colours (QPalette role -> colour), after common dark desktop themes
+DARK_PALETTE = {
+    "Window": "#353535",
+    "WindowText": "#e6e6e6",
+    "Base": "#262626",
+    "Text": "#e6e6e6",
+    "Button": "#454545",
+    "ButtonText": "#e6e6e6",
+}
+
+
+def _dark_palette() -> Any:
+    """A QPalette of `DARK_PALETTE`'s colours."""
+    from PySide6.QtGui import QColor, QPalette
+
+    palette = QPalette()
+    for role, colour in DARK_PALETTE.items():
+        palette.setColor(getattr(QPalette.ColorRole, role), QColor(colour))
+    return palette
+
+
 def _app() -> Any:
     """The process's QApplication (a new offscreen one when there is none)."""
     from PySide6.QtWidgets import QApplication
@@ -71,8 +95,9 @@ def _app() -> Any:
     return app if app is not None else QApplication(["qt_screens", "-platform", "offscreen"])
 
 
-def widget_screen(rng: random.Random) -> tuple[Image.Image, str]:
-    """One dialog drawn by Qt widgets, and its text top to bottom."""
+def widget_screen(rng: random.Random, dark: bool = False) -> tuple[Image.Image, str]:
+    """One dialog drawn by Qt widgets, and its text top to bottom; in a dark theme when `dark`
+    (the same dialog for the same `rng` state either way)."""
     from PySide6.QtCore import QBuffer, QIODevice
     from PySide6.QtGui import QFont
     from PySide6.QtWidgets import (
@@ -87,6 +112,8 @@ def widget_screen(rng: random.Random) -> tuple[Image.Image, str]:
 
     _app()
     dialog = QWidget()
+    if dark:
+        dialog.setPalette(_dark_palette())
     font = QFont(dialog.font())
     font.setPointSize(rng.choice([9, 10, 11, 12]))
     dialog.setFont(font)

@@ -50,7 +50,7 @@ def _run_and_check(capsys: pytest.CaptureFixture[str]) -> None:
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     sets = ["single words", "text lines", "unseen text lines", "screenshots", "document pages"]
     if qt_screens.has_qt():  # dialogs drawn by real Qt widgets, where the app's toolkit is
-        sets.append("Qt widget dialogs")
+        sets += ["Qt widget dialogs", "Qt dialogs, dark theme"]
     assert [r.split(" | ")[0][2:] for r in rows[2 : 2 + len(sets)]] == sets
     assert "page-1 answers" not in out
     assert any(r.startswith("| OCR latency, 800x200 region") for r in rows)
@@ -73,3 +73,14 @@ def test_qt_dialogs_are_drawn_with_their_text() -> None:
     assert np.asarray(a_image.convert("L")).std() > 10
     if shutil.which("tesseract"):
         assert cer([tesseract(a_image, 3)], [a_text]) < 0.2
+
+
+@pytest.mark.skipif(not qt_screens.has_qt(), reason="needs PySide6 (the app's toolkit)")
+def test_a_dark_theme_draws_the_same_dialog_light_on_dark() -> None:
+    # GIVEN one seed's dialog in the default theme and in the dark one
+    light, light_text = qt_screens.widget_screen(random.Random(3))
+    dark, dark_text = qt_screens.widget_screen(random.Random(3), dark=True)
+    # THEN it is the same dialog, its ground dark in the dark theme and light in the other
+    assert dark_text == light_text and dark.size == light.size
+    assert np.median(np.asarray(dark.convert("L"))) < 90
+    assert np.median(np.asarray(light.convert("L"))) > 180
