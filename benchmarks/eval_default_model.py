@@ -144,10 +144,9 @@ def held_out_sets(num: int) -> dict[str, list[tuple[Image.Image, str]]]:
         r = render_page(rng, src, fonts, (336, rng.randint(112, 336)))
         sets["document pages"].append((r.image, r.text))
         if QT_SET in sets:
-            rng = random.Random(EVAL_SEED + 110_000 + i)
-            sets[QT_SET].append(qt_screens.widget_screen(rng))
-            rng = random.Random(EVAL_SEED + 110_000 + i)  # the same dialog, in a dark theme
-            sets[DARK_QT_SET].append(qt_screens.widget_screen(rng, dark=True))
+            seed = EVAL_SEED + 110_000 + i  # one dialog, in the default theme and a dark one
+            sets[QT_SET].append(qt_screens.widget_screen(random.Random(seed)))
+            sets[DARK_QT_SET].append(qt_screens.widget_screen(random.Random(seed), dark=True))
     return sets
 
 
